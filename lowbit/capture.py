@@ -1,0 +1,107 @@
+"""capture(): a torch model -> torch.fx GraphModule through torch.export.
+
+The graph keeps high-level ATen ops (``aten.linear``, ``aten.layer_norm``,
+``aten.scaled_dot_product_attention``), so spotting reads structure directly, and parameters
+keep their original dotted names (``encoder.layer.0.attention.self.query.weight``), so every
+quantized tensor is traceable to the module it came from. Parameters are copied: passes on the
+captured graph never touch the user's model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.fx
+
+from lowbit.errors import CaptureError
+
+__all__ = ["capture"]
+
+log = logging.getLogger("lowbit.capture")
+
+_HINTS = (
+    "what to try: call model.eval() first; pass example inputs exactly as forward() takes them "
+    "(a tuple, or a dict of keyword arguments); replace data-dependent Python control flow "
+    "(`if x.sum() > 0`) with torch.where/torch.cond; give dynamic_shapes (or dynamic=True) when "
+    "calibration batches differ in shape from the example"
+)
+
+
+def _split_inputs(example_inputs: Any) -> tuple[tuple, dict]:
+    if isinstance(example_inputs, Mapping):
+        return (), dict(example_inputs)
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,), {}
+    if isinstance(example_inputs, Sequence) and not isinstance(example_inputs, str):
+        return tuple(example_inputs), {}
+    raise CaptureError(
+        f"example_inputs must be a tensor, a tuple of positional inputs or a dict of keyword "
+        f"inputs, got {type(example_inputs).__name__}"
+    )
+
+
+def _auto_dynamic(args: tuple, kwargs: dict) -> Any:
+    def dims(x: Any) -> Any:
+        if isinstance(x, torch.Tensor):
+            return {i: torch.export.Dim.AUTO for i in range(x.dim())}
+        return None
+    if kwargs:
+        return {k: dims(v) for k, v in kwargs.items()}
+    return tuple(dims(a) for a in args)
+
+
+def capture(
+    model: torch.nn.Module,
+    example_inputs: Any,
+    dynamic_shapes: Any = None,
+    *,
+    dynamic: bool = False,
+    strict: bool = False,
+) -> torch.fx.GraphModule:
+    """Export ``model`` with torch.export and return its FX GraphModule.
+
+    Args:
+        model: the eager model (put it in eval mode for inference graphs).
+        example_inputs: a tensor, a tuple of positional inputs, or a dict of keyword inputs.
+        dynamic_shapes: passed to ``torch.export.export`` as is.
+        dynamic: shorthand that marks every dimension of every tensor input dynamic
+            (``Dim.AUTO``); ignored when ``dynamic_shapes`` is given.
+        strict: torch.export's strict (TorchDynamo) mode.
+
+    Raises:
+        CaptureError: the model cannot be exported; the message carries torch's reason.
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise CaptureError(f"capture() takes a torch.nn.Module, got {type(model).__name__}")
+    args, kwargs = _split_inputs(example_inputs)
+    if dynamic_shapes is None and dynamic:
+        dynamic_shapes = _auto_dynamic(args, kwargs)
+    if model.training:
+        log.warning("capturing %s in training mode (dropout active); call model.eval() for "
+                    "inference graphs", type(model).__name__)
+    try:
+        ep = torch.export.export(model, args, kwargs, dynamic_shapes=dynamic_shapes,
+                                 strict=strict)
+    except Exception as e:  # torch raises many types; all mean "cannot be exported"
+        reason = str(e).strip().splitlines()
+        reason = "\n    ".join(reason[:12]) if reason else type(e).__name__
+        raise CaptureError(
+            f"torch.export could not capture {type(model).__name__}: {type(e).__name__}:\n"
+            f"    {reason}\n  {_HINTS}"
+        ) from e
+    gm = ep.module()
+    # ep.module() shares parameter storage with the user's model: detach it.
+    with torch.no_grad():
+        for name, p in list(gm.named_parameters()):
+            p.data = p.data.clone()
+        for name, b in list(gm.named_buffers()):
+            b.data = b.data.clone()
+    gm.meta = getattr(gm, "meta", {})
+    gm.meta["lowbit_source"] = type(model).__name__
+    # Kept so later stages (ONNX export, compile) can re-trace without asking again.
+    gm.meta["lowbit_example_inputs"] = (args, kwargs)
+    gm.meta["lowbit_dynamic_shapes"] = dynamic_shapes
+    return gm

@@ -1,0 +1,56 @@
+"""The ``lowbit`` command line: demo, verify (and the quantize/compile/bench paths as they land)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+__all__ = ["main"]
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from lowbit.demo import run_demo
+
+    return run_demo(args)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from lowbit.verify import run
+
+    return run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lowbit", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="end to end on the real all-MiniLM-L6-v2")
+    d.add_argument("--seq", type=int, default=128, help="sequence length (default 128)")
+    d.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    d.set_defaults(func=_demo)
+
+    v = sub.add_parser("verify", help="compare two models' outputs on seeded inputs")
+    from lowbit.verify import add_arguments
+
+    add_arguments(v)
+    v.set_defaults(func=_verify)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="[lowbit] %(message)s")
+    from lowbit.errors import LowbitError
+
+    try:
+        return int(args.func(args) or 0)
+    except LowbitError as e:
+        print(f"lowbit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""Frozen, self-validating configs: quantization specs, observers and recipes.
+
+Granularity is a type (``PerChannel(axis=0)``, ``PerGroup(size=128)``), never a string; every
+``__post_init__`` says which field is wrong and what was given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Union
+
+from lowbit.errors import ConfigError
+
+__all__ = [
+    "PerTensor", "PerChannel", "PerGroup", "PerToken", "PerEmbeddingGroup", "Granularity",
+    "MinMax", "MovingAverage", "Percentile", "MSE", "Observer",
+    "QuantSpec", "Recipe",
+]
+
+
+def _check(cond: bool, owner: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{owner}: {msg}")
+
+
+def _pow2(v: object, least: int) -> bool:
+    return isinstance(v, int) and v >= least and v & (v - 1) == 0
+
+
+# ---- granularity ---------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class PerTensor:
+    """One scale (and zero point) for the whole tensor."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PerChannel:
+    """One scale per slice along ``axis`` (weights: axis 0 = output channels)."""
+
+    axis: int = 0
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.axis, int), "PerChannel.axis", f"must be an int, got {self.axis!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PerGroup:
+    """One scale per output channel and per ``size`` consecutive input channels (weights)."""
+
+    size: int = 128
+
+    def __post_init__(self) -> None:
+        _check(_pow2(self.size, 2),
+               "PerGroup.size", f"must be a power of two >= 2, got {self.size!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PerToken:
+    """Activations: one scale per token (row), computed at run time (dynamic)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PerEmbeddingGroup:
+    """Activations: the hidden dimension split into ``groups`` groups, each with its own range;
+    with ``permute`` channels are first sorted by calibrated range (PEG, Bondarenko et al.)."""
+
+    groups: int = 6
+    permute: bool = True
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.groups, int) and self.groups >= 1, "PerEmbeddingGroup.groups",
+               f"must be an int >= 1, got {self.groups!r}")
+
+
+Granularity = Union[PerTensor, PerChannel, PerGroup, PerToken, PerEmbeddingGroup]
+_GRANULARITIES = (PerTensor, PerChannel, PerGroup, PerToken, PerEmbeddingGroup)
+
+
+# ---- observers -----------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class MinMax:
+    """Running min and max over all calibration data."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MovingAverage:
+    """Exponential moving average of per-batch min and max."""
+
+    momentum: float = 0.01
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.momentum <= 1.0, "MovingAverage.momentum",
+               f"must be in (0, 1], got {self.momentum!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Percentile:
+    """Range clipped at a percentile of |x| (or of x for affine), from a streaming histogram."""
+
+    percentile: float = 99.99
+    bins: int = 2048
+
+    def __post_init__(self) -> None:
+        _check(50.0 < self.percentile <= 100.0, "Percentile.percentile",
+               f"must be in (50, 100], got {self.percentile!r}")
+        _check(_pow2(self.bins, 64), "Percentile.bins",
+               f"must be a power of two >= 64, got {self.bins!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class MSE:
+    """Range that minimises the quantization MSE over a streaming histogram (grid search)."""
+
+    grid: int = 100
+    bins: int = 2048
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.grid, int) and self.grid >= 10, "MSE.grid",
+               f"must be an int >= 10, got {self.grid!r}")
+        _check(_pow2(self.bins, 64), "MSE.bins",
+               f"must be a power of two >= 64, got {self.bins!r}")
+
+
+Observer = Union[MinMax, MovingAverage, Percentile, MSE]
+_OBSERVERS = (MinMax, MovingAverage, Percentile, MSE)
+
+
+# ---- specs and recipes ---------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class QuantSpec:
+    """How one kind of tensor is quantized.
+
+    ``symmetric`` specs use signed integers in ``[-2^(b-1)+1, 2^(b-1)-1]`` (restricted range,
+    zero point 0) for weights, and ``[-2^(b-1), 2^(b-1)-1]`` for activations; affine specs use
+    unsigned ``[0, 2^b-1]`` with a zero point. ``dynamic`` ranges are computed per call
+    (only with ``PerToken`` or ``PerTensor``); static ranges come from calibration with
+    ``observer``. ``learnable`` makes the scale a trainable parameter (QAT).
+    """
+
+    bits: int = 8
+    symmetric: bool = True
+    granularity: Granularity = PerTensor()
+    dynamic: bool = False
+    observer: Observer = MinMax()
+    learnable: bool = False
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.bits, int) and 2 <= self.bits <= 8, "QuantSpec.bits",
+               f"must be an int in 2..8, got {self.bits!r}")
+        _check(isinstance(self.granularity, _GRANULARITIES), "QuantSpec.granularity",
+               f"must be one of {[g.__name__ for g in _GRANULARITIES]} (an instance), "
+               f"got {self.granularity!r}")
+        _check(isinstance(self.observer, _OBSERVERS), "QuantSpec.observer",
+               f"must be one of {[o.__name__ for o in _OBSERVERS]} (an instance), "
+               f"got {self.observer!r}")
+        _check(not (self.dynamic and not isinstance(self.granularity, (PerToken, PerTensor))),
+               "QuantSpec.dynamic", f"dynamic ranges need PerToken or PerTensor granularity, "
+               f"got {type(self.granularity).__name__}")
+        _check(not (isinstance(self.granularity, PerToken) and not self.dynamic),
+               "QuantSpec.granularity", "PerToken is a run-time granularity: set dynamic=True")
+        _check(not (self.dynamic and self.learnable), "QuantSpec.learnable",
+               "a dynamic range has no scale to learn")
+
+    @property
+    def qmin(self) -> int:
+        if not self.symmetric:
+            return 0
+        return -(2 ** (self.bits - 1))
+
+    @property
+    def qmax(self) -> int:
+        return 2 ** self.bits - 1 if not self.symmetric else 2 ** (self.bits - 1) - 1
+
+    def short(self) -> str:
+        g = type(self.granularity).__name__
+        if isinstance(self.granularity, PerGroup):
+            g = f"PerGroup({self.granularity.size})"
+        kind = "sym" if self.symmetric else "affine"
+        return f"{'u' if not self.symmetric else 'i'}{self.bits} {kind} {g}" + (
+            " dynamic" if self.dynamic else "")
+
+
+# Tensor sites a recipe can quantize besides linear inputs and weights.
+SITES = ("linear_input", "residual", "attn.o.output", "ffn.out.output", "attn.matmul",
+         "embedding")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """What to quantize and how.
+
+    Args:
+        weight: spec for linear weights (None: weights stay float).
+        activation: spec for linear inputs (None: weight-only).
+        roles: which linears (TransformerMap roles, see lowbit.passes.patterns.LINEAR_ROLES).
+        sites: extra activation tensors for fully-integer pipelines: "residual" (residual-stream
+            sums), "attn.o.output" / "ffn.out.output" (those linears' outputs), "attn.matmul"
+            (the attention matmul inputs), "embedding" (embedding tables, weight spec).
+        ignore: module-name globs ("encoder.layer.0.*") or roles ("head") left in float.
+        sites_activation: spec for the extra sites (defaults to ``activation``).
+    """
+
+    name: str
+    weight: QuantSpec | None
+    activation: QuantSpec | None
+    roles: tuple[str, ...] = ("attn.q", "attn.k", "attn.v", "attn.qkv", "attn.o",
+                              "ffn.in", "ffn.gate", "ffn.out")
+    sites: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
+    sites_activation: QuantSpec | None = None
+
+    def __post_init__(self) -> None:
+        from lowbit.passes.patterns import LINEAR_ROLES
+
+        _check(self.weight is not None or self.activation is not None, f"Recipe {self.name!r}",
+               "quantizes nothing: give weight and/or activation specs")
+        for r in self.roles:
+            _check(r in LINEAR_ROLES, f"Recipe {self.name!r}.roles",
+                   f"unknown linear role {r!r}; known: {list(LINEAR_ROLES)}")
+        for s in self.sites:
+            _check(s in SITES, f"Recipe {self.name!r}.sites", f"unknown site {s!r}; known: {list(SITES)}")
+        for g in self.ignore:
+            _check(isinstance(g, str) and g, f"Recipe {self.name!r}.ignore",
+                   f"entries must be non-empty strings, got {g!r}")
+        _check(not (self.sites and self.activation is None and self.sites_activation is None),
+               f"Recipe {self.name!r}.sites", "extra sites need an activation spec")
+        if self.weight is not None:
+            _check(not self.weight.dynamic, f"Recipe {self.name!r}.weight",
+                   "weights are quantized once; dynamic=True is for activations")
+            _check(not isinstance(self.weight.granularity, (PerToken, PerEmbeddingGroup)),
+                   f"Recipe {self.name!r}.weight",
+                   f"{type(self.weight.granularity).__name__} is an activation granularity")
+        if self.activation is not None:
+            _check(not isinstance(self.activation.granularity, (PerGroup, PerChannel)),
+                   f"Recipe {self.name!r}.activation",
+                   f"{type(self.activation.granularity).__name__} is a weight granularity")
+
+    def replace(self, **changes) -> "Recipe":
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,44 @@
+"""Errors lowbit raises. Each says what was wrong and, where it can, what to try."""
+
+from __future__ import annotations
+
+
+class LowbitError(Exception):
+    """Base of every error lowbit raises on purpose."""
+
+
+class ConfigError(LowbitError, ValueError):
+    """A config value is invalid; the message names the field and the value."""
+
+
+class CaptureError(LowbitError):
+    """A model could not be captured into a graph."""
+
+
+class PatternError(LowbitError):
+    """Transformer structure could not be read from a graph."""
+
+
+class PassFailure(LowbitError):
+    """A pass raised; the message names the pass and the passes that ran before it."""
+
+
+class PreconditionError(LowbitError):
+    """A pass's `requires` check refused its input graph."""
+
+
+class PostconditionError(LowbitError):
+    """A pass's `ensures` check refused its output graph."""
+
+
+class CalibrationError(LowbitError):
+    """Calibration data is missing, empty or carries NaN/inf."""
+
+
+class DownloadError(LowbitError):
+    """A model package could not be fetched or failed its checksum."""
+
+
+class VerifyError(LowbitError):
+    """A model given to an equivalence check (``lowbit verify``, ``lowbit.testing``) cannot be
+    loaded, fed or run, or its outputs cannot be matched; the message names the model and why."""

@@ -1,0 +1,104 @@
+"""FakeQuantize: the module that prepared graphs carry at every quantized tensor.
+
+Life cycle (PT2E style): ``observe`` during calibration (x passes through unchanged, the
+observer records ranges) -> ``freeze()`` computes scale and zero point -> fake-quant
+(``(clamp(round(x/s) + z) - z) * s`` with straight-through gradients) for evaluation and QAT
+-> the convert pass replaces each module with standard ``quantized_decomposed`` q/dq ops
+using the frozen parameters. Weights need no calibration: their qparams come from the
+weight itself at freeze time (min-max per tensor, channel or group).
+
+With ``spec.learnable`` the scale becomes an ``nn.Parameter`` at freeze time.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lowbit.config import PerGroup, PerTensor, PerToken, QuantSpec
+from lowbit.errors import ConfigError
+from lowbit.quant.numerics import (
+    fake_quantize, group_view, per_token_qparams, qparams_from_range, weight_grid,
+    weight_qparams,
+)
+from lowbit.quant.observers import make_observer
+
+__all__ = ["FakeQuantize"]
+
+
+class FakeQuantize(nn.Module):
+    """Fake-quant at one site.
+
+    Args:
+        spec: how to quantize.
+        site: a readable name (node name and role) used in errors and reports.
+        is_weight: weights use the restricted symmetric grid and need no observer.
+    """
+
+    def __init__(self, spec: QuantSpec, site: str, *, is_weight: bool = False):
+        super().__init__()
+        self.spec = spec
+        self.site = site
+        self.is_weight = is_weight
+        if is_weight:
+            self.qmin, self.qmax = weight_grid(spec)
+        else:
+            self.qmin, self.qmax = spec.qmin, spec.qmax
+            if spec.dynamic and spec.bits != 8:
+                raise ConfigError(f"{site}: dynamic activation quantization is int8 only "
+                                  f"(as quantized_decomposed per-token ops are), got "
+                                  f"bits={spec.bits}")
+            if not spec.dynamic and not isinstance(spec.granularity, PerTensor):
+                raise ConfigError(f"{site}: static activation granularity "
+                                  f"{type(spec.granularity).__name__} is not supported yet")
+        self.observer = None
+        if not is_weight and not spec.dynamic:
+            self.observer = make_observer(spec.observer, site, qmin=self.qmin, qmax=self.qmax,
+                                          symmetric=spec.symmetric)
+        self.register_buffer("scale", torch.ones(()))
+        self.register_buffer("zero_point", torch.zeros((), dtype=torch.int64))
+        self.observing = not is_weight and not spec.dynamic
+        self.quantizing = spec.dynamic
+        self.frozen = spec.dynamic
+
+    def extra_repr(self) -> str:
+        state = "frozen" if self.frozen else "observing"
+        return f"{self.site}: {self.spec.short()} [{state}]"
+
+    def freeze(self, weight: torch.Tensor | None = None) -> None:
+        """Fix scale/zero point (from the observer, or from ``weight``) and start fake-quant."""
+        if self.spec.dynamic:
+            return
+        if self.is_weight:
+            if weight is None:
+                raise ValueError(f"{self.site}: freezing a weight quantizer needs the weight")
+            scale, zp = weight_qparams(weight, self.spec, self.site)
+        else:
+            lo, hi = self.observer.range()
+            scale, zp = qparams_from_range(lo, hi, self.qmin, self.qmax, self.spec.symmetric)
+        self.scale = scale.detach().clone()
+        self.zero_point = zp
+        if self.spec.learnable:
+            del self.scale
+            self.scale = nn.Parameter(scale.detach().clone())
+        self.observing, self.quantizing, self.frozen = False, True, True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.observing:
+            self.observer.update(x)
+        if not self.quantizing:
+            return x
+        if self.spec.dynamic:
+            if isinstance(self.spec.granularity, PerToken):
+                scale, zp = per_token_qparams(x, self.spec.symmetric)
+                qmin, qmax = (-127, 127) if self.spec.symmetric else (-128, 127)
+            else:
+                lo, hi = x.detach().min(), x.detach().max()
+                scale, zp = qparams_from_range(lo, hi, self.qmin, self.qmax, self.spec.symmetric)
+                qmin, qmax = self.qmin, self.qmax
+            return fake_quantize(x, scale, zp, qmin, qmax)
+        if isinstance(self.spec.granularity, PerGroup):
+            xg = group_view(x, self.spec.granularity.size)
+            return fake_quantize(xg, self.scale, self.zero_point, self.qmin,
+                                 self.qmax).reshape(x.shape)
+        return fake_quantize(x, self.scale, self.zero_point, self.qmin, self.qmax)

@@ -1,0 +1,19 @@
+# Sourced by ./dev: use the active virtualenv or make .venv, then install lowbit with its pins.
+# Re-installs only when pyproject.toml changed (a stamp holds its hash).
+if [ -z "${VIRTUAL_ENV:-}" ]; then
+  if [ ! -x .venv/bin/python ]; then
+    echo "[setup] creating .venv" >&2
+    python3 -m venv .venv
+  fi
+  source .venv/bin/activate
+fi
+stamp="$VIRTUAL_ENV/.lowbit-setup-stamp"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! python -c "import lowbit" 2>/dev/null; then
+  echo "[setup] installing lowbit and pinned dependencies into $VIRTUAL_ENV" >&2
+  python -m pip install -q --upgrade pip >&2
+  # torch first and alone, pinned: the CPU build on disk, never a CUDA build from the index.
+  python -m pip install -q "torch==2.13.0" >&2
+  python -m pip install -q -e ".[tune,models,dev]" >&2
+  echo "$want" > "$stamp"
+fi
