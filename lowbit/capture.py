@@ -53,6 +53,23 @@ def _auto_dynamic(args: tuple, kwargs: dict) -> Any:
     return tuple(dims(a) for a in args)
 
 
+def _detach_state(gm: torch.nn.Module) -> None:
+    """ep.module() reuses the user's Parameter objects: give the graph its own copies."""
+    copies: dict[int, torch.nn.Parameter] = {}  # keeps tied weights tied
+    with torch.no_grad():
+        for name, p in list(gm.named_parameters(remove_duplicate=False)):
+            owner_path, _, attr = name.rpartition(".")
+            owner = gm.get_submodule(owner_path) if owner_path else gm
+            if id(p) not in copies:
+                copies[id(p)] = torch.nn.Parameter(p.detach().clone(), p.requires_grad)
+            setattr(owner, attr, copies[id(p)])
+        for name, b in list(gm.named_buffers(remove_duplicate=False)):
+            owner_path, _, attr = name.rpartition(".")
+            owner = gm.get_submodule(owner_path) if owner_path else gm
+            persistent = attr not in getattr(owner, "_non_persistent_buffers_set", set())
+            owner.register_buffer(attr, b.detach().clone(), persistent=persistent)
+
+
 def capture(
     model: torch.nn.Module,
     example_inputs: Any,
@@ -93,12 +110,7 @@ def capture(
             f"    {reason}\n  {_HINTS}"
         ) from e
     gm = ep.module()
-    # ep.module() shares parameter storage with the user's model: detach it.
-    with torch.no_grad():
-        for name, p in list(gm.named_parameters()):
-            p.data = p.data.clone()
-        for name, b in list(gm.named_buffers()):
-            b.data = b.data.clone()
+    _detach_state(gm)
     gm.meta = getattr(gm, "meta", {})
     gm.meta["lowbit_source"] = type(model).__name__
     # Kept so later stages (ONNX export, compile) can re-trace without asking again.

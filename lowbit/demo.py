@@ -11,21 +11,13 @@ import time
 
 from lowbit.capture import capture
 from lowbit.models.minilm import load_minilm
+from lowbit.data import pydoc_sentences
 from lowbit.testing import assert_equivalent
 
-__all__ = ["run_demo", "sample_sentences"]
+__all__ = ["run_demo"]
 
 CAPTURE_RTOL = 1e-5
 CAPTURE_ATOL = 1e-5
-
-
-def sample_sentences(n: int) -> list[str]:
-    """Real English from the standard library's pydoc topics (every Python has it)."""
-    from pydoc_data.topics import topics
-
-    text = " ".join(topics[k] for k in sorted(topics))
-    words = text.split()
-    return [" ".join(words[i * 40:(i + 1) * 40]) for i in range(n)]
 
 
 def _step(msg: str) -> float:
@@ -40,7 +32,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"loaded BertModel, {n_params / 1e6:.1f} M parameters ({time.perf_counter() - t:.1f} s)")
 
     t = _step(f"capture with torch.export (batch {args.batch}, seq {args.seq})")
-    enc = tok(sample_sentences(args.batch), padding="max_length", truncation=True,
+    enc = tok(pydoc_sentences(args.batch), padding="max_length", truncation=True,
               max_length=args.seq, return_tensors="pt")
     inputs = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
     gm = capture(model, inputs)

@@ -122,7 +122,8 @@ class FFNMap:
 
 @dataclasses.dataclass(eq=False)
 class BlockMap:
-    """One transformer block. ``style`` is "post-ln" (BERT) or "pre-ln" (GPT-2, Llama).
+    """One transformer block. ``style`` is "post-ln" (BERT) or "pre-ln" (GPT-2, Llama), or
+    "unknown" when no residual add was found after the attention.
     ``residual_adds`` are (attention residual, FFN residual) in graph order."""
 
     index: int
