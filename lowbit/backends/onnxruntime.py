@@ -30,43 +30,47 @@ Where ONNX QDQ rounds differently from torch: ``QuantizeLinear`` computes ``roun
 falls within an ulp of a rounding tie, i.e. one step, rarely (``qdq_agreement`` measures it).
 ``DequantizeLinear`` computes ``(q - z) * s`` exactly as torch does.
 
-After export the ONNX model is cleaned:
+After export the ONNX model is cleaned (integers move, no value changes):
 
     weight DequantizeLinear reads initializers: Cast(initializer) on its scale / zero point
-        is folded into a new initializer;
+        is folded into a new initializer (QuantizeLinear on a constant is refused: weights
+        arrive pre-quantized);
+    Transpose(DequantizeLinear(W)) from ``linear`` -> DequantizeLinear(W^T) with the axis (and
+        blocked scales) moved, so the DequantizeLinear feeds MatMul as onnxruntime's weight
+        kernels expect (DQ -> MatMul becomes MatMulNBits, blocked int4 included);
     4-bit weights: a weight DequantizeLinear whose grid fits [-8, 7] (signed) or [0, 15]
         (unsigned), e.g. the restricted int4 grid [-7, 7], gets a real INT4 / UINT4 initializer
         (onnx packs two values per byte) and a zero point of the same type.
 
-The grid comes from the FX op's ``quant_min`` / ``quant_max``, carried on each DequantizeLinear
+The grid comes from the FX op's ``quant_min`` / ``quant_max``, kept on each DequantizeLinear
 as ``metadata_props["lowbit.quant_min" / "lowbit.quant_max"]``; the integer data is checked
 against it. The file is checked (``onnx.checker`` with ``full_check``) and written atomically.
+
+``OrtRunner`` runs the file on onnxruntime's CPU provider (``strict`` by default: see there);
+``qdq_agreement`` counts how many output steps two results are apart.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import logging
-import math
 import os
 import pathlib
 import tempfile
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 import torch
-import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers quantized_decomposed)
+import torch.ao.quantization.fx._decomposed  # registers quantized_decomposed ops
 from onnxscript.onnx_opset import opset21 as op
 
 from lowbit.errors import ConfigError, LowbitError
 
-__all__ = ["export_onnx", "OrtRunner", "run_onnx", "qdq_agreement", "OnnxExportError",
-           "TRANSLATIONS"]
+__all__ = ["TRANSLATIONS", "OnnxExportError", "OrtRunner", "export_onnx", "qdq_agreement",
+           "run_onnx"]
 
 log = logging.getLogger("lowbit.backends.onnxruntime")
 
@@ -345,9 +349,12 @@ def fold_weight_transposes(graph: ir.Graph) -> int:
         if blocked:  # scales / zero points have the weight's rank: transpose them alike
             for i, v in params.items():
                 moved = np.ascontiguousarray(_const_array(v).transpose(perm))
-                name = f"{x.name}_{'scale' if i == 1 else 'zero_point'}"
-                dq.replace_input_with(i, _add_initializer(graph, name, moved, v.dtype))
-                _drop_if_unused(graph, v)
+                if v.is_initializer() and len(v.uses()) == 1:
+                    v.const_value = ir.Tensor(moved, dtype=v.dtype, name=v.name)
+                    v.shape = ir.Shape(moved.shape)
+                else:
+                    name = f"{x.name}_{'scale' if i == 1 else 'zero_point'}"
+                    dq.replace_input_with(i, _add_initializer(graph, name, moved, v.dtype))
         if blocked or (1 in params and params[1].shape is not None and params[1].shape.rank()):
             axis = dq.attributes.get_int("axis", 1) % arr.ndim
             dq.attributes["axis"] = ir.AttrInt64("axis", perm.index(axis))
@@ -373,43 +380,51 @@ def _int4_target(node: ir.Node) -> ir.DataType | None:
     return None
 
 
+def _as_4bit(name: str, arr: np.ndarray, target: ir.DataType, what: str) -> ir.Tensor:
+    lo, hi = (-8, 7) if target == ir.DataType.INT4 else (0, 15)
+    if arr.size and (arr.min() < lo or arr.max() > hi):
+        raise OnnxExportError(f"{what} {name!r} is declared {target.name} but holds values in "
+                              f"[{arr.min()}, {arr.max()}], outside [{lo}, {hi}]")
+    return ir.Tensor(arr.astype(np.int8 if target == ir.DataType.INT4 else np.uint8),
+                     dtype=target, name=name)
+
+
 def pack_int4_weights(graph: ir.Graph) -> int:
     """Store 4-bit weights as INT4 / UINT4 initializers (zero points converted alike).
 
     A weight initializer is converted only when every reader is a DequantizeLinear whose grid
-    fits 4 bits; its values are checked against that grid. Returns the number converted."""
-    converted: dict[str, ir.DataType] = {}
+    fits 4 bits; its values (and its zero points) are checked against the 4-bit range.
+    Returns the number of weights converted."""
+    converted = 0
     for node in _dq_nodes(graph):
         x, target = node.inputs[0], _int4_target(node)
         if target is None:
             continue
-        if x.name not in converted:
-            readers = [u.node for u in x.uses()]
-            if any(r.op_type != "DequantizeLinear" or u.idx != 0 or _int4_target(r) != target
-                   for r, u in zip(readers, x.uses())):
-                log.info("keeping %s as %s: read by a non-4-bit node", x.name, x.dtype)
+        if x.dtype != target:
+            if any(u.node.op_type != "DequantizeLinear" or u.idx != 0
+                   or _int4_target(u.node) != target for u in x.uses()):
+                log.info("keeping %s as %s: read by a node that is not 4-bit", x.name, x.dtype)
                 continue
-            arr = _const_array(x)
-            lo, hi = (-8, 7) if target == ir.DataType.INT4 else (0, 15)
-            if arr.size and (arr.min() < lo or arr.max() > hi):
-                raise OnnxExportError(
-                    f"weight {x.name!r} is declared {target.name} (grid "
-                    f"[{node.metadata_props[QMIN_KEY]}, {node.metadata_props[QMAX_KEY]}]) but "
-                    f"holds values in [{arr.min()}, {arr.max()}], outside [{lo}, {hi}]")
-            x.const_value = ir.Tensor(arr, dtype=target, name=x.name)
+            x.const_value = _as_4bit(x.name, _const_array(x), target, "weight")
             x.dtype = target
-            converted[x.name] = target
+            converted += 1
         zp = node.inputs[2] if len(node.inputs) > 2 else None
-        if zp is not None and zp.dtype != target:
-            arr = _const_array(zp)
-            if arr is None:
-                raise OnnxExportError(f"zero point of 4-bit weight {x.name!r} is not constant")
+        if zp is None or zp.dtype == target:
+            continue
+        arr = _const_array(zp)
+        if arr is None:
+            raise OnnxExportError(f"zero point of 4-bit weight {x.name!r} is not a constant")
+        if zp.is_initializer() and len(zp.uses()) == 1:
+            zp.const_value = _as_4bit(zp.name, arr, target, "zero point")
+            zp.dtype = target
+        else:  # shared (the exporter dedups equal constants): give this weight its own
+            arr = _as_4bit(zp.name, arr, target, "zero point").numpy()
             node.replace_input_with(2, _add_initializer(graph, f"{x.name}_zero_point", arr,
                                                         target))
             if zp.producer() is not None and not zp.uses():
                 graph.remove(zp.producer(), safe=True)
             _drop_if_unused(graph, zp)
-    return len(converted)
+    return converted
 
 
 def _initializer_bytes(model: ir.Model) -> int:
@@ -510,7 +525,7 @@ def export_onnx(qgm: torch.nn.Module, path: str | os.PathLike, example_inputs: A
              sum(n.op_type == "QuantizeLinear" for n in graph), folded, transposed, packed)
     try:
         _write_checked(model, path)
-    except onnx.checker.ValidationError as e:
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise OnnxExportError(f"exported model fails onnx.checker: {e}") from e
     return path
 
@@ -546,13 +561,22 @@ class OrtRunner:
         runner = OrtRunner("model.qdq.onnx", threads=2)
         logits, = runner(input_ids=ids, attention_mask=mask)      # or runner.run({...})
 
-    ``optimization`` picks onnxruntime's graph optimization level ("all", the default, is
-    what deployments use and fuses QDQ into integer kernels; "disable" runs the QDQ graph
-    op by op). ``threads`` sets ``intra_op_num_threads`` (None: onnxruntime's default).
+    ``optimization`` is onnxruntime's graph optimization level: "all" (default, what
+    deployments use; QDQ around MatMul becomes integer kernels, which agree with the QDQ math
+    to within rounding) down to "disable" (the QDQ graph op by op). ``threads`` sets
+    ``intra_op_num_threads`` (None: onnxruntime's default).
+
+    ``strict`` (default True) turns off the two onnxruntime rewrites that change the exported
+    model's numbers beyond rounding of the same math: the weight-only DQ -> MatMulNBits fusion
+    at its default ``accuracy_level`` 4, which quantizes *float* activations to int8 (seen:
+    15 output steps off; strict asks for level 1, float32 compute), and DivMulFusion, which
+    turns torch's ``x * (1 / s)`` into ``x / s`` and so moves per-token integers on ties.
+    ``strict=False`` runs onnxruntime exactly as deployed.
     """
 
-    def __init__(self, model: str | os.PathLike | onnx.ModelProto | bytes, threads: int | None = None,
-                 *, optimization: str = "all") -> None:
+    def __init__(self, model: str | os.PathLike | onnx.ModelProto | bytes,
+                 threads: int | None = None, *, optimization: str = "all",
+                 strict: bool = True) -> None:
         import onnxruntime as ort
 
         if optimization not in _OPT_LEVELS:
@@ -565,9 +589,14 @@ class OrtRunner:
                                               _OPT_LEVELS[optimization])
         if threads is not None:
             so.intra_op_num_threads = threads
+        disabled = []
+        if strict:
+            so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
+            disabled = ["DivMulFusion"]
         src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else \
             model if isinstance(model, bytes) else str(model)
-        self.session = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"],
+                                            disabled_optimizers=disabled)
         self.inputs = {i.name: i.type for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
 

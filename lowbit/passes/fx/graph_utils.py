@@ -25,33 +25,12 @@ from torch import fx
 from torch.fx.experimental.symbolic_shapes import optimization_hint
 
 __all__ = [
-    "CASTS",
-    "SHAPE_OPS",
-    "SPLIT_OPS",
-    "RMSMatch",
-    "act_kind",
-    "ancestors",
-    "aten",
-    "back",
-    "consumers",
-    "data_input",
-    "data_users",
-    "descendants",
-    "is_op",
+    "CASTS", "SHAPE_OPS", "SPLIT_OPS", "RMSMatch", "act_kind", "ancestors", "aten", "back",
+    "consumers", "data_input", "data_users", "descendants", "is_fake_quant", "is_op",
     "is_residual_add",
-    "is_scalar_scale",
-    "is_split",
-    "is_transparent",
-    "linear_input",
-    "match_rmsnorm",
-    "numel",
-    "param_name",
-    "param_names",
-    "rope_source",
-    "shape_of",
-    "split_source",
-    "strip_suffix",
-    "tensor_of",
+    "is_scalar_scale", "is_split", "is_transparent", "linear_input", "match_rmsnorm", "numel",
+    "param_name", "param_names", "rope_source", "shape_of", "split_source", "strip_casts",
+    "strip_suffix", "tensor_of",
 ]
 
 aten = torch.ops.aten
@@ -66,6 +45,8 @@ SHAPE_OPS = frozenset({
     aten.to.device, aten._to_copy.default, aten.type_as.default,
     aten.repeat_interleave.self_int,
 })
+CASTS = frozenset({aten.to.dtype, aten.to.dtype_layout, aten._to_copy.default,
+                   aten.type_as.default})
 # Ops that take a part of their input (one of q/k/v out of a fused projection).
 SPLIT_OPS = frozenset({aten.select.int, aten.slice.Tensor, aten.narrow.default})
 _TUPLE_SPLITS = frozenset({
@@ -87,8 +68,16 @@ def data_input(node: fx.Node) -> fx.Node:
     return node.args[0]
 
 
+def is_fake_quant(node: object) -> bool:
+    """A FakeQuantize call (marked by InsertFakeQuant): transparent for spotting, so a
+    prepared graph reads the same structure as the float graph."""
+    return isinstance(node, fx.Node) and node.op == "call_module" and bool(
+        node.meta.get("lowbit_fake_quant"))
+
+
 def is_transparent(node: object) -> bool:
-    return isinstance(node, fx.Node) and node.op == "call_function" and node.target in SHAPE_OPS
+    return isinstance(node, fx.Node) and (
+        (node.op == "call_function" and node.target in SHAPE_OPS) or is_fake_quant(node))
 
 
 def is_split(node: object) -> bool:
@@ -177,7 +166,7 @@ def ancestors(node: fx.Node, floor: fx.Node, stop: Iterable) -> tuple[list, list
     hit, passed, stack, seen = set(), [], [node], set()
     while stack:
         n = stack.pop()
-        if n in seen or n.op != "call_function" or not n > floor:
+        if n in seen or not (n.op == "call_function" or is_fake_quant(n)) or not n > floor:
             continue
         seen.add(n)
         if n in stop:
@@ -204,9 +193,15 @@ def numel(node: object) -> int | None:
     return count
 
 
+def strip_casts(node: object) -> object:
+    while is_op(node, *CASTS) or is_fake_quant(node):
+        node = node.args[0]
+    return node
+
+
 def tensor_of(gm: fx.GraphModule, node: object) -> torch.Tensor | None:
     """The parameter or buffer a ``get_attr`` node reads (through dtype casts)."""
-    node = back(node)
+    node = strip_casts(node)
     if not isinstance(node, fx.Node) or node.op != "get_attr":
         return None
     obj: object = gm
@@ -230,7 +225,7 @@ def param_name(gm: fx.GraphModule, attr: fx.Node, user: fx.Node,
     For a tied weight the alias owned by the innermost module running ``user`` wins, so a
     word embedding tied to ``lm_head`` is still named ``transformer.wte.weight``.
     """
-    attr = back(attr)
+    attr = strip_casts(attr)
     tensor = tensor_of(gm, attr)
     names = aliases.get(id(tensor), []) if tensor is not None else []
     stack = user.meta.get("nn_module_stack") or {}
@@ -261,7 +256,12 @@ def is_residual_add(node: object) -> bool:
 
 
 def rope_source(node: object) -> fx.Node | None:
-    """x for ``x * cos + rotate_half(x) * sin``, rotate_half(x) = cat(-x[..., h:], x[..., :h])."""
+    """x for ``x * cos + rotate_half(x) * sin``, rotate_half(x) = cat(-x[..., h:], x[..., :h]),
+    or for partial RoPE ``cat(rope(x[..., :r]), x[..., r:])`` (Phi-3)."""
+    if is_op(node, aten.cat.default) and len(parts := node.args[0]) == 2 and is_split(parts[1]):
+        rotated, x = rope_source(parts[0]), split_source(parts[1])
+        rotated = split_source(rotated) if is_split(rotated) else rotated
+        return x if rotated is not None and back(rotated) is back(x) else None
     if not is_op(node, aten.add.Tensor) or len(node.args) != 2:
         return None
     for rot, plain in (node.args, node.args[::-1]):
@@ -297,10 +297,11 @@ def match_rmsnorm(rsqrt: fx.Node) -> RMSMatch | None:
         return None
     mean = next((a for a in eps_add.args if is_op(a, aten.mean.dim)), None)
     sq = mean.args[0] if mean is not None else None
-    if is_op(sq, aten.pow.Tensor_Scalar) and sq.args[1] == 2 or is_op(sq, aten.mul.Tensor) and sq.args[0] is sq.args[1]:
-        x = sq.args[0]
-    else:
+    squared = (is_op(sq, aten.pow.Tensor_Scalar) and sq.args[1] == 2) or (
+        is_op(sq, aten.mul.Tensor) and sq.args[0] is sq.args[1])
+    if not squared:
         return None
+    x = sq.args[0]
     normed = next((u for u in rsqrt.users if is_op(u, aten.mul.Tensor) and x in u.args), None)
     if normed is None:
         return None

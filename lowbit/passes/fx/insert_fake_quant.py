@@ -66,28 +66,28 @@ class InsertFakeQuant(Pass):
     def call(self, gm: fx.GraphModule) -> PassResult:
         tmap = find_transformer(gm)
         self._check_roles(tmap)
-        self._count = 0
+        rw = _Rewriter(gm)
         for role, ref in tmap.linears():
             if role not in self.recipe.roles or _ignored(self.recipe, role, ref.name):
                 continue
             if self.recipe.weight is not None:
-                self._quantize_input(gm, ref.node, 1, _weight_spec(self.recipe.weight, ref),
-                                     f"{ref.name}.weight", weight=True)
+                rw.quantize_input(ref.node, 1, _weight_spec(self.recipe.weight, ref),
+                                  f"{ref.name}.weight", weight=True)
             if self.recipe.activation is not None:
-                self._quantize_input(gm, ref.node, 0, self.recipe.activation,
-                                     f"{ref.name}:input", weight=False)
+                rw.quantize_input(ref.node, 0, self.recipe.activation, f"{ref.name}:input",
+                                  weight=False)
         site_spec = self.recipe.sites_activation or self.recipe.activation
         for site in self.recipe.sites:
             for node, name in self._site_nodes(tmap, site):
                 if site == "embedding":
-                    self._quantize_input(gm, node, 0, self.recipe.weight or site_spec,
-                                         name, weight=True)
+                    rw.quantize_input(node, 0, self.recipe.weight or site_spec, name,
+                                      weight=True)
                 else:
-                    self._quantize_output(gm, node, site_spec, name)
-        if self._count:
+                    rw.quantize_output(node, site_spec, name)
+        if rw.count:
             gm.graph.lint()
             gm.recompile()
-        return PassResult(gm, self._count > 0)
+        return PassResult(gm, rw.count > 0)
 
     # ---- sites ---------------------------------------------------------------------------
     def _check_roles(self, tmap: TransformerMap) -> None:
@@ -124,19 +124,35 @@ class InsertFakeQuant(Pass):
                 if not _ignored(self.recipe, e.role, e.name):
                     yield e.node, f"{e.name}.weight"
 
-    # ---- rewriting -----------------------------------------------------------------------
-    def _new_fq(self, gm: fx.GraphModule, spec: QuantSpec, site: str, weight: bool) -> str:
+
+def _mark(fq: fx.Node, src: fx.Node) -> None:
+    """FQ nodes carry their input's value metadata and a marker spotting sees through."""
+    fq.meta["lowbit_fake_quant"] = True
+    if "val" in src.meta:
+        fq.meta["val"] = src.meta["val"]
+
+
+class _Rewriter:
+    """Inserts FakeQuantize call_module nodes into one graph and counts them."""
+
+    def __init__(self, gm: fx.GraphModule):
+        self.gm = gm
+        self.count = 0
+
+    def _new_fq(self, spec: QuantSpec, site: str, weight: bool) -> str:
+        gm = self.gm
         base = "lowbit_fq_" + "".join(c if c.isalnum() else "_" for c in site)
         name, i = base, 0
         while hasattr(gm, name):
             i += 1
             name = f"{base}_{i}"
         gm.add_submodule(name, FakeQuantize(spec, site, is_weight=weight))
-        self._count += 1
+        self.count += 1
         return name
 
-    def _quantize_input(self, gm, user: fx.Node, idx: int, spec: QuantSpec, site: str,
-                        *, weight: bool) -> None:
+    def quantize_input(self, user: fx.Node, idx: int, spec: QuantSpec, site: str,
+                       *, weight: bool) -> None:
+        gm = self.gm
         src = user.args[idx]
         if not isinstance(src, fx.Node) or is_fake_quant(gm, src):
             return
@@ -150,20 +166,21 @@ class InsertFakeQuant(Pass):
                     and gm.get_submodule(other.target).is_weight == weight):
                 user.replace_input_with(src, other)
                 return
-        target = self._new_fq(gm, spec, site, weight)
+        target = self._new_fq(spec, site, weight)
         with gm.graph.inserting_after(src):
             fq = gm.graph.call_module(target, (src,))
-        fq.meta.update({k: v for k, v in src.meta.items() if k == "val"})
+        _mark(fq, src)
         user.replace_input_with(src, fq)
 
-    def _quantize_output(self, gm, node: fx.Node, spec: QuantSpec, site: str) -> None:
+    def quantize_output(self, node: fx.Node, spec: QuantSpec, site: str) -> None:
+        gm = self.gm
         users = list(node.users)
         if any(is_fake_quant(gm, u) for u in users):
             return
-        target = self._new_fq(gm, spec, site, weight=False)
+        target = self._new_fq(spec, site, weight=False)
         with gm.graph.inserting_after(node):
             fq = gm.graph.call_module(target, (node,))
-        fq.meta.update({k: v for k, v in node.meta.items() if k == "val"})
+        _mark(fq, node)
         for u in users:
             u.replace_input_with(node, fq)
 

@@ -9,14 +9,18 @@ Everything is matched by data flow, never by module names (those only name what 
   ``weight_offset=1.0``); its output is the weight product, trailing casts are not part of it.
 * core     ``aten.scaled_dot_product_attention``, or ``softmax(q @ k^T * s + mask) @ v`` with
   activations on both sides (hand-written attention; nn.MultiheadAttention lowers to one of
-  the two under torch.export: SDPA with ``need_weights=False``, bmm-softmax-bmm otherwise).
+  the two under torch.export: SDPA with ``need_weights=False``, bmm-softmax-bmm otherwise;
+  core_kind "mha" is never produced, and a fused ``_native_multi_head_attention`` op would
+  show up in ``unclassified`` through its parameters).
 * q/k/v    traced back from the core through transparent ops, scalar scales, RoPE
-  ``x*cos + cat(-x2, x1)*sin``, q/k norms and splits (split/chunk/select/slice); a linear
-  split into several of them is ``attn.qkv``. Head counts: projection width / head dim.
+  ``x*cos + cat(-x2, x1)*sin`` (also partial: ``cat(rope(x[..., :r]), x[..., r:])``), q/k
+  norms and splits (split/chunk/select/slice); a linear split into several of them is
+  ``attn.qkv``. Head counts: projection width / head dim (so GQA reads from k's width).
 * o        the first linear that reads the core output through transparent ops.
 * block    ``o -> [norm] -> add`` is the attention residual R1. The FFN residual R2 is the next
   add on the stream whose other operand traces back (through an optional norm) to a down
-  projection reading ``act(gate(x)) * up(x)`` or ``act(up(x))`` with x on the stream.
+  projection reading ``act(gate(x)) * up(x)`` or ``act(up(x))`` with x on the stream. A fused
+  gate+up linear that is chunked (Phi-3) is ``ffn.in`` with no separate gate.
 
 Norm roles, one definition for both styles (the norm that belongs to each sub-layer):
 
@@ -29,7 +33,7 @@ a block (Gemma's post-attention / post-feedforward norms on branch outputs, q/k 
 norm reads the last block's output; head linears are the unassigned linears after it.
 Embeddings are told apart by their index: a graph input (the largest table is the word
 embedding; an input named ``*position*`` indexes positions; other inputs are token types),
-``arange`` or a non-constant buffer (positions), anything else (token types).
+``arange``, a non-constant buffer or a ``cumsum`` (positions), anything else (token types).
 Every linear, embedding or norm without a role, every parameter read by an op not recognised
 here, and every attention core that could not be completed lands in ``unclassified``.
 """
@@ -63,6 +67,7 @@ from lowbit.passes.fx.graph_utils import (
     rope_source,
     shape_of,
     split_source,
+    strip_casts,
     strip_suffix,
     tensor_of,
 )
@@ -81,6 +86,7 @@ __all__ = ["find_transformer"]
 _SOFTMAX = (aten.softmax.int, aten._softmax.default, aten._safe_softmax.default)
 _MATMUL = (aten.matmul.default, aten.bmm.default)
 _ARANGE = (aten.arange.default, aten.arange.start, aten.arange.start_step)
+_POSITION_MATH = (aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor)
 
 
 @dataclasses.dataclass
@@ -100,7 +106,7 @@ class _Ctx:
         """The name of the parameter ``attr`` reads (None for activations and buffers)."""
         if id(tensor_of(self.gm, attr)) not in self.aliases:
             return None
-        self.params.add(back(attr))
+        self.params.add(strip_casts(attr))
         return param_name(self.gm, attr, user, self.aliases)
 
 
@@ -218,24 +224,31 @@ def _embeddings(ctx: _Ctx) -> list[EmbeddingRef]:
 
 
 def _index_root(idx: object) -> object:
-    while True:
-        if is_transparent(idx) or is_split(idx) or is_op(idx, aten.add.Tensor, aten.sub.Tensor) and not isinstance(idx.args[1],
-                                                                             fx.Node):
-            idx = idx.args[0]
-        else:
-            return idx
+    """Back from an embedding index through moves, slices and ``+ c`` offsets."""
+    while is_transparent(idx) or is_split(idx) or (
+            is_op(idx, aten.add.Tensor, aten.sub.Tensor)
+            and not isinstance(idx.args[1], fx.Node)):
+        idx = idx.args[0]
+    return idx
 
 
 def _index_kind(ctx: _Ctx, idx: object) -> str:
     root = _index_root(idx)
     if getattr(root, "op", None) == "placeholder":
         return "input"
-    if is_op(root, *_ARANGE):
+    if is_op(root, *_ARANGE) or _counts_positions(root):
         return "embedding.position"
     buf = tensor_of(ctx.gm, root)
     if buf is not None and buf.numel() > 1 and bool((buf != buf.flatten()[0]).any()):
         return "embedding.position"
     return "embedding.token_type"
+
+
+def _counts_positions(node: object) -> bool:
+    """RoBERTa-style position ids: ``cumsum(mask) * mask + pad`` (first operands back)."""
+    while is_op(node, *_POSITION_MATH) or is_transparent(node):
+        node = node.args[0]
+    return is_op(node, aten.cumsum.default)
 
 
 # ---- attention -----------------------------------------------------------------------------
@@ -302,8 +315,8 @@ def _attention(ctx: _Ctx, core: _Core) -> tuple[AttentionMap | None, list[NormRe
     traces = {r: _trace_projection(ctx, n) for r, n in zip("qkv", (core.q, core.k, core.v))}
     if missing := [f"{r} stops at {getattr(t.stop, 'name', t.stop)}"
                    for r, t in traces.items() if t.linear is None]:
-        ctx.notes.append((core.node.name, f"attention core without projections: "
-                                          f"{'; '.join(missing)}"))
+        why = f"attention core without projections: {'; '.join(missing)}"
+        ctx.notes.append((core.node.name, why))
         return None, []
     roles = {}
     for r, t in traces.items():
@@ -355,8 +368,8 @@ def _block(ctx: _Ctx, index: int, core: _Core) -> tuple[BlockMap, object, fx.Nod
     r1, x_in, post = _residual_after(ctx, attn.o.node) if attn.o else (None, None, [])
     extra += post
     if r1 is None:
-        ctx.notes.append((core.node.name, f"block {index}: no o projection joining the "
-                                          f"residual stream"))
+        why = f"block {index}: no o projection joining the residual stream"
+        ctx.notes.append((core.node.name, why))
         return BlockMap(index, "unknown", attn, None, None, None), None, core.out
     post_ln = _only_norm(ctx, consumers(r1))
     qkv = attn.qkv or attn.q
@@ -444,6 +457,6 @@ def _unclassified(ctx: _Ctx, tm: TransformerMap) -> list[tuple[str, str]]:
         users = data_users(node) if t is not None and id(t) in ctx.aliases else []
         if users and node not in ctx.params:
             ops = ", ".join(sorted({str(u.target) for u in users}))
-            out.append((node.name, f"parameter {node.target} read by {ops}, which spotting "
-                                   f"does not recognise"))
+            why = f"parameter {node.target} read by {ops}, which spotting does not recognise"
+            out.append((node.name, why))
     return out

