@@ -1,19 +1,25 @@
 """lowbit: compiler-style graph passes that quantize and compress transformer models and lower
 them into Apache TVM integer kernels.
 
-    gm = lowbit.capture(model, example_inputs)
-    tmap = lowbit.find_transformer(gm)
+    gm = lowbit.capture(model, example_inputs)              # torch.export -> fx.GraphModule
+    print(lowbit.find_transformer(gm))                      # the transformer structure
+    qgm = lowbit.quantize(gm, lowbit.recipes.W8A8, calibration=batches)
+    lowbit.export_onnx(qgm, "model.qdq.onnx")               # standard QDQ ONNX
 """
 
-from lowbit import config, errors
+from lowbit import config, errors, recipes
 from lowbit.capture import capture
 from lowbit.passes.infra import Pass, PassResult, Pipeline
 from lowbit.passes.patterns import TransformerMap
+from lowbit.quantize import calibrate, convert, freeze, prepare, quantize
 
 __version__ = "0.1.0"
 
-__all__ = ["capture", "find_transformer", "config", "errors", "Pass", "PassResult", "Pipeline",
-           "TransformerMap", "__version__"]
+__all__ = [
+    "capture", "find_transformer", "quantize", "prepare", "calibrate", "freeze", "convert",
+    "export_onnx", "config", "errors", "recipes", "testing", "Pass", "PassResult", "Pipeline",
+    "TransformerMap", "__version__",
+]
 
 
 def find_transformer(graph) -> TransformerMap:
@@ -21,3 +27,18 @@ def find_transformer(graph) -> TransformerMap:
     from lowbit.passes.fx.spot import find_transformer as _fx
 
     return _fx(graph)
+
+
+def export_onnx(qgm, path, example_inputs=None, **kwargs):
+    """Write a quantized GraphModule as standard QDQ ONNX (see lowbit.backends.onnxruntime)."""
+    from lowbit.backends.onnxruntime import export_onnx as _export
+
+    return _export(qgm, path, example_inputs, **kwargs)
+
+
+def __getattr__(name):
+    if name == "testing":  # imported lazily: it pulls onnxruntime
+        import importlib
+
+        return importlib.import_module("lowbit.testing")
+    raise AttributeError(f"module 'lowbit' has no attribute {name!r}")

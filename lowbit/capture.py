@@ -105,9 +105,13 @@ def capture(
     except Exception as e:  # torch raises many types; all mean "cannot be exported"
         reason = str(e).strip().splitlines()
         reason = "\n    ".join(reason[:12]) if reason else type(e).__name__
+        hints = _HINTS
+        if "Cache" in str(e):
+            hints = ("what to try: Hugging Face decoders return a KV-cache object; set "
+                     "model.config.use_cache = False (or pass use_cache=False) before capture")
         raise CaptureError(
             f"torch.export could not capture {type(model).__name__}: {type(e).__name__}:\n"
-            f"    {reason}\n  {_HINTS}"
+            f"    {reason}\n  {hints}"
         ) from e
     gm = ep.module()
     _detach_state(gm)

@@ -27,7 +27,7 @@ from torch.fx.experimental.symbolic_shapes import optimization_hint
 __all__ = [
     "CASTS", "SHAPE_OPS", "SPLIT_OPS", "RMSMatch", "act_kind", "ancestors", "aten", "back",
     "consumers", "data_input", "data_users", "descendants", "is_fake_quant", "is_op",
-    "is_residual_add",
+    "is_residual_add", "linear_operands",
     "is_scalar_scale", "is_split", "is_transparent", "linear_input", "match_rmsnorm", "numel",
     "param_name", "param_names", "rope_source", "shape_of", "split_source", "strip_casts",
     "strip_suffix", "tensor_of",
@@ -108,10 +108,6 @@ def is_scalar_scale(node: object) -> bool:
     a, b = node.args
     return _is_tensor_node(a) != _is_tensor_node(b) and (
         _is_tensor_node(a) or node.target in (aten.mul.Tensor, aten.mul.Scalar))
-
-
-CASTS = frozenset({aten.to.dtype, aten.to.dtype_layout, aten._to_copy.default,
-                   aten.type_as.default})
 
 
 def back(node: object, *, scales: bool = False) -> object:
@@ -244,9 +240,14 @@ def strip_suffix(name: str, suffixes: Iterable[str] = (".weight", "_weight")) ->
 
 
 # ---- op patterns ---------------------------------------------------------------------------
+def linear_operands(node: fx.Node) -> tuple[int, int]:
+    """Argument positions (activation, weight) of a linear / addmm / mm / matmul node."""
+    return (1, 2) if node.target == aten.addmm.default else (0, 1)
+
+
 def linear_input(node: fx.Node) -> fx.Node:
     """The activation operand of a linear / addmm / mm / matmul node."""
-    return node.args[1] if node.target == aten.addmm.default else node.args[0]
+    return node.args[linear_operands(node)[0]]
 
 
 def is_residual_add(node: object) -> bool:

@@ -24,6 +24,7 @@ import torch.fx as fx
 
 from lowbit.config import PerChannel, PerGroup, QuantSpec, Recipe
 from lowbit.errors import ConfigError
+from lowbit.passes.fx.graph_utils import linear_operands
 from lowbit.passes.fx.spot import find_transformer
 from lowbit.passes.infra import Pass, PassResult
 from lowbit.passes.patterns import LinearRef, TransformerMap
@@ -70,11 +71,12 @@ class InsertFakeQuant(Pass):
         for role, ref in tmap.linears():
             if role not in self.recipe.roles or _ignored(self.recipe, role, ref.name):
                 continue
+            x_idx, w_idx = linear_operands(ref.node)
             if self.recipe.weight is not None:
-                rw.quantize_input(ref.node, 1, _weight_spec(self.recipe.weight, ref),
+                rw.quantize_input(ref.node, w_idx, _weight_spec(self.recipe.weight, ref),
                                   f"{ref.name}.weight", weight=True)
             if self.recipe.activation is not None:
-                rw.quantize_input(ref.node, 0, self.recipe.activation, f"{ref.name}:input",
+                rw.quantize_input(ref.node, x_idx, self.recipe.activation, f"{ref.name}:input",
                                   weight=False)
         site_spec = self.recipe.sites_activation or self.recipe.activation
         for site in self.recipe.sites:
