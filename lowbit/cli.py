@@ -21,6 +21,12 @@ def _verify(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _quantize(args: argparse.Namespace) -> int:
+    from lowbit.quantize_cli import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lowbit", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -30,6 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seq", type=int, default=128, help="sequence length (default 128)")
     d.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     d.set_defaults(func=_demo)
+
+    q = sub.add_parser("quantize", help="quantize a Hugging Face model folder or ONNX file "
+                                         "to QDQ ONNX")
+    from lowbit.quantize_cli import add_arguments as add_quantize
+
+    add_quantize(q)
+    q.set_defaults(func=_quantize)
 
     v = sub.add_parser("verify", help="compare two models' outputs on seeded inputs")
     from lowbit.verify import add_arguments
@@ -41,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="[lowbit] %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="[%(name)s] %(message)s")
+    logging.getLogger("lowbit").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     from lowbit.errors import LowbitError
 
     try:

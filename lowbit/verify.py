@@ -100,19 +100,12 @@ def _load(label: str, path: Path) -> _Model:
 
 
 def _load_hf(label: str, path: Path) -> _Model:
-    if not (path / "config.json").is_file():
-        raise VerifyError(f"{label}: {path}: a directory without config.json, so not a Hugging "
-                          f"Face model directory")
-    import transformers  # imported here: only directories need it
+    from lowbit.hf import HFLoadError, load_hf_model
 
     try:
-        config = transformers.AutoConfig.from_pretrained(path)
-        architecture = (config.architectures or ["AutoModel"])[0]
-        model_class = getattr(transformers, architecture, transformers.AutoModel)
-        model = model_class.from_pretrained(path).eval()
-    except Exception as e:  # transformers raises OSError, ValueError ... for one meaning
-        raise VerifyError(f"{label}: {path}: transformers cannot load it: "
-                          f"{type(e).__name__}: {e}") from e
+        model, config = load_hf_model(path)
+    except HFLoadError as e:
+        raise VerifyError(f"{label}: {e}") from e
     return _Model(label, path, f"Hugging Face directory, {type(model).__name__}", model, config)
 
 

@@ -499,9 +499,13 @@ def export_onnx(qgm: torch.nn.Module, path: str | os.PathLike, example_inputs: A
             raise ConfigError("export_onnx: no example_inputs given and the graph carries none "
                               "(graphs from lowbit.capture keep theirs in "
                               "meta['lowbit_example_inputs']); pass example_inputs=")
-        if dynamic_shapes is None:
-            dynamic_shapes = meta.get("lowbit_dynamic_shapes")
     args, kwargs = _split_example(example_inputs)
+    if dynamic_shapes is None:
+        # the capture's dynamic shapes, when the example has the capture's structure
+        captured = meta.get("lowbit_dynamic_shapes")
+        c_args, c_kwargs = _split_example(meta.get("lowbit_example_inputs") or ((), {}))
+        if captured is not None and len(c_args) == len(args) and set(c_kwargs) == set(kwargs):
+            dynamic_shapes = captured
     path = pathlib.Path(path)
     try:
         with warnings.catch_warnings():

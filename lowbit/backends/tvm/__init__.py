@@ -1,0 +1,1 @@
+"""TVM backend (see api.py)."""

@@ -1,0 +1,162 @@
+"""Integer TIR kernels and their hand-written default schedules.
+
+``linear_u8s8`` (W8A8, static u8 activations, s8 per-channel weights)::
+
+    acc_i32[m, n] = sum_k x_u8[m, k] * w_i8[n, k]                 (w packed [N/16, K/4, 16, 4])
+    y_f32[m, n]   = f32(acc_i32[m, n] - corr_i32[n]) * scale_f32[n] + bias_f32[n]
+    corr_i32[n]   = x_zp * sum_k w_i8[n, k],   scale_f32[n] = x_scale * w_scale[n]
+
+which is ``linear(dequant(x_u8), dequant(w_i8), bias)`` with the zero-point correction done in
+exact integer arithmetic. N is padded to a multiple of 16 in the packed weight; K must be a
+multiple of 4. Default schedule: register tile of MI rows x NT*16 columns, the 16x4 inner block
+tensorized with ``vpdpbusd`` (intrin.py), accumulator tile local, epilogue fused per tile.
+
+``linear_w4a16`` (int4 group-wise weights, float activations)::
+
+    w_f32[k, n] = (nibble(w_u8[k // 2, n], k % 2) - 8) * scale_f32[k // g, n]
+    y_f32[m, n] = sum_k x_f32[m, k] * w_f32[k, n] + bias_f32[n]
+
+with the int4 weight packed two per byte along K and transposed (pack.py), so decoding a row of
+N weights reads contiguous bytes. Default schedule: a [KT, NJ] tile of dequantized weights is
+decoded once per (column block, k block) into a local buffer and reused by every row.
+
+Every kernel carries ``lowbit.kernel`` (the schedule rule key) and ``op_pattern = kOpaque`` so
+Relax FuseOps leaves it whole.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, te, tirx
+from tvm.target import Target
+
+from lowbit.backends.tvm.intrin import register_vnni
+from lowbit.backends.tvm.schedules import KERNEL_ATTR, get_extent
+
+__all__ = ["linear_u8s8", "linear_w4a16", "default_schedule", "OPAQUE"]
+
+OPAQUE = 8  # relax OpPatternKind.kOpaque
+
+
+def _finish(func: tirx.PrimFunc, kind: str) -> tirx.PrimFunc:
+    return func.with_attrs({KERNEL_ATTR: kind, "op_pattern": OPAQUE, "tirx.noalias": True})
+
+
+def linear_u8s8(m: int, n: int, k: int) -> tirx.PrimFunc:
+    """The W8A8 linear for x [m, k] and a weight [n, k] (see module docstring)."""
+    if k % 4:
+        raise ValueError(f"linear_u8s8 needs K % 4 == 0, got K={k}")
+    n_pad = -(-n // 16) * 16
+    x = te.placeholder((m, k), "uint8", name="x_u8")
+    w = te.placeholder((n_pad // 16, k // 4, 16, 4), "int8", name="w_i8")
+    corr = te.placeholder((n,), "int32", name="corr_i32")
+    scale = te.placeholder((n,), "float32", name="scale_f32")
+    bias = te.placeholder((n,), "float32", name="bias_f32")
+    r = te.reduce_axis((0, k), name="k")
+    acc = te.compute(
+        (m, n_pad),
+        lambda i, j: te.sum(x[i, r].astype("int32")
+                            * w[j // 16, r // 4, j % 16, r % 4].astype("int32"), axis=r),
+        name="acc_i32")
+    y = te.compute(
+        (m, n),
+        lambda i, j: (acc[i, j] - corr[j]).astype("float32") * scale[j] + bias[j],
+        name="y_f32")
+    return _finish(te.create_prim_func([x, w, corr, scale, bias, y]), "linear_u8s8")
+
+
+def linear_w4a16(m: int, n: int, k: int, group: int) -> tirx.PrimFunc:
+    """The W4A16 linear for x [m, k] and an int4 weight [n, k] in groups of ``group``."""
+    if k % group or group % 2:
+        raise ValueError(f"linear_w4a16 needs an even group dividing K, got K={k}, g={group}")
+    x = te.placeholder((m, k), "float32", name="x_f32")
+    w = te.placeholder((k // 2, n), "uint8", name="w_u4x2")
+    scale = te.placeholder((k // group, n), "float32", name="scale_f32")
+    bias = te.placeholder((n,), "float32", name="bias_f32")
+    wdq = te.compute(
+        (k, n),
+        lambda kk, j: (((w[kk // 2, j] >> ((kk % 2) * 4).astype("uint8")) & tirx.const(15, "uint8"))
+                       .astype("float32") - 8.0) * scale[kk // group, j],
+        name="w_f32")
+    r = te.reduce_axis((0, k), name="k")
+    mm = te.compute((m, n), lambda i, j: te.sum(x[i, r] * wdq[r, j], axis=r), name="mm_f32")
+    y = te.compute((m, n), lambda i, j: mm[i, j] + bias[j], name="y_f32")
+    return _finish(te.create_prim_func([x, w, scale, bias, y]), "linear_w4a16")
+
+
+# ---- default schedules ------------------------------------------------------------------------
+def _divisor(extent: int, prefs) -> int:
+    return next((p for p in prefs if extent % p == 0), 1)
+
+
+def _schedule_u8s8(sch: s_tir.Schedule) -> s_tir.Schedule:
+    intrin = register_vnni()
+    acc, out = sch.get_sblock("acc_i32"), sch.get_sblock("y_f32")
+    i, j, r = sch.get_loops(acc)
+    m, n_pad = get_extent(sch, i), get_extent(sch, j)
+    mi = _divisor(m, (4, 3, 2, 1))
+    nt = _divisor(n_pad // 16, (4, 3, 2, 1))
+    io, ii = sch.split(i, [None, mi])
+    jo, jt, ji = sch.split(j, [None, nt, 16])
+    ro, ri = sch.split(r, [None, 4])
+    sch.reorder(jo, io, ro, ii, jt, ji, ri)
+    outer = sch.fuse(jo, io)
+    sch.parallel(outer)
+    init = sch.decompose_reduction(acc, ro)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.tensorize(ji, intrin)
+    sch.unroll(jt)
+    sch.unroll(ii)
+    sch.reverse_compute_at(out, outer, preserve_unit_loops=True)
+    oi, oj = sch.get_loops(out)[-2:]
+    vec = _divisor(get_extent(sch, oj), (16, 8, 4, 2))
+    if vec > 1:
+        _, ojv = sch.split(oj, [None, vec])
+        sch.vectorize(ojv)
+    return sch
+
+
+def _schedule_w4a16(sch: s_tir.Schedule) -> s_tir.Schedule:
+    wdq, mm, out = (sch.get_sblock(b) for b in ("w_f32", "mm_f32", "y_f32"))
+    i, j, r = sch.get_loops(mm)
+    m, n, k = (get_extent(sch, lp) for lp in (i, j, r))
+    mi = _divisor(m, (6, 4, 3, 2, 1))
+    nj = _divisor(n, (32, 16, 8, 4, 2, 1))
+    kt = _divisor(k, (64, 32, 16, 8, 4, 2))
+    io, ii = sch.split(i, [None, mi])
+    jo, ji = sch.split(j, [None, nj])
+    ro, ri = sch.split(r, [None, kt])
+    sch.reorder(jo, ro, io, ri, ii, ji)
+    sch.parallel(jo)
+    sch.compute_at(wdq, ro, preserve_unit_loops=True)
+    sch.vectorize(sch.get_loops(wdq)[-1])
+    init = sch.decompose_reduction(mm, ro)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.unroll(ii)
+    if nj > 1:
+        sch.vectorize(ji)
+    sch.reverse_compute_at(out, jo, preserve_unit_loops=True)
+    sch.vectorize(sch.get_loops(out)[-1])
+    return sch
+
+
+_SCHEDULES = {"linear_u8s8": _schedule_u8s8, "linear_w4a16": _schedule_w4a16}
+
+
+def default_schedule(func: tirx.PrimFunc, target: Target) -> s_tir.Schedule | None:
+    """The hand-written schedule of a lowbit kernel (None: not ours, or target not CPU)."""
+    kind = str(func.attrs[KERNEL_ATTR]) if KERNEL_ATTR in func.attrs else None
+    if kind not in _SCHEDULES or target.kind.name != "llvm":
+        return None
+    if kind == "linear_u8s8" and not has_vnni(target):
+        return None
+    return _SCHEDULES[kind](s_tir.Schedule(func))
+
+
+def has_vnni(target: Target) -> bool:
+    """Whether ``target`` can run vpdpbusd (AVX-512 VNNI)."""
+    from tvm.target.codegen import target_has_features
+
+    try:
+        return bool(target_has_features("avx512vnni", target))
+    except Exception:  # noqa: BLE001  (unknown mcpu: no features)
+        return False

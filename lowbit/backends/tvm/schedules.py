@@ -1,0 +1,184 @@
+"""Default CPU schedules: what an untuned build runs.
+
+TVM 0.27 applies no schedule on CPU by default (every kernel is a scalar loop nest, 100-200x
+slower than torch) and dlight's CPU rules cover only GEMV and softmax/norm-like reductions.
+These rules fill the gap, tried in order on every PrimFunc that no one scheduled yet:
+
+1. ``LowbitKernel``: our integer kernels (``lowbit.kernel`` attribute, see kernels.py) carry
+   their own hand-written schedule (VNNI tensorized int8 GEMM, int4 dequant-in-GEMM).
+2. ``Matmul``: fp32 ``C[b, i, j] = sum_k A * B`` with injective prologue/epilogue; register
+   tile ``MI x NJ`` (NJ a multiple of the vector width), k unrolled, accumulator kept in a
+   compacted local tile, batch/row/column tiles parallel.
+3. dlight ``cpu.Reduction`` (softmax, layer norm) and ``cpu.GEMV``.
+4. ``Injective``: everything else: inline what can be inlined, then per block fuse the spatial
+   loops, parallelize the outer part and vectorize the inner part; reductions keep their
+   reduction loops serial and innermost.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir import dlight as dl
+from tvm.s_tir.dlight.analysis import normalize_prim_func
+from tvm.s_tir.dlight.base import ScheduleRule, get_extent, try_inline
+from tvm.target import Target
+
+__all__ = ["default_rules", "apply_default_schedules", "KERNEL_ATTR", "Matmul", "Injective",
+           "LowbitKernel"]
+
+KERNEL_ATTR = "lowbit.kernel"
+VEC_F32 = 16          # AVX-512 lanes for fp32
+PARALLEL_MIN = 64     # don't parallelize loops doing less work than this many vectors
+
+
+def _divisor(extent, prefs) -> int:
+    if not isinstance(extent, int):
+        return 1
+    return next((p for p in prefs if extent % p == 0), 1)
+
+
+def _is_llvm(target: Target) -> bool:
+    return target.kind.name == "llvm"
+
+
+class LowbitKernel(ScheduleRule):
+    """Apply the schedule a lowbit kernel registered for itself (kernels.KERNELS)."""
+
+    def apply(self, func, target, tunable):
+        if not isinstance(func, tirx.PrimFunc) or KERNEL_ATTR not in func.attrs:
+            return None
+        from lowbit.backends.tvm.kernels import default_schedule
+
+        return default_schedule(func, target)
+
+
+class Matmul(ScheduleRule):
+    """fp32 (batch) matmul with optional injective epilogue, on CPU (see module docstring)."""
+
+    MI = (8, 6, 4, 3, 2, 1)
+    NJ = (32, 16, 8, 4, 2, 1)
+    KU = (4, 2, 1)
+
+    def apply(self, func, target, tunable):
+        if not isinstance(func, tirx.PrimFunc) or not _is_llvm(target):
+            return None
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if infos is None:
+            return None
+        reductions = [b for b in infos if not b.is_injective()]
+        if len(reductions) != 1:
+            return None
+        main = reductions[0]
+        kinds = main.dom_kind()
+        n_s = len(kinds) - len(kinds.lstrip("S"))
+        if n_s < 2 or set(kinds[n_s:]) != {"R"}:
+            return None
+        block = sch.get(main.block_rv)
+        if len(block.reads) < 2 or block.writes[0].source.dtype != "float32":
+            return None
+        others = [b for b in infos if b is not main]
+        rest = try_inline(sch, others)
+        if len(rest) > 1:
+            return None
+        main_rv = main.block_rv
+        if rest:
+            epilogue = rest[0].block_rv
+            if sch.get_consumers(main_rv) and not any(
+                    sch.get(c).same_as(sch.get(epilogue)) for c in sch.get_consumers(main_rv)):
+                return None
+        else:
+            epilogue = sch.cache_write(main_rv, 0, "global")
+        loops = sch.get_loops(main_rv)
+        *batch, i, j = loops[:n_s]
+        ks = loops[n_s:]
+        k = sch.fuse(*ks) if len(ks) > 1 else ks[0]
+        mi = _divisor(get_extent(sch, i), self.MI)
+        nj = _divisor(get_extent(sch, j), self.NJ)
+        ku = _divisor(get_extent(sch, k), self.KU)
+        io, ii = sch.split(i, [None, mi])
+        jo, ji = sch.split(j, [None, nj])
+        ko, ki = sch.split(k, [None, ku])
+        sch.reorder(*batch, io, jo, ko, ki, ii, ji)
+        outer = sch.fuse(*batch, io, jo)
+        sch.parallel(outer)
+        if nj > 1:
+            sch.vectorize(ji)
+        sch.unroll(ii)
+        sch.unroll(ki)
+        init = sch.decompose_reduction(main_rv, ko)
+        init_loops = sch.get_loops(init)
+        if nj > 1:
+            sch.vectorize(init_loops[-1])
+        sch.reverse_compute_at(epilogue, outer, preserve_unit_loops=True)
+        _vectorize_tail(sch, epilogue, skip=1)
+        return sch
+
+
+def _vectorize_tail(sch: s_tir.Schedule, block, skip: int) -> None:
+    """Vectorize (up to VEC_F32 lanes) the innermost spatial loop under the first ``skip``."""
+    loops = sch.get_loops(block)[skip:]
+    if not loops:
+        return
+    inner = loops[-1]
+    ext = get_extent(sch, inner)
+    lanes = _divisor(ext, (VEC_F32, 8, 4, 2))
+    if lanes <= 1:
+        return
+    if ext != lanes:
+        _, inner = sch.split(inner, [None, lanes])
+    try:
+        sch.vectorize(inner)
+    except Exception:  # noqa: BLE001  (a block TVM cannot vectorize stays scalar)
+        pass
+
+
+class Injective(ScheduleRule):
+    """Fallback: parallel + vectorized spatial loops; reductions serial inside."""
+
+    def apply(self, func, target, tunable):
+        if not isinstance(func, tirx.PrimFunc) or not _is_llvm(target):
+            return None
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if infos is None:
+            return None
+        infos = try_inline(sch, infos) if len(infos) > 1 else infos
+        for info in infos:
+            loops = sch.get_loops(info.block_rv)
+            kinds = info.dom_kind()
+            if not loops or len(kinds) != len(loops):
+                continue
+            s_loops = [lp for lp, kd in zip(loops, kinds) if kd == "S"]
+            r_loops = [lp for lp, kd in zip(loops, kinds) if kd != "S"]
+            if not s_loops:
+                continue
+            if r_loops:
+                sch.reorder(*s_loops, *r_loops)
+            fused = sch.fuse(*s_loops) if len(s_loops) > 1 else s_loops[0]
+            ext = get_extent(sch, fused)
+            if r_loops:
+                if isinstance(ext, int) and ext > 1:
+                    sch.parallel(fused)
+                continue
+            lanes = _divisor(ext, (VEC_F32, 8, 4, 2))
+            if lanes > 1:
+                outer, inner = sch.split(fused, [None, lanes])
+                try:
+                    sch.vectorize(inner)
+                except Exception:  # noqa: BLE001
+                    pass
+            else:
+                outer = fused
+            if isinstance(ext, int) and ext >= PARALLEL_MIN * max(lanes, 1):
+                sch.parallel(outer)
+        return sch
+
+
+def default_rules() -> list[ScheduleRule]:
+    return [LowbitKernel(), Matmul(), dl.cpu.GEMV(), dl.cpu.Reduction(), Injective()]
+
+
+def apply_default_schedules():
+    """The dlight pass that schedules every still-unscheduled PrimFunc (needs ``with target``)."""
+    return dl.ApplyDefaultSchedule(*default_rules())
