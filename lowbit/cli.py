@@ -33,8 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="end to end on the real all-MiniLM-L6-v2")
-    d.add_argument("--seq", type=int, default=128, help="sequence length (default 128)")
-    d.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    from lowbit.demo import add_arguments as add_demo
+
+    add_demo(d)
     d.set_defaults(func=_demo)
 
     q = sub.add_parser("quantize", help="quantize a Hugging Face model folder or ONNX file "

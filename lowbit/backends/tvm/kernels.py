@@ -101,12 +101,12 @@ def _schedule_u8s8(sch: s_tir.Schedule) -> s_tir.Schedule:
     sch.reorder(jo, io, ro, ii, jt, ji, ri)
     outer = sch.fuse(jo, io)
     sch.parallel(outer)
+    sch.reverse_compute_at(out, outer, preserve_unit_loops=True)
     init = sch.decompose_reduction(acc, ro)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.tensorize(ji, intrin)
     sch.unroll(jt)
     sch.unroll(ii)
-    sch.reverse_compute_at(out, outer, preserve_unit_loops=True)
     oi, oj = sch.get_loops(out)[-2:]
     vec = _divisor(get_extent(sch, oj), (16, 8, 4, 2))
     if vec > 1:

@@ -35,7 +35,8 @@ import numpy as np
 import onnx_ir as ir
 
 __all__ = [
-    "ORDER", "QSITE_KEY", "SHAPE_OPS", "WeightSource", "back", "const_array", "consumers",
+    "ORDER", "QSITE_KEY", "SHAPE_OPS", "WeightSource", "back", "bias_add", "const_array",
+    "consumers", "linear_output", "quant_source",
     "data_input", "data_users", "descendants", "ancestors", "is_const", "is_op", "is_quantized",
     "is_scalar_scale", "is_split", "is_transparent", "number", "order", "owner_name",
     "param_of", "producer", "shape_of", "split_source", "strip_suffix", "weight_source",
@@ -284,6 +285,24 @@ def _params_behind(node: ir.Node, depth: int = 8) -> list[ir.Value]:
             elif v.producer() is not None:
                 stack.append((v.producer(), d + 1))
     return found
+
+
+def bias_add(node: ir.Node, width: int) -> tuple[ir.Value, ir.Node] | None:
+    """(bias initializer, Add) when ``node``'s only reader adds a 1-D constant of ``width``."""
+    users = data_users(node.outputs[0])
+    if len(users) != 1 or not is_op(users[0], "Add") or len(users[0].inputs) != 2:
+        return None
+    add = users[0]
+    b = param_of(add.inputs[1] if add.inputs[0] is node.outputs[0] else add.inputs[0])
+    arr = const_array(b)
+    return (b, add) if arr is not None and arr.ndim == 1 and arr.shape[0] == width else None
+
+
+def linear_output(ref) -> ir.Value:
+    """A LinearRef's output value: after its bias Add (MatMul + Add), else the op's own."""
+    if is_op(ref.node, "MatMul") and (found := bias_add(ref.node, ref.out_features)):
+        return found[1].outputs[0]
+    return ref.node.outputs[0]
 
 
 def param_of(value: ir.Value | None) -> ir.Value | None:

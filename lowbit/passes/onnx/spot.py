@@ -37,7 +37,7 @@ import onnx_ir as ir
 
 from lowbit.errors import PatternError
 from lowbit.passes.onnx.graph_utils import (
-    ancestors, back, const_array, consumers, data_input, data_users, descendants, is_op,
+    ancestors, back, bias_add, const_array, consumers, data_input, data_users, descendants, is_op,
     is_scalar_scale, is_split, is_transparent, number, order, owner_name, param_of, producer,
     shape_of, split_source, weight_source,
 )
@@ -140,13 +140,8 @@ def _linear_ref(ctx: _Ctx, node: ir.Node) -> tuple[LinearRef, ir.Node] | None:
     bias, out = None, node
     if gemm and len(node.inputs) > 2:
         bias = param_of(node.inputs[2])
-    elif not gemm and len(users := data_users(node.outputs[0])) == 1 and is_op(users[0], "Add"):
-        add = users[0]
-        other = add.inputs[1] if add.inputs[0] is node.outputs[0] else add.inputs[0]
-        b = param_of(other)
-        arr = const_array(b)
-        if arr is not None and arr.ndim == 1 and arr.shape[0] == fan_out:
-            bias, out = b, add
+    elif not gemm and (found := bias_add(node, fan_out)) is not None:
+        bias, out = found
     ctx.params.update(v for v in (src.value, bias) if v is not None)
     ref = LinearRef(node, ctx.name(src.value, node), src.value.name,
                     bias.name if bias is not None else None, fan_in, fan_out,
