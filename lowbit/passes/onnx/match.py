@@ -160,11 +160,25 @@ def rope_source(node: ir.Node | None) -> ir.Value | None:
 
 def is_residual_add(node: object) -> bool:
     """``a + b`` of two activations of the output's shape (no broadcasting: a stream join).
-    Where shapes are unknown (TorchScript files) two non-constant operands suffice."""
+    Symbolic dims compare as equal (shape inference names them freely: ``unk__3``); a static
+    1 against anything else is broadcasting. Unknown shapes (TorchScript files) pass."""
     if not is_op(node, "Add") or len(node.inputs) != 2 or any(is_const(v) for v in node.inputs):
         return False
     shapes = [shape_of(v) for v in (*node.inputs, node.outputs[0])]
-    return any(s is None for s in shapes) or shapes[0] == shapes[1] == shapes[2]
+    if any(s is None for s in shapes):
+        return True
+    return all(_same_dims(s, shapes[2]) for s in shapes[:2])
+
+
+def _same_dims(a: tuple, b: tuple) -> bool:
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        if isinstance(x, int) and isinstance(y, int) and x != y:
+            return False
+        if isinstance(x, int) != isinstance(y, int) and 1 in (x, y):
+            return False
+    return True
 
 
 def act_kind(ops: list[ir.Node]) -> str:

@@ -1,0 +1,123 @@
+"""Calibration on ONNX graphs: activation ranges from onnxruntime runs of the float model.
+
+For each static activation site t (``plan_sites``), over batches b = 1..B:
+
+    observer_t.update(t(b))                 t(b): the site tensor, fetched as an extra output
+    lo_t, hi_t = observer_t.range()
+    s_t, z_t   = qparams_from_range(lo_t, hi_t, qmin, qmax, symmetric)
+
+with the observers of ``lowbit.quant.observers.make_observer`` and the numerics of
+``lowbit.quant.numerics``: the same objects FX calibration feeds, so the same data gives the
+same ranges up to float rounding between torch and onnxruntime. Memory is constant in B: each
+batch's outputs are dropped once the observers have seen them. The model is not changed: the
+extra outputs live only in the serialized copy onnxruntime runs (in memory, or in a temporary
+folder with external data for models over ~1.8 GB or loaded with external data).
+
+Batches are dicts ``{input name: array or tensor}``, tuples of positional inputs, or one tensor
+(as for ``lowbit.calibrate``); a NaN / inf reaching an observer raises CalibrationError naming
+the site and batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pathlib
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import onnx_ir as ir
+import torch
+
+from lowbit.backends.onnxruntime import OrtRunner
+from lowbit.errors import CalibrationError
+from lowbit.passes.onnx.insert_qdq import Site
+from lowbit.passes.onnx.load import EXTERNAL_DATA_BYTES, _initializer_bytes, has_external_data
+from lowbit.quant.numerics import qparams_from_range
+from lowbit.quant.observers import make_observer
+
+__all__ = ["calibrate"]
+
+
+@contextlib.contextmanager
+def _with_outputs(model: ir.Model, values: Sequence[ir.Value]) -> Iterator[Any]:
+    """A serialized copy of ``model`` that also outputs ``values`` (bytes, or a file path)."""
+    graph = model.graph
+    added = [v for v in dict.fromkeys(values) if not v.is_graph_output()]
+    untyped = [v for v in added if v.type is None]
+    for v in untyped:
+        v.type = ir.TensorType(ir.DataType.FLOAT)
+    graph.outputs.extend(added)
+    try:
+        if has_external_data(model) or _initializer_bytes(model) > EXTERNAL_DATA_BYTES:
+            with tempfile.TemporaryDirectory(prefix="lowbit-calib-") as tmp:
+                path = pathlib.Path(tmp) / "calib.onnx"
+                ir.save(model, path, external_data="calib.onnx.data")
+                _drop_outputs(graph, added)
+                added = []
+                yield str(path)
+        else:
+            yield ir.to_proto(model).SerializeToString()
+    finally:
+        _drop_outputs(graph, added)
+        for v in untyped:
+            v.type = None
+
+
+def _drop_outputs(graph: ir.Graph, added: list) -> None:
+    # pop() one by one: slice deletion leaves the values marked as graph outputs (onnx_ir 1.1)
+    for _ in added:
+        graph.outputs.pop()
+
+
+def _feed(runner: OrtRunner, batch: Any) -> dict[str, Any]:
+    if isinstance(batch, dict):
+        return dict(batch)
+    args = tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
+    if len(args) != len(runner.input_names):
+        raise CalibrationError(f"calibration batch has {len(args)} positional input(s); the "
+                               f"model takes {runner.input_names}")
+    return dict(zip(runner.input_names, args))
+
+
+def calibrate(model: ir.Model, sites: Sequence[Site], batches: Iterable[Any], *,
+              progress: bool = True, threads: int | None = None
+              ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Observe ``sites`` (static activation sites of ``plan_sites``) over ``batches`` run by
+    onnxruntime; returns ``{site name: (scale f32, zero point i64)}`` for ``InsertQDQ``.
+
+    Raises:
+        CalibrationError: no batches, a batch that does not fit the model's inputs, or NaN/inf.
+    """
+    sites = [s for s in sites if not s.spec.dynamic]
+    if not sites:
+        return {}
+    observers = {s.name: make_observer(s.spec.observer, s.name, qmin=s.spec.qmin,
+                                       qmax=s.spec.qmax, symmetric=s.spec.symmetric)
+                 for s in sites}
+    count, t0 = 0, time.perf_counter()
+    with _with_outputs(model, [s.value for s in sites]) as src:
+        runner = OrtRunner(src, threads, optimization="basic")
+        index = {name: i for i, name in enumerate(runner.output_names)}
+        for batch in batches:
+            outs = runner.run(_feed(runner, batch))
+            for s in sites:
+                observers[s.name].update(torch.from_numpy(outs[index[s.value.name]]))
+            del outs
+            count += 1
+            if progress and (sys.stderr.isatty() or count % 50 == 0):
+                print(f"\r[lowbit] calibrating (onnxruntime): {count} batch(es), "
+                      f"{time.perf_counter() - t0:.1f} s", end="", file=sys.stderr, flush=True)
+    if count == 0:
+        raise CalibrationError("calibration data is empty: give at least one batch "
+                               f"({len(sites)} activation quantizers need ranges)")
+    if progress:
+        print(f"\r[lowbit] calibrated on {count} batch(es) in {time.perf_counter() - t0:.1f} s "
+              f"({len(sites)} activation observers)", file=sys.stderr, flush=True)
+    out = {}
+    for s in sites:
+        lo, hi = observers[s.name].range()
+        out[s.name] = qparams_from_range(lo, hi, s.spec.qmin, s.spec.qmax, s.spec.symmetric)
+    return out
