@@ -23,8 +23,9 @@ What it does (docs/accuracy.md explains how to read the result):
    (disjoint from the probe's training set), batches of 8 from ``lowbit.data.text_batches``
    (longest padding), run through ``lowbit.quantize.quantize``.
 5. Metrics per variant on SST-2 dev: accuracy, prediction flips vs FP32 (how many dev
-   predictions changed; "broke" = FP right -> variant wrong, "fixed" = the reverse), mean and
-   min per-sentence embedding cosine vs FP32. With ``--onnx`` each graph (FP32 included) is
+   predictions changed; "broke" = FP right -> variant wrong, "fixed" = the reverse; exact
+   two-sided McNemar p-value of broke vs fixed), mean and min per-sentence embedding cosine
+   vs FP32. With ``--onnx`` each graph (FP32 included) is
    exported with ``lowbit.backends.onnxruntime.export_onnx`` and run by ``OrtRunner`` (CPU,
    optimization "all", strict) on the same batches; reported: the same metrics vs FP32 FX, and
    FX-vs-ORT agreement (predictions that differ, min embedding cosine FX vs ORT). Next to it,
@@ -68,14 +69,14 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
+import torch
 
-import lowbit  # noqa: E402
-from lowbit import recipes as R  # noqa: E402
-from lowbit.data import read_sst2, shared_data_dir, text_batches  # noqa: E402
-from lowbit.models import load_minilm  # noqa: E402
-from lowbit.models.minilm import MINILM_SHA256, mean_pool  # noqa: E402
-from lowbit.quantize import calibrate, freeze, prepare, quantize  # noqa: E402
+import lowbit
+from lowbit import recipes as R
+from lowbit.data import read_sst2, shared_data_dir, text_batches
+from lowbit.models import load_minilm
+from lowbit.models.minilm import MINILM_SHA256, mean_pool
+from lowbit.quantize import calibrate, freeze, prepare, quantize
 
 BEGIN, END = "<!-- sst2-probe:begin -->", "<!-- sst2-probe:end -->"
 SEED = 0
@@ -148,7 +149,7 @@ class Probe:
         self.b = torch.zeros((), dtype=torch.float64)
         self.info: dict = {}
 
-    def fit(self, x: torch.Tensor, y: torch.Tensor, c: float = PROBE_C) -> "Probe":
+    def fit(self, x: torch.Tensor, y: torch.Tensor, c: float = PROBE_C) -> Probe:
         torch.manual_seed(SEED)
         x, y = x.double(), y.double()
         n = x.shape[0]
@@ -199,12 +200,23 @@ def epsilon_twin(qgm):
     return twin
 
 
+def mcnemar_p(broke: int, fixed: int) -> float:
+    """Exact two-sided McNemar test: under "the variant is as accurate as FP32", each changed
+    prediction is a fair coin between broke and fixed."""
+    n = broke + fixed
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(broke, fixed) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
 def compare(emb: torch.Tensor, ref_emb: torch.Tensor, pred: torch.Tensor, ref_pred: torch.Tensor,
             labels: torch.Tensor) -> dict:
     cos = torch.nn.functional.cosine_similarity(emb.double(), ref_emb.double(), dim=-1)
     ok, ref_ok = pred == labels, ref_pred == labels
     return {"acc": float(ok.double().mean()) * 100, "flips": int((pred != ref_pred).sum()),
             "broke": int((ref_ok & ~ok).sum()), "fixed": int((~ref_ok & ok).sum()),
+            "p": mcnemar_p(int((ref_ok & ~ok).sum()), int((~ref_ok & ok).sum())),
             "cos_mean": float(cos.mean()), "cos_min": float(cos.min())}
 
 
@@ -291,23 +303,24 @@ def _pct(k: int, n: int) -> str:
 
 
 def fx_table(results: list[dict], n: int) -> str:
-    lines = ["| variant | accuracy % | Δ vs FP32 | flips vs FP32 | broke / fixed "
-             "| mean cos | min cos | quantize s | eval s |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [("| variant | accuracy % | Δ vs FP32 | flips vs FP32 | broke / fixed | McNemar p "
+             "| mean cos | min cos | quantize s | eval s |"),
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     fp = results[0]["fx"]["acc"]
     for r in results:
         m = r["fx"]
         lines.append(f"| {r['name']} | {m['acc']:.2f} | {m['acc'] - fp:+.2f} "
-                     f"| {_pct(m['flips'], n)} | {m['broke']} / {m['fixed']} "
+                     f"| {_pct(m['flips'], n)} | {m['broke']} / {m['fixed']} | {m['p']:.2g} "
                      f"| {m['cos_mean']:.5f} | {m['cos_min']:.4f} "
                      f"| {r['t_quant']:.1f} | {r['t_fx']:.1f} |")
     return "\n".join(lines)
 
 
 def ort_table(results: list[dict], n: int) -> str:
-    lines = ["| variant | ORT accuracy % | ORT flips vs FP32 | ORT mean cos | ORT min cos "
-             "| FX≠ORT predictions | min cos FX/ORT | FX≠twin predictions | min cos FX/twin "
-             "| export s | eval s |",
+    lines = [("| variant | ORT accuracy % | ORT flips vs FP32 | ORT mean cos | ORT min cos "
+             "| FX≠ORT predictions | cos FX/ORT mean / min | FX≠twin predictions "
+             "| cos FX/twin mean / min "
+             "| export s | eval s |"),
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         if "ort" not in r:
@@ -316,16 +329,16 @@ def ort_table(results: list[dict], n: int) -> str:
             continue
         m, a = r["ort"], r["agree"]
         tw = r.get("twin")
-        twin = f"{tw['flips']} | {tw['cos_min']:.6f}" if tw else "- | -"
+        twin = f"{tw['flips']} | {tw['cos_mean']:.5f} / {tw['cos_min']:.4f}" if tw else "- | -"
         lines.append(f"| {r['name']} | {m['acc']:.2f} | {_pct(m['flips'], n)} "
                      f"| {m['cos_mean']:.5f} | {m['cos_min']:.4f} | {a['flips']} "
-                     f"| {a['cos_min']:.6f} | {twin} | {r['t_export']:.1f} | {r['t_ort']:.1f} |")
+                     f"| {a['cos_mean']:.5f} / {a['cos_min']:.4f} | {twin} | {r['t_export']:.1f} | {r['t_ort']:.1f} |")
     return "\n".join(lines)
 
 
 def ranges_table(rows: list[dict], kinds: tuple[str, ...]) -> str:
-    lines = ["| site | kind | calibrated [lo, hi] | scale | zp | median channel max\\|x\\| "
-             "| median channel in steps | outlier channels | top channels (index: max\\|x\\|) |",
+    lines = [("| site | kind | calibrated [lo, hi] | scale | zp | median channel max\\|x\\| "
+             "| median channel in steps | outlier channels | top channels (index: max\\|x\\|) |"),
              "|---|---|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         kind = _site_kind(r["site"])
@@ -475,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         try:
             path = export_onnx(graph, pathlib.Path(tmpdir.name) / f"{name}.onnx")
-        except Exception as e:   # report and go on with the other variants
+        except Exception as e:  # noqa: BLE001 - report it and go on with the other variants
             res["ort_error"] = type(e).__name__
             log(f"  {name}: ONNX export FAILED: {type(e).__name__}: "
                 f"{str(e).splitlines()[0] if str(e) else ''}")
@@ -493,15 +506,16 @@ def main(argv: list[str] | None = None) -> int:
         m, a = res["ort"], res["agree"]
         log(f"  {name} ORT: export {res['t_export']:.1f} s, eval {res['t_ort']:.1f} s: acc "
             f"{m['acc']:.2f}%, flips vs FP {m['flips']}, mean cos {m['cos_mean']:.5f}; "
-            f"FX vs ORT: {a['flips']} prediction(s) differ, min cos {a['cos_min']:.6f}")
+            f"FX vs ORT: {a['flips']} prediction(s) differ, cos mean {a['cos_mean']:.5f} min "
+            f"{a['cos_min']:.4f}")
         t = time.perf_counter()
         twin = epsilon_twin(graph)
         if twin is not None:
             temb = embed_fx(twin, dev)
             res["twin"] = compare(temb, fx_emb, probe.predict(temb), fx_pred, y_dev)
             log(f"  {name} FX epsilon twin ({time.perf_counter() - t:.1f} s): "
-                f"{res['twin']['flips']} prediction(s) differ, min cos "
-                f"{res['twin']['cos_min']:.6f}")
+                f"{res['twin']['flips']} prediction(s) differ, cos mean "
+                f"{res['twin']['cos_mean']:.5f} min {res['twin']['cos_min']:.4f}")
 
     results = [{"name": "FP32", "t_quant": 0.0, "t_fx": fp_time,
                 "fx": compare(fp_emb, fp_emb, fp_pred, fp_pred, y_dev)}]
@@ -520,7 +534,8 @@ def main(argv: list[str] | None = None) -> int:
                "fx": compare(emb, fp_emb, pred, fp_pred, y_dev)}
         m = res["fx"]
         log(f"{recipe.name}: quantize {t_quant:.1f} s, eval {res['t_fx']:.1f} s: acc "
-            f"{m['acc']:.2f}%, flips {m['flips']} ({m['broke']} broke / {m['fixed']} fixed), "
+            f"{m['acc']:.2f}%, flips {m['flips']} ({m['broke']} broke / {m['fixed']} fixed, "
+            f"McNemar p {m['p']:.2g}), "
             f"mean cos {m['cos_mean']:.5f}, min cos {m['cos_min']:.4f}")
         if args.onnx:
             run_ort(recipe.name, qgm, emb, pred, res)
@@ -540,14 +555,14 @@ def main(argv: list[str] | None = None) -> int:
     parts = [f"SST-2 dev: {n_dev} sentences; one dev sentence is {100 / n_dev:.2f} points.",
              "", "**FX graphs (lowbit fake-quant / quantized_decomposed)**", "", fx_md]
     if args.onnx:
-        parts += ["", "**onnxruntime (exported QDQ ONNX; CPU provider, optimization \"all\", "
+        parts += ["", ("**onnxruntime (exported QDQ ONNX; CPU provider, optimization \"all\", "
                   "strict)**; \"twin\": the FX graph with its embedding LayerNorm gamma "
-                  f"scaled by (1 + {TWIN_EPS:g} N(0,1)), the drift float rounding alone causes",
+                  f"scaled by (1 + {TWIN_EPS:g} N(0,1)), the drift float rounding alone causes"),
                   "", ort_table(results, n_dev)]
     if ranges:
-        parts += ["", "**W8A8_FULL: calibrated per-tensor ranges (min-max over the calibration "
+        parts += ["", ("**W8A8_FULL: calibrated per-tensor ranges (min-max over the calibration "
                   f"set) and per-channel max |x|** (outlier channel: max |x| > "
-                  f"{OUTLIER_FACTOR:g}x the median channel's; a step is one scale)", "",
+                  f"{OUTLIER_FACTOR:g}x the median channel's; a step is one scale)"), "",
                   ranges_summary(ranges), "",
                   "<details><summary>all activation quantizers of W8A8_FULL</summary>", "",
                   ranges_table(ranges, ("residual sum", "linear output", "linear input")),
@@ -555,22 +570,22 @@ def main(argv: list[str] | None = None) -> int:
     info = probe.info
     parts += [
         "",
-        f"Probe: logistic regression on FP32 embeddings of sst2_train.tsv rows 0..{args.n_train - 1}"
+        (f"Probe: logistic regression on FP32 embeddings of sst2_train.tsv rows 0..{args.n_train - 1}"
         f" (C={PROBE_C:g}, L-BFGS float64, seed {SEED}): train accuracy "
         f"{info['train_acc'] * 100:.2f}%, |w| {info['w_norm']:.2f}. Calibration: rows "
         f"{args.n_train}..{args.n_train + args.n_calib - 1}, batches of {CALIB_BATCH}. "
         f"Batches padded to their longest sentence (dynamic-shape capture), truncation at "
-        f"{args.seq} tokens; dev evaluated in length-sorted batches of {args.batch}.",
+        f"{args.seq} tokens; dev evaluated in length-sorted batches of {args.batch}."),
         "",
         f"- command: `{command}`",
         f"- date: {started:%Y-%m-%d %H:%M} UTC; wall time {wall:.0f} s ({wall / 60:.1f} min)",
         f"- machine: {machine['nproc']} cpu(s), {machine['cpu']}; {args.threads} thread(s)",
-        f"- software: torch {machine['torch']}, onnxruntime {machine['onnxruntime']}, "
+        (f"- software: torch {machine['torch']}, onnxruntime {machine['onnxruntime']}, "
         f"transformers {machine['transformers']}, Python {machine['python']}, "
-        f"lowbit {machine['lowbit']}",
-        f"- model: all-MiniLM-L6-v2, model.safetensors sha256 {MINILM_SHA256[:16]}…; data: "
+        f"lowbit {machine['lowbit']}"),
+        (f"- model: all-MiniLM-L6-v2, model.safetensors sha256 {MINILM_SHA256[:16]}…; data: "
         f"sst2_train.tsv sha256 {sha256(shared_data_dir() / 'sst2_train.tsv')[:16]}…, "
-        f"sst2_dev.tsv sha256 {sha256(shared_data_dir() / 'sst2_dev.tsv')[:16]}…",
+        f"sst2_dev.tsv sha256 {sha256(shared_data_dir() / 'sst2_dev.tsv')[:16]}…"),
     ]
     section = "\n".join(parts)
     log("\n" + section)

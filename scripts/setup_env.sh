@@ -9,7 +9,10 @@ if [ -z "${VIRTUAL_ENV:-}" ]; then
 fi
 stamp="$VIRTUAL_ENV/.lowbit-setup-stamp"
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! python -c "import lowbit" 2>/dev/null; then
+# The import check runs outside the repo, so it sees the installed package (an editable
+# install made before lowbit/__init__.py existed would be an empty namespace package).
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || \
+   ! (cd / && python -c "import lowbit, sys; sys.exit(lowbit.__file__ is None)") 2>/dev/null; then
   echo "[setup] installing lowbit and pinned dependencies into $VIRTUAL_ENV" >&2
   python -m pip install -q --upgrade pip >&2
   # torch first and alone, pinned: the CPU build on disk, never a CUDA build from the index.

@@ -4,7 +4,7 @@ import pytest
 
 from lowbit import recipes
 from lowbit.config import (
-    MSE, MovingAverage, PerChannel, PerEmbeddingGroup, PerGroup, Percentile, PerTensor, PerToken,
+    MSE, MovingAverage, PerChannel, PerEmbeddingGroup, PerGroup, Percentile, PerToken,
     QuantSpec, Recipe,
 )
 from lowbit.errors import ConfigError

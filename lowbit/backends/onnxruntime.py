@@ -271,7 +271,7 @@ def _const_array(v: ir.Value | None) -> np.ndarray | None:
     return None if t is None else t.numpy()
 
 
-def _add_initializer(graph: ir.Graph, name: str, array: np.ndarray,
+def add_initializer(graph: ir.Graph, name: str, array: np.ndarray,
                      dtype: ir.DataType) -> ir.Value:
     taken = set(graph.initializers) | {v.name for n in graph for v in n.outputs}
     unique, i = name, 0
@@ -284,7 +284,7 @@ def _add_initializer(graph: ir.Graph, name: str, array: np.ndarray,
     return value
 
 
-def _drop_if_unused(graph: ir.Graph, value: ir.Value | None) -> None:
+def drop_if_unused(graph: ir.Graph, value: ir.Value | None) -> None:
     if value is not None and value.is_initializer() and not value.uses() \
             and not value.is_graph_output():
         graph.initializers.pop(value.name)
@@ -310,12 +310,12 @@ def fold_dq_param_casts(graph: ir.Graph) -> int:
             arr = _const_array(src)
             if arr is None:
                 continue
-            new = _add_initializer(graph, f"{src.name}_{to.name.lower()}", arr.astype(to.numpy()),
+            new = add_initializer(graph, f"{src.name}_{to.name.lower()}", arr.astype(to.numpy()),
                                    to)
             node.replace_input_with(i, new)
             if not cast.outputs[0].uses():
                 graph.remove(cast, safe=True)
-                _drop_if_unused(graph, src)
+                drop_if_unused(graph, src)
             folded += 1
     return folded
 
@@ -354,7 +354,7 @@ def fold_weight_transposes(graph: ir.Graph) -> int:
                     v.shape = ir.Shape(moved.shape)
                 else:
                     name = f"{x.name}_{'scale' if i == 1 else 'zero_point'}"
-                    dq.replace_input_with(i, _add_initializer(graph, name, moved, v.dtype))
+                    dq.replace_input_with(i, add_initializer(graph, name, moved, v.dtype))
         if blocked or (1 in params and params[1].shape is not None and params[1].shape.rank()):
             axis = dq.attributes.get_int("axis", 1) % arr.ndim
             dq.attributes["axis"] = ir.AttrInt64("axis", perm.index(axis))
@@ -419,11 +419,11 @@ def pack_int4_weights(graph: ir.Graph) -> int:
             zp.dtype = target
         else:  # shared (the exporter dedups equal constants): give this weight its own
             arr = _as_4bit(zp.name, arr, target, "zero point").numpy()
-            node.replace_input_with(2, _add_initializer(graph, f"{x.name}_zero_point", arr,
+            node.replace_input_with(2, add_initializer(graph, f"{x.name}_zero_point", arr,
                                                         target))
             if zp.producer() is not None and not zp.uses():
                 graph.remove(zp.producer(), safe=True)
-            _drop_if_unused(graph, zp)
+            drop_if_unused(graph, zp)
     return converted
 
 

@@ -23,7 +23,17 @@ from lowbit.quant.numerics import (
 )
 from lowbit.quant.observers import make_observer
 
-__all__ = ["FakeQuantize"]
+__all__ = ["FakeQuantize", "check_activation_spec"]
+
+
+def check_activation_spec(spec: QuantSpec, site: str) -> None:
+    """Activation specs every IR supports today (ConfigError naming the site otherwise)."""
+    if spec.dynamic and spec.bits != 8:
+        raise ConfigError(f"{site}: dynamic activation quantization is int8 only (as "
+                          f"quantized_decomposed per-token ops are), got bits={spec.bits}")
+    if not spec.dynamic and not isinstance(spec.granularity, PerTensor):
+        raise ConfigError(f"{site}: static activation granularity "
+                          f"{type(spec.granularity).__name__} is not supported yet")
 
 
 class FakeQuantize(nn.Module):
@@ -44,13 +54,7 @@ class FakeQuantize(nn.Module):
             self.qmin, self.qmax = weight_grid(spec)
         else:
             self.qmin, self.qmax = spec.qmin, spec.qmax
-            if spec.dynamic and spec.bits != 8:
-                raise ConfigError(f"{site}: dynamic activation quantization is int8 only "
-                                  f"(as quantized_decomposed per-token ops are), got "
-                                  f"bits={spec.bits}")
-            if not spec.dynamic and not isinstance(spec.granularity, PerTensor):
-                raise ConfigError(f"{site}: static activation granularity "
-                                  f"{type(spec.granularity).__name__} is not supported yet")
+            check_activation_spec(spec, site)
         self.observer = None
         if not is_weight and not spec.dynamic:
             self.observer = make_observer(spec.observer, site, qmin=self.qmin, qmax=self.qmax,

@@ -18,7 +18,6 @@ model does not have, a PerGroup size that does not divide the input dimension.
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 
 import torch.fx as fx
 
@@ -27,7 +26,8 @@ from lowbit.errors import ConfigError
 from lowbit.passes.fx.graph_utils import linear_operands
 from lowbit.passes.fx.spot import find_transformer
 from lowbit.passes.infra import Pass, PassResult
-from lowbit.passes.patterns import LinearRef, TransformerMap
+from lowbit.passes.patterns import LinearRef
+from lowbit.passes.sites import check_roles, quantized_linears, site_nodes
 from lowbit.quant.fake_quant import FakeQuantize
 
 __all__ = ["InsertFakeQuant", "is_fake_quant", "fake_quant_nodes"]
@@ -39,10 +39,6 @@ def is_fake_quant(gm: fx.GraphModule, node: fx.Node) -> bool:
 
 def fake_quant_nodes(gm: fx.GraphModule) -> list[fx.Node]:
     return [n for n in gm.graph.nodes if is_fake_quant(gm, n)]
-
-
-def _ignored(recipe: Recipe, role: str, name: str) -> bool:
-    return any(g == role or fnmatch.fnmatchcase(name, g) for g in recipe.ignore)
 
 
 def _weight_spec(spec: QuantSpec, ref: LinearRef) -> QuantSpec:
@@ -66,11 +62,9 @@ class InsertFakeQuant(Pass):
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         tmap = find_transformer(gm)
-        self._check_roles(tmap)
+        check_roles(self.recipe, tmap)
         rw = _Rewriter(gm)
-        for role, ref in tmap.linears():
-            if role not in self.recipe.roles or _ignored(self.recipe, role, ref.name):
-                continue
+        for _, ref in quantized_linears(self.recipe, tmap):
             x_idx, w_idx = linear_operands(ref.node)
             if self.recipe.weight is not None:
                 rw.quantize_input(ref.node, w_idx, _weight_spec(self.recipe.weight, ref),
@@ -80,7 +74,7 @@ class InsertFakeQuant(Pass):
                                   weight=False)
         site_spec = self.recipe.sites_activation or self.recipe.activation
         for site in self.recipe.sites:
-            for node, name in self._site_nodes(tmap, site):
+            for node, name in site_nodes(self.recipe, tmap, site):
                 if site == "embedding":
                     rw.quantize_input(node, 0, self.recipe.weight or site_spec, name,
                                       weight=True)
@@ -90,41 +84,6 @@ class InsertFakeQuant(Pass):
             gm.graph.lint()
             gm.recompile()
         return PassResult(gm, rw.count > 0)
-
-    # ---- sites ---------------------------------------------------------------------------
-    def _check_roles(self, tmap: TransformerMap) -> None:
-        present = tmap.roles_present()
-        wanted = [r for r in self.recipe.roles if r in present]
-        if not wanted:
-            raise ConfigError(f"recipe {self.recipe.name!r}: none of its roles "
-                              f"{list(self.recipe.roles)} is in this model (found: "
-                              f"{sorted(present)})")
-        need = {"residual": "residual", "attn.o.output": "attn.o", "ffn.out.output": "ffn.out",
-                "embedding": "embedding.word"}
-        for site in self.recipe.sites:
-            if site in need and need[site] not in present:
-                raise ConfigError(f"recipe {self.recipe.name!r}: site {site!r} needs role "
-                                  f"{need[site]!r}, which this model lacks")
-            if site == "attn.matmul":
-                raise ConfigError(f"recipe {self.recipe.name!r}: site 'attn.matmul' is not "
-                                  f"supported yet")
-
-    def _site_nodes(self, tmap: TransformerMap, site: str):
-        if site == "residual":
-            for b in tmap.blocks:
-                for i, add in enumerate(b.residual_adds):
-                    name = f"block{b.index}.residual{i}"
-                    if not _ignored(self.recipe, "residual", name):
-                        yield add, name
-        elif site in ("attn.o.output", "ffn.out.output"):
-            role = site.removesuffix(".output")
-            for r, ref in tmap.linears():
-                if r == role and not _ignored(self.recipe, r, ref.name):
-                    yield ref.node, f"{ref.name}:output"
-        elif site == "embedding":
-            for e in tmap.embeddings:
-                if not _ignored(self.recipe, e.role, e.name):
-                    yield e.node, f"{e.name}.weight"
 
 
 def _mark(fq: fx.Node, src: fx.Node) -> None:

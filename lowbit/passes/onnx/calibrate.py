@@ -13,14 +13,16 @@ batch's outputs are dropped once the observers have seen them. The model is not 
 extra outputs live only in the serialized copy onnxruntime runs (in memory, or in a temporary
 folder with external data for models over ~1.8 GB or loaded with external data).
 
-Batches are dicts ``{input name: array or tensor}``, tuples of positional inputs, or one tensor
-(as for ``lowbit.calibrate``); a NaN / inf reaching an observer raises CalibrationError naming
-the site and batch.
+Batches are dicts ``{input name: array or tensor}`` (entries the model does not take are
+dropped, with a log line), tuples of positional inputs, or one tensor (as for
+``lowbit.calibrate``); a NaN / inf reaching an observer raises CalibrationError naming the
+site and batch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import pathlib
 import sys
 import tempfile
@@ -34,11 +36,13 @@ import torch
 from lowbit.backends.onnxruntime import OrtRunner
 from lowbit.errors import CalibrationError
 from lowbit.passes.onnx.insert_qdq import Site
-from lowbit.passes.onnx.load import EXTERNAL_DATA_BYTES, _initializer_bytes, has_external_data
+from lowbit.passes.onnx.load import EXTERNAL_DATA_BYTES, has_external_data, initializer_bytes
 from lowbit.quant.numerics import qparams_from_range
 from lowbit.quant.observers import make_observer
 
 __all__ = ["calibrate"]
+
+log = logging.getLogger("lowbit.passes.onnx")
 
 
 @contextlib.contextmanager
@@ -51,7 +55,7 @@ def _with_outputs(model: ir.Model, values: Sequence[ir.Value]) -> Iterator[Any]:
         v.type = ir.TensorType(ir.DataType.FLOAT)
     graph.outputs.extend(added)
     try:
-        if has_external_data(model) or _initializer_bytes(model) > EXTERNAL_DATA_BYTES:
+        if has_external_data(model) or initializer_bytes(model) > EXTERNAL_DATA_BYTES:
             with tempfile.TemporaryDirectory(prefix="lowbit-calib-") as tmp:
                 path = pathlib.Path(tmp) / "calib.onnx"
                 ir.save(model, path, external_data="calib.onnx.data")
@@ -72,9 +76,16 @@ def _drop_outputs(graph: ir.Graph, added: list) -> None:
         graph.outputs.pop()
 
 
-def _feed(runner: OrtRunner, batch: Any) -> dict[str, Any]:
+def _feed(runner: OrtRunner, batch: Any, ignored: set) -> dict[str, Any]:
+    """``batch`` as ``{input name: value}``. Dict entries the model does not take (a tokenizer's
+    ``token_type_ids`` for a model exported without them) are dropped, once logged."""
     if isinstance(batch, dict):
-        return dict(batch)
+        extra = set(batch) - set(runner.input_names)
+        if extra - ignored:
+            log.info("calibration: ignoring input(s) the model does not take: %s",
+                     sorted(extra - ignored))
+            ignored |= extra
+        return {k: v for k, v in batch.items() if k not in extra}
     args = tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
     if len(args) != len(runner.input_names):
         raise CalibrationError(f"calibration batch has {len(args)} positional input(s); the "
@@ -101,8 +112,9 @@ def calibrate(model: ir.Model, sites: Sequence[Site], batches: Iterable[Any], *,
     with _with_outputs(model, [s.value for s in sites]) as src:
         runner = OrtRunner(src, threads, optimization="basic")
         index = {name: i for i, name in enumerate(runner.output_names)}
+        ignored: set = set()
         for batch in batches:
-            outs = runner.run(_feed(runner, batch))
+            outs = runner.run(_feed(runner, batch, ignored))
             for s in sites:
                 observers[s.name].update(torch.from_numpy(outs[index[s.value.name]]))
             del outs

@@ -13,33 +13,23 @@ The same ideas as on FX, in ONNX vocabulary:
 * **weights**: a linear's weight is an initializer (or Constant) reached through Transpose /
   Cast / Identity, or a DequantizeLinear of one (already quantized). ``weight_source`` says
   which, or why a weight-looking operand is refused (computed in the graph).
-* **names**: torch-exported files name initializers after the torch parameters
-  (``encoder.layer.0.attention.self.query.weight``), except where the exporter made new ones:
-  the dynamo exporter folds ``W^T`` into ``val_92`` (recording ``folded_from``) and dedups
-  equal tensors (one ``...LayerNorm.weight`` for every all-ones norm of a random model);
-  TorchScript names matmul weights ``onnx::MatMul_1052``. ``owner_name`` picks, in order: the
-  initializer's own torch name, the tensor it was folded from, the module path the dynamo
-  exporter records (``pkg.torch.onnx.name_scopes``), the TorchScript node path
-  (``/encoder/layer.0/attention/self/query/MatMul``); the first two only when the tensor is not
-  shared (a shared one names the module that owns the op, as FX prefers for tied weights).
+
+Names for what spotting finds: ``lowbit.passes.onnx.names``.)
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import re
 from collections.abc import Iterable
 
 import numpy as np
 import onnx_ir as ir
 
 __all__ = [
-    "ORDER", "QSITE_KEY", "SHAPE_OPS", "WeightSource", "back", "bias_add", "const_array",
-    "consumers", "linear_output", "quant_source",
-    "data_input", "data_users", "descendants", "ancestors", "is_const", "is_op", "is_quantized",
-    "is_scalar_scale", "is_split", "is_transparent", "number", "order", "owner_name",
-    "param_of", "producer", "shape_of", "split_source", "strip_suffix", "weight_source",
+    "ORDER", "QSITE_KEY", "SHAPE_OPS", "WeightSource", "ancestors", "back", "bias_add",
+    "const_array", "consumers", "data_input", "data_users", "descendants", "is_const", "is_op",
+    "is_quantized", "is_scalar_scale", "is_split", "is_transparent", "linear_output", "number",
+    "order", "param_of", "producer", "quant_source", "shape_of", "split_source", "weight_source",
 ]
 
 ORDER = "lowbit.order"
@@ -70,7 +60,9 @@ def const_array(value: ir.Value | None) -> np.ndarray | None:
 
 
 def is_const(value: ir.Value | None) -> bool:
-    return value is not None and (value.const_value is not None or is_op(producer(value), "Constant"))
+    if value is None:
+        return False
+    return value.const_value is not None or is_op(producer(value), "Constant")
 
 
 def shape_of(value: ir.Value | None) -> tuple | None:
@@ -188,7 +180,7 @@ def consumers(value: ir.Value) -> list[ir.Node]:
         for u in data_users(v):
             if is_transparent(u) and (is_quantized(u) or data_input(u) is v):
                 stack.extend(u.outputs)
-            elif not is_transparent(u):
+            else:
                 found[u] = None
     return sorted(found, key=order)
 
@@ -313,64 +305,3 @@ def param_of(value: ir.Value | None) -> ir.Value | None:
             return None
         value = p.inputs[0]
     return value
-
-
-# ---- names ---------------------------------------------------------------------------------
-FOLDED_FROM = "pkg.onnxscript.optimizer.folded_from"
-NAME_SCOPES = "pkg.torch.onnx.name_scopes"
-_GENERATED = re.compile(r"^(onnx::|/)|^(val|_v|_val)_\d+$|^[0-9]+$")
-_QUANT_SUFFIX = re.compile(r"_[iu][2-8]$")
-
-
-def strip_suffix(name: str, suffixes: Iterable[str] = (".weight", "_weight", ".bias")) -> str:
-    for s in suffixes:
-        if name.endswith(s):
-            return name[: -len(s)]
-    return name
-
-
-def _torch_like(name: str) -> bool:
-    return "." in name and not _GENERATED.search(name)
-
-
-def _folded_from(value: ir.Value) -> str | None:
-    raw = value.metadata_props.get(FOLDED_FROM)
-    try:
-        sources = [s for s in ast.literal_eval(raw) if _torch_like(s)] if raw else []
-    except (ValueError, SyntaxError):
-        return None
-    return sources[0] if len(sources) == 1 else None
-
-
-def scope_path(node: ir.Node) -> str | None:
-    """The module path the dynamo exporter recorded for ``node``."""
-    raw = node.metadata_props.get(NAME_SCOPES)
-    try:
-        scopes = ast.literal_eval(raw) if raw else []
-    except (ValueError, SyntaxError):
-        return None
-    return scopes[-2] if len(scopes) >= 2 and scopes[-2] else None
-
-
-def node_path(node: ir.Node) -> str | None:
-    """``/encoder/layer.0/attention/self/query/MatMul`` -> ``encoder.layer.0.attention.self.query``
-    (TorchScript exporter node names)."""
-    parts = [p for p in (node.name or "").split("/") if p]
-    return ".".join(parts[:-1]) if (node.name or "").startswith("/") and len(parts) > 1 else None
-
-
-def owner_name(value: ir.Value | None, node: ir.Node, *, shared: bool) -> tuple[str, str]:
-    """(name of the module owning ``value`` as read by ``node``, where the name came from)."""
-    if value is not None:
-        base = _QUANT_SUFFIX.sub("", value.name or "")
-        source = base if _torch_like(base) else _folded_from(value)
-        if source and not shared:
-            how = "initializer name" if source == base else "folded_from metadata"
-            return strip_suffix(source), how
-    if (scope := scope_path(node)) is not None:
-        return scope, "dynamo name scope"
-    if (path := node_path(node)) is not None:
-        return path, "TorchScript node path"
-    if value is not None:
-        return strip_suffix(_QUANT_SUFFIX.sub("", value.name or "")), "initializer name"
-    return node.name or node.op_type, "node name"

@@ -21,11 +21,13 @@ ops as an FX-quantized, exported one. Inserted nodes carry ``metadata_props["low
 
 Sites come from the TransformerMap by role, with FX's own rules (``InsertFakeQuant``'s role
 checks, ``ignore`` globs and site enumeration, so names and choices match by construction);
-one quantizer per tensor (q, k and v share their input's). Skips on purpose, with a reason in
-``Plan.skipped``: tensors already quantized (so a second run reports ``modified=False``), and
-output sites that are graph outputs. Refuses: a model below opset 21 (``upgrade_opset``), a
-static activation site without calibrated qparams (CalibrationError), a PerGroup size that
-does not divide K, specs FX refuses (static non-per-tensor or dynamic non-8-bit activations).
+one quantizer per tensor (q, k and v share their input's), one integer copy per shared weight.
+Skips on purpose: tensors already quantized (so a second run reports ``modified=False``); with
+a reason in ``Plan.skipped``: output sites that are graph outputs, and everything spotting left
+unclassified (a MatMul whose weight is computed in the graph, a linear outside any block...).
+Refuses: a model below opset 21 (``upgrade_opset``), a static activation site without
+calibrated qparams (CalibrationError), a PerGroup size that does not divide K, specs FX refuses
+(static non-per-tensor or dynamic non-8-bit activations).
 """
 
 from __future__ import annotations
@@ -39,25 +41,34 @@ import onnx_ir as ir
 import torch
 
 from lowbit.backends import onnxruntime as ort_backend
-from lowbit.backends.onnxruntime import (
-    _add_initializer,   # TODO(lead): make public (shared initializer helper)
-    _drop_if_unused,    # TODO(lead): make public
+from lowbit.backends.onnxruntime import (  # the two private helpers: candidates to go public
+    add_initializer,
+    drop_if_unused,
     fold_weight_transposes,
     pack_int4_weights,
 )
 from lowbit.config import PerChannel, PerGroup, PerTensor, PerToken, QuantSpec, Recipe
 from lowbit.errors import CalibrationError, ConfigError
-from lowbit.passes.fx.insert_fake_quant import InsertFakeQuant, _ignored
+from lowbit.passes.sites import check_roles, quantized_linears, site_nodes
 from lowbit.passes.infra import Pass, PassResult
 from lowbit.passes.onnx.graph_utils import (
-    QSITE_KEY, WeightSource, const_array, data_users, is_op, is_quantized, linear_output,
-    order, producer, weight_source,
+    QSITE_KEY,
+    WeightSource,
+    const_array,
+    data_users,
+    is_op,
+    is_quantized,
+    linear_output,
+    order,
+    producer,
+    weight_source,
 )
 from lowbit.passes.onnx.spot import find_transformer
 from lowbit.passes.patterns import TransformerMap
+from lowbit.quant.fake_quant import check_activation_spec
 from lowbit.quant.numerics import quantize_weight, weight_grid
 
-__all__ = ["InsertQDQ", "Plan", "Site", "plan_sites", "QDQ_OPSET"]
+__all__ = ["QDQ_OPSET", "InsertQDQ", "Plan", "Site", "plan_sites"]
 
 QDQ_OPSET = 21
 _F32, _I8, _U8 = ir.DataType.FLOAT, ir.DataType.INT8, ir.DataType.UINT8
@@ -91,36 +102,30 @@ def _act_quantized(x: ir.Value) -> bool:
     return p is not None and (is_quantized(p) or is_op(p, "DequantizeLinear"))
 
 
-def _check_activation(spec: QuantSpec, site: str) -> None:
-    """What ``FakeQuantize`` refuses for activations, refused alike."""
-    if spec.dynamic and spec.bits != 8:
-        raise ConfigError(f"{site}: dynamic activation quantization is int8 only (as "
-                          f"quantized_decomposed per-token ops are), got bits={spec.bits}")
-    if not spec.dynamic and not isinstance(spec.granularity, PerTensor):
-        raise ConfigError(f"{site}: static activation granularity "
-                          f"{type(spec.granularity).__name__} is not supported yet")
-
-
 def plan_sites(tmap: TransformerMap, recipe: Recipe) -> Plan:
     """The tensors ``recipe`` quantizes in the graph ``tmap`` was spotted on."""
-    fx_rules = InsertFakeQuant(recipe)
-    fx_rules._check_roles(tmap)
-    plan, shared = Plan(), {}
+    check_roles(recipe, tmap)
+    plan, shared = Plan(skipped=[(n, f"spotting: {why}") for n, why in tmap.unclassified]), {}
+    taken: dict[str, int] = {}
+
+    def unique(name):   # a module run twice (shared layers) gives two sites one name
+        taken[name] = taken.get(name, -1) + 1
+        return f"{name}#{taken[name]}" if taken[name] else name
 
     def weight(name, node, index, spec, out_in):
         src = weight_source(node, index)
         if src is None or src.value is None:
             plan.skipped.append((name, src.refused if src else "weight is not an initializer"))
         elif not src.quantized:
-            plan.weights.append(Site(name, spec, src.value, source=src, out_in=out_in))
+            plan.weights.append(Site(unique(name), spec, src.value, source=src, out_in=out_in))
 
     def act_input(name, node, spec):
         x = node.inputs[0]
         if _act_quantized(x):
             return
-        _check_activation(spec, name)
+        check_activation_spec(spec, name)
         if (site := shared.get((x, spec))) is None:
-            site = shared[(x, spec)] = Site(name, spec, x, readers=[])
+            site = shared[(x, spec)] = Site(unique(name), spec, x, readers=[])
             plan.activations.append(site)
         site.readers.append((node, 0))
 
@@ -131,12 +136,10 @@ def plan_sites(tmap: TransformerMap, recipe: Recipe) -> Plan:
         if value.is_graph_output():
             plan.skipped.append((name, "a graph output; left in float"))
             return
-        _check_activation(spec, name)
-        plan.activations.append(Site(name, spec, value))
+        check_activation_spec(spec, name)
+        plan.activations.append(Site(unique(name), spec, value))
 
-    for role, ref in tmap.linears():
-        if role not in recipe.roles or _ignored(recipe, role, ref.name):
-            continue
+    for _, ref in quantized_linears(recipe, tmap):
         if recipe.weight is not None:
             weight(f"{ref.name}.weight", ref.node, 1, recipe.weight, ref.weight_layout == "out_in")
         if recipe.activation is not None:
@@ -144,7 +147,7 @@ def plan_sites(tmap: TransformerMap, recipe: Recipe) -> Plan:
     site_spec = recipe.sites_activation or recipe.activation
     linears = {ref.node: ref for _, ref in tmap.linears()}
     for kind in recipe.sites:
-        for node, name in fx_rules._site_nodes(tmap, kind):
+        for node, name in site_nodes(recipe, tmap, kind):
             if kind == "embedding":
                 weight(name, node, 0, recipe.weight or site_spec, True)
             else:
@@ -186,53 +189,71 @@ class InsertQDQ(Pass):
             raise CalibrationError(f"{len(missing)} static activation site(s) have no calibrated "
                                    f"range, e.g. {missing[0]!r}: run "
                                    f"lowbit.passes.onnx.calibrate first")
-        graph = model.graph
+        rw = _Rewriter(model.graph, self.activation_qparams)
         for site in plan.weights:
-            self._weight(graph, site)
+            rw.weight(site)
         for site in plan.activations:
-            self._activation(graph, site)
+            rw.activation(site)
         if plan.weights:
-            fold_weight_transposes(graph)
-            pack_int4_weights(graph)
+            fold_weight_transposes(model.graph)
+            pack_int4_weights(model.graph)
+        if len(rw.done) < len(plan.weights):   # a shared weight's readers may precede its DQ
+            model.graph.sort()
         return PassResult(model, bool(plan.weights or plan.activations))
 
+
+class _Rewriter:
+    """Inserts the quantizers into one graph; names every new node and value uniquely."""
+
+    def __init__(self, graph: ir.Graph, qparams: Mapping):
+        self.graph, self.qparams = graph, qparams
+        self.done: dict = {}     # (initializer, spec, layout) -> dequantized weight value
+        self.node_names = {n.name for n in graph}
+        self.value_names = set(graph.initializers) | {v.name for v in graph.inputs} | {
+            v.name for n in graph for v in n.outputs}
+
     # ---- weights -------------------------------------------------------------------------
-    def _weight(self, graph: ir.Graph, site: Site) -> None:
-        src, spec = site.source, site.spec
+    def weight(self, site: Site) -> None:
+        graph, src, spec = self.graph, site.source, site.spec
+        key = (src.value, spec, site.out_in)
+        if key in self.done:  # a weight shared by several linears (ALBERT): one integer copy
+            src.reader.replace_input_with(src.index, self.done[key])
+            drop_if_unused(graph, src.value)
+            return
         w = torch.from_numpy(np.array(const_array(src.value), dtype=np.float32))
         w_q, scale, zp = quantize_weight((w if site.out_in else w.T).contiguous(), spec, site.name)
         dtype = _I8 if w_q.dtype == torch.int8 else _U8
         qmin, qmax = weight_grid(spec)
         base = src.value.name
-        q = _add_initializer(graph, f"{base}_{'i' if dtype == _I8 else 'u'}{spec.bits}",
+        q = add_initializer(graph, f"{base}_{'i' if dtype == _I8 else 'u'}{spec.bits}",
                              w_q.numpy(), dtype)
         q.metadata_props.update(src.value.metadata_props)
         g = spec.granularity
         shape = (-1,) if isinstance(g, PerChannel) else (scale.shape[0], -1)
         if not isinstance(g, PerTensor):
-            s = _add_initializer(graph, f"{base}_scale", scale.reshape(shape).numpy(), _F32)
-            z = _add_initializer(graph, f"{base}_zero_point",
+            s = add_initializer(graph, f"{base}_scale", scale.reshape(shape).numpy(), _F32)
+            z = add_initializer(graph, f"{base}_zero_point",
                                  zp.reshape(shape).numpy().astype(dtype.numpy()), dtype)
+        b = ort_backend
         with _recording() as rec:
             if isinstance(g, PerTensor):
-                y = ort_backend.dequantize_per_tensor(q, float(scale), int(zp), qmin, qmax, dtype)
+                y = b.dequantize_per_tensor(q, float(scale), int(zp), qmin, qmax, dtype)
             elif isinstance(g, PerChannel):
-                y = ort_backend.dequantize_per_channel(q, s, z, g.axis % 2, qmin, qmax, dtype)
+                y = b.dequantize_per_channel(q, s, z, g.axis % 2, qmin, qmax, dtype)
             else:
                 assert isinstance(g, PerGroup)
-                y = ort_backend.dequantize_per_channel_group(q, s, z, qmin, qmax, dtype, g.size,
-                                                             _F32)
+                y = b.dequantize_per_channel_group(q, s, z, qmin, qmax, dtype, g.size, _F32)
             if not site.out_in:
-                y = ort_backend.op.Transpose(y, perm=[1, 0])
-        self._place(graph, rec.nodes, site.name, before=src.reader)
+                y = b.op.Transpose(y, perm=[1, 0])
+        self.place(rec.nodes, site.name, before=src.reader)
         src.reader.replace_input_with(src.index, y)
-        _drop_if_unused(graph, src.value)
+        drop_if_unused(graph, src.value)
+        self.done[key] = y
 
     # ---- activations ---------------------------------------------------------------------
-    def _activation(self, graph: ir.Graph, site: Site) -> None:
-        x, spec = site.value, site.spec
+    def activation(self, site: Site) -> None:
+        x, spec, b = site.value, site.spec, ort_backend
         dtype = _I8 if spec.symmetric else _U8
-        b = ort_backend
         with _recording() as rec:
             if spec.dynamic and isinstance(spec.granularity, PerToken):
                 choose = (b.choose_qparams_per_token if spec.symmetric
@@ -247,34 +268,41 @@ class InsertQDQ(Pass):
                     s, z = choose(x, spec.qmin, spec.qmax, float(torch.finfo(torch.float32).eps),
                                   dtype)
                 else:
-                    scale, zp = self.activation_qparams[site.name]
+                    scale, zp = self.qparams[site.name]
                     s, z = float(scale), int(zp)
                 q = b.quantize_per_tensor(x, s, z, spec.qmin, spec.qmax, dtype)
                 y = b.dequantize_per_tensor(q, s, z, spec.qmin, spec.qmax, dtype)
         new = set(rec.nodes)
         if site.readers is not None:
-            self._place(graph, rec.nodes, site.name,
-                        before=min((n for n, _ in site.readers), key=order))
+            self.place(rec.nodes, site.name, before=min((n for n, _ in site.readers), key=order))
             for node, idx in site.readers:
                 node.replace_input_with(idx, y)
         else:
             users = [u for u in x.uses() if u.node not in new]
-            self._place(graph, rec.nodes, site.name, after=x.producer())
+            self.place(rec.nodes, site.name, after=x.producer())
             for use in users:
                 use.node.replace_input_with(use.idx, y)
 
     # ---- placing recorded nodes ----------------------------------------------------------
     @staticmethod
-    def _place(graph: ir.Graph, nodes: list[ir.Node], site: str, *, before=None,
-               after=None) -> None:
+    def _unique(name: str, taken: set) -> str:
+        unique, i = name, 0
+        while unique in taken:
+            i += 1
+            unique = f"{name}_{i}"
+        taken.add(unique)
+        return unique
+
+    def place(self, nodes: list[ir.Node], site: str, *, before=None, after=None) -> None:
         """Name and tag ``nodes``, lift the scales / zero points of Q/DQ nodes into named
         initializers, and insert the rest next to ``before`` / ``after``."""
         lifted, keep = {}, []
         for k, node in enumerate(nodes):
-            node.name = f"lowbit/{site}/{node.op_type}_{k}"
+            node.name = self._unique(f"lowbit/{site}/{node.op_type}_{k}", self.node_names)
             node.metadata_props[QSITE_KEY] = site
             for i, v in enumerate(node.outputs):
-                v.name = f"{site}/{node.op_type}_{k}" + (f"_{i}" if i else "")
+                v.name = self._unique(f"{site}/{node.op_type}_{k}" + (f"_{i}" if i else ""),
+                                      self.value_names)
             uses = node.outputs[0].uses() if is_op(node, "Constant") else []
             if uses and all(is_op(u.node, "QuantizeLinear", "DequantizeLinear")
                             and u.idx in (1, 2) for u in uses):
@@ -282,13 +310,13 @@ class InsertQDQ(Pass):
                 role = "scale" if uses[0].idx == 1 else "zero_point"
                 key = (role, arr.dtype.str, arr.tobytes())
                 if key not in lifted:
-                    dtype = ir.DataType.from_numpy(arr.dtype)
-                    lifted[key] = _add_initializer(graph, f"{site}_{role}", arr, dtype)
+                    lifted[key] = add_initializer(self.graph, f"{site}_{role}", arr,
+                                                   ir.DataType.from_numpy(arr.dtype))
                 for u in uses:
                     u.node.replace_input_with(u.idx, lifted[key])
             else:
                 keep.append(node)
         if before is not None:
-            graph.insert_before(before, keep)
+            self.graph.insert_before(before, keep)
         else:
-            graph.insert_after(after, keep)
+            self.graph.insert_after(after, keep)

@@ -28,8 +28,8 @@ import onnx_ir as ir
 
 from lowbit.errors import LowbitError
 
-__all__ = ["MIN_OPSET", "OnnxModelError", "load_onnx", "save_onnx", "upgrade_opset",
-           "has_external_data"]
+__all__ = ["EXTERNAL_DATA_BYTES", "MIN_OPSET", "OnnxModelError", "has_external_data",
+           "initializer_bytes", "load_onnx", "save_onnx", "upgrade_opset"]
 
 log = logging.getLogger("lowbit.passes.onnx")
 
@@ -119,7 +119,7 @@ def upgrade_opset(model: ir.Model, target: int) -> bool:
     return True
 
 
-def _initializer_bytes(model: ir.Model) -> int:
+def initializer_bytes(model: ir.Model) -> int:
     return sum(v.const_value.nbytes for v in model.graph.initializers.values()
                if v.const_value is not None)
 
@@ -134,7 +134,7 @@ def save_onnx(model: ir.Model, path: str | os.PathLike, *,
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if external_data is None:
-        external_data = _initializer_bytes(model) > EXTERNAL_DATA_BYTES
+        external_data = initializer_bytes(model) > EXTERNAL_DATA_BYTES
     data_name = f"{path.name}.data"
     target_data = (path.parent / data_name).resolve()
     if external_data and any(

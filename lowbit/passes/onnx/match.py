@@ -33,7 +33,7 @@ from lowbit.passes.onnx.graph_utils import (
     split_source,
 )
 
-__all__ = ["NormMatch", "match_norm", "rope_source", "is_residual_add", "act_kind"]
+__all__ = ["NormMatch", "act_kind", "is_residual_add", "match_norm", "rope_source"]
 
 
 @dataclasses.dataclass
@@ -59,7 +59,8 @@ def _squared(node: ir.Node | None) -> ir.Value | None:
     """``a`` for ``Pow(a, 2)`` or ``Mul(a, a)``."""
     if is_op(node, "Pow"):
         exp = const_array(node.inputs[1])
-        return node.inputs[0] if exp is not None and exp.size == 1 and float(exp.item()) == 2.0 else None
+        two = exp is not None and exp.size == 1 and float(exp.item()) == 2.0
+        return node.inputs[0] if two else None
     if is_op(node, "Mul") and node.inputs[0] is node.inputs[1]:
         return node.inputs[0]
     return None

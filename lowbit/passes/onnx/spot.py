@@ -37,13 +37,36 @@ import onnx_ir as ir
 
 from lowbit.errors import PatternError
 from lowbit.passes.onnx.graph_utils import (
-    ancestors, back, bias_add, const_array, consumers, data_input, data_users, descendants, is_op,
-    is_scalar_scale, is_split, is_transparent, number, order, owner_name, param_of, producer,
-    shape_of, split_source, weight_source,
+    ancestors,
+    back,
+    bias_add,
+    const_array,
+    consumers,
+    data_input,
+    data_users,
+    descendants,
+    is_op,
+    is_scalar_scale,
+    is_split,
+    is_transparent,
+    number,
+    order,
+    param_of,
+    producer,
+    shape_of,
+    split_source,
+    weight_source,
 )
 from lowbit.passes.onnx.match import act_kind, is_residual_add, match_norm, rope_source
+from lowbit.passes.onnx.names import owner_name
 from lowbit.passes.patterns import (
-    AttentionMap, BlockMap, EmbeddingRef, FFNMap, LinearRef, NormRef, TransformerMap,
+    AttentionMap,
+    BlockMap,
+    EmbeddingRef,
+    FFNMap,
+    LinearRef,
+    NormRef,
+    TransformerMap,
 )
 
 __all__ = ["find_transformer"]
@@ -125,14 +148,15 @@ def _linear_ref(ctx: _Ctx, node: ir.Node) -> tuple[LinearRef, ir.Node] | None:
     if not (gemm or is_op(node, "MatMul")):
         return None
     if gemm and node.attributes.get_int("transA", 0):
-        ctx.notes.append((node.name, "Gemm with transA=1: the activation is transposed; "
-                                     "not treated as a linear"))
+        why = "Gemm with transA=1: the activation is transposed; not treated as a linear"
+        ctx.notes.append((node.name, why))
         return None
     src = weight_source(node, 1)
     if src is None:
         return None
-    if src.refused:
-        ctx.notes.append((node.name, src.refused))
+    if src.refused or len(src.value.shape) != 2:
+        why = src.refused or f"weight {src.value.name!r} has rank {len(src.value.shape)}, not 2"
+        ctx.notes.append((node.name, why))
         return None
     rows, cols = (int(d) for d in src.value.shape)
     out_in = src.transposed ^ bool(gemm and node.attributes.get_int("transB", 0))
@@ -188,7 +212,7 @@ def _embeddings(ctx: _Ctx) -> list[EmbeddingRef]:
         if not is_op(node, "Gather") or node.attributes.get_int("axis", 0) != 0:
             continue
         src = weight_source(node, 0)
-        if src is None or src.value is None or src.transposed:
+        if src is None or src.value is None or src.transposed or len(src.value.shape) != 2:
             continue
         ctx.params.add(src.value)
         rows, dim = (int(d) for d in src.value.shape)
@@ -483,6 +507,6 @@ def _unclassified(ctx: _Ctx, tm: TransformerMap) -> list[tuple[str, str]]:
         users = data_users(value)
         if users and value not in ctx.params and _is_parameter(value):
             ops = ", ".join(sorted({u.op_type for u in users}))
-            out.append((value.name, f"parameter {value.name} read by {ops}, which spotting "
-                                    f"does not recognise"))
+            why = f"parameter {value.name} read by {ops}, which spotting does not recognise"
+            out.append((value.name, why))
     return out
