@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "capture", "find_transformer", "quantize", "prepare", "calibrate", "freeze", "convert",
-    "export_onnx", "config", "errors", "recipes", "testing", "Pass", "PassResult", "Pipeline",
+    "export_onnx", "load_onnx", "quantize_onnx", "config", "errors", "recipes", "testing", "Pass", "PassResult", "Pipeline",
     "TransformerMap", "__version__",
 ]
 
@@ -34,6 +34,20 @@ def export_onnx(qgm, path, example_inputs=None, **kwargs):
     from lowbit.backends.onnxruntime import export_onnx as _export
 
     return _export(qgm, path, example_inputs, **kwargs)
+
+
+def load_onnx(path):
+    """Load an ONNX file as an onnx_ir Model (see lowbit.passes.onnx.load)."""
+    from lowbit.passes.onnx.load import load_onnx as _load
+
+    return _load(path)
+
+
+def quantize_onnx(model, recipe, calibration=None, **kwargs):
+    """The ONNX twin of ``quantize``: spot, calibrate in onnxruntime, insert QDQ."""
+    from lowbit.passes.onnx.api import quantize_onnx as _q
+
+    return _q(model, recipe, calibration, **kwargs)
 
 
 def __getattr__(name):

@@ -29,6 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="number of calibration texts (default 128)")
     p.add_argument("--batch-size", type=int, default=8, help="calibration batch size")
     p.add_argument("--seq", type=int, default=128, help="sequence length (default 128)")
+    p.add_argument("--tokenizer", type=Path, default=None,
+                   help="ONNX input: a folder with the model's tokenizer files (default: the "
+                        "ONNX file's own folder)")
 
 
 def _texts(args: argparse.Namespace) -> list[str]:
@@ -63,12 +66,22 @@ def _from_hf(args: argparse.Namespace, recipe) -> Path:
 
 
 def _from_onnx(args: argparse.Namespace, recipe) -> Path:
-    try:
-        from lowbit.passes.onnx.api import quantize_onnx_file
-    except ImportError as e:
-        raise ConfigError(f"ONNX input needs lowbit.passes.onnx ({e})") from e
-    return quantize_onnx_file(args.model, args.output, recipe, _texts(args), seq_len=args.seq,
-                              batch_size=args.batch_size)
+    from lowbit.data import text_batches
+    from lowbit.hf import HFLoadError, load_hf_tokenizer
+    from lowbit.passes.onnx.api import quantize_onnx_file
+
+    batches = None
+    if recipe.activation is not None and not recipe.activation.dynamic:
+        folder = args.tokenizer or args.model.parent
+        try:
+            tok = load_hf_tokenizer(folder)
+        except HFLoadError as e:
+            raise ConfigError(f"recipe {recipe.name} needs calibration text, and tokenizing it "
+                              f"needs the model's tokenizer: pass --tokenizer DIR ({e})") from e
+        # keys the model does not take (token_type_ids) are dropped by the ONNX calibrator
+        batches = text_batches(tok, _texts(args), batch_size=args.batch_size, seq_len=args.seq,
+                               keys=("input_ids", "attention_mask", "token_type_ids"))
+    return quantize_onnx_file(args.model, args.output, recipe, batches)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,6 +95,9 @@ def run(args: argparse.Namespace) -> int:
         out = _from_onnx(args, recipe)
     else:
         out = _from_hf(args, recipe)
-    size = out.stat().st_size / 1e6
-    print(f"wrote {out} ({size:.1f} MB, recipe {recipe.name}) in {time.perf_counter() - t0:.1f} s")
+    data = out.with_name(out.name + ".data")  # external data, when the model carries it
+    size = (out.stat().st_size + (data.stat().st_size if data.exists() else 0)) / 1e6
+    extra = f" with {data.name}" if data.exists() else ""
+    print(f"wrote {out}{extra} ({size:.1f} MB, recipe {recipe.name}) in "
+          f"{time.perf_counter() - t0:.1f} s")
     return 0
