@@ -43,6 +43,17 @@ Besides the built-in recipes, two ablations can be named in ``--recipes`` (they 
 W8A8_FULL's extra sites): W8A8_RESIDUAL (W8A8 + residual sums only) and W8A8_LINOUT
 (W8A8 + attention-output and FFN-output linear outputs only).
 
+SmoothQuant variants: ``RECIPE+SQ`` (e.g. ``W8A8_FULL+SQ``) is RECIPE with SmoothQuant scales
+(``--sq-alpha``, default 0.5) from per-channel max |x| over the calibration set
+(``lowbit.passes.fx.smoothquant``): prepare -> SmoothQuantScales(explicit=True) ->
+FoldChannelScales(partial=True) -> calibrate -> convert. MiniLM is post-LN, so no position
+folds into a norm: ``a`` folds into the linears and ``y / a`` stays as an explicit per-channel
+op before each linear-input quantizer (the run logs and reports the counts). Write these to
+their own section with ``--marker sst2-smoothquant``. ``RECIPE+QA`` (Quadapter,
+experimental): the same explicit pairs, initialised by SmoothQuant, trained with
+``lowbit.train.quadapter.train_quadapter`` (weights frozen; ``--qa-steps`` per phase, on the
+calibration batches) and then placed the same way.
+
 Everything in the output table comes from the run; ``--out`` replaces the section between
 ``<!-- sst2-probe:begin -->`` and ``<!-- sst2-probe:end -->`` of the given markdown file
 (creating the file or the section if missing), written atomically.
@@ -79,6 +90,8 @@ from lowbit.models.minilm import MINILM_SHA256, mean_pool
 from lowbit.quantize import calibrate, freeze, prepare, quantize
 
 BEGIN, END = "<!-- sst2-probe:begin -->", "<!-- sst2-probe:end -->"
+SQ_SUFFIX = "+SQ"
+QA_SUFFIX = "+QA"
 SEED = 0
 PROBE_C = 1.0          # scikit-learn convention: 0.5 |w|^2 + C * sum(logloss)
 CALIB_BATCH = 8
@@ -381,12 +394,13 @@ def write_atomic(path: pathlib.Path, text: str) -> None:
         raise
 
 
-def replace_section(path: pathlib.Path, section: str) -> None:
-    block = f"{BEGIN}\n{section.rstrip()}\n{END}"
+def replace_section(path: pathlib.Path, section: str, marker: str = "sst2-probe") -> None:
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+    block = f"{begin}\n{section.rstrip()}\n{end}"
     if path.is_file():
         text = path.read_text(encoding="utf-8")
-        if BEGIN in text and END in text and text.index(BEGIN) < text.index(END):
-            text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+        if begin in text and end in text and text.index(begin) < text.index(end):
+            text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
         else:
             text = text.rstrip() + "\n\n" + block + "\n"
     else:
@@ -399,7 +413,53 @@ def parse_recipes(spec: str) -> list:
     out = []
     for name in (s.strip() for s in spec.split(",") if s.strip()):
         key = name.upper().replace("-", "_")
-        out.append(ABLATIONS[key] if key in ABLATIONS else R.get(name))
+        suffix = next((x for x in (SQ_SUFFIX, QA_SUFFIX) if key.endswith(x)), "")
+        key = key.removesuffix(suffix) if suffix else key
+        recipe = ABLATIONS[key] if key in ABLATIONS else R.get(key)
+        out.append(recipe.replace(name=recipe.name + suffix) if suffix else recipe)
+    return out
+
+
+def quantize_smoothquant(gm, recipe, calib_fn, absmax: dict, alpha: float, scales=None):
+    """``recipe`` (name without +SQ) with SmoothQuant scales (or given ``scales``) in front
+    of its linear-input quantizers; returns (graph, (fold report, SmoothQuant report))."""
+    from lowbit.passes.fx.fold_channel_scales import FoldChannelScales
+    from lowbit.passes.fx.smoothquant import SmoothQuantScales
+
+    prepared = prepare(gm, recipe)
+    sq = SmoothQuantScales(absmax, alpha=alpha, explicit=True, scales=scales)(prepared)
+    fold = FoldChannelScales(partial=True)(prepared)
+    fold.refused = sq.refused + fold.refused
+    calibrate(prepared, calib_fn(), progress=False)
+    return lowbit.convert(prepared, inplace=True), (fold, sq)
+
+
+def train_scales(gm, recipe, calib_fn, absmax: dict, alpha: float, steps: int) -> dict:
+    """Quadapter: explicit SmoothQuant pairs on the float graph, trained (weights frozen)."""
+    import copy
+
+    from lowbit.passes.fx.smoothquant import SmoothQuantScales
+    from lowbit.train.quadapter import QuadapterConfig, scales_by_linear, train_quadapter
+
+    pairs = copy.deepcopy(gm)
+    SmoothQuantScales(absmax, alpha=alpha, explicit=True)(pairs)
+    hist = train_quadapter(pairs, gm, list(calib_fn()), recipe,
+                           QuadapterConfig(phase1_steps=steps, phase2_steps=steps, lr=3e-3,
+                                           seed=SEED, log_every=max(1, steps // 4)))
+    log(f"  Quadapter {recipe.name}: {2 * steps} steps in {hist['seconds']:.1f} s; phase 1 loss "
+        f"{hist['loss1'][0]:.4g} -> {hist['loss1'][-1]:.4g}, phase 2 "
+        f"{hist['loss2'][0]:.4g} -> {hist['loss2'][-1]:.4g}")
+    return scales_by_linear(pairs, absmax)
+
+
+def _why_kept(kept: list[tuple[str, str]]) -> dict[str, int]:
+    """SmoothQuant's reasons for explicit scales, grouped (node names dropped)."""
+    out: dict[str, int] = {}
+    for site, why in kept:
+        role = site.split(" <- ")[0]
+        kind = ("the norm output is also read by the residual stream (post-LN)"
+                if "residual stream" in why else why.split(": ", 2)[-1])
+        out[f"{role}: {kind}"] = out.get(f"{role}: {kind}", 0) + 1
     return out
 
 
@@ -420,6 +480,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="skip the W8A8_FULL calibrated-range report")
     p.add_argument("--out", type=pathlib.Path, default=None,
                    help="markdown file whose sst2-probe section to write/replace")
+    p.add_argument("--marker", default="sst2-probe",
+                   help="section marker in --out (<!-- MARKER:begin/end -->)")
+    p.add_argument("--sq-alpha", type=float, default=0.5,
+                   help="SmoothQuant migration strength for RECIPE+SQ variants")
+    p.add_argument("--qa-steps", type=int, default=100,
+                   help="Quadapter training steps per phase for RECIPE+QA variants")
     args = p.parse_args(argv)
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *sys.argv[1:]]) \
         if argv is None else "sst2_probe.main(" + repr(argv) + ")"
@@ -523,9 +589,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.onnx:
         run_ort("FP32", gm, fp_emb, fp_pred, results[0])
 
+    absmax, sq_reports = None, {}
     for recipe in recipes:
         t = time.perf_counter()
-        qgm = quantize(gm, recipe, calibration=calib())
+        if recipe.name.endswith((SQ_SUFFIX, QA_SUFFIX)):
+            from lowbit.passes.fx.smoothquant import channel_absmax
+
+            if absmax is None:
+                absmax = channel_absmax(gm, calib())
+            base = recipe.replace(name=recipe.name[:-len(SQ_SUFFIX)])
+            scales = None
+            if recipe.name.endswith(QA_SUFFIX):
+                scales = train_scales(gm, base, calib, absmax, args.sq_alpha, args.qa_steps)
+            qgm, sq_reports[recipe.name] = quantize_smoothquant(gm, base, calib, absmax,
+                                                                args.sq_alpha, scales)
+            fold = sq_reports[recipe.name][0]
+            log(f"{recipe.name}: SmoothQuant alpha {args.sq_alpha:g}: {len(fold.done)} folded, "
+                f"{len(fold.kept)} explicit, {len(fold.refused)} refused")
+        else:
+            qgm = quantize(gm, recipe, calibration=calib())
         t_quant = time.perf_counter() - t
         t = time.perf_counter()
         emb = embed_fx(qgm, dev)
@@ -567,6 +649,15 @@ def main(argv: list[str] | None = None) -> int:
                   "<details><summary>all activation quantizers of W8A8_FULL</summary>", "",
                   ranges_table(ranges, ("residual sum", "linear output", "linear input")),
                   "", "</details>"]
+    for name, (fold, sq) in sq_reports.items():
+        how = (f"Quadapter ({args.qa_steps} + {args.qa_steps} steps, lr 3e-3) from SmoothQuant "
+               f"alpha {args.sq_alpha:g}" if name.endswith(QA_SUFFIX)
+               else f"SmoothQuant alpha {args.sq_alpha:g}")
+        parts += ["", (f"{name}: {how}; {len(fold.done)} "
+                       f"position(s) folded into a norm or linear, {len(fold.kept)} kept as an "
+                       f"explicit y / a before the linear-input quantizer (``a`` folded into "
+                       f"the linears), {len(fold.refused)} refused. Why not folded:")]
+        parts += [f"- {k}: {n} position(s)" for k, n in sorted(_why_kept(sq.kept).items())]
     info = probe.info
     parts += [
         "",
@@ -590,8 +681,8 @@ def main(argv: list[str] | None = None) -> int:
     section = "\n".join(parts)
     log("\n" + section)
     if args.out is not None:
-        replace_section(args.out, section)
-        log(f"\nwrote the sst2-probe section of {args.out}")
+        replace_section(args.out, section, args.marker)
+        log(f"\nwrote the {args.marker} section of {args.out}")
     return 0
 
 

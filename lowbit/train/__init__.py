@@ -1,0 +1,1 @@
+"""Training loops that work on lowbit graphs (Quadapter)."""
