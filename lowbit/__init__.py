@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "capture", "find_transformer", "quantize", "prepare", "calibrate", "freeze", "convert",
-    "export_onnx", "load_onnx", "quantize_onnx", "config", "errors", "recipes", "testing", "Pass", "PassResult", "Pipeline",
+    "export_onnx", "load_onnx", "quantize_onnx", "compile", "load", "Tune", "config", "errors", "recipes", "testing", "Pass", "PassResult", "Pipeline",
     "TransformerMap", "__version__",
 ]
 
@@ -50,9 +50,25 @@ def quantize_onnx(model, recipe, calibration=None, **kwargs):
     return _q(model, recipe, calibration, **kwargs)
 
 
-def __getattr__(name):
-    if name == "testing":  # imported lazily: it pulls onnxruntime
-        import importlib
+def compile(graph, target="cpu", tune=None, **kwargs):
+    """Compile a quantized (or float) graph to a TVM module (see lowbit.compile)."""
+    from lowbit.compile import compile as _compile
 
+    return _compile(graph, target, tune, **kwargs)
+
+
+def load(path, **kwargs):
+    """Load a compiled module saved with ``.save(dir)``, with the TVM runtime only."""
+    from lowbit.compile import load as _load
+
+    return _load(path, **kwargs)
+
+
+def __getattr__(name):
+    import importlib
+
+    if name == "testing":  # imported lazily: it pulls onnxruntime
         return importlib.import_module("lowbit.testing")
+    if name == "Tune":  # imported lazily: TVM takes seconds to import
+        return importlib.import_module("lowbit.backends.tvm.tune").Tune
     raise AttributeError(f"module 'lowbit' has no attribute {name!r}")

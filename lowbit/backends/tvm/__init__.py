@@ -1,1 +1,16 @@
-"""TVM backend (see api.py)."""
+"""TVM backend: quantized FX graphs -> Relax with real integer kernels, for CPU (llvm).
+
+    api.py             compile(graph, target, tune) -> CompiledModule (the stages, in order)
+    legalize_quant.py  FX pass: q/dq + linear -> lowbit::linear_u8s8 / linear_w4a16 ops
+    pack.py, ops.py    weight packing (VNNI [N/16, K/4, 16, 4], int4 two per byte) and the ops
+    import_relax.py    re-export + Relax import, converters for lowbit and q/dq ops
+    kernels.py         the integer TIR kernels, their hand schedules, numpy references
+    intrin.py          the AVX-512 VNNI intrinsic, fixed for TVM 0.27's LLVM
+    schedules.py       default CPU schedules for everything else (untuned builds)
+    build.py           lift/legalize/fuse, schedule, lower, compile
+    tune.py, check.py  MetaSchedule with a persistent database; reference check and timing
+    target.py          "cpu" / TVM target dicts -> tvm.target.Target
+    runtime.py         CompiledModule, save, load (TVM runtime only)
+
+Nothing is imported here: ``runtime`` must stay loadable without the TVM compiler.
+"""

@@ -64,16 +64,20 @@ def _dot_16x4_vnni(
         )
 
 
-_registered = False
+_registered = {"own": False, "stock": False}
 
 
-def register_vnni() -> str:
-    """Register (once) the fixed intrinsic under ``VNNI_INTRIN`` and the stock name."""
-    global _registered
-    if not _registered:
-        import tvm.s_tir.tensor_intrin.x86  # noqa: F401  (registers the stock one first)
-
+def register_vnni(*, stock: bool = False) -> str:
+    """Register (once) the fixed intrinsic as ``VNNI_INTRIN``; with ``stock`` also over the
+    stock ``dot_16x4_vnni`` (for MetaSchedule). ``stock`` first imports TVM's own intrinsic
+    package, which MetaSchedule imports anyway but which takes 20-50 s here (it parses every
+    CUDA intrinsic), so untuned builds never ask for it."""
+    if not _registered["own"]:
         TensorIntrin.register(VNNI_INTRIN, _dot_16x4_desc, _dot_16x4_vnni, override=True)
+        _registered["own"] = True
+    if stock and not _registered["stock"]:
+        import tvm.s_tir.tensor_intrin  # noqa: F401  (registers the stock, broken one first)
+
         TensorIntrin.register(STOCK_NAME, _dot_16x4_desc, _dot_16x4_vnni, override=True)
-        _registered = True
+        _registered["stock"] = True
     return VNNI_INTRIN

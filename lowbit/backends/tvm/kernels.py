@@ -8,8 +8,9 @@
 
 which is ``linear(dequant(x_u8), dequant(w_i8), bias)`` with the zero-point correction done in
 exact integer arithmetic. N is padded to a multiple of 16 in the packed weight; K must be a
-multiple of 4. Default schedule: register tile of MI rows x NT*16 columns, the 16x4 inner block
-tensorized with ``vpdpbusd`` (intrin.py), accumulator tile local, epilogue fused per tile.
+multiple of 4. Default schedule: register tile of MI rows x NT*16 columns (8 x 48), the 16x4
+inner block tensorized with ``vpdpbusd`` (intrin.py), accumulator tile local, epilogue fused
+per tile, tiles parallel (column blocks outer so consecutive tiles share weights).
 
 ``linear_w4a16`` (int4 group-wise weights, float activations)::
 
@@ -32,9 +33,10 @@ from tvm.target import Target
 from lowbit.backends.tvm.intrin import register_vnni
 from lowbit.backends.tvm.schedules import KERNEL_ATTR, get_extent
 
-__all__ = ["linear_u8s8", "linear_w4a16", "default_schedule", "OPAQUE"]
+__all__ = ["OPAQUE", "default_schedule", "linear_u8s8", "linear_w4a16"]
 
 OPAQUE = 8  # relax OpPatternKind.kOpaque
+SMALL_M = 4  # W4A16 with at most this many rows decodes weights in registers, not per strip
 
 
 def _finish(func: tirx.PrimFunc, kind: str) -> tirx.PrimFunc:
@@ -93,8 +95,9 @@ def _schedule_u8s8(sch: s_tir.Schedule) -> s_tir.Schedule:
     acc, out = sch.get_sblock("acc_i32"), sch.get_sblock("y_f32")
     i, j, r = sch.get_loops(acc)
     m, n_pad = get_extent(sch, i), get_extent(sch, j)
-    mi = _divisor(m, (4, 3, 2, 1))
-    nt = _divisor(n_pad // 16, (4, 3, 2, 1))
+    # MI x NT*16 accumulators: 8 x 48 = 24 zmm registers, + 3 weight blocks + 1 broadcast
+    mi = _divisor(m, (8, 6, 4, 3, 2, 1))
+    nt = _divisor(n_pad // 16, (3, 4, 2, 1))
     io, ii = sch.split(i, [None, mi])
     jo, jt, ji = sch.split(j, [None, nt, 16])
     ro, ri = sch.split(r, [None, 4])
@@ -107,7 +110,7 @@ def _schedule_u8s8(sch: s_tir.Schedule) -> s_tir.Schedule:
     sch.tensorize(ji, intrin)
     sch.unroll(jt)
     sch.unroll(ii)
-    oi, oj = sch.get_loops(out)[-2:]
+    oj = sch.get_loops(out)[-1]
     vec = _divisor(get_extent(sch, oj), (16, 8, 4, 2))
     if vec > 1:
         _, ojv = sch.split(oj, [None, vec])
@@ -116,25 +119,32 @@ def _schedule_u8s8(sch: s_tir.Schedule) -> s_tir.Schedule:
 
 
 def _schedule_w4a16(sch: s_tir.Schedule) -> s_tir.Schedule:
+    """Per column strip (parallel): decode the [K, NJ] strip of weights once, then run an
+    MI x NJ register-tiled fp32 GEMM over it for every row tile (small M: decode in the k loop)."""
     wdq, mm, out = (sch.get_sblock(b) for b in ("w_f32", "mm_f32", "y_f32"))
     i, j, r = sch.get_loops(mm)
     m, n, k = (get_extent(sch, lp) for lp in (i, j, r))
     mi = _divisor(m, (6, 4, 3, 2, 1))
     nj = _divisor(n, (32, 16, 8, 4, 2, 1))
-    kt = _divisor(k, (64, 32, 16, 8, 4, 2))
+    ku = _divisor(k, (4, 2, 1))
     io, ii = sch.split(i, [None, mi])
     jo, ji = sch.split(j, [None, nj])
-    ro, ri = sch.split(r, [None, kt])
-    sch.reorder(jo, ro, io, ri, ii, ji)
+    ro, ri = sch.split(r, [None, ku])
+    sch.reorder(jo, io, ro, ri, ii, ji)
     sch.parallel(jo)
-    sch.compute_at(wdq, ro, preserve_unit_loops=True)
-    sch.vectorize(sch.get_loops(wdq)[-1])
-    init = sch.decompose_reduction(mm, ro)
-    sch.vectorize(sch.get_loops(init)[-1])
+    acc = sch.cache_write(mm, 0, "local")
+    sch.reverse_compute_at(acc, io, preserve_unit_loops=True)
     sch.unroll(ii)
+    sch.unroll(ri)
     if nj > 1:
         sch.vectorize(ji)
+    # decode: per strip when rows reuse it, else per k step (decode-bound GEMV, M small)
+    sch.compute_at(wdq, jo if m > SMALL_M else ro, preserve_unit_loops=True)
+    sch.vectorize(sch.get_loops(wdq)[-1])
     sch.reverse_compute_at(out, jo, preserve_unit_loops=True)
+    init = sch.decompose_reduction(mm, ro)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.vectorize(sch.get_loops(acc)[-1])
     sch.vectorize(sch.get_loops(out)[-1])
     return sch
 
@@ -160,3 +170,31 @@ def has_vnni(target: Target) -> bool:
         return bool(target_has_features("avx512vnni", target))
     except Exception:  # noqa: BLE001  (unknown mcpu: no features)
         return False
+
+
+# ---- numpy references (exact integer accumulation) -------------------------------------------
+def reference_linear_u8s8(x_u8, w_i8, corr_i32, scale_f32, bias_f32):
+    """numpy ``linear_u8s8``: int64 accumulation, then the fp32 epilogue."""
+    import numpy as np
+
+    n = corr_i32.shape[0]
+    a, b, c, d = w_i8.shape
+    w = w_i8.transpose(0, 2, 1, 3).reshape(a * c, b * d)[:n].astype(np.int64)
+    acc = x_u8.astype(np.int64) @ w.T
+    return (acc - corr_i32).astype(np.float32) * scale_f32 + bias_f32
+
+
+def reference_linear_w4a16(x_f32, w_u4x2, scale_f32, bias_f32):
+    """numpy ``linear_w4a16`` (float64 accumulation)."""
+    import numpy as np
+
+    k2, n = w_u4x2.shape
+    lo = (w_u4x2 & 15).astype(np.int64) - 8
+    hi = (w_u4x2 >> 4).astype(np.int64) - 8
+    w = np.stack([lo, hi], axis=1).reshape(2 * k2, n)                  # [K, N]
+    group = 2 * k2 // scale_f32.shape[0]
+    w = w * np.repeat(scale_f32.astype(np.float64), group, axis=0)
+    return (x_f32.astype(np.float64) @ w + bias_f32).astype(np.float32)
+
+
+REFERENCES = {"linear_u8s8": reference_linear_u8s8, "linear_w4a16": reference_linear_w4a16}

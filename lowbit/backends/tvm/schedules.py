@@ -17,14 +17,25 @@ These rules fill the gap, tried in order on every PrimFunc that no one scheduled
 
 from __future__ import annotations
 
+import logging
+
 from tvm import s_tir, tirx
 from tvm.s_tir import dlight as dl
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import ScheduleRule, get_extent, try_inline
 from tvm.target import Target
 
-__all__ = ["default_rules", "apply_default_schedules", "KERNEL_ATTR", "Matmul", "Injective",
-           "LowbitKernel"]
+__all__ = [
+    "KERNEL_ATTR",
+    "Injective",
+    "LowbitKernel",
+    "Matmul",
+    "apply_default_schedules",
+    "default_rules",
+    "default_schedule_of",
+]
+
+log = logging.getLogger("lowbit.tvm")
 
 KERNEL_ATTR = "lowbit.kernel"
 VEC_F32 = 16          # AVX-512 lanes for fp32
@@ -129,7 +140,7 @@ def _vectorize_tail(sch: s_tir.Schedule, block, skip: int) -> None:
         _, inner = sch.split(inner, [None, lanes])
     try:
         sch.vectorize(inner)
-    except Exception:  # noqa: BLE001  (a block TVM cannot vectorize stays scalar)
+    except Exception:  # noqa: BLE001, S110  (a block TVM cannot vectorize stays scalar)
         pass
 
 
@@ -166,7 +177,7 @@ class Injective(ScheduleRule):
                 outer, inner = sch.split(fused, [None, lanes])
                 try:
                     sch.vectorize(inner)
-                except Exception:  # noqa: BLE001
+                except Exception:  # noqa: BLE001, S110  (stays scalar)
                     pass
             else:
                 outer = fused
@@ -175,8 +186,35 @@ class Injective(ScheduleRule):
         return sch
 
 
+class _Guarded(ScheduleRule):
+    """A rule whose schedule primitive failed on an unexpected PrimFunc declines it (the next
+    rule tries) instead of failing the whole compile; a PrimFunc no rule takes stays
+    unscheduled: correct, slow, and logged."""
+
+    def __init__(self, rule: ScheduleRule):
+        self.rule = rule
+
+    def apply(self, func, target, tunable):
+        try:
+            return self.rule.apply(func, target, tunable)
+        except Exception as e:  # noqa: BLE001  (TVM raises ScheduleError, TVMError, ...)
+            log.debug("%s declined a PrimFunc: %s", type(self.rule).__name__, e)
+            return None
+
+
 def default_rules() -> list[ScheduleRule]:
-    return [LowbitKernel(), Matmul(), dl.cpu.GEMV(), dl.cpu.Reduction(), Injective()]
+    rules = [LowbitKernel(), Matmul(), dl.cpu.GEMV(), dl.cpu.Reduction(), Injective()]
+    return [_Guarded(r) for r in rules]
+
+
+def default_schedule_of(func: tirx.PrimFunc, target: Target) -> tirx.PrimFunc | None:
+    """``func`` scheduled by the default rules alone (None: no rule takes it)."""
+    from tvm import IRModule
+
+    with target:
+        mod = apply_default_schedules()(IRModule({"main": func}))
+    out = mod["main"]
+    return out if "tirx.is_scheduled" in out.attrs else None
 
 
 def apply_default_schedules():

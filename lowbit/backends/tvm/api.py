@@ -1,0 +1,123 @@
+"""``compile(graph, target, tune)``: a quantized (or float) FX graph -> CompiledModule.
+
+    copy -> LegalizeQuantLinear (integer-kernel ops)  -> re-export + import to Relax
+         -> prepare (lift weight transforms, legalize, fuse)
+         -> [tune: MetaSchedule on the kernels with no record, persistent database]
+         -> schedule (verified tuned records, else defaults) -> build -> CompiledModule
+
+The user's graph is never modified. Shapes are static: the module runs on inputs shaped like
+the example inputs the graph was captured with (``gm.meta["lowbit_example_inputs"]``) or like
+``example_inputs`` given here.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import tvm
+from torch import fx
+
+import lowbit
+from lowbit.backends.tvm.build import build, prepare, schedule
+from lowbit.backends.tvm.import_relax import import_graph
+from lowbit.backends.tvm.kernels import has_vnni
+from lowbit.backends.tvm.legalize_quant import LOWERING_META, LegalizeQuantLinear
+from lowbit.backends.tvm.runtime import CompiledModule
+from lowbit.backends.tvm.target import resolve_target
+from lowbit.backends.tvm.tune import Tune, tune_module
+from lowbit.errors import ConfigError
+
+__all__ = ["Tune", "compile"]
+
+
+def _example(gm: fx.GraphModule, example_inputs: Any) -> tuple[tuple, dict]:
+    if example_inputs is None:
+        ex = getattr(gm, "meta", {}).get("lowbit_example_inputs")
+        if ex is None:
+            raise ConfigError("the graph carries no example inputs (gm.meta['lowbit_example_"
+                              "inputs'], set by lowbit.capture): pass example_inputs=")
+        return tuple(ex[0]), dict(ex[1])
+    if isinstance(example_inputs, Mapping):
+        return (), dict(example_inputs)
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,), {}
+    if isinstance(example_inputs, Sequence):
+        return tuple(example_inputs), {}
+    raise ConfigError(f"example_inputs must be a tensor, a tuple or a dict, got "
+                      f"{type(example_inputs).__name__}")
+
+
+def _input_meta(mod: tvm.IRModule, names: list[str]) -> list[dict]:
+    main = mod["main"]
+    out = []
+    for var in main.params[:len(names)]:
+        ty = var.ty
+        out.append({"name": str(var.name), "shape": [int(d) for d in ty.shape.values],
+                    "dtype": str(ty.dtype)})
+    return out
+
+
+def _say(progress: bool, msg: str) -> None:
+    if progress:
+        print(f"[lowbit] {msg}", file=sys.stderr, flush=True)
+
+
+def compile(graph: Any, target: Any = "cpu", tune: Tune | None = None, *,
+            example_inputs: Any = None, int8: bool = True, int4: bool = True,
+            progress: bool = True) -> CompiledModule:
+    """Compile ``graph`` for ``target`` with real integer kernels.
+
+    Args:
+        graph: an ``fx.GraphModule`` from ``lowbit.capture`` (float) or ``lowbit.quantize``;
+            an ``nn.Module`` is captured first (needs ``example_inputs``).
+        target: "cpu" (this host), a TVM target dict, or a ``tvm.target.Target``.
+        tune: None (default schedules only) or ``Tune(trials=, db=)``.
+        example_inputs: inputs fixing the compiled shapes (default: the graph's own).
+        int8, int4: lower W8A8 / W4A16 linears to integer kernels (else float fake-quant).
+        progress: report stages on stderr.
+    """
+    t0 = time.perf_counter()
+    tgt = resolve_target(target)
+    if tune is not None and not isinstance(tune, Tune):
+        raise ConfigError(f"tune must be None or lowbit.Tune(...), got {type(tune).__name__}")
+    if not isinstance(graph, fx.GraphModule):
+        if not isinstance(graph, torch.nn.Module):
+            raise ConfigError(f"compile() takes an fx.GraphModule (lowbit.capture / quantize) "
+                              f"or an nn.Module, got {type(graph).__name__}")
+        if example_inputs is None:
+            raise ConfigError("compiling an nn.Module needs example_inputs= (or capture it "
+                              "first with lowbit.capture)")
+        graph = lowbit.capture(graph.eval(), example_inputs)
+    example = _example(graph, example_inputs)
+    gm = copy.deepcopy(graph)
+    vnni = has_vnni(tgt)
+    LegalizeQuantLinear(int8=int8 and vnni, int4=int4)(gm)
+    lowering = list(gm.meta.get(LOWERING_META, []))
+    kinds = [k for _, k in lowering]
+    _say(progress, f"lowering: {kinds.count('linear_u8s8')} int8 linear(s), "
+                   f"{kinds.count('linear_w4a16')} int4 linear(s), "
+                   f"{len(kinds) - kinds.count('linear_u8s8') - kinds.count('linear_w4a16')} "
+                   f"fp32 linear(s)" + ("" if vnni or not int8 else " (target has no VNNI)"))
+    imported = import_graph(gm, example)
+    mod = prepare(imported.mod, tgt)
+    tuned = tune_module(mod, tgt, tune, progress=progress) if tune is not None else None
+    mod = schedule(mod, tgt, tuned)
+    ex = build(mod, tgt)
+    meta = {
+        "inputs": _input_meta(imported.mod, imported.input_names),
+        "outputs": imported.output_names or ["output"],
+        "target": str(tgt),
+        "functions": [gv.name_hint for gv, f in mod.functions_items()
+                      if isinstance(f, tvm.relax.Function)],
+        "lowering": [list(x) for x in lowering],
+        "tuned_kernels": sorted(tuned) if tuned else [],
+        "lowbit_version": lowbit.__version__,
+        "tvm_version": tvm.__version__,
+    }
+    _say(progress, f"compiled for {tgt} in {time.perf_counter() - t0:.1f} s")
+    return CompiledModule(ex, imported.params, meta)

@@ -1,0 +1,52 @@
+"""``lowbit::`` torch ops that stand for one integer kernel each in a lowered graph.
+
+legalize_quant.py rewrites q/dq + linear patterns into these ops before the graph is
+re-exported and imported into Relax; import_relax.py maps each op to a ``call_tir`` of its
+kernel (kernels.py). The eager implementations are the integer reference (exact int64
+accumulation), so the rewritten FX graph still runs in torch and can be checked on its own::
+
+    linear_u8s8(x_u8 [.., K], w_vnni [Np/16, K/4, 16, 4], corr_i32 [N], scale_f32 [N], bias_f32 [N])
+        = f32(x_u8 @ w_i8^T - corr_i32) * scale_f32 + bias_f32
+    linear_w4a16(x_f32 [.., K], w_u4x2 [K/2, N], scale_f32 [K/g, N], bias_f32 [N])
+        = x_f32 @ (w_i4 * scale)^T + bias_f32                  (g = K / scale.shape[0])
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lowbit.backends.tvm.pack import unpack_int4, unpack_vnni
+
+__all__ = ["LINEAR_U8S8", "LINEAR_W4A16", "linear_u8s8", "linear_w4a16"]
+
+
+@torch.library.custom_op("lowbit::linear_u8s8", mutates_args=())
+def linear_u8s8(x_u8: torch.Tensor, w_vnni: torch.Tensor, corr_i32: torch.Tensor,
+                scale_f32: torch.Tensor, bias_f32: torch.Tensor) -> torch.Tensor:
+    n = corr_i32.shape[0]
+    w_i8 = unpack_vnni(w_vnni, n)
+    acc = x_u8.to(torch.int64) @ w_i8.to(torch.int64).t()
+    return (acc - corr_i32.to(torch.int64)).to(torch.float32) * scale_f32 + bias_f32
+
+
+@linear_u8s8.register_fake
+def _(x_u8, w_vnni, corr_i32, scale_f32, bias_f32):
+    return x_u8.new_empty((*x_u8.shape[:-1], corr_i32.shape[0]), dtype=torch.float32)
+
+
+@torch.library.custom_op("lowbit::linear_w4a16", mutates_args=())
+def linear_w4a16(x_f32: torch.Tensor, w_u4x2: torch.Tensor, scale_f32: torch.Tensor,
+                 bias_f32: torch.Tensor) -> torch.Tensor:
+    w_i4 = unpack_int4(w_u4x2)                                   # [N, K]
+    group = w_i4.shape[1] // scale_f32.shape[0]
+    w = w_i4.to(torch.float32) * scale_f32.t().repeat_interleave(group, dim=1)
+    return torch.nn.functional.linear(x_f32, w, bias_f32)
+
+
+@linear_w4a16.register_fake
+def _(x_f32, w_u4x2, scale_f32, bias_f32):
+    return x_f32.new_empty((*x_f32.shape[:-1], w_u4x2.shape[1]), dtype=torch.float32)
+
+
+LINEAR_U8S8 = torch.ops.lowbit.linear_u8s8.default
+LINEAR_W4A16 = torch.ops.lowbit.linear_w4a16.default

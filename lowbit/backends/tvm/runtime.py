@@ -1,0 +1,151 @@
+"""CompiledModule: run a compiled model; ``save(dir)`` / ``load(dir)``.
+
+Only the TVM runtime is needed here (nothing from the compiler, no torch): ``load`` works with
+``TVM_USE_RUNTIME_LIB=1``, which imports tvm without its 259 MB compiler library. A saved
+module is a folder::
+
+    model.so      the Relax VM executable (kernels, ``main``, ``main_transform_params``)
+    params.bin    the weights as the graph holds them (packed int8/int4, fp32), TVM param dict
+    meta.json     input names/shapes/dtypes, output names, target, versions
+
+Weights stay out of ``model.so``; at load ``main_transform_params`` runs once (fp32 weight
+transposes and similar) and its results are what every call passes to ``main``.
+
+Calls take numpy arrays or torch tensors, positionally in input order or by name. Inputs of a
+different dtype of the same kind (int32 ids for int64) are cast; shapes must match the compiled
+(static) shapes. Results come back as numpy arrays, or as torch tensors when any input was a
+torch tensor: one output alone, several as a namedtuple when their names allow it (HF outputs:
+``out.last_hidden_state``), else a tuple.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tvm
+from tvm.runtime.vm import VirtualMachine
+
+from lowbit.errors import LowbitError
+
+__all__ = ["CompiledModule", "RuntimeInputError", "load"]
+
+FORMAT = 1
+
+
+class RuntimeInputError(LowbitError, ValueError):
+    """Inputs given to a CompiledModule do not match what it was compiled for."""
+
+
+class CompiledModule:
+    """A compiled model on the TVM Relax VM (see module docstring)."""
+
+    def __init__(self, executable: Any, params: list, meta: dict, *, device=None):
+        self.device = device or tvm.cpu()
+        self.executable = executable
+        self.meta = meta
+        self._raw_params = params
+        self._vm = VirtualMachine(executable, self.device)
+        dev_params = [p if isinstance(p, tvm.runtime.Tensor) else tvm.runtime.tensor(p, self.device)
+                      for p in params]
+        if "main_transform_params" in meta.get("functions", ["main_transform_params"]):
+            self._params = list(self._vm["main_transform_params"](dev_params))
+        else:
+            self._params = dev_params
+        names = meta["outputs"]
+        self._out_type = (collections.namedtuple("Outputs", names)
+                          if len(names) > 1 and all(n.isidentifier() for n in names)
+                          and len(set(names)) == len(names) else None)
+
+    # ---- introspection -----------------------------------------------------------------------
+    @property
+    def input_names(self) -> list[str]:
+        return [i["name"] for i in self.meta["inputs"]]
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self.meta["outputs"])
+
+    def __repr__(self) -> str:
+        ins = ", ".join(f"{i['name']}: {i['dtype']}{i['shape']}" for i in self.meta["inputs"])
+        return f"CompiledModule({ins}) -> {self.output_names} on {self.meta['target']}"
+
+    # ---- calling -----------------------------------------------------------------------------
+    def _bind(self, args: tuple, kwargs: dict) -> list[Any]:
+        specs = self.meta["inputs"]
+        if len(args) > len(specs):
+            raise RuntimeInputError(f"takes {len(specs)} input(s) {self.input_names}, got "
+                                    f"{len(args)} positional")
+        values: dict[str, Any] = {s["name"]: a for s, a in zip(specs, args)}
+        for k, v in kwargs.items():
+            if k not in self.input_names:
+                raise RuntimeInputError(f"unknown input {k!r}; inputs: {self.input_names}")
+            if k in values:
+                raise RuntimeInputError(f"input {k!r} given twice")
+            values[k] = v
+        missing = [n for n in self.input_names if n not in values]
+        if missing:
+            raise RuntimeInputError(f"missing input(s) {missing}; inputs: {self.input_names}")
+        return [values[s["name"]] for s in specs]
+
+    def _to_device(self, x: Any, spec: dict) -> tvm.runtime.Tensor:
+        if hasattr(x, "detach") and hasattr(x, "numpy"):  # torch.Tensor, without importing torch
+            x = x.detach().cpu().numpy()
+        a = np.asarray(x)
+        want = np.dtype(spec["dtype"])
+        if list(a.shape) != list(spec["shape"]):
+            raise RuntimeInputError(f"input {spec['name']!r}: shape {list(a.shape)} but the module "
+                                    f"was compiled for {spec['shape']} (static shapes: compile "
+                                    f"again with example inputs of this shape)")
+        if a.dtype != want:
+            if a.dtype.kind != want.kind and not (a.dtype.kind in "iub" and want.kind in "iub"):
+                raise RuntimeInputError(f"input {spec['name']!r}: dtype {a.dtype}, expected "
+                                        f"{want}")
+            a = a.astype(want)
+        return tvm.runtime.tensor(np.ascontiguousarray(a), self.device)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        values = self._bind(args, kwargs)
+        as_torch = any(type(v).__module__.startswith("torch") for v in values)
+        dev_in = [self._to_device(v, s) for v, s in zip(values, self.meta["inputs"])]
+        out = self._vm["main"](*dev_in, *self._params)
+        outs = [o.numpy() for o in ([out] if isinstance(out, tvm.runtime.Tensor) else out)]
+        if as_torch:
+            import torch
+
+            outs = [torch.from_numpy(o) for o in outs]
+        if len(outs) == 1:
+            return outs[0]
+        return self._out_type(*outs) if self._out_type else tuple(outs)
+
+    # ---- persistence -------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the module to folder ``path`` (created); returns the folder."""
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.executable.export_library(str(folder / "model.so"))
+        params = {f"p{i}": (p if isinstance(p, tvm.runtime.Tensor) else tvm.runtime.tensor(p))
+                  for i, p in enumerate(self._raw_params)}
+        tvm.runtime.save_param_dict_to_file(params, str(folder / "params.bin"))
+        meta = dict(self.meta, format=FORMAT, num_params=len(self._raw_params))
+        (folder / "meta.json").write_text(json.dumps(meta, indent=1))
+        return folder
+
+
+def load(path: str | os.PathLike, *, device=None) -> CompiledModule:
+    """Load a folder written by ``CompiledModule.save`` (TVM runtime only)."""
+    folder = Path(path)
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{folder}: no meta.json (not a saved lowbit CompiledModule)")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != FORMAT:
+        raise LowbitError(f"{folder}: format {meta.get('format')!r}, this lowbit reads {FORMAT}")
+    lib = tvm.runtime.load_module(str(folder / "model.so"))
+    raw = tvm.runtime.load_param_dict_from_file(str(folder / "params.bin"))
+    params = [raw[f"p{i}"] for i in range(meta["num_params"])]
+    return CompiledModule(lib, params, meta, device=device)

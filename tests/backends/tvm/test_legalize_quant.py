@@ -1,0 +1,94 @@
+"""LegalizeQuantLinear on tiny quantized BERTs: structure (which ops appear and vanish, honest
+``modified``, idempotence, a float graph left alone, reasons recorded) and numbers (the rewritten
+graph, run eagerly with the ops' exact integer references, against the q/dq graph)."""
+
+import copy
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+from lowbit import recipes
+from lowbit.backends.tvm.legalize_quant import LOWERING_META, LegalizeQuantLinear
+from lowbit.capture import capture
+from lowbit.config import PerGroup, QuantSpec
+from lowbit.quantize import quantize
+from lowbit.testing import assert_idempotent, assert_untouched, op_counts
+
+QD = "quantized_decomposed."
+U8S8, W4A16 = "lowbit.linear_u8s8.default", "lowbit.linear_w4a16.default"
+N_LINEAR = 2 * 6  # q, k, v, o, ffn in, ffn out per block; the pooler stays float
+# The eager integer ops accumulate exactly; the q/dq graph sums fp32 products. Outputs agree
+# to fp32 reassociation (~1e-6 of values ~3) unless a rounding tie flips an activation step.
+ATOL = 1e-4
+W4_G32 = recipes.W4A16_G128.replace(
+    name="W4A16_G32", weight=QuantSpec(bits=4, symmetric=True, granularity=PerGroup(32)))
+W8A8_S8 = recipes.W8A8.replace(
+    name="W8A8_S8", activation=QuantSpec(bits=8, symmetric=True))  # int8 activations
+
+
+@pytest.fixture(scope="module")
+def bert():
+    torch.manual_seed(0)
+    cfg = BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=128, vocab_size=100)
+    model = BertModel(cfg).eval()
+    ids = torch.randint(0, 100, (2, 16))
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    return capture(model, inputs), inputs
+
+
+def _quantized(bert, recipe):
+    gm, inputs = bert
+    return quantize(gm, recipe, calibration=[inputs], progress=False), inputs
+
+
+# n_q: quantize_per_tensor left: one per input quantizer (4 per block); for s8 activations the
+# shifted u8 copy replaces the original (unused, so dead-code eliminated)
+@pytest.mark.parametrize("recipe,op,n_q", [(recipes.W8A8, U8S8, 2 * 4),
+                                           (W8A8_S8, U8S8, 2 * 4),
+                                           (W4_G32, W4A16, 0)])
+def test_structure_and_numbers(bert, recipe, op, n_q):
+    q, inputs = _quantized(bert, recipe)
+    lowered = copy.deepcopy(q)
+    res = LegalizeQuantLinear()(lowered)
+    assert res.modified
+    c = op_counts(lowered)
+    assert c[op] == N_LINEAR
+    assert c["aten.linear.default"] == 1                        # the pooler
+    assert c[QD + "dequantize_per_channel.default"] == 0
+    assert c[QD + "dequantize_per_channel_group.default"] == 0
+    assert c[QD + "dequantize_per_tensor.default"] == 0         # every dq fed a linear
+    assert c[QD + "quantize_per_tensor.default"] == n_q
+    kinds = [k for _, k in lowered.meta[LOWERING_META]]
+    assert kinds.count(op.split(".")[1]) == N_LINEAR
+    assert kinds.count("fp32: weight not quantized") == 1
+    want = q(**inputs)
+    got = lowered(**inputs)
+    for w, g in zip(want.values(), got.values()):
+        torch.testing.assert_close(g, w, rtol=0, atol=ATOL)
+
+
+def test_idempotent_and_float_graph_untouched(bert):
+    q, _ = _quantized(bert, recipes.W8A8)
+    assert_idempotent(LegalizeQuantLinear(), q)
+    assert_untouched(LegalizeQuantLinear(), bert[0])
+
+
+def test_options_and_reasons(bert):
+    q, _ = _quantized(bert, recipes.W8A8)
+    lowered = copy.deepcopy(q)
+    assert not LegalizeQuantLinear(int8=False)(lowered).modified
+    reasons = {why for _, why in lowered.meta[LOWERING_META]}
+    assert reasons == {"int8 disabled", "fp32: weight not quantized"}
+
+
+def test_weight_buffers_replaced_by_packed_ones(bert):
+    q, _ = _quantized(bert, recipes.W8A8)
+    lowered = copy.deepcopy(q)
+    LegalizeQuantLinear()(lowered)
+    names = dict(lowered.named_buffers())
+    assert not any(n.endswith("weight_i8") for n in names)
+    packed = [b for n, b in names.items() if n.endswith("_w_vnni")]
+    assert len(packed) == N_LINEAR
+    assert all(b.dtype == torch.int8 and b.shape[2:] == (16, 4) for b in packed)
