@@ -99,7 +99,7 @@ def worker(variant: str, args) -> dict:
         info["median_ms"], info["min_ms"] = _time(lambda: run(**feed), args.iters)
         info["cosine"] = _cosine(out, ref)
         return info
-    from lowbit.compile import Tune, compile
+    from lowbit.compiler import Tune, compile
 
     recipe = {"tvm_fp32": None, "tvm_w8a8": recipes.W8A8, "tvm_w4a16": recipes.W4A16_G128,
               "tvm_w8a8_tuned": recipes.W8A8}[variant]

@@ -51,15 +51,15 @@ def quantize_onnx(model, recipe, calibration=None, **kwargs):
 
 
 def compile(graph, target="cpu", tune=None, **kwargs):
-    """Compile a quantized (or float) graph to a TVM module (see lowbit.compile)."""
-    from lowbit.compile import compile as _compile
+    """Compile a quantized (or float) graph to a TVM module (see lowbit.compiler)."""
+    from lowbit.compiler import compile as _compile
 
     return _compile(graph, target, tune, **kwargs)
 
 
 def load(path, **kwargs):
     """Load a compiled module saved with ``.save(dir)``, with the TVM runtime only."""
-    from lowbit.compile import load as _load
+    from lowbit.compiler import load as _load
 
     return _load(path, **kwargs)
 

@@ -20,7 +20,7 @@ from lowbit.backends.tvm.kernels import has_vnni
 from lowbit.backends.tvm.runtime import RuntimeInputError
 from lowbit.backends.tvm.target import host_target, resolve_target
 from lowbit.capture import capture
-from lowbit.compile import compile
+from lowbit.compiler import compile
 from lowbit.config import PerGroup, QuantSpec
 from lowbit.errors import ConfigError, LowbitError
 from lowbit.quantize import quantize

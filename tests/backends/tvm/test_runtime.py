@@ -16,7 +16,7 @@ from transformers import BertConfig, BertModel
 from lowbit import recipes
 from lowbit.backends.tvm.runtime import load
 from lowbit.capture import capture
-from lowbit.compile import compile
+from lowbit.compiler import compile
 from lowbit.quantize import quantize
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
