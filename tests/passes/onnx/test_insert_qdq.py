@@ -16,11 +16,8 @@ weight computed in the graph (skipped with its reason, not a crash), unknown inp
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import shutil
-import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -48,16 +45,7 @@ from lowbit.testing import assert_idempotent, assert_untouched, op_counts, sqnr
 pytest.importorskip("transformers")
 
 
-def models():
-    name = "_lowbit_onnx_test_models"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_models.py"))
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
-
-
-M = models()
+import onnx_test_models as M  # noqa: E402  (conftest.py puts this folder on sys.path)
 W4A16_G32 = W4A16_G128.replace(name="W4A16_G32", weight=QuantSpec(bits=4, granularity=PerGroup(32)))
 # recipe: (QuantizeLinear, DequantizeLinear, SQNR floor in dB) on the tiny BERT
 EXPECTED = {"W8A8": (8, 20, 45.0), "W8A8_FULL": (16, 28, 29.0), "W8A8_DYNAMIC": (0, 12, 47.0),

@@ -23,9 +23,6 @@ The tiny BERT (seeded) runs four recipes; the real MiniLM (slow) runs W8A8 on se
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
@@ -54,16 +51,7 @@ from lowbit.testing import sqnr
 pytest.importorskip("transformers")
 
 
-def models():
-    name = "_lowbit_onnx_test_models"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_models.py"))
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
-
-
-M = models()
+import onnx_test_models as M  # noqa: E402  (conftest.py puts this folder on sys.path)
 W4A16_G32 = W4A16_G128.replace(name="W4A16_G32", weight=QuantSpec(bits=4, granularity=PerGroup(32)))
 # ORT and torch compute the observed tensors with different kernels (LayerNorm, GELU, matmul
 # summation order): ranges differ by a few float32 ulps, so do the scales.

@@ -10,8 +10,6 @@ real MiniLM is checked under both exporters (marked slow).
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import onnx
@@ -30,16 +28,7 @@ from lowbit.testing import op_counts
 pytest.importorskip("transformers")
 
 
-def models():
-    name = "_lowbit_onnx_test_models"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_models.py"))
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
-
-
-M = models()
+import onnx_test_models as M  # noqa: E402  (conftest.py puts this folder on sys.path)
 
 
 def spot(name: str):
