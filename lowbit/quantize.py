@@ -60,7 +60,7 @@ def calibrate(gm: fx.GraphModule, batches: Iterable[Any], *, progress: bool = Tr
         for batch in batches:
             _run(gm, batch)
             count += 1
-            if progress and sys.stderr.isatty() or progress and count % 50 == 0:
+            if progress and (sys.stderr.isatty() or count % 50 == 0):
                 print(f"\r[lowbit] calibrating: {count} batch(es), "
                       f"{time.perf_counter() - t0:.1f} s", end="", file=sys.stderr, flush=True)
     if progress:
@@ -98,8 +98,8 @@ def quantize(gm: fx.GraphModule, recipe: Recipe, calibration: Iterable[Any] | No
              *, progress: bool = True) -> fx.GraphModule:
     """prepare -> calibrate -> convert. Weight-only and dynamic recipes need no calibration."""
     prepared = prepare(gm, recipe)
-    observing = any(gm_fq.observing for gm_fq in (prepared.get_submodule(n.target)
-                                                   for n in fake_quant_nodes(prepared)))
+    observing = any(prepared.get_submodule(n.target).observing
+                    for n in fake_quant_nodes(prepared))
     if observing:
         if calibration is None:
             raise CalibrationError(f"recipe {recipe.name} has static activation ranges: pass "
