@@ -55,7 +55,6 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
-import tempfile
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -79,7 +78,6 @@ _F32, _F64, _I64 = ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.INT64
 QMIN_KEY, QMAX_KEY = "lowbit.quant_min", "lowbit.quant_max"
 # Above this many bytes of initializers the model is saved with external data (protobuf's
 # hard limit is 2 GiB for one message; leave room for the graph itself).
-_EXTERNAL_DATA_BYTES = 1_800_000_000
 
 
 class OnnxExportError(LowbitError):
@@ -427,33 +425,6 @@ def pack_int4_weights(graph: ir.Graph) -> int:
     return converted
 
 
-def _initializer_bytes(model: ir.Model) -> int:
-    return sum(v.const_value.nbytes for v in model.graph.initializers.values()
-               if v.const_value is not None)
-
-
-def _write_checked(model: ir.Model, path: pathlib.Path) -> None:
-    """Save to a temporary file beside ``path``, run the full checker on it, then rename it over
-    ``path``; on any error the temporary files are removed and ``path`` is left as it was.
-    Over ~1.8 GB the weights go to ``<name>.data`` (external data), which replaces the old
-    data file just before the model file replaces the old model."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    external = _initializer_bytes(model) > _EXTERNAL_DATA_BYTES
-    tmpdir = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        tmp = tmpdir / path.name
-        data_name = f"{path.name}.data"
-        ir.save(model, tmp, external_data=data_name if external else None)
-        onnx.checker.check_model(str(tmp), full_check=True)
-        if external:
-            os.replace(tmpdir / data_name, path.parent / data_name)
-        os.replace(tmp, path)
-    finally:
-        for f in tmpdir.iterdir():
-            f.unlink()
-        tmpdir.rmdir()
-
-
 # ---- export --------------------------------------------------------------------------------
 def _split_example(example_inputs: Any) -> tuple[tuple, dict]:
     ex = example_inputs
@@ -528,7 +499,9 @@ def export_onnx(qgm: torch.nn.Module, path: str | os.PathLike, example_inputs: A
              "Transpose(s); %d INT4/UINT4 weight(s)", len(_dq_nodes(graph)),
              sum(n.op_type == "QuantizeLinear" for n in graph), folded, transposed, packed)
     try:
-        _write_checked(model, path)
+        from lowbit.passes.onnx.load import save_onnx  # lazy: that package imports this one
+
+        save_onnx(model, path, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise OnnxExportError(f"exported model fails onnx.checker: {e}") from e
     return path

@@ -125,8 +125,9 @@ def initializer_bytes(model: ir.Model) -> int:
 
 
 def save_onnx(model: ir.Model, path: str | os.PathLike, *,
-              external_data: bool | None = None) -> pathlib.Path:
-    """Write ``model`` to ``path`` atomically, checked by ``onnx.checker``.
+              external_data: bool | None = None, full_check: bool = False) -> pathlib.Path:
+    """Write ``model`` to ``path`` atomically, checked by ``onnx.checker`` (with shape
+    inference too when ``full_check``).
 
     ``external_data``: True writes every initializer to ``<name>.data`` beside the model; None
     does so only when the weights exceed ~1.8 GB. On any error ``path`` is left as it was.
@@ -147,7 +148,7 @@ def save_onnx(model: ir.Model, path: str | os.PathLike, *,
     try:
         tmp = tmpdir / path.name
         ir.save(model, tmp, external_data=data_name if external_data else None)
-        onnx.checker.check_model(str(tmp))
+        onnx.checker.check_model(str(tmp), full_check=full_check)
         if external_data:
             os.replace(tmpdir / data_name, path.parent / data_name)
         os.replace(tmp, path)
