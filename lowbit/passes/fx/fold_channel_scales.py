@@ -37,14 +37,13 @@ from lowbit.passes.fx.graph_utils import (
     strip_casts,
     tensor_of,
 )
-from lowbit.passes.fx.spot import _Ctx, _scan_norms
+from lowbit.passes.fx.spot import all_norms
 from lowbit.passes.infra import Pass, PassResult
 
 __all__ = [
     "SCALE_PREFIX",
     "FoldChannelScales",
     "ScaleReport",
-    "all_norms",
     "insert_scale_pair",
     "linear_weight",
     "producer_of",
@@ -64,14 +63,6 @@ class ScaleReport(PassResult):
     done: list[str] = dataclasses.field(default_factory=list)
     kept: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     refused: list[tuple[str, str]] = dataclasses.field(default_factory=list)
-
-
-def all_norms(gm: fx.GraphModule) -> dict:
-    """Output node -> NormRef for every norm in the graph, with or without a role (a scale
-    pair between a norm and its linears hides the norm's role from spotting)."""
-    ctx = _Ctx(gm, param_names(gm))
-    _scan_norms(ctx)
-    return dict(ctx.norm_out)
 
 
 def _is_scale(node: object) -> bool:

@@ -28,14 +28,13 @@ from lowbit.passes.fx.fold_channel_scales import (
     SCALE_PREFIX,
     FoldChannelScales,
     ScaleReport,
-    all_norms,
     insert_scale_pair,
     linear_weight,
     producer_of,
     shared_reason,
 )
 from lowbit.passes.fx.graph_utils import is_fake_quant, linear_operands
-from lowbit.passes.fx.spot import find_transformer
+from lowbit.passes.fx.spot import all_norms, find_transformer
 from lowbit.passes.infra import Pass
 from lowbit.quant.observers import make_observer
 

@@ -81,7 +81,7 @@ from lowbit.passes.patterns import (
     TransformerMap,
 )
 
-__all__ = ["find_transformer"]
+__all__ = ["all_norms", "find_transformer"]
 
 _SOFTMAX = (aten.softmax.int, aten._softmax.default, aten._safe_softmax.default)
 _MATMUL = (aten.matmul.default, aten.bmm.default)
@@ -182,6 +182,14 @@ def _norm_name(node: fx.Node, weight: str | None) -> str:
         return strip_suffix(weight)
     stack = list((node.meta.get("nn_module_stack") or {}).values())
     return stack[-1][0] if stack else node.name
+
+
+def all_norms(gm: fx.GraphModule) -> dict:
+    """Output node -> NormRef for every norm in the graph, with or without a role (a scale
+    pair between a norm and its linears hides the norm's role from spotting)."""
+    ctx = _Ctx(gm, param_names(gm))
+    _scan_norms(ctx)
+    return dict(ctx.norm_out)
 
 
 def _scan_norms(ctx: _Ctx) -> None:
