@@ -9,7 +9,12 @@ These rules fill the gap, tried in order on every PrimFunc that no one scheduled
 2. ``Matmul``: fp32 ``C[b, i, j] = sum_k A * B`` with injective prologue/epilogue; register
    tile ``MI x NJ`` (NJ a multiple of the vector width), k unrolled, accumulator kept in a
    compacted local tile, batch/row/column tiles parallel.
-3. dlight ``cpu.Reduction`` (softmax, layer norm) and ``cpu.GEMV``.
+3. ``RowReduction``: softmax / layer norm / RMS norm-like functions (reductions over the last
+   axis of rows): injective blocks inlined unless a reduction reads them, each reduction
+   split into 16 lanes with ``rfactor`` so it runs as vector adds (a serial fp32 sum is one
+   4-cycle add chain per row: LayerNorm 128x384 0.10 ms -> 0.018 ms, masked softmax
+   12x128x128 0.29 ms -> 0.10 ms), every block computed per row under one parallel loop.
+   Then dlight ``cpu.GEMV`` and ``cpu.Reduction`` for what it declines.
 4. ``Injective``: everything else: inline what can be inlined, then per block fuse the spatial
    loops, parallelize the outer part and vectorize the inner part; reductions keep their
    reduction loops serial and innermost.
@@ -30,6 +35,7 @@ __all__ = [
     "Injective",
     "LowbitKernel",
     "Matmul",
+    "RowReduction",
     "apply_default_schedules",
     "default_rules",
     "default_schedule_of",
@@ -144,6 +150,65 @@ def _vectorize_tail(sch: s_tir.Schedule, block, skip: int) -> None:
         pass
 
 
+class RowReduction(ScheduleRule):
+    """Row-wise reductions over the last axis with vectorized (rfactored) reductions."""
+
+    def apply(self, func, target, tunable):
+        if not isinstance(func, tirx.PrimFunc) or not _is_llvm(target):
+            return None
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if infos is None or len(infos) < 2 or not infos[-1].is_injective():
+            return None
+        if all(b.is_injective() for b in infos):
+            return None
+        lead = min(len(k) - len(k.lstrip("S")) for k in (b.dom_kind() for b in infos))
+        if lead == 0:
+            return None
+        # inline injective blocks no reduction reads (softmax's exp stays: computed once)
+        for b in infos[:-1]:
+            if b.is_injective() and not any(_is_reduction(sch, c)
+                                            for c in sch.get_consumers(b.block_rv)):
+                try:
+                    sch.compute_inline(b.block_rv)
+                except Exception:  # noqa: BLE001, S110  (stays a block of its own)
+                    pass
+        infos = normalize_prim_func(sch)
+        if infos is None:
+            return None
+        # rfactor before compute_at (rfactor needs the block to own its loop nest)
+        for b in infos:
+            kinds = b.dom_kind()
+            if b.is_injective() or kinds.count("R") != 1 or kinds[-1] != "R":
+                continue
+            inner = sch.get_loops(b.block_rv)[-1]
+            ext = get_extent(sch, inner)
+            if isinstance(ext, int) and ext % VEC_F32 == 0 and ext >= 2 * VEC_F32:
+                _, lanes = sch.split(inner, [None, VEC_F32])
+                sch.rfactor(lanes, factor_axis=0)
+        blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
+        loops = sch.get_loops(blocks[-1])
+        row = sch.fuse(*loops[:lead]) if lead > 1 else loops[0]
+        sch.parallel(row)
+        _vectorize_tail(sch, blocks[-1], skip=1)
+        for b in reversed(blocks[:-1]):
+            sch.compute_at(b, row, preserve_unit_loops=True)
+        for b in blocks[:-1]:
+            if not _is_reduction(sch, b):
+                _vectorize_tail(sch, b, skip=1)
+            elif sch.get(b).name_hint.endswith("_rf"):
+                # compute_at put the lane loop first: move it innermost, under the reduction
+                lane, *rest = sch.get_loops(b)[1:]
+                if get_extent(sch, lane) == VEC_F32 and rest:
+                    sch.reorder(*rest, lane)
+                    sch.vectorize(lane)
+        return sch
+
+
+def _is_reduction(sch: s_tir.Schedule, block) -> bool:
+    return any(int(iv.iter_type) == tirx.IterVar.CommReduce for iv in sch.get(block).iter_vars)
+
+
 class Injective(ScheduleRule):
     """Fallback: parallel + vectorized spatial loops; reductions serial inside."""
 
@@ -203,7 +268,8 @@ class _Guarded(ScheduleRule):
 
 
 def default_rules() -> list[ScheduleRule]:
-    rules = [LowbitKernel(), Matmul(), dl.cpu.GEMV(), dl.cpu.Reduction(), Injective()]
+    rules = [LowbitKernel(), Matmul(), RowReduction(), dl.cpu.GEMV(), dl.cpu.Reduction(),
+             Injective()]
     return [_Guarded(r) for r in rules]
 
 
