@@ -12,6 +12,7 @@ the example inputs the graph was captured with (``gm.meta["lowbit_example_inputs
 
 from __future__ import annotations
 
+import collections
 import copy
 import sys
 import time
@@ -95,14 +96,16 @@ def compile(graph: Any, target: Any = "cpu", tune: Tune | None = None, *,
         graph = lowbit.capture(graph.eval(), example_inputs)
     example = _example(graph, example_inputs)
     gm = copy.deepcopy(graph)
-    vnni = has_vnni(tgt)
-    LegalizeQuantLinear(int8=int8 and vnni, int4=int4)(gm)
+    vnni = has_vnni(tgt) or tgt.kind.name == "cuda"  # CUDA: lowbit's own int8 kernels
+    # requantizing epilogues have CPU kernels only so far
+    LegalizeQuantLinear(int8=int8 and vnni, int4=int4, requant=tgt.kind.name == "llvm")(gm)
     lowering = list(gm.meta.get(LOWERING_META, []))
-    kinds = [k for _, k in lowering]
-    _say(progress, f"lowering: {kinds.count('linear_u8s8')} int8 linear(s), "
-                   f"{kinds.count('linear_w4a16')} int4 linear(s), "
-                   f"{len(kinds) - kinds.count('linear_u8s8') - kinds.count('linear_w4a16')} "
-                   f"fp32 linear(s)" + ("" if vnni or not int8 else " (target has no VNNI)"))
+    kinds = collections.Counter(k for _, k in lowering)
+    n_int8 = kinds["linear_u8s8"] + kinds["linear_u8s8_q"]
+    _say(progress, f"lowering: {n_int8} int8 linear(s) ({kinds['linear_u8s8_q']} with a "
+                   f"requantizing epilogue), {kinds['linear_w4a16']} int4 linear(s), "
+                   f"{len(lowering) - n_int8 - kinds['linear_w4a16']} fp32 linear(s)"
+                   + ("" if vnni or not int8 else " (target has no VNNI)"))
     imported = import_graph(gm, example)
     mod = prepare(imported.mod, tgt)
     tuned = tune_module(mod, tgt, tune, progress=progress) if tune is not None else None

@@ -20,7 +20,7 @@ import dataclasses
 import numpy as np
 import tvm
 
-from lowbit.backends.tvm.kernels import REFERENCES
+from lowbit.backends.tvm.kernels import REFERENCES, reference_options
 from lowbit.backends.tvm.schedules import KERNEL_ATTR
 
 __all__ = ["CheckResult", "check_schedule", "random_args", "time_kernels"]
@@ -87,6 +87,8 @@ def check_schedule(original: tvm.tirx.PrimFunc, scheduled: tvm.tirx.PrimFunc, ta
         got = _run(scheduled, target, arrays)
     except Exception as e:  # noqa: BLE001  (a schedule that does not build is not trusted)
         return CheckResult(False, float("inf"), f"does not build/run: {e}")
+    if kind == "linear_u8s8_q":
+        return _check_requant(original, scheduled, target, arrays)
     if kind in REFERENCES:
         ref = REFERENCES[kind](*arrays[:-1])
         ok, err = _compare(got[-1], ref, rtol)
@@ -108,6 +110,33 @@ def check_schedule(original: tvm.tirx.PrimFunc, scheduled: tvm.tirx.PrimFunc, ta
             return CheckResult(False, err, f"differs from the unscheduled kernel "
                                            f"(max rel err {err:.2g})")
     return CheckResult(True, worst, f"vs unscheduled kernel (max rel err {worst:.2g})")
+
+
+REQUANT_TIE_FRACTION = 1e-3  # outputs allowed one step off (rounding ties, fast erf/tanh)
+
+
+def _check_requant(original, scheduled, target, arrays) -> CheckResult:
+    """``linear_u8s8_q``: pick the output grid from the float result so the u8 outputs spread
+    over the whole range (random qparams would saturate everything), then compare steps."""
+    from lowbit.backends.tvm.kernels import reference_activation, reference_linear_u8s8
+
+    opts = reference_options(original)
+    y = reference_activation(reference_linear_u8s8(*arrays[:5]).astype(np.float64), opts["act"])
+    lo, hi = float(y.min()), float(y.max())
+    span = (opts["qmax"] - opts["qmin"]) or 1
+    inv = span / max(hi - lo, 1e-12)
+    arrays = list(arrays)
+    arrays[5] = np.array([inv, opts["qmin"] - round(lo * inv)], dtype=np.float32)
+    try:
+        got = _run(scheduled, target, arrays)[-1].astype(np.int64)
+    except Exception as e:  # noqa: BLE001
+        return CheckResult(False, float("inf"), f"does not build/run: {e}")
+    ref = REFERENCES["linear_u8s8_q"](*arrays[:-1], **opts).astype(np.int64)
+    diff = np.abs(got - ref)
+    off = float((diff > 0).mean())
+    ok = bool(diff.max(initial=0) <= 1 and off <= REQUANT_TIE_FRACTION)
+    return CheckResult(ok, float(diff.max(initial=0)),
+                       f"vs numpy reference ({off:.2%} of outputs one step off)")
 
 
 def time_kernels(funcs: list[tvm.tirx.PrimFunc], target, *, repeat: int = 7, number: int = 10,

@@ -4,7 +4,7 @@ The graph is re-exported with torch.export on its stored example inputs (static 
 imported with ``relax.frontend.torch.from_exported_program`` plus converters for the ops the
 stock importer does not know:
 
-    lowbit::linear_u8s8, lowbit::linear_w4a16   ->  call_tir of the integer kernel (kernels.py),
+    lowbit::linear_u8s8[_q], lowbit::linear_w4a16 -> call_tir of the integer kernel (kernels.py),
                                                     rows flattened to [M, K] around it
     quantized_decomposed q/dq left in the graph ->  the same math in Relax ops (float
                                                     fake-quant: ``clip(round(x * (1/s)) + z)``,
@@ -76,13 +76,14 @@ def _kernel(imp, kind: str, key: tuple, make) -> relax.GlobalVar:
     return cache[name]
 
 
-def _rows(imp, node, x, n: int, kind: str, key_rest: tuple, make, args) -> relax.Var:
+def _rows(imp, node, x, n: int, kind: str, key_rest: tuple, make, args,
+          out_dtype: str = "float32") -> relax.Var:
     bb = imp.block_builder
     shape = _static_shape(x, f"{kind} ({node.name})")
     k, m = shape[-1], math.prod(shape[:-1])
     gv = _kernel(imp, kind, (m, n, k, *key_rest), lambda: make(m, n, k))
     x2 = bb.emit(relax.op.reshape(x, (m, k)))
-    y = bb.emit(relax.call_tir(gv, [x2, *args], relax.TensorType((m, n), "float32")))
+    y = bb.emit(relax.call_tir(gv, [x2, *args], relax.TensorType((m, n), out_dtype)))
     return bb.emit(relax.op.reshape(y, (*shape[:-1], n)))
 
 
@@ -90,6 +91,15 @@ def _linear_u8s8(node: fx.Node, imp) -> relax.Var:
     x, w, corr, scale, bias = (imp.env[a] for a in node.args)
     n = _static_shape(corr, "linear_u8s8 corr")[0]
     return _rows(imp, node, x, n, "linear_u8s8", (), kernels.linear_u8s8, [w, corr, scale, bias])
+
+
+def _linear_u8s8_q(node: fx.Node, imp) -> relax.Var:
+    x, w, corr, scale, bias, oq = (imp.env[a] for a in node.args[:6])
+    act, qmin, qmax = node.args[6:9]
+    n = _static_shape(corr, "linear_u8s8_q corr")[0]
+    return _rows(imp, node, x, n, "linear_u8s8_q", (act, qmin, qmax),
+                 lambda m, n_, k: kernels.linear_u8s8_q(m, n_, k, act, qmin, qmax),
+                 [w, corr, scale, bias, oq], out_dtype="uint8")
 
 
 def _linear_w4a16(node: fx.Node, imp) -> relax.Var:
@@ -149,6 +159,7 @@ def _dequantize_per_channel_group(node: fx.Node, imp) -> relax.Var:
 
 CONVERTERS = {
     "linear_u8s8.default": _linear_u8s8,
+    "linear_u8s8_q.default": _linear_u8s8_q,
     "linear_w4a16.default": _linear_w4a16,
     "quantize_per_tensor.default": _quantize_per_tensor,
     "dequantize_per_tensor.default": _dequantize_per_tensor,

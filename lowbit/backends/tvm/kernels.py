@@ -21,6 +21,15 @@ with the int4 weight packed two per byte along K and transposed (pack.py), so de
 N weights reads contiguous bytes. Default schedule: a [KT, NJ] tile of dequantized weights is
 decoded once per (column block, k block) into a local buffer and reused by every row.
 
+``linear_u8s8_q`` (the same GEMM with a requantizing epilogue: the int8 output of one kernel
+is the u8 input of the next)::
+
+    y_u8[m, n] = clip(round(act(y_f32[m, n]) * oq[0]) + oq[1], qmin, qmax)
+
+where ``oq = [1 / out_scale, out_zero_point]`` (fp32, as ``quantized_decomposed`` computes it)
+and ``act`` is none, gelu (erf form, TVM's fast_erf polynomial), gelu_tanh or relu. Same
+schedule: the epilogue is inlined into the per-tile output block.
+
 Every kernel carries ``lowbit.kernel`` (the schedule rule key) and ``op_pattern = kOpaque`` so
 Relax FuseOps leaves it whole.
 """
@@ -33,18 +42,23 @@ from tvm.target import Target
 from lowbit.backends.tvm.intrin import register_vnni
 from lowbit.backends.tvm.schedules import KERNEL_ATTR, get_extent
 
-__all__ = ["OPAQUE", "default_schedule", "linear_u8s8", "linear_w4a16"]
+__all__ = ["ACTIVATIONS", "OPAQUE", "default_schedule", "linear_u8s8", "linear_u8s8_q",
+           "linear_w4a16"]
 
 OPAQUE = 8  # relax OpPatternKind.kOpaque
 SMALL_M = 4  # W4A16 with at most this many rows decodes weights in registers, not per strip
 
 
-def _finish(func: tirx.PrimFunc, kind: str) -> tirx.PrimFunc:
-    return func.with_attrs({KERNEL_ATTR: kind, "op_pattern": OPAQUE, "tirx.noalias": True})
+ACTIVATIONS = ("none", "gelu", "gelu_tanh", "relu")
 
 
-def linear_u8s8(m: int, n: int, k: int) -> tirx.PrimFunc:
-    """The W8A8 linear for x [m, k] and a weight [n, k] (see module docstring)."""
+def _finish(func: tirx.PrimFunc, kind: str, **attrs) -> tirx.PrimFunc:
+    return func.with_attrs({KERNEL_ATTR: kind, "op_pattern": OPAQUE, "tirx.noalias": True,
+                            **attrs})
+
+
+def _u8s8_gemm(m: int, n: int, k: int):
+    """Placeholders and the fp32 output stage shared by the two W8A8 kernels."""
     if k % 4:
         raise ValueError(f"linear_u8s8 needs K % 4 == 0, got K={k}")
     n_pad = -(-n // 16) * 16
@@ -63,7 +77,50 @@ def linear_u8s8(m: int, n: int, k: int) -> tirx.PrimFunc:
         (m, n),
         lambda i, j: (acc[i, j] - corr[j]).astype("float32") * scale[j] + bias[j],
         name="y_f32")
-    return _finish(te.create_prim_func([x, w, corr, scale, bias, y]), "linear_u8s8")
+    return [x, w, corr, scale, bias], y
+
+
+def linear_u8s8(m: int, n: int, k: int) -> tirx.PrimFunc:
+    """The W8A8 linear for x [m, k] and a weight [n, k] (see module docstring)."""
+    inputs, y = _u8s8_gemm(m, n, k)
+    return _finish(te.create_prim_func([*inputs, y]), "linear_u8s8")
+
+
+def _activation(y: te.Tensor, act: str) -> te.Tensor:
+    from tvm import topi
+
+    if act == "none":
+        return y
+    if act == "relu":
+        return te.compute(y.shape, lambda i, j: te.max(y[i, j], tirx.const(0.0, "float32")),
+                          name="act")
+    if act == "gelu":
+        erf = topi.fast_erf(te.compute(y.shape, lambda i, j: y[i, j] * 0.7071067811865476,
+                                       name="act_in"))
+        return te.compute(y.shape, lambda i, j: y[i, j] * (0.5 + 0.5 * erf[i, j]), name="act")
+    if act == "gelu_tanh":
+        inner = te.compute(y.shape, lambda i, j: 0.7978845608028654 * (
+            y[i, j] + 0.044715 * y[i, j] * y[i, j] * y[i, j]), name="act_in")
+        th = topi.fast_tanh(inner)
+        return te.compute(y.shape, lambda i, j: y[i, j] * (0.5 + 0.5 * th[i, j]), name="act")
+    raise ValueError(f"unknown activation {act!r}: one of {ACTIVATIONS}")
+
+
+def linear_u8s8_q(m: int, n: int, k: int, act: str = "none", qmin: int = 0,
+                  qmax: int = 255) -> tirx.PrimFunc:
+    """The W8A8 linear with a fused activation and requantization to u8 (module docstring)."""
+    if not 0 <= qmin <= qmax <= 255:
+        raise ValueError(f"linear_u8s8_q needs a u8 grid, got [{qmin}, {qmax}]")
+    inputs, y = _u8s8_gemm(m, n, k)
+    z = _activation(y, act)
+    oq = te.placeholder((2,), "float32", name="oq_f32")
+    lo, hi = tirx.const(float(qmin), "float32"), tirx.const(float(qmax), "float32")
+    out = te.compute(
+        (m, n),
+        lambda i, j: te.min(te.max(tirx.round(z[i, j] * oq[0]) + oq[1], lo), hi).astype("uint8"),
+        name="y_u8")
+    return _finish(te.create_prim_func([*inputs, oq, out]), "linear_u8s8_q",
+                   **{"lowbit.act": act, "lowbit.qmin": qmin, "lowbit.qmax": qmax})
 
 
 def linear_w4a16(m: int, n: int, k: int, group: int) -> tirx.PrimFunc:
@@ -91,8 +148,13 @@ def _divisor(extent: int, prefs) -> int:
 
 
 def _schedule_u8s8(sch: s_tir.Schedule) -> s_tir.Schedule:
+    """Also schedules ``linear_u8s8_q``: its epilogue stages are inlined into the last one."""
     intrin = register_vnni()
-    acc, out = sch.get_sblock("acc_i32"), sch.get_sblock("y_f32")
+    acc = sch.get_sblock("acc_i32")
+    *epilogue, out = [b for b in sch.get_child_blocks(sch.get_sblock("root"))
+                      if not sch.get(b).same_as(sch.get(acc))]
+    for b in epilogue:
+        sch.compute_inline(b)
     i, j, r = sch.get_loops(acc)
     m, n_pad = get_extent(sch, i), get_extent(sch, j)
     # MI x NT*16 accumulators: 8 x 48 = 24 zmm registers, + 3 weight blocks + 1 broadcast
@@ -149,7 +211,8 @@ def _schedule_w4a16(sch: s_tir.Schedule) -> s_tir.Schedule:
     return sch
 
 
-_SCHEDULES = {"linear_u8s8": _schedule_u8s8, "linear_w4a16": _schedule_w4a16}
+_SCHEDULES = {"linear_u8s8": _schedule_u8s8, "linear_u8s8_q": _schedule_u8s8,
+              "linear_w4a16": _schedule_w4a16}
 
 
 def default_schedule(func: tirx.PrimFunc, target: Target) -> s_tir.Schedule | None:
@@ -157,7 +220,7 @@ def default_schedule(func: tirx.PrimFunc, target: Target) -> s_tir.Schedule | No
     kind = str(func.attrs[KERNEL_ATTR]) if KERNEL_ATTR in func.attrs else None
     if kind not in _SCHEDULES or target.kind.name != "llvm":
         return None
-    if kind == "linear_u8s8" and not has_vnni(target):
+    if kind.startswith("linear_u8s8") and not has_vnni(target):
         return None
     return _SCHEDULES[kind](s_tir.Schedule(func))
 
@@ -184,6 +247,35 @@ def reference_linear_u8s8(x_u8, w_i8, corr_i32, scale_f32, bias_f32):
     return (acc - corr_i32).astype(np.float32) * scale_f32 + bias_f32
 
 
+def reference_activation(y, act: str):
+    """numpy ``act`` in float64 (exact erf / tanh: the kernel's fast polynomials differ by
+    about 1e-7 relative, so a requantized output may sit one step off at a rounding tie)."""
+    import math
+
+    import numpy as np
+
+    if act == "none":
+        return y
+    if act == "relu":
+        return np.maximum(y, 0.0)
+    if act == "gelu":
+        return y * (0.5 + 0.5 * np.vectorize(math.erf)(y * 0.7071067811865476))
+    if act == "gelu_tanh":
+        return y * (0.5 + 0.5 * np.tanh(0.7978845608028654 * (y + 0.044715 * y ** 3)))
+    raise ValueError(f"unknown activation {act!r}")
+
+
+def reference_linear_u8s8_q(x_u8, w_i8, corr_i32, scale_f32, bias_f32, oq_f32, *,
+                            act: str = "none", qmin: int = 0, qmax: int = 255):
+    """numpy ``linear_u8s8_q``: the W8A8 reference, ``act``, then round half to even."""
+    import numpy as np
+
+    y = reference_activation(
+        reference_linear_u8s8(x_u8, w_i8, corr_i32, scale_f32, bias_f32).astype(np.float64), act)
+    q = np.round((y * oq_f32[0]).astype(np.float32)) + oq_f32[1]
+    return np.clip(q, qmin, qmax).astype(np.uint8)
+
+
 def reference_linear_w4a16(x_f32, w_u4x2, scale_f32, bias_f32):
     """numpy ``linear_w4a16`` (float64 accumulation)."""
     import numpy as np
@@ -197,4 +289,13 @@ def reference_linear_w4a16(x_f32, w_u4x2, scale_f32, bias_f32):
     return (x_f32.astype(np.float64) @ w + bias_f32).astype(np.float32)
 
 
-REFERENCES = {"linear_u8s8": reference_linear_u8s8, "linear_w4a16": reference_linear_w4a16}
+REFERENCES = {"linear_u8s8": reference_linear_u8s8, "linear_u8s8_q": reference_linear_u8s8_q,
+              "linear_w4a16": reference_linear_w4a16}
+
+
+def reference_options(func: tirx.PrimFunc) -> dict:
+    """Keyword arguments of a kernel's numpy reference, read from the kernel's attributes."""
+    if KERNEL_ATTR in func.attrs and str(func.attrs[KERNEL_ATTR]) == "linear_u8s8_q":
+        return {"act": str(func.attrs["lowbit.act"]), "qmin": int(func.attrs["lowbit.qmin"]),
+                "qmax": int(func.attrs["lowbit.qmax"])}
+    return {}

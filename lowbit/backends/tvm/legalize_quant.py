@@ -15,6 +15,16 @@ W4A16 (group-wise int4 symmetric weights, float activations)::
 
     linear(x, dq_g(W_i4, s[N, K/g], 0, g), b)  ->  linear_w4a16(x, pack_int4(W_i4), s^T, b)
 
+Requantizing epilogues (``requant=True``): a lowered W8A8 linear whose only reader is a u8
+per-tensor quantize, directly or through one activation (GELU, tanh-GELU, ReLU) read by
+nothing else, absorbs both::
+
+    q_t(act(linear_u8s8(...)), s_o, z_o)  ->  linear_u8s8_q(..., [1/s_o, z_o], act)  (u8 out)
+
+so the next int8 linear reads the u8 tensor straight from the kernel that made it (W8A8: FFN
+in -> GELU -> FFN out; W8A8_FULL also the o / FFN-out output quantizers, whose dequantize
+then feeds the residual add).
+
 A W4A8 graph (int4 weights, static u8 input) takes the W4A16 kernel on the dequantized input.
 
 Skipped on purpose, with the reason recorded in ``gm.meta["lowbit_tvm_lowering"]``: weights
@@ -32,7 +42,7 @@ import torch
 import torch.ao.quantization.fx._decomposed
 from torch import fx
 
-from lowbit.backends.tvm.ops import LINEAR_U8S8, LINEAR_W4A16
+from lowbit.backends.tvm.ops import LINEAR_U8S8, LINEAR_U8S8_Q, LINEAR_W4A16
 from lowbit.backends.tvm.pack import VNNI_K, pack_int4, pack_vnni
 from lowbit.passes.infra import Pass, PassResult
 
@@ -62,10 +72,12 @@ class LegalizeQuantLinear(Pass):
     Args:
         int8: lower W8A8 linears to ``linear_u8s8``.
         int4: lower group-wise int4 linears to ``linear_w4a16``.
+        requant: fuse a following activation + u8 quantize into the int8 linear.
     """
 
     int8: bool = True
     int4: bool = True
+    requant: bool = True
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         log: list[tuple[str, str]] = []
@@ -87,6 +99,9 @@ class LegalizeQuantLinear(Pass):
             log.append((node.name, why))
         if changed:
             gm.graph.eliminate_dead_code()
+            if self.requant:
+                fused = self._fuse_requant(gm)
+                log = [(name, "linear_u8s8_q" if name in fused else why) for name, why in log]
             self._drop_unused_buffers(gm)
             gm.graph.lint()
             gm.recompile()
@@ -142,6 +157,42 @@ class LegalizeQuantLinear(Pass):
                                                    torch.uint8))
         return cache[q]
 
+    # ---- requantizing epilogues ---------------------------------------------------------------
+    @staticmethod
+    def _fuse_requant(gm) -> set[str]:
+        """Fold ``[act] -> quantize_per_tensor(u8)`` after lowered linears (module docstring);
+        returns the names of the linears that took an epilogue."""
+        aten = torch.ops.aten
+        fused = set()
+        for lin in list(gm.graph.nodes):
+            if not _is(lin, LINEAR_U8S8) or len(lin.users) != 1:
+                continue
+            nxt, act = next(iter(lin.users)), "none"
+            if _is(nxt, aten.gelu.default) and len(nxt.users) == 1:
+                approx = nxt.kwargs.get("approximate", nxt.args[1] if len(nxt.args) > 1 else "none")
+                act = {"none": "gelu", "tanh": "gelu_tanh"}.get(approx)
+                nxt = next(iter(nxt.users))
+            elif _is(nxt, aten.relu.default) and len(nxt.users) == 1:
+                act, nxt = "relu", next(iter(nxt.users))
+            if act is None or not _is(nxt, qd.quantize_per_tensor.default):
+                continue
+            scale, zp, qmin, qmax, dtype = nxt.args[1:6]
+            if dtype != torch.uint8 or not all(isinstance(v, (int, float))
+                                               for v in (scale, zp, qmin, qmax)):
+                continue
+            # fp32 like quantized_decomposed: x * (1 / scale) with the scalar cast to fp32
+            oq = torch.tensor([1.0 / float(scale), float(zp)], dtype=torch.float32)
+            oq_node = LegalizeQuantLinear._buffer(gm, lin, "oq_f32", oq)
+            with gm.graph.inserting_before(nxt):
+                new = gm.graph.call_function(
+                    LINEAR_U8S8_Q, (*lin.args, oq_node, act, int(qmin), int(qmax)))
+            new.meta = dict(nxt.meta)
+            nxt.replace_all_uses_with(new)
+            for dead in (nxt, *([] if act == "none" else [nxt.args[0]]), lin):
+                gm.graph.erase_node(dead)
+            fused.add(lin.meta.get("lowbit_source", lin.name))
+        return fused
+
     # ---- W4A16 -------------------------------------------------------------------------------
     def _w4a16(self, gm, node, x, w, bias) -> str:
         w_i4, s_w, z_w = (_attr(gm, a) for a in w.args[:3])
@@ -177,6 +228,7 @@ class LegalizeQuantLinear(Pass):
         with gm.graph.inserting_before(node):
             new = gm.graph.call_function(target, tuple(args))
         new.meta = dict(node.meta)
+        new.meta["lowbit_source"] = node.name
         node.replace_all_uses_with(new)
         gm.graph.erase_node(node)
 

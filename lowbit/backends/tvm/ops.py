@@ -7,6 +7,8 @@ accumulation), so the rewritten FX graph still runs in torch and can be checked 
 
     linear_u8s8(x_u8 [.., K], w_vnni [Np/16, K/4, 16, 4], corr_i32 [N], scale_f32 [N], bias_f32 [N])
         = f32(x_u8 @ w_i8^T - corr_i32) * scale_f32 + bias_f32
+    linear_u8s8_q(x_u8, w_vnni, corr_i32, scale_f32, bias_f32, oq_f32 [2], act, qmin, qmax)
+        = clamp(round(act(linear_u8s8(...)) * oq_f32[0]) + oq_f32[1], qmin, qmax) as u8
     linear_w4a16(x_f32 [.., K], w_u4x2 [K/2, N], scale_f32 [K/g, N], bias_f32 [N])
         = x_f32 @ (w_i4 * scale)^T + bias_f32                  (g = K / scale.shape[0])
 """
@@ -17,7 +19,15 @@ import torch
 
 from lowbit.backends.tvm.pack import unpack_int4, unpack_vnni
 
-__all__ = ["LINEAR_U8S8", "LINEAR_W4A16", "linear_u8s8", "linear_w4a16"]
+__all__ = ["ACTIVATION_FNS", "LINEAR_U8S8", "LINEAR_U8S8_Q", "LINEAR_W4A16", "linear_u8s8",
+           "linear_u8s8_q", "linear_w4a16"]
+
+ACTIVATION_FNS = {
+    "none": lambda y: y,
+    "relu": torch.relu,
+    "gelu": torch.nn.functional.gelu,
+    "gelu_tanh": lambda y: torch.nn.functional.gelu(y, approximate="tanh"),
+}
 
 
 @torch.library.custom_op("lowbit::linear_u8s8", mutates_args=())
@@ -32,6 +42,21 @@ def linear_u8s8(x_u8: torch.Tensor, w_vnni: torch.Tensor, corr_i32: torch.Tensor
 @linear_u8s8.register_fake
 def _(x_u8, w_vnni, corr_i32, scale_f32, bias_f32):
     return x_u8.new_empty((*x_u8.shape[:-1], corr_i32.shape[0]), dtype=torch.float32)
+
+
+@torch.library.custom_op("lowbit::linear_u8s8_q", mutates_args=())
+def linear_u8s8_q(x_u8: torch.Tensor, w_vnni: torch.Tensor, corr_i32: torch.Tensor,
+                  scale_f32: torch.Tensor, bias_f32: torch.Tensor, oq_f32: torch.Tensor,
+                  act: str, qmin: int, qmax: int) -> torch.Tensor:
+    y = ACTIVATION_FNS[act](linear_u8s8(x_u8, w_vnni, corr_i32, scale_f32, bias_f32))
+    # quantized_decomposed.quantize_per_tensor's arithmetic: round(y * (1 / s)) + z, clamped
+    q = torch.round(y * oq_f32[0]) + oq_f32[1]
+    return torch.clamp(q, qmin, qmax).to(torch.uint8)
+
+
+@linear_u8s8_q.register_fake
+def _(x_u8, w_vnni, corr_i32, scale_f32, bias_f32, oq_f32, act, qmin, qmax):
+    return x_u8.new_empty((*x_u8.shape[:-1], corr_i32.shape[0]), dtype=torch.uint8)
 
 
 @torch.library.custom_op("lowbit::linear_w4a16", mutates_args=())
@@ -49,4 +74,5 @@ def _(x_f32, w_u4x2, scale_f32, bias_f32):
 
 
 LINEAR_U8S8 = torch.ops.lowbit.linear_u8s8.default
+LINEAR_U8S8_Q = torch.ops.lowbit.linear_u8s8_q.default
 LINEAR_W4A16 = torch.ops.lowbit.linear_w4a16.default

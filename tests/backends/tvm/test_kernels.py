@@ -64,6 +64,28 @@ def test_linear_u8s8_epilogue():
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("act", kernels.ACTIVATIONS)
+def test_linear_u8s8_q_requantizing_epilogue(act):
+    """The u8 output of the fused act + quantize epilogue against numpy (exact erf/tanh): at
+    most one step off, on at most check.REQUANT_TIE_FRACTION of the outputs; the output grid
+    is chosen from the float result so the codes cover 0..255."""
+    from lowbit.backends.tvm.check import check_schedule
+
+    m, n, k = 32, 96, 128
+    func = kernels.linear_u8s8_q(m, n, k, act)
+    sch = kernels.default_schedule(func, TARGET)
+    result = check_schedule(func, sch.mod["main"], TARGET)
+    assert result.ok, result.detail
+    assert "T.vectorized" in sch.mod["main"].script()
+
+
+def test_linear_u8s8_q_bad_options():
+    with pytest.raises(ValueError, match="activation"):
+        kernels.linear_u8s8_q(4, 16, 16, "swish")
+    with pytest.raises(ValueError, match="u8 grid"):
+        kernels.linear_u8s8_q(4, 16, 16, "none", -128, 127)
+
+
 def test_linear_u8s8_refuses_k_not_multiple_of_4():
     with pytest.raises(ValueError, match="K % 4"):
         kernels.linear_u8s8(4, 16, 30)

@@ -17,6 +17,7 @@ from lowbit.testing import assert_idempotent, assert_untouched, op_counts
 
 QD = "quantized_decomposed."
 U8S8, W4A16 = "lowbit.linear_u8s8.default", "lowbit.linear_w4a16.default"
+U8S8_Q = "lowbit.linear_u8s8_q.default"
 N_LINEAR = 2 * 6  # q, k, v, o, ffn in, ffn out per block; the pooler stays float
 # The eager integer ops accumulate exactly; the q/dq graph sums fp32 products. Outputs agree
 # to fp32 reassociation (~1e-6 of values ~3) unless a rounding tie flips an activation step.
@@ -43,25 +44,34 @@ def _quantized(bert, recipe):
     return quantize(gm, recipe, calibration=[inputs], progress=False), inputs
 
 
-# n_q: quantize_per_tensor left: one per input quantizer (4 per block); for s8 activations the
-# shifted u8 copy replaces the original (unused, so dead-code eliminated)
-@pytest.mark.parametrize("recipe,op,n_q", [(recipes.W8A8, U8S8, 2 * 4),
-                                           (W8A8_S8, U8S8, 2 * 4),
-                                           (W4_G32, W4A16, 0)])
-def test_structure_and_numbers(bert, recipe, op, n_q):
+# n_q: quantize_per_tensor left: one per input quantizer (4 per block) but the FFN-out input's,
+# which FFN-in's requantizing epilogue absorbs (with GELU); for s8 activations the shifted u8
+# copy replaces the original (unused, so dead-code eliminated). W8A8_FULL also fuses the o and
+# FFN-out output quantizers; its residual quantizers stay.
+# n_dq: dequantize_per_tensor left: W8A8_FULL's o / FFN-out outputs and the two residual sums
+@pytest.mark.parametrize("recipe,op,n_q,n_fused,n_dq", [(recipes.W8A8, U8S8, 2 * 3, 2, 0),
+                                                        (W8A8_S8, U8S8, 2 * 3, 2, 0),
+                                                        (recipes.W8A8_FULL, U8S8, 2 * 5, 2 * 3,
+                                                         2 * 4),
+                                                        (W4_G32, W4A16, 0, 0, 0)])
+def test_structure_and_numbers(bert, recipe, op, n_q, n_fused, n_dq):
     q, inputs = _quantized(bert, recipe)
     lowered = copy.deepcopy(q)
     res = LegalizeQuantLinear()(lowered)
     assert res.modified
     c = op_counts(lowered)
-    assert c[op] == N_LINEAR
+    assert c[op] == N_LINEAR - n_fused
+    assert c[U8S8_Q] == n_fused
+    if n_fused:
+        assert c["aten.gelu.default"] == 0                       # inside FFN-in's epilogue
     assert c["aten.linear.default"] == 1                        # the pooler
     assert c[QD + "dequantize_per_channel.default"] == 0
     assert c[QD + "dequantize_per_channel_group.default"] == 0
-    assert c[QD + "dequantize_per_tensor.default"] == 0         # every dq fed a linear
+    assert c[QD + "dequantize_per_tensor.default"] == n_dq      # the rest fed a linear
     assert c[QD + "quantize_per_tensor.default"] == n_q
     kinds = [k for _, k in lowered.meta[LOWERING_META]]
-    assert kinds.count(op.split(".")[1]) == N_LINEAR
+    assert kinds.count(op.split(".")[1]) == N_LINEAR - n_fused
+    assert kinds.count("linear_u8s8_q") == n_fused
     assert kinds.count("fp32: weight not quantized") == 1
     want = q(**inputs)
     got = lowered(**inputs)
@@ -92,3 +102,12 @@ def test_weight_buffers_replaced_by_packed_ones(bert):
     packed = [b for n, b in names.items() if n.endswith("_w_vnni")]
     assert len(packed) == N_LINEAR
     assert all(b.dtype == torch.int8 and b.shape[2:] == (16, 4) for b in packed)
+
+
+def test_requant_off_keeps_quantizers(bert):
+    q, _ = _quantized(bert, recipes.W8A8)
+    lowered = copy.deepcopy(q)
+    LegalizeQuantLinear(requant=False)(lowered)
+    c = op_counts(lowered)
+    assert c[U8S8_Q] == 0 and c[U8S8] == N_LINEAR
+    assert c["aten.gelu.default"] == 2
