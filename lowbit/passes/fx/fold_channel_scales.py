@@ -7,7 +7,7 @@ reads one parameter ``a`` (shape [C], a get_attr named ``lowbit_scale_*``)::
     y'  = y_s * a        (aten.mul.Tensor)     read by linears L_k(y') = y' W_k^T + b_k
 
 Folding rewrites, exactly in floating point up to rounding (computed in float64, stored back
-in the parameter's dtype):
+in the parameter's dtype; the arithmetic is ``lowbit.quant.smoothing``, shared with ONNX):
 
     consumers   W_k' = W_k diag(a)        ([out, in]: columns j * a_j; HF Conv1D [in, out]: rows)
     producer    LayerNorm   gamma' = gamma / a,  beta' = beta / a
@@ -39,6 +39,12 @@ from lowbit.passes.fx.graph_utils import (
 )
 from lowbit.passes.fx.spot import all_norms
 from lowbit.passes.infra import Pass, PassResult
+from lowbit.quant.smoothing import (
+    fold_bias,
+    fold_consumer_weight,
+    fold_norm_param,
+    fold_producer_weight,
+)
 
 __all__ = [
     "SCALE_PREFIX",
@@ -206,8 +212,7 @@ class FoldChannelScales(Pass):
         with torch.no_grad():
             for w, layout in cols:
                 t = tensor_of(gm, w)
-                shape = (1, -1) if layout == "out_in" else (-1, 1)
-                t.copy_((t.double() * a.reshape(shape)).to(t.dtype))
+                t.copy_(fold_consumer_weight(t, a, layout))
             if why is None:
                 self._fold_producer(gm, kind, ref, a)
         mul.replace_all_uses_with(div if why else div.args[0])
@@ -245,16 +250,12 @@ class FoldChannelScales(Pass):
             w, layout = linear_weight(gm, ref)
             for attr in self._producer_attrs(gm, kind, ref):
                 t = tensor_of(gm, attr)
-                if attr is w:
-                    shape = (-1, 1) if layout == "out_in" else (1, -1)
-                    t.copy_((t.double() / a.reshape(shape)).to(t.dtype))
-                else:
-                    t.copy_((t.double() / a).to(t.dtype))
+                t.copy_(fold_producer_weight(t, a, layout) if attr is w else fold_bias(t, a))
             return
         off = ref.weight_offset if ref.kind == "rmsnorm" else 0.0   # RMSNorm: weight only
         for attr in self._producer_attrs(gm, kind, ref):
             t = tensor_of(gm, attr)
-            t.copy_(((t.double() + off) / a - off).to(t.dtype))
+            t.copy_(fold_norm_param(t, a, off))
 
 
 def _chain(fq: fx.Node) -> list[fx.Node]:

@@ -3,7 +3,7 @@
 For a tensor ``y`` (last axis C) read by linears W_1..W_n, with calibrated per-channel
 ``max|y_j|`` and weight per-input-channel ``max_k max_o |W_k[o, j]|``::
 
-    a_j = max|y_j|^alpha / max|W_:,j|^(1 - alpha)          (clamped to [1e-5, 1e5])
+    a_j = max|y_j|^alpha / max|W_:,j|^(1 - alpha)     (lowbit.quant.smoothing, clamped)
     y   ->  y' = (y / a) * a                                  (a scale pair, see below)
 
 The pair is the identity up to float rounding; ``FoldChannelScales`` then folds ``1/a`` into
@@ -37,14 +37,15 @@ from lowbit.passes.fx.graph_utils import is_fake_quant, linear_operands
 from lowbit.passes.fx.spot import all_norms, find_transformer
 from lowbit.passes.infra import Pass
 from lowbit.quant.observers import make_observer
+from lowbit.quant.smoothing import absmax_from_range, smoothquant_scale
 
-__all__ = ["DEFAULT_ROLES", "SmoothQuantScales", "channel_absmax", "smoothquant"]
+__all__ = ["DEFAULT_ROLES", "PRODUCER_HINTS", "SmoothQuantScales", "channel_absmax",
+           "smoothquant"]
 
 DEFAULT_ROLES = ("attn.q", "attn.k", "attn.v", "attn.qkv", "attn.o", "ffn.in", "ffn.gate",
                  "ffn.out")
-_CLAMP = (1e-5, 1e5)
 # Why a producer that is neither a norm nor a linear cannot take 1/a, by consumer role.
-_HINTS = {
+PRODUCER_HINTS = {
     "attn.o": "the attention context (1/a would fold exactly into v's output rows through "
               "softmax(qk^T)v, not handled here)",
     "ffn.out": "the FFN activation (non-linear; in a gated MLP act(gate) * up it would fold "
@@ -98,7 +99,7 @@ def channel_absmax(gm: fx.GraphModule, batches: Iterable[Any],
     out = {}
     for name, mod in obs.items():
         lo, hi = mod.obs.range()
-        out[name] = torch.maximum(-lo, hi)
+        out[name] = absmax_from_range(lo, hi)
     return out
 
 
@@ -148,8 +149,8 @@ class SmoothQuantScales(Pass):
             why = self._refusal(gm, y, refs, readers - allowed)
             if why is None:
                 kind, _, why = producer_of(gm, y, norms, allowed)
-                if kind == "other" and refs[0][0] in _HINTS:
-                    why = f"{why}: it is {_HINTS[refs[0][0]]}"
+                if kind == "other" and refs[0][0] in PRODUCER_HINTS:
+                    why = f"{why}: it is {PRODUCER_HINTS[refs[0][0]]}"
                 if why is not None and self.explicit:
                     report.kept.append((site, f"explicit y / a: {why}"))
                     why = None
@@ -181,14 +182,11 @@ class SmoothQuantScales(Pass):
     def _scale(self, gm, refs) -> torch.Tensor:
         if self.scales is not None and refs[0][1].name in self.scales:   # e.g. trained ones
             return self.scales[refs[0][1].name].detach().float().clone()
-        x = self.absmax[refs[0][1].name].double().clamp_min(_CLAMP[0])
-        w = torch.zeros_like(x)
+        weights = []
         for _, ref in refs:
             attr, layout = linear_weight(gm, ref.node)
-            t = attr.graph.owning_module.get_parameter(attr.target).detach().double().abs()
-            w = torch.maximum(w, t.amax(0) if layout == "out_in" else t.amax(1))
-        a = x.pow(self.alpha) / w.clamp_min(_CLAMP[0]).pow(1 - self.alpha)
-        return a.clamp(*_CLAMP).float()
+            weights.append((attr.graph.owning_module.get_parameter(attr.target), layout))
+        return smoothquant_scale(self.absmax[refs[0][1].name], weights, self.alpha)
 
 
 def _is_scale_op(n: object) -> bool:
