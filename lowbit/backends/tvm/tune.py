@@ -89,12 +89,21 @@ class TuningDB:
         from tvm.s_tir import meta_schedule as ms
 
         self.folder = Path(folder)
+        if self.folder.exists() and not self.folder.is_dir():
+            raise ConfigError(f"tuning database {self.folder} exists and is not a folder")
         (self.folder / "ms").mkdir(parents=True, exist_ok=True)
+        for table in (self.folder / "ms").glob("*.json"):
+            repair_table(table)
         register_vnni()  # records name it: the tables cannot be parsed without it
         self.ms = ms.database.JSONDatabase(work_dir=str(self.folder / "ms"))
         self._verified_path = self.folder / "verified.json"
-        self.verified: dict[str, dict] = (json.loads(self._verified_path.read_text())
-                                          if self._verified_path.is_file() else {})
+        self.verified: dict[str, dict] = {}
+        if self._verified_path.is_file():
+            try:
+                self.verified = json.loads(self._verified_path.read_text())
+            except json.JSONDecodeError:  # never written half (atomic), but edited by hand
+                print(f"[lowbit] {self._verified_path} is not valid JSON: ignored (tuned "
+                      f"records will be checked again)", file=sys.stderr)
 
     @staticmethod
     def key(func: tvm.tirx.PrimFunc, target) -> str:
@@ -120,7 +129,34 @@ class TuningDB:
         """Store the judgement of a workload's best record: ok (reference check), detail,
         tuned_ms / default_ms (timed side by side), use (tuned schedule taken)."""
         self.verified[key] = entry
-        self._verified_path.write_text(json.dumps(self.verified, indent=1))
+        tmp = self._verified_path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(self.verified, indent=1))
+        os.replace(tmp, self._verified_path)  # atomic: an interrupted run leaves the old file
+
+
+def repair_table(path: Path) -> int:
+    """Drop the lines of a MetaSchedule JSON table (one record per line, appended as tuning
+    goes) that do not parse, e.g. the last line of a run killed mid-write, which would make
+    the whole database unreadable; returns the number dropped (reported on stderr)."""
+    lines = path.read_text().splitlines(keepends=True)
+    good = []
+    for line in lines:
+        try:
+            if line.strip():
+                json.loads(line)
+            good.append(line)
+        except json.JSONDecodeError:
+            continue
+    dropped = len(lines) - len(good)
+    if dropped:
+        if good and not good[-1].endswith("\n"):
+            good[-1] += "\n"
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text("".join(good))
+        os.replace(tmp, path)
+        print(f"[lowbit] {path}: dropped {dropped} unreadable line(s) (an interrupted tuning "
+              f"run?); the other records are kept", file=sys.stderr)
+    return dropped
 
 
 def build_candidate(mod, target, _params):

@@ -78,6 +78,32 @@ def test_failed_check_is_remembered(tmp_path, monkeypatch, capsys):
     assert tune.tune_module(_module(), TARGET, tune.Tune(trials=8, db=tmp_path)) == {}
 
 
+def test_interrupted_run_leaves_a_readable_database(tmp_path, monkeypatch, capsys):
+    """A run killed while appending a record leaves a partial last line in MetaSchedule's
+    table: the database drops that line (saying so), keeps the other records, and still
+    serves them; verified.json is replaced atomically (no temporary file left behind)."""
+    _commit_default_record(tmp_path)
+    table = tmp_path / "ms" / "database_tuning_record.json"
+    good = table.read_text()
+    table.write_text(good + good.splitlines()[0][:40])          # the half-written record
+    monkeypatch.setattr(tune, "time_kernels", _tuned_is(True))
+    chosen = tune.tune_module(_module(), TARGET, tune.Tune(trials=0, db=tmp_path))
+    err = capsys.readouterr().err
+    assert "dropped 1 unreadable line" in err and list(chosen) == [NAME]
+    assert table.read_text() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ms", "verified.json"]
+    (tmp_path / "verified.json").write_text("{half")            # hand-edited into garbage
+    assert list(tune.tune_module(_module(), TARGET, tune.Tune(trials=0, db=tmp_path))) == [NAME]
+    assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_database_path_that_is_a_file(tmp_path):
+    f = tmp_path / "db"
+    f.write_text("")
+    with pytest.raises(ConfigError, match="not a folder"):
+        tune.TuningDB(f)
+
+
 def test_check_catches_a_wrong_weight_layout():
     """The VNNI compute reading the packed weight with k and n swapped inside the 16x4 block:
     builds and runs, wrong numbers."""
