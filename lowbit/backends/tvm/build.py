@@ -83,6 +83,10 @@ def prim_funcs(mod: tvm.IRModule) -> dict[str, tvm.tirx.PrimFunc]:
 def schedule(mod: tvm.IRModule, target: tvm.target.Target, tuned=None) -> tvm.IRModule:
     """Put the ``tuned`` PrimFuncs (name -> scheduled, from tune.tune_module) in place
     (``mod`` is updated), then apply the default rules to every PrimFunc still unscheduled."""
+    if target.kind.name == "cuda":
+        from lowbit.backends.tvm.cuda_build import schedule_cuda
+
+        return schedule_cuda(mod, target, tuned)
     for gv in list(mod.get_global_vars()) if tuned else []:
         if gv.name_hint in tuned:
             mod[gv] = tuned[gv.name_hint].with_attr("tirx.is_scheduled", True)
@@ -102,5 +106,9 @@ def _lower_passes(target: tvm.target.Target) -> tvm.transform.Pass:
 
 def build(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.runtime.Executable:
     """Compile a scheduled module (see ``schedule``)."""
+    if target.kind.name == "cuda":
+        from lowbit.backends.tvm.cuda_build import build_cuda
+
+        return build_cuda(mod, target)
     with target:
         return tvm.compile(mod, target, relax_pipeline=_lower_passes(target))

@@ -30,6 +30,7 @@ import numpy as np
 import tvm
 from tvm.runtime.vm import VirtualMachine
 
+from lowbit.backends.tvm.cuda_env import load_cuda_backend
 from lowbit.errors import LowbitError
 
 __all__ = ["CompiledModule", "RuntimeInputError", "load"]
@@ -41,25 +42,53 @@ class RuntimeInputError(LowbitError, ValueError):
     """Inputs given to a CompiledModule do not match what it was compiled for."""
 
 
+def target_kind(meta: dict) -> str:
+    """The TVM target kind ("llvm", "cuda") a saved or compiled module is for."""
+    try:
+        return str(json.loads(meta["target"])["kind"])
+    except (KeyError, TypeError, ValueError):
+        return "cuda" if '"kind":"cuda"' in str(meta.get("target", "")) else "llvm"
+
+
 class CompiledModule:
     """A compiled model on the TVM Relax VM (see module docstring)."""
 
     def __init__(self, executable: Any, params: list, meta: dict, *, device=None):
-        self.device = device or tvm.cpu()
-        self.executable = executable
         self.meta = meta
+        self.device = device
+        self.executable = executable
         self._raw_params = params
-        self._vm = VirtualMachine(executable, self.device)
-        dev_params = [p if isinstance(p, tvm.runtime.Tensor) else tvm.runtime.tensor(p, self.device)
-                      for p in params]
-        if "main_transform_params" in meta.get("functions", ["main_transform_params"]):
-            self._params = list(self._vm["main_transform_params"](dev_params))
-        else:
-            self._params = dev_params
+        self._vm = None      # made on first use: a CUDA module compiles on a machine without a GPU
+        self._params: list = []
         names = meta["outputs"]
         self._out_type = (collections.namedtuple("Outputs", names)
                           if len(names) > 1 and all(n.isidentifier() for n in names)
                           and len(set(names)) == len(names) else None)
+
+    @property
+    def target_kind(self) -> str:
+        """"cuda" or "llvm" (from the target the module was compiled for)."""
+        return target_kind(self.meta)
+
+    def _ready(self) -> VirtualMachine:
+        if self._vm is not None:
+            return self._vm
+        if self.device is None:
+            if self.target_kind == "cuda":
+                load_cuda_backend()
+                self.device = tvm.cuda(0)
+            else:
+                self.device = tvm.cpu()
+        self._vm = VirtualMachine(self.executable, self.device)
+        dev_params = [tvm.runtime.tensor(p.numpy() if isinstance(p, tvm.runtime.Tensor) else p,
+                                         self.device)
+                      if not (isinstance(p, tvm.runtime.Tensor) and p.device == self.device)
+                      else p for p in self._raw_params]
+        if "main_transform_params" in self.meta.get("functions", ["main_transform_params"]):
+            self._params = list(self._vm["main_transform_params"](dev_params))
+        else:
+            self._params = dev_params
+        return self._vm
 
     # ---- introspection -----------------------------------------------------------------------
     @property
@@ -109,10 +138,11 @@ class CompiledModule:
         return tvm.runtime.tensor(np.ascontiguousarray(a), self.device)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        vm = self._ready()
         values = self._bind(args, kwargs)
         as_torch = any(type(v).__module__.startswith("torch") for v in values)
         dev_in = [self._to_device(v, s) for v, s in zip(values, self.meta["inputs"])]
-        out = self._vm["main"](*dev_in, *self._params)
+        out = vm["main"](*dev_in, *self._params)
         outs = [o.numpy() for o in ([out] if isinstance(out, tvm.runtime.Tensor) else out)]
         if as_torch:
             import torch
@@ -129,7 +159,7 @@ class CompiledModule:
         folder.mkdir(parents=True, exist_ok=True)
         self.executable.export_library(str(folder / "model.so"))
         params = {f"p{i}": (p if isinstance(p, tvm.runtime.Tensor) else tvm.runtime.tensor(p))
-                  for i, p in enumerate(self._raw_params)}
+                  for i, p in enumerate(self._raw_params)}  # host copies, whatever the device
         tvm.runtime.save_param_dict_to_file(params, str(folder / "params.bin"))
         meta = dict(self.meta, format=FORMAT, num_params=len(self._raw_params))
         (folder / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -145,6 +175,8 @@ def load(path: str | os.PathLike, *, device=None) -> CompiledModule:
     meta = json.loads(meta_path.read_text())
     if meta.get("format") != FORMAT:
         raise LowbitError(f"{folder}: format {meta.get('format')!r}, this lowbit reads {FORMAT}")
+    if target_kind(meta) == "cuda" and device is None:
+        load_cuda_backend()  # before loading: the library holds a CUDA module
     lib = tvm.runtime.load_module(str(folder / "model.so"))
     raw = tvm.runtime.load_param_dict_from_file(str(folder / "params.bin"))
     params = [raw[f"p{i}"] for i in range(meta["num_params"])]

@@ -3,11 +3,15 @@
     "cpu" (also "host", "llvm")  this machine: LLVM's name for the host CPU as mcpu
                                   (e.g. znver4, sapphirerapids) and the cores this process may
                                   run on as num-cores
+    "cuda" (also "gpu")          an NVIDIA GPU, sm_90 (H100) by default
     {"kind": "llvm", ...}        a TVM target dict, used as given (mcpu checked against LLVM)
+    {"kind": "cuda", "arch": "sm_80"}   a GPU target dict: arch defaults to sm_90, the host
+                                  part to generic x86-64 LLVM (the host code must run on the
+                                  GPU machine's CPU, not only on this one)
     tvm.target.Target            used as given
 
 TVM 0.27 refuses the old string form ("llvm -mcpu=..."); we say so instead of failing deep
-inside TVM. Only CPU (llvm) targets are lowered so far.
+inside TVM. CUDA targets build on machines without a GPU (cuda_build.py).
 """
 
 from __future__ import annotations
@@ -21,9 +25,14 @@ from tvm.target import codegen
 
 from lowbit.errors import ConfigError
 
-__all__ = ["CPU_NAMES", "host_target", "resolve_target"]
+__all__ = ["CPU_NAMES", "CUDA_ARCH", "CUDA_NAMES", "cuda_target", "host_target", "is_cuda",
+           "resolve_target"]
 
 CPU_NAMES = ("cpu", "host", "llvm")
+CUDA_NAMES = ("cuda", "gpu")
+CUDA_ARCH = "sm_90"
+_CUDA_DEFAULTS = {"max_shared_memory_per_block": 49152, "max_threads_per_block": 1024,
+                  "thread_warp_size": 32}
 
 
 def _cores() -> int:
@@ -39,6 +48,18 @@ def host_target(num_cores: int | None = None) -> tvm.target.Target:
                               "num-cores": int(num_cores or _cores())})
 
 
+def cuda_target(arch: str = CUDA_ARCH, **attrs: Any) -> tvm.target.Target:
+    """An NVIDIA GPU target (``arch`` like "sm_90") with a generic x86-64 host."""
+    if not (isinstance(arch, str) and arch.startswith("sm_") and arch[3:].rstrip("a").isdigit()):
+        raise ConfigError(f"CUDA arch must look like 'sm_90' or 'sm_90a', got {arch!r}")
+    host = attrs.pop("host", None) or {"kind": "llvm"}
+    return tvm.target.Target(dict(_CUDA_DEFAULTS, kind="cuda", arch=arch, **attrs), host=host)
+
+
+def is_cuda(target: tvm.target.Target) -> bool:
+    return target.kind.name == "cuda"
+
+
 def resolve_target(target: Any) -> tvm.target.Target:
     """A ``tvm.target.Target`` for ``target`` (see module docstring); ConfigError otherwise."""
     if isinstance(target, tvm.target.Target):
@@ -46,10 +67,22 @@ def resolve_target(target: Any) -> tvm.target.Target:
     elif isinstance(target, str):
         if target.strip().lower() in CPU_NAMES:
             return host_target()
+        if target.strip().lower() in CUDA_NAMES:
+            return cuda_target()
         hint = (" (TVM 0.27 takes targets as dicts: {'kind': 'llvm', 'mcpu': 'znver4', "
                 "'num-cores': 2})" if " -" in target else "")
-        raise ConfigError(f"unknown target {target!r}: give one of {list(CPU_NAMES)} or a TVM "
+        raise ConfigError(f"unknown target {target!r}: give one of "
+                          f"{list(CPU_NAMES + CUDA_NAMES)} or a TVM "
                           f"target dict{hint}")
+    elif isinstance(target, Mapping) and dict(target).get("kind") == "cuda":
+        attrs = {k: v for k, v in dict(target).items() if k != "kind"}
+        try:
+            return cuda_target(attrs.pop("arch", CUDA_ARCH), **attrs)
+        except ConfigError:
+            raise
+        except Exception as e:  # TVM raises its own error types
+            raise ConfigError(f"invalid TVM target dict {dict(target)!r}: "
+                              f"{str(e).strip().splitlines()[0]}") from e
     elif isinstance(target, Mapping):
         try:
             t = tvm.target.Target(dict(target))
@@ -59,9 +92,13 @@ def resolve_target(target: Any) -> tvm.target.Target:
     else:
         raise ConfigError(f"target must be a name, a TVM target dict or a tvm.target.Target, "
                           f"got {type(target).__name__}")
+    if t.kind.name == "cuda":
+        if t.host is None:
+            t = tvm.target.Target(t, host={"kind": "llvm"})
+        return t
     if t.kind.name != "llvm":
-        raise ConfigError(f"target kind {t.kind.name!r} is not supported by lowbit.compile yet "
-                          f"(CPU only: kind 'llvm')")
+        raise ConfigError(f"target kind {t.kind.name!r} is not supported by lowbit.compile "
+                          f"(kinds 'llvm' and 'cuda')")
     mcpu = t.attrs.get("mcpu") if hasattr(t, "attrs") else None
     if mcpu and not codegen.llvm_is_valid_cpu(str(mcpu), codegen.llvm_get_system_triple()):
         raise ConfigError(f"target mcpu {str(mcpu)!r} is not a CPU LLVM knows")

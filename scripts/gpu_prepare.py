@@ -1,0 +1,209 @@
+"""Build everything the GPU check needs, here (no GPU): the runtime-only TVM bundle, CUDA
+kernel modules, and W8A8 models compiled for sm_90 with their CPU references.
+
+    python scripts/gpu_prepare.py [--out .gpu_bundle] [--skip-models]
+
+Writes into ``--out`` (git-ignored, carried to the GPU machine):
+    tvm_rt.tar.gz        the tvm package without its compiler library (runtime only)
+    whl/                 the cp312 apache-tvm-ffi wheel (put there by hand: see docs/gpu.md)
+    kernels/*.so         one CUDA module per kernel shape (``main``), kernels.json lists them
+    models/<name>_b<B>/  saved CompiledModules (sm_90) + io_b<B>.npz: inputs, the CPU TVM
+                         module's output, the FX fake-quant output and torch fp32
+    models/params_<name>.bin   shared by every batch size of one model (saved once)
+
+The real MiniLM's word-embedding table is cut to the rows the test sentences use (ids
+remapped; the function on those inputs is unchanged, checked here) so that the bundle fits the
+device machine's 64 MiB transfer limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+INT8_SHAPES = [(n, k) for n, k in ((768, 768), (3072, 768), (768, 3072),
+                                   (384, 384), (1536, 384), (384, 1536))]
+INT8_MS = (128, 1024, 4096)
+INT8_CHECK = [(7, 100, 48), (128, 384, 384), (200, 1536, 384), (1000, 200, 64)]
+INT4_GEMV = [(768, 768), (3072, 768), (768, 3072), (4096, 4096), (8192, 8192), (16384, 8192)]
+INT4_CHECK = [(1, 768, 768, 128), (2, 4096, 4096, 128), (4, 384, 1536, 32), (100, 384, 384, 128),
+              (4096, 1536, 384, 128)]
+BATCHES = (1, 8, 32)
+SEQ = 128
+
+
+def bundle(out: Path) -> None:
+    import tvm
+
+    src = Path(tvm.__file__).parent
+    skip = {"libtvm_compiler.so", "3rdparty", "include", "src", "web", "__pycache__"}
+
+    def keep(info: tarfile.TarInfo):
+        return None if any(p in skip for p in Path(info.name).parts) else info
+
+    with tarfile.open(out / "tvm_rt.tar.gz", "w:gz") as tar:
+        tar.add(src, arcname="tvm", filter=keep)
+    print(f"tvm_rt.tar.gz {os.path.getsize(out / 'tvm_rt.tar.gz') / 2**20:.1f} MiB")
+
+
+def kernels(out: Path) -> None:
+    from lowbit.backends.tvm.cuda_build import build_kernel
+    from lowbit.backends.tvm.cuda_kernels import shell_u8s8, shell_w4a16
+    from lowbit.backends.tvm.target import cuda_target
+
+    tgt = cuda_target()
+    folder = out / "kernels"
+    folder.mkdir(parents=True, exist_ok=True)
+    index = []
+
+    def add(kind, role, shape, func):
+        name = f"{kind}_{'_'.join(map(str, shape))}"
+        build_kernel(func, tgt).export_library(str(folder / f"{name}.so"))
+        index.append({"kind": kind, "role": role, "shape": list(shape), "file": f"{name}.so"})
+
+    for m, n, k in INT8_CHECK:
+        add("u8s8", "check", (m, n, k), shell_u8s8(m, n, k))
+    for n, k in INT8_SHAPES:
+        for m in INT8_MS:
+            add("u8s8", "bench", (m, n, k), shell_u8s8(m, n, k))
+    for m, n, k, g in INT4_CHECK:
+        add("w4a16", "check", (m, n, k, g), shell_w4a16(m, n, k, g))
+    for n, k in INT4_GEMV:
+        add("w4a16", "bench", (1, n, k, 128), shell_w4a16(1, n, k, 128))
+    (folder / "kernels.json").write_text(json.dumps(index, indent=1))
+    print(f"{len(index)} kernel modules")
+
+
+def _bert_base_layer():
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    cfg = BertConfig(hidden_size=768, num_hidden_layers=1, num_attention_heads=12,
+                     intermediate_size=3072, vocab_size=1024)
+    return BertModel(cfg).eval()
+
+
+def _minilm_cut(texts_n: int):
+    """MiniLM with the embedding cut to the used rows; returns model, batches, full model."""
+    import copy
+
+    import torch
+
+    from lowbit.data import read_sst2, text_batches
+    from lowbit.models import load_minilm
+
+    full, tok = load_minilm(quiet=True)
+    texts, _ = read_sst2("dev")
+    batches = {b: next(iter(text_batches(tok, texts[:b], batch_size=b, seq_len=SEQ)))
+               for b in BATCHES}
+    calib = list(text_batches(tok, texts[100:116], batch_size=1, seq_len=SEQ))
+    used = sorted({int(i) for x in [*batches.values(), *calib] for i in x["input_ids"].flatten()})
+    remap = torch.full((full.config.vocab_size,), -1, dtype=torch.long)
+    remap[torch.tensor(used)] = torch.arange(len(used))
+    cut = copy.deepcopy(full)
+    w = full.embeddings.word_embeddings.weight.detach()[torch.tensor(used)].clone()
+    cut.embeddings.word_embeddings = torch.nn.Embedding.from_pretrained(w, freeze=True)
+    cut.config.vocab_size = len(used)
+
+    def re(x):
+        return {"input_ids": remap[x["input_ids"]], "attention_mask": x["attention_mask"]}
+
+    with torch.no_grad():
+        for b, x in batches.items():
+            a = full(**x).last_hidden_state
+            c = cut(**re(x)).last_hidden_state
+            assert torch.equal(a, c), "cut embedding changed the model"
+    return cut, {b: re(x) for b, x in batches.items()}, [re(x) for x in calib]
+
+
+def _rebatch(calib: list[dict], b: int) -> list[dict]:
+    """The calibration rows in batches of ``b`` (rows repeated to fill the last batch): the
+    min-max ranges, hence the weights and params.bin, are the same for every batch size."""
+    import torch
+
+    rows = {k: torch.cat([c[k] for c in calib]) for k in calib[0]}
+    n = rows["input_ids"].shape[0]
+    idx = torch.arange(-(-n // b) * b) % n
+    return [{k: v[idx[i:i + b]] for k, v in rows.items()} for i in range(0, len(idx), b)]
+
+
+def models(out: Path, which: list[str]) -> None:
+    import torch
+
+    import lowbit
+    from lowbit.backends.tvm.cuda_build import fatbin_arches
+
+    folder = out / "models"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in which:
+        if name == "minilm":
+            model, batches, calib = _minilm_cut(max(BATCHES))
+        else:
+            model = _bert_base_layer()
+            g = torch.Generator().manual_seed(1)
+            batches = {b: {"input_ids": torch.randint(0, 1024, (b, SEQ), generator=g),
+                           "attention_mask": torch.ones(b, SEQ, dtype=torch.long)}
+                       for b in BATCHES}
+            calib = [{k: v[:1] for k, v in batches[8].items()}]
+        for b, x in batches.items():
+            t0 = time.perf_counter()
+            gm = lowbit.capture(model, x)
+            q = lowbit.quantize(gm, lowbit.recipes.W8A8, calibration=_rebatch(calib, b),
+                                progress=False)
+            mod = lowbit.compile(q, target="cuda", progress=False)
+            t_cuda = time.perf_counter() - t0
+            d = mod.save(folder / f"{name}_b{b}")
+            assert fatbin_arches(d / "model.so") == ["sm_90"], fatbin_arches(d / "model.so")
+            pfile = folder / f"params_{name}.bin"
+            if pfile.exists():
+                assert pfile.read_bytes() == (d / "params.bin").read_bytes()
+            else:
+                shutil.move(d / "params.bin", pfile)
+            (d / "params.bin").unlink(missing_ok=True)
+            print(f"{name} b{b}: compiled for sm_90 in {t_cuda:.1f} s", flush=True)
+            if (d / "io.npz").exists():  # references of an earlier run (same inputs, same q)
+                continue
+            feed = {k: v.numpy() for k, v in x.items()}
+            with torch.no_grad():
+                fp32 = model(**x).last_hidden_state.numpy()
+                fx = q(**x)
+                fx = (fx[0] if isinstance(fx, (tuple, list)) else fx.last_hidden_state).numpy()
+            io = {"input_ids": feed["input_ids"], "attention_mask": feed["attention_mask"],
+                  "fp32": fp32, "fx": fx}
+            if b <= 8:  # the CPU TVM module (2 cores here: batch 32 is slow to build and run)
+                cpu = lowbit.compile(q, target="cpu", progress=False)
+                io["cpu"] = np.asarray(cpu(**feed)[0])
+            np.savez(d / "io.npz", **io)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=str(REPO / ".gpu_bundle"))
+    p.add_argument("--models", default="minilm,bert_base_layer")
+    p.add_argument("--skip", default="", help="comma list of: bundle, kernels, models")
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    skip = set(filter(None, args.skip.split(",")))
+    if "bundle" not in skip:
+        bundle(out)
+    if "kernels" not in skip:
+        kernels(out)
+    if "models" not in skip:
+        models(out, [m for m in args.models.split(",") if m])
+
+
+if __name__ == "__main__":
+    main()
