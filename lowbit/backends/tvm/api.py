@@ -25,6 +25,7 @@ from torch import fx
 
 import lowbit
 from lowbit.backends.tvm.build import build, prepare, schedule
+from lowbit.backends.tvm.import_onnx import import_onnx, is_onnx
 from lowbit.backends.tvm.import_relax import import_graph
 from lowbit.backends.tvm.kernels import has_vnni
 from lowbit.backends.tvm.legalize_quant import LOWERING_META, LegalizeQuantLinear
@@ -63,6 +64,24 @@ def _input_meta(mod: tvm.IRModule, names: list[str]) -> list[dict]:
     return out
 
 
+def _import_fx(graph: Any, example_inputs: Any, tgt, *, int8: bool, int4: bool):
+    """An FX graph (or an nn.Module, captured first) -> (ImportedModel, lowering log); the
+    user's graph is copied, never modified."""
+    if not isinstance(graph, fx.GraphModule):
+        if not isinstance(graph, torch.nn.Module):
+            raise ConfigError(f"compile() takes an fx.GraphModule (lowbit.capture / quantize), "
+                              f"an nn.Module or an ONNX model, got {type(graph).__name__}")
+        if example_inputs is None:
+            raise ConfigError("compiling an nn.Module needs example_inputs= (or capture it "
+                              "first with lowbit.capture)")
+        graph = lowbit.capture(graph.eval(), example_inputs)
+    example = _example(graph, example_inputs)
+    gm = copy.deepcopy(graph)
+    # requantizing epilogues have CPU kernels only so far
+    LegalizeQuantLinear(int8=int8, int4=int4, requant=tgt.kind.name == "llvm")(gm)
+    return import_graph(gm, example), list(gm.meta.get(LOWERING_META, []))
+
+
 def _say(progress: bool, msg: str) -> None:
     if progress:
         print(f"[lowbit] {msg}", file=sys.stderr, flush=True)
@@ -75,7 +94,8 @@ def compile(graph: Any, target: Any = "cpu", tune: Tune | None = None, *,
 
     Args:
         graph: an ``fx.GraphModule`` from ``lowbit.capture`` (float) or ``lowbit.quantize``;
-            an ``nn.Module`` is captured first (needs ``example_inputs``).
+            an ``nn.Module`` is captured first (needs ``example_inputs``); or a QDQ ONNX
+            model (``onnx.ModelProto``, a .onnx path, ``lowbit.load_onnx``'s result).
         target: "cpu" (this host), a TVM target dict, or a ``tvm.target.Target``.
         tune: None (default schedules only) or ``Tune(trials=, db=)``.
         example_inputs: inputs fixing the compiled shapes (default: the graph's own).
@@ -86,30 +106,35 @@ def compile(graph: Any, target: Any = "cpu", tune: Tune | None = None, *,
     tgt = resolve_target(target)
     if tune is not None and not isinstance(tune, Tune):
         raise ConfigError(f"tune must be None or lowbit.Tune(...), got {type(tune).__name__}")
-    if not isinstance(graph, fx.GraphModule):
-        if not isinstance(graph, torch.nn.Module):
-            raise ConfigError(f"compile() takes an fx.GraphModule (lowbit.capture / quantize) "
-                              f"or an nn.Module, got {type(graph).__name__}")
-        if example_inputs is None:
-            raise ConfigError("compiling an nn.Module needs example_inputs= (or capture it "
-                              "first with lowbit.capture)")
-        graph = lowbit.capture(graph.eval(), example_inputs)
-    example = _example(graph, example_inputs)
-    gm = copy.deepcopy(graph)
     vnni = has_vnni(tgt) or tgt.kind.name == "cuda"  # CUDA: lowbit's own int8 kernels
-    # requantizing epilogues have CPU kernels only so far
-    LegalizeQuantLinear(int8=int8 and vnni, int4=int4, requant=tgt.kind.name == "llvm")(gm)
-    lowering = list(gm.meta.get(LOWERING_META, []))
+    if is_onnx(graph):  # QDQ ONNX (proto, .onnx path, onnx_ir); int8 kernels on CPU only
+        imported, lowering = import_onnx(graph, example_inputs, int8=int8 and has_vnni(tgt))
+    else:
+        imported, lowering = _import_fx(graph, example_inputs, tgt, int8=int8 and vnni,
+                                        int4=int4)
     kinds = collections.Counter(k for _, k in lowering)
     n_int8 = kinds["linear_u8s8"] + kinds["linear_u8s8_q"]
     _say(progress, f"lowering: {n_int8} int8 linear(s) ({kinds['linear_u8s8_q']} with a "
                    f"requantizing epilogue), {kinds['linear_w4a16']} int4 linear(s), "
                    f"{len(lowering) - n_int8 - kinds['linear_w4a16']} fp32 linear(s)"
                    + ("" if vnni or not int8 else " (target has no VNNI)"))
-    imported = import_graph(gm, example)
     mod = prepare(imported.mod, tgt)
-    tuned = tune_module(mod, tgt, tune, progress=progress) if tune is not None else None
-    mod = schedule(mod, tgt, tuned)
+    configs = None
+    if tune is not None and tgt.kind.name == "cuda":
+        # no MetaSchedule on CUDA (TVM-NOTES): the kernel configurations timed on a GPU by
+        # scripts/gpu_tune.py are read from the database folder (docs/gpu.md)
+        from lowbit.backends.tvm.cuda_kernels import read_config_table
+
+        tuned, configs = None, read_config_table(tune.db)
+    else:
+        tuned = tune_module(mod, tgt, tune, progress=progress) if tune is not None else None
+    if configs is not None:
+        from lowbit.backends.tvm.cuda_kernels import kernel_configs
+
+        with kernel_configs(configs):
+            mod = schedule(mod, tgt, tuned)
+    else:
+        mod = schedule(mod, tgt, tuned)
     ex = build(mod, tgt)
     meta = {
         "inputs": _input_meta(imported.mod, imported.input_names),

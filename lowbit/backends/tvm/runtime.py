@@ -154,15 +154,41 @@ class CompiledModule:
 
     # ---- persistence -------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the module to folder ``path`` (created); returns the folder."""
+        """Write the module to folder ``path``; returns the folder.
+
+        Atomic: everything is written to a temporary folder beside ``path`` first, which then
+        takes its place, so an interrupted save never leaves a half-written module. An
+        existing folder is replaced only if it holds a saved module (``meta.json``); any other
+        non-empty folder is refused rather than deleted."""
+        import shutil
+        import tempfile
+
         folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.executable.export_library(str(folder / "model.so"))
-        params = {f"p{i}": (p if isinstance(p, tvm.runtime.Tensor) else tvm.runtime.tensor(p))
-                  for i, p in enumerate(self._raw_params)}  # host copies, whatever the device
-        tvm.runtime.save_param_dict_to_file(params, str(folder / "params.bin"))
-        meta = dict(self.meta, format=FORMAT, num_params=len(self._raw_params))
-        (folder / "meta.json").write_text(json.dumps(meta, indent=1))
+        if folder.exists() and (not folder.is_dir() or (any(folder.iterdir())
+                                                        and not (folder / "meta.json").is_file())):
+            raise LowbitError(f"{folder} exists and is not a saved lowbit module: not "
+                              f"overwriting it")
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            self.executable.export_library(str(tmp / "model.so"))
+            params = {f"p{i}": (p if isinstance(p, tvm.runtime.Tensor)
+                                else tvm.runtime.tensor(p))
+                      for i, p in enumerate(self._raw_params)}  # host copies, any device
+            tvm.runtime.save_param_dict_to_file(params, str(tmp / "params.bin"))
+            meta = dict(self.meta, format=FORMAT, num_params=len(self._raw_params))
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+            tmp.chmod(0o755)
+            if folder.exists():
+                old = folder.with_name(f".{folder.name}.old{os.getpid()}")
+                os.replace(folder, old)
+                os.replace(tmp, folder)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         return folder
 
 

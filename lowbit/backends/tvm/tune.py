@@ -18,11 +18,14 @@ with the fixed intrinsic (intrin.py) under our own name (``search_space``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import os
 import sys
 import time
+import types
 from pathlib import Path
 
 import tvm
@@ -206,16 +209,40 @@ def search_space(target):
                                              mutator_probs="llvm")
 
 
+@contextlib.contextmanager
+def _without_stock_intrinsics():
+    """MetaSchedule's TuneContext imports ``tvm.s_tir.tensor_intrin`` (every stock intrinsic,
+    CUDA ones included: 36-50 s here, minutes under load) although lowbit's search space names
+    only its own VNNI intrinsic (intrin.py). While tuning, an empty module stands in for the
+    package if nobody imported it yet; it is removed afterwards, so a later real import works."""
+    key = "tvm.s_tir.tensor_intrin"
+    if key in sys.modules:
+        yield
+        return
+    sys.modules[key] = types.ModuleType(key)
+    try:
+        yield
+    finally:
+        if getattr(sys.modules.get(key), "__file__", None) is None:
+            del sys.modules[key]
+
+
 def _tune_one(name, func, target, db: TuningDB, trials: int, cores: int) -> None:
     from tvm.s_tir import meta_schedule as ms
 
     builder = ms.builder.LocalBuilder(max_workers=cores, timeout_sec=BUILD_TIMEOUT_S,
                                       f_build=build_candidate)
     runner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S)
-    ms.tir_integration.tune_tir(
-        _workload(func), target, work_dir=str(db.folder / "logs" / name),
-        max_trials_global=trials, num_trials_per_iter=min(64, trials), database=db.ms,
-        builder=builder, runner=runner, space=search_space(target), num_tuning_cores=cores)
+    # MetaSchedule echoes its search tables on stdout at the level of this logger (DEBUG if
+    # unset); lowbit prints its own progress, the full logs stay under <db>/logs/
+    ms_log = logging.getLogger("tvm.s_tir.meta_schedule")
+    if ms_log.level == logging.NOTSET:
+        ms_log.setLevel(logging.WARNING)
+    with _without_stock_intrinsics():
+        ms.tir_integration.tune_tir(
+            _workload(func), target, work_dir=str(db.folder / "logs" / name),
+            max_trials_global=trials, num_trials_per_iter=min(64, trials), database=db.ms,
+            builder=builder, runner=runner, space=search_space(target), num_tuning_cores=cores)
 
 
 def tune_module(mod: tvm.IRModule, target, tune: Tune, *, progress: bool = True

@@ -1,0 +1,395 @@
+"""A QDQ ONNX model -> Relax IRModule with lowbit's integer kernels, weights kept as parameters.
+
+    read     ModelProto | .onnx path | onnx_ir.Model (``lowbit.load_onnx``) -> ModelProto;
+             INT4 / UINT4 initializers widened to INT8 / UINT8 (same values: TVM reads no
+             4-bit data), int64 and one-element initializers turned into Constant nodes
+             (shapes, indices, per-tensor qparams: the importer must see them as constants,
+             e.g. an Expand whose shape is a parameter gets an unknown shape)
+    import   ``relax.frontend.onnx.from_onnx(keep_params_in_input=True)`` with static input
+             shapes (the model's, or those of ``example_inputs``)
+    lower    LowerQDQMatMul below; every other q/dq stays Relax's float quantize/dequantize
+
+LowerQDQMatMul (W8A8: static per-tensor 8-bit activations, symmetric int8 weights; ONNX
+MatMul weights are [K, N], so per-output-channel scales lie on axis 1)::
+
+    matmul(dequantize(x_q, s_x, z_x), dequantize(W_i8[K, N], s_w[N], 0, axis=1)) [+ b[N]]
+        -> linear_u8s8(x_u8 [M, K], pack_vnni(W^T), corr_i32, scale_f32, b_f32) [..., N]
+
+    y[m, n] = sum_k s_x (x_q[m, k] - z_x) s_w[n] W[k, n] + b[n]
+            = s_x s_w[n] (acc[m, n] - z_x colsum(W)[n]) + b[n],    corr[n] = z_x colsum(W)[n]
+
+``x_q`` may be any u8 or s8 tensor (a QuantizeLinear, a Clip of one, ...): the kernel needs
+only its integers and the per-tensor ``s_x``, ``z_x``. An s8 ``x_q`` becomes u8 exactly by
+``x_u8 = x_s8 + 128``, ``z_x + 128``. A per-tensor weight scale is broadcast to [N]. The
+packed weight, ``corr``, ``scale`` and ``b`` are computed here in numpy from the detached
+parameters and become new parameters (never constants: weights stay out of the library and
+away from FoldConstant). The ``add`` of a bias is absorbed when the matmul has no other reader.
+
+Skipped on purpose, with the reason in the lowering log (``(weight name, kind or reason)``, as
+the FX path records it): weights that are not 2-D int8 parameters, scales on the input-channel
+axis, non-zero weight zero points, K not a multiple of 4, computed qparams, and matmuls whose
+weight is not quantized (they stay fp32). Refused with ``CompileError``: blocked
+DequantizeLinear (int4 group-wise W4A16: TVM 0.27 does not import it; compile the FX graph),
+and dynamic quantization (DynamicQuantizeLinear, MatMulInteger, ...: compile the float model,
+or quantize statically).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+import tvm
+from onnx import helper, numpy_helper
+from tvm import relax
+from tvm.relax.expr_functor import PyExprMutator, PyExprVisitor, mutator, visitor
+
+from lowbit.backends.tvm import kernels
+from lowbit.backends.tvm.import_relax import CompileError, ImportedModel
+from lowbit.backends.tvm.pack import pack_vnni
+from lowbit.errors import ConfigError
+
+__all__ = ["import_onnx", "is_onnx"]
+
+DYNAMIC_OPS = {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "QLinearMatMul",
+               "QLinearConv", "MatMulNBits", "DynamicQuantizeMatMul", "QLinearAdd"}
+
+
+def is_onnx(x: Any) -> bool:
+    """Whether ``compile`` should take ``x`` as an ONNX model (proto, path or onnx_ir)."""
+    if isinstance(x, onnx.ModelProto):
+        return True
+    if isinstance(x, (str, os.PathLike)):
+        return True  # a path: read_model says clearly when it is not ONNX
+    return type(x).__module__.startswith("onnx_ir") and hasattr(x, "graph")
+
+
+# ---- read --------------------------------------------------------------------------------------
+def read_model(x: Any) -> onnx.ModelProto:
+    """A fresh ModelProto (the caller's model is never modified)."""
+    if isinstance(x, onnx.ModelProto):
+        proto = onnx.ModelProto()
+        proto.CopyFrom(x)
+        return proto
+    if isinstance(x, (str, os.PathLike)):
+        path = pathlib.Path(x)
+        if not path.is_file():
+            raise ConfigError(f"compile: {path}: no such file (expected an .onnx model)")
+        try:
+            return onnx.load(str(path))
+        except Exception as e:  # protobuf DecodeError and friends: all mean "not ONNX"
+            raise ConfigError(f"compile: {path} is not a readable ONNX model "
+                              f"({type(e).__name__}: {e})") from e
+    import onnx_ir as ir
+
+    proto = ir.to_proto(x)
+    base = next((v.const_value.base_dir for v in x.graph.initializers.values()
+                 if isinstance(v.const_value, ir.ExternalTensor)), None)
+    if base is not None:
+        onnx.external_data_helper.load_external_data_for_model(proto, str(base))
+    return proto
+
+
+def _check_ops(proto: onnx.ModelProto) -> None:
+    for node in proto.graph.node:
+        if node.op_type == "DequantizeLinear" and any(
+                a.name == "block_size" and a.i != 0 for a in node.attribute):
+            raise CompileError(
+                f"node {node.name or node.output[0]}: blocked (group-wise) DequantizeLinear, "
+                f"as in int4 W4A16 exports, does not import into TVM 0.27's ONNX frontend; "
+                f"compile the quantized FX graph instead (lowbit.compile(qgm)), which lowers "
+                f"it to the int4 kernel")
+        if node.op_type in DYNAMIC_OPS:
+            raise CompileError(
+                f"node {node.name or node.output[0]}: {node.op_type} (dynamic or operator-form "
+                f"quantization) is not lowered by the TVM backend; compile the float model, "
+                f"or quantize statically into QDQ form (lowbit.export_onnx, or onnxruntime's "
+                f"quantize_static with QuantFormat.QDQ)")
+
+
+def _prepare_initializers(graph: onnx.GraphProto) -> None:
+    """Widen 4-bit initializers to 8 bits; make int64 and one-element ones Constant nodes."""
+    keep, consts = [], []
+    widen = {onnx.TensorProto.INT4: np.int8, onnx.TensorProto.UINT4: np.uint8}
+    for t in graph.initializer:
+        arr = numpy_helper.to_array(t)
+        if t.data_type in widen:
+            t = numpy_helper.from_array(arr.astype(widen[t.data_type]), t.name)
+        if arr.dtype == np.int64 or arr.size <= 1:
+            consts.append(helper.make_node("Constant", [], [t.name], value=t))
+        else:
+            keep.append(t)
+    names = {t.name for t in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in names]  # old models list weights too
+    del graph.initializer[:], graph.input[:]
+    graph.initializer.extend(keep)
+    graph.input.extend(inputs)
+    nodes = consts + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _shapes(graph: onnx.GraphProto, example_inputs: Any) -> tuple[dict, dict]:
+    """Static input shapes (name -> list) and the example as {name: array}."""
+    specs = [(i.name, [d.dim_value if d.HasField("dim_value") else None
+                       for d in i.type.tensor_type.shape.dim]) for i in graph.input]
+    names = [n for n, _ in specs]
+    if example_inputs is None:
+        dynamic = [f"{n}{['?' if d is None else d for d in s]}" for n, s in specs
+                   if any(d is None or d <= 0 for d in s)]
+        if dynamic:
+            raise ConfigError(f"the ONNX model has dynamic input shapes ({', '.join(dynamic)}) "
+                              f"and TVM compiles static ones: pass example_inputs= (a dict "
+                              f"name -> array, or a tuple in input order {names})")
+        return {n: s for n, s in specs}, {}
+    if isinstance(example_inputs, Mapping):
+        ex = dict(example_inputs)
+    elif isinstance(example_inputs, Sequence) and not isinstance(example_inputs, str):
+        if len(example_inputs) != len(names):
+            raise ConfigError(f"example_inputs: {len(example_inputs)} value(s) for the model's "
+                              f"{len(names)} input(s) {names}")
+        ex = dict(zip(names, example_inputs))
+    else:
+        raise ConfigError(f"example_inputs for an ONNX model must be a dict name -> array or a "
+                          f"tuple in input order, got {type(example_inputs).__name__}")
+    unknown, missing = set(ex) - set(names), [n for n in names if n not in ex]
+    if unknown or missing:
+        raise ConfigError(f"example_inputs do not match the model's inputs {names}: missing "
+                          f"{missing}, unexpected {sorted(unknown)}")
+    return {n: list(np.shape(ex[n])) for n in names}, ex
+
+
+# ---- lower -------------------------------------------------------------------------------------
+@visitor
+class _Uses(PyExprVisitor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.count: dict = {}
+
+    def visit_var_(self, var) -> None:
+        self.count[var] = self.count.get(var, 0) + 1
+
+    def visit_dataflow_var_(self, var) -> None:
+        self.visit_var_(var)
+
+
+def _is_op(expr, name: str) -> bool:
+    return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) \
+        and expr.op.name == name
+
+
+class _Plan:
+    """What LowerQDQMatMul decided: per matmul (or bias add) call, the kernel arguments."""
+
+    def __init__(self, func: relax.Function, values: dict) -> None:
+        self.values = values          # param Var -> numpy value
+        self.bound: dict = {}         # Var -> bound expression
+        for block in func.body.blocks:
+            for b in block.bindings:
+                if isinstance(b, relax.VarBinding):
+                    self.bound[b.var] = b.value
+        uses = _Uses()
+        uses.visit_expr(func.body)
+        self.uses = uses.count
+        self.rewrites: dict = {}      # call -> (x_q, zp shift, arrays, name, (m, n, k))
+        self.log: list[tuple[str, str]] = []
+
+    def value(self, expr) -> np.ndarray | None:
+        if isinstance(expr, tvm.ir.GenericConst):
+            return expr.value.numpy()
+        if isinstance(expr, relax.Var):
+            if expr in self.values:
+                return self.values[expr]
+            if expr in self.bound:
+                return self.value(self.bound[expr])
+        return None
+
+    def expr(self, e):
+        return self.bound.get(e, e) if isinstance(e, relax.Var) else e
+
+    def weight_name(self, w) -> str | None:
+        """The parameter a matmul's right operand reads (directly or through a dequantize or a
+        transpose), or None for an activation x activation matmul."""
+        w = self.expr(w)
+        while _is_op(w, "relax.dequantize") or _is_op(w, "relax.permute_dims"):
+            w = self.expr(w.args[0])
+        if isinstance(w, relax.Var) and w in self.values:
+            return str(w.name)
+        return "<constant>" if isinstance(w, tvm.ir.GenericConst) else None
+
+    def plan(self, mm: relax.Call, int8: bool) -> None:
+        name = self.weight_name(mm.args[1])
+        if name is None:
+            return
+        why = self._w8a8(mm, name) if int8 else "fp32: int8 disabled (or target without VNNI)"
+        self.log.append((name, why))
+
+    def _w8a8(self, mm: relax.Call, name: str) -> str:
+        x_dq, w_dq = self.expr(mm.args[0]), self.expr(mm.args[1])
+        transposed = _is_op(w_dq, "relax.permute_dims") \
+            and _is_op(self.expr(w_dq.args[0]), "relax.dequantize") \
+            and (w_dq.attrs.axes is None or [int(a) for a in w_dq.attrs.axes] == [1, 0])
+        if transposed:  # Gemm(transB=1): B is [N, K]
+            w_dq = self.expr(w_dq.args[0])
+        if not _is_op(w_dq, "relax.dequantize"):
+            return "fp32: weight not quantized"
+        w = self.value(w_dq.args[0])
+        s_w, z_w = self.value(w_dq.args[1]), self.value(w_dq.args[2])
+        if w is None or s_w is None or z_w is None:
+            return "fp32: weight or its qparams are computed, not parameters"
+        if w.dtype != np.int8 or w.ndim != 2:
+            return f"fp32: weight is {w.dtype} {list(w.shape)}, the kernel takes 2-D int8"
+        axis = int(w_dq.attrs.axis) % 2
+        if transposed:
+            w, axis = w.T, 1 - axis
+        k, n = w.shape
+        if s_w.size == n and (axis == 1 or n == 1):
+            s_w = s_w.reshape(n)
+        elif s_w.size == 1:
+            s_w = np.full(n, float(s_w.reshape(())), np.float32)
+        else:
+            return f"fp32: weight scale {list(s_w.shape)} not per output channel (axis 1 of [K, N])"
+        if np.any(z_w != 0):
+            return "fp32: weight zero point not 0 (asymmetric weights)"
+        if k % 4:
+            return f"fp32: K={k} not a multiple of 4 (VNNI)"
+        if not _is_op(x_dq, "relax.dequantize"):
+            return "fp32: input is not dequantized (weight-only quantization)"
+        x_q = x_dq.args[0]
+        s_x, z_x = self.value(x_dq.args[1]), self.value(x_dq.args[2])
+        if s_x is None or z_x is None or s_x.size != 1 or z_x.size != 1:
+            return "fp32: input qparams not static per-tensor"
+        x_dtype = x_q.ty.dtype
+        if x_dtype not in ("uint8", "int8"):
+            return f"fp32: input dtype {x_dtype} is not 8-bit"
+        try:
+            shape = [int(d) for d in x_q.ty.shape.values]
+        except (TypeError, AttributeError):
+            return "fp32: input shape not static"
+        if len(shape) < 2 or shape[-1] != k:
+            return f"fp32: input shape {shape} is not [..., K={k}]"
+        shift = 128 if x_dtype == "int8" else 0
+        z = int(z_x.reshape(())) + shift
+        corr = (z * w.astype(np.int64).sum(0)).astype(np.int32)
+        scale = (float(s_x.reshape(())) * s_w.astype(np.float64)).astype(np.float32)
+        bias, target = np.zeros(n, np.float32), mm
+        add = self._bias_add(mm, n)
+        if add is not None:
+            target, bias = add
+        w_vnni = pack_vnni(torch.from_numpy(np.ascontiguousarray(w.T))).numpy()
+        self.rewrites[target] = (x_q, shift, name, (math.prod(shape[:-1]), n, k),
+                                 [("w_vnni", w_vnni), ("corr_i32", corr), ("scale_f32", scale),
+                                  ("bias_f32", bias)])
+        return "linear_u8s8"
+
+    def _bias_add(self, mm: relax.Call, n: int):
+        """The ``add(mm, b)`` binding to absorb: (call, b as f32 [N]) or None."""
+        var = next((v for v, e in self.bound.items() if e.same_as(mm)), None)
+        if var is None or self.uses.get(var, 0) != 1:
+            return None
+        for e in self.bound.values():
+            if _is_op(e, "relax.add") and any(a.same_as(var) for a in e.args):
+                other = e.args[1] if e.args[0].same_as(var) else e.args[0]
+                b = self.value(other)
+                if b is not None and b.size == n and b.shape[-1:] == (n,) \
+                        and b.dtype == np.float32:
+                    return e, b.reshape(n)
+                return None
+        return None
+
+
+@mutator
+class _Rewrite(PyExprMutator):
+    """Emit the planned kernels; new weight parameters collect in ``new_params``."""
+
+    def __init__(self, mod: tvm.IRModule, plan: _Plan) -> None:
+        super().__init__(mod)
+        self.plan = plan
+        self.new_params: list[tuple[relax.Var, np.ndarray]] = []
+        self.kernels: dict[str, relax.GlobalVar] = {}
+
+    def visit_call_(self, call):
+        job = next((v for c, v in self.plan.rewrites.items() if c.same_as(call)), None)
+        if job is None:
+            return super().visit_call_(call)
+        x_q, shift, name, (m, n, k), arrays = job
+        bb = self.builder_
+        x = self.visit_expr(x_q)
+        shape = [int(d) for d in x_q.ty.shape.values]
+        if shift:
+            x = relax.op.add(relax.op.astype(x, "int32"), relax.const(shift, "int32"))
+            x = relax.op.astype(x, "uint8")
+        x2 = bb.emit(relax.op.reshape(x, (m, k)))
+        args = []
+        for suffix, arr in arrays:
+            var = relax.Var(f"{name}_{suffix}", relax.TensorType(arr.shape, str(arr.dtype)))
+            self.new_params.append((var, arr))
+            args.append(var)
+        kname = f"lowbit_linear_u8s8_{m}_{n}_{k}"
+        if kname not in self.kernels:
+            self.kernels[kname] = bb.add_func(kernels.linear_u8s8(m, n, k), kname)
+        y = bb.emit(relax.call_tir(self.kernels[kname], [x2, *args],
+                                   relax.TensorType((m, n), "float32")))
+        return relax.op.reshape(y, (*shape[:-1], n))
+
+
+def lower_qdq_matmul(mod: tvm.IRModule, params: list, *, int8: bool = True
+                     ) -> tuple[tvm.IRModule, list, list[tuple[str, str]]]:
+    """Lower QDQ MatMuls of ``main`` (module docstring); returns the module, its parameter
+    values (``main`` order after the inputs) and the lowering log."""
+    func = mod["main"]
+    n_in = int(func.attrs["num_input"])
+    values = {v: p.numpy() for v, p in zip(func.params[n_in:], params)}
+    plan = _Plan(func, values)
+    for e in list(plan.bound.values()):
+        if _is_op(e, "relax.matmul"):
+            plan.plan(e, int8)
+    if not plan.rewrites:
+        return mod, params, plan.log
+    rw = _Rewrite(mod, plan)
+    body = rw.visit_expr(func.body)
+    all_params = list(func.params) + [v for v, _ in rw.new_params]
+    all_values = list(params) + [tvm.runtime.tensor(np.ascontiguousarray(a))
+                                 for _, a in rw.new_params]
+    rw.builder_.update_func(mod.get_global_var("main"),
+                            relax.Function(all_params, body, func.ret_ty, func.is_pure,
+                                           func.attrs))
+    out = relax.transform.DeadCodeElimination(["main"])(rw.builder_.get())
+    # parameters: the inputs, then the old ones still read and the new ones
+    func = out["main"]
+    used = set(relax.analysis.free_vars(func.body))
+    kept = [(v, p) for v, p in zip(func.params[n_in:], all_values) if v in used]
+    out["main"] = relax.Function(list(func.params[:n_in]) + [v for v, _ in kept], func.body,
+                                 func.ret_ty, func.is_pure, func.attrs)
+    return out, [p for _, p in kept], plan.log
+
+
+# ---- entry -------------------------------------------------------------------------------------
+def import_onnx(model: Any, example_inputs: Any = None, *, int8: bool = True
+                ) -> tuple[ImportedModel, list[tuple[str, str]]]:
+    """Read, import and lower an ONNX model (module docstring); returns the imported model
+    and the lowering log."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    proto = read_model(model)
+    _check_ops(proto)
+    _prepare_initializers(proto.graph)
+    shape_dict, example = _shapes(proto.graph, example_inputs)
+    input_names = list(shape_dict)
+    try:
+        mod = from_onnx(proto, shape_dict=shape_dict, keep_params_in_input=True,
+                        sanitize_input_names=False)
+    except Exception as e:  # the importer raises many kinds
+        msg = str(e).strip().splitlines()
+        raise CompileError(f"TVM's ONNX importer refused the model: {type(e).__name__}: "
+                           f"{msg[-1] if msg else ''}") from e
+    mod, params = relax.frontend.detach_params(mod)
+    mod, values, log = lower_qdq_matmul(mod, list(params.get("main", [])), int8=int8)
+    outputs = [o.name for o in proto.graph.output]
+    return ImportedModel(mod, values, input_names, outputs, ((), example)), log
