@@ -58,13 +58,44 @@ def decompose_gelu(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     return mutator.builder_.get()
 
 
+def _legalize_cumsum(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+    """TVM 0.27 has no legalization for ``relax.cumsum`` (HF causal masks use it): an inclusive
+    or exclusive prefix sum along one axis as a masked reduction, O(n^2) in that axis (a
+    sequence length here)."""
+    from tvm import te, topi  # noqa: F401  (topi registers te helpers)
+
+    x = call.args[0]
+    attrs = call.attrs
+    ndim = len(x.ty.shape.values)
+    axis = int(attrs.axis) if attrs.axis is not None else -1
+    axis = axis % ndim
+    dtype = str(attrs.dtype) if attrs.dtype is not None else str(x.ty.dtype)
+    exclusive = bool(attrs.exclusive) if attrs.exclusive is not None else False
+
+    def compute(data):
+        n = data.shape[axis]
+        r = te.reduce_axis((0, n), name="j")
+
+        def body(*idx):
+            i = idx[axis]
+            keep = r < i if exclusive else r <= i
+            src = list(idx)
+            src[axis] = r
+            return te.sum(tvm.tirx.Select(keep, data[tuple(src)].astype(dtype),
+                                          tvm.tirx.const(0, dtype)), axis=r)
+
+        return te.compute(data.shape, body, name="cumsum")
+
+    return bb.call_te(compute, x, primfunc_name_hint="cumsum")
+
+
 def prepare(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
     """Lift parameter transforms, legalize and fuse; PrimFuncs come out unscheduled."""
     passes = [
         relax.transform.LiftTransformParams(),
         decompose_gelu,
         relax.transform.FastMathTransform(),
-        relax.transform.LegalizeOps(),
+        relax.transform.LegalizeOps({"relax.cumsum": _legalize_cumsum}),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),

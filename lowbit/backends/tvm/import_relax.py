@@ -157,7 +157,26 @@ def _dequantize_per_channel_group(node: fx.Node, imp) -> relax.Var:
     return imp.block_builder.emit(relax.op.reshape(y, (n, k)))
 
 
+def _cumsum(node: fx.Node, imp) -> relax.Var:
+    """torch semantics: integer and bool inputs sum in int64 (TVM 0.27's importer keeps a bool
+    input's dtype, which LegalizeOps then cannot lower; HF causal masks cumsum a bool mask)."""
+    x = imp.env[node.args[0]]
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs["dim"]
+    dtype = node.kwargs.get("dtype")
+    src = str(x.ty.dtype)
+    if dtype is not None:
+        out = _dtype(dtype)
+    elif src == "bool" or src.startswith(("int", "uint")):
+        out = "int64"
+    else:
+        out = src
+    if src != out:
+        x = imp.block_builder.emit(relax.op.astype(x, out))
+    return imp.block_builder.emit(relax.op.cumsum(x, axis=dim, dtype=out))
+
+
 CONVERTERS = {
+    "cumsum.default": _cumsum,
     "linear_u8s8.default": _linear_u8s8,
     "linear_u8s8_q.default": _linear_u8s8_q,
     "linear_w4a16.default": _linear_w4a16,

@@ -18,8 +18,9 @@ per tile, tiles parallel (column blocks outer so consecutive tiles share weights
     y_f32[m, n] = sum_k x_f32[m, k] * w_f32[k, n] + bias_f32[n]
 
 with the int4 weight packed two per byte along K and transposed (pack.py), so decoding a row of
-N weights reads contiguous bytes. Default schedule: a [KT, NJ] tile of dequantized weights is
-decoded once per (column block, k block) into a local buffer and reused by every row.
+N weights reads contiguous bytes. Default schedule: a [K, NJ] strip of dequantized weights is
+decoded once per column strip into a local buffer and reused by every row; for M <= SMALL_M
+(decode) the nibbles are decoded inside the multiply-add instead, accumulators in registers.
 
 ``linear_u8s8_q`` (the same GEMM with a requantizing epilogue: the int8 output of one kernel
 is the u8 input of the next)::
@@ -46,7 +47,7 @@ __all__ = ["ACTIVATIONS", "OPAQUE", "default_schedule", "linear_u8s8", "linear_u
            "linear_w4a16"]
 
 OPAQUE = 8  # relax OpPatternKind.kOpaque
-SMALL_M = 4  # W4A16 with at most this many rows decodes weights in registers, not per strip
+SMALL_M = 4  # W4A16 with at most this many rows runs the GEMV schedule
 
 
 ACTIVATIONS = ("none", "gelu", "gelu_tanh", "relu")
@@ -180,12 +181,44 @@ def _schedule_u8s8(sch: s_tir.Schedule) -> s_tir.Schedule:
     return sch
 
 
+def _schedule_w4a16_gemv(sch: s_tir.Schedule) -> s_tir.Schedule:
+    """Small M (decode): per parallel strip of NJ columns, accumulators for the M x NJ outputs
+    stay in registers while the k loop streams the strip's packed bytes once; the nibble
+    decode and scale are inlined into the multiply-add (no decoded buffer: the kernel is
+    bound by reading the int4 weights)."""
+    wdq, mm, out = (sch.get_sblock(b) for b in ("w_f32", "mm_f32", "y_f32"))
+    i, j, r = sch.get_loops(mm)
+    n, k = get_extent(sch, j), get_extent(sch, r)
+    nj = _divisor(n, (64, 32, 16, 8, 4, 2, 1))
+    ku = _divisor(k, (8, 4, 2, 1))
+    jo, ji = sch.split(j, [None, nj])
+    ro, ri = sch.split(r, [None, ku])
+    sch.reorder(jo, ro, ri, i, ji)
+    sch.parallel(jo)
+    acc = sch.cache_write(mm, 0, "local")
+    sch.reverse_compute_at(acc, jo, preserve_unit_loops=True)
+    sch.compute_inline(wdq)
+    sch.unroll(ri)
+    sch.unroll(i)
+    if nj >= 16:
+        _, jv = sch.split(ji, [None, 16])
+        sch.vectorize(jv)
+    sch.reverse_compute_at(out, jo, preserve_unit_loops=True)
+    init = sch.decompose_reduction(mm, ro)
+    for block in (init, acc, out):
+        sch.vectorize(sch.get_loops(block)[-1])
+    return sch
+
+
 def _schedule_w4a16(sch: s_tir.Schedule) -> s_tir.Schedule:
     """Per column strip (parallel): decode the [K, NJ] strip of weights once, then run an
-    MI x NJ register-tiled fp32 GEMM over it for every row tile (small M: decode in the k loop)."""
+    MI x NJ register-tiled fp32 GEMM over it for every row tile (M <= SMALL_M: the GEMV
+    schedule above)."""
     wdq, mm, out = (sch.get_sblock(b) for b in ("w_f32", "mm_f32", "y_f32"))
     i, j, r = sch.get_loops(mm)
     m, n, k = (get_extent(sch, lp) for lp in (i, j, r))
+    if m <= SMALL_M:
+        return _schedule_w4a16_gemv(sch)
     mi = _divisor(m, (6, 4, 3, 2, 1))
     nj = _divisor(n, (32, 16, 8, 4, 2, 1))
     ku = _divisor(k, (4, 2, 1))
@@ -200,8 +233,7 @@ def _schedule_w4a16(sch: s_tir.Schedule) -> s_tir.Schedule:
     sch.unroll(ri)
     if nj > 1:
         sch.vectorize(ji)
-    # decode: per strip when rows reuse it, else per k step (decode-bound GEMV, M small)
-    sch.compute_at(wdq, jo if m > SMALL_M else ro, preserve_unit_loops=True)
+    sch.compute_at(wdq, jo, preserve_unit_loops=True)         # decode once per strip
     sch.vectorize(sch.get_loops(wdq)[-1])
     sch.reverse_compute_at(out, jo, preserve_unit_loops=True)
     init = sch.decompose_reduction(mm, ro)

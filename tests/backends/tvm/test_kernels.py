@@ -91,7 +91,8 @@ def test_linear_u8s8_refuses_k_not_multiple_of_4():
         kernels.linear_u8s8(4, 16, 30)
 
 
-@pytest.mark.parametrize("m,n,k,g", [(32, 48, 128, 32), (1, 64, 256, 128), (5, 24, 64, 64)])
+@pytest.mark.parametrize("m,n,k,g", [(32, 48, 128, 32), (1, 64, 256, 128), (5, 24, 64, 64),
+                                     (4, 40, 128, 32), (1, 256, 512, 128)])
 def test_linear_w4a16(m, n, k, g):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((m, k)).astype(np.float32)
