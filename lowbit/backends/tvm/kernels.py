@@ -53,7 +53,8 @@ SMALL_M = 4  # W4A16 with at most this many rows runs the GEMV schedule
 ACTIVATIONS = ("none", "gelu", "gelu_tanh", "relu")
 
 
-def _finish(func: tirx.PrimFunc, kind: str, **attrs) -> tirx.PrimFunc:
+def finish(func: tirx.PrimFunc, kind: str, **attrs) -> tirx.PrimFunc:
+    """Mark a kernel: its schedule-rule key, opaque to FuseOps, no aliasing, extra attrs."""
     return func.with_attrs({KERNEL_ATTR: kind, "op_pattern": OPAQUE, "tirx.noalias": True,
                             **attrs})
 
@@ -84,7 +85,7 @@ def _u8s8_gemm(m: int, n: int, k: int):
 def linear_u8s8(m: int, n: int, k: int) -> tirx.PrimFunc:
     """The W8A8 linear for x [m, k] and a weight [n, k] (see module docstring)."""
     inputs, y = _u8s8_gemm(m, n, k)
-    return _finish(te.create_prim_func([*inputs, y]), "linear_u8s8")
+    return finish(te.create_prim_func([*inputs, y]), "linear_u8s8")
 
 
 def _activation(y: te.Tensor, act: str) -> te.Tensor:
@@ -120,7 +121,7 @@ def linear_u8s8_q(m: int, n: int, k: int, act: str = "none", qmin: int = 0,
         (m, n),
         lambda i, j: te.min(te.max(tirx.round(z[i, j] * oq[0]) + oq[1], lo), hi).astype("uint8"),
         name="y_u8")
-    return _finish(te.create_prim_func([*inputs, oq, out]), "linear_u8s8_q",
+    return finish(te.create_prim_func([*inputs, oq, out]), "linear_u8s8_q",
                    **{"lowbit.act": act, "lowbit.qmin": qmin, "lowbit.qmax": qmax})
 
 
@@ -140,11 +141,12 @@ def linear_w4a16(m: int, n: int, k: int, group: int) -> tirx.PrimFunc:
     r = te.reduce_axis((0, k), name="k")
     mm = te.compute((m, n), lambda i, j: te.sum(x[i, r] * wdq[r, j], axis=r), name="mm_f32")
     y = te.compute((m, n), lambda i, j: mm[i, j] + bias[j], name="y_f32")
-    return _finish(te.create_prim_func([x, w, scale, bias, y]), "linear_w4a16")
+    return finish(te.create_prim_func([x, w, scale, bias, y]), "linear_w4a16")
 
 
 # ---- default schedules ------------------------------------------------------------------------
-def _divisor(extent: int, prefs) -> int:
+def divisor(extent: int, prefs) -> int:
+    """The first of ``prefs`` dividing ``extent`` (1 if none)."""
     return next((p for p in prefs if extent % p == 0), 1)
 
 
@@ -159,8 +161,8 @@ def _schedule_u8s8(sch: s_tir.Schedule) -> s_tir.Schedule:
     i, j, r = sch.get_loops(acc)
     m, n_pad = get_extent(sch, i), get_extent(sch, j)
     # MI x NT*16 accumulators: 8 x 48 = 24 zmm registers, + 3 weight blocks + 1 broadcast
-    mi = _divisor(m, (8, 6, 4, 3, 2, 1))
-    nt = _divisor(n_pad // 16, (3, 4, 2, 1))
+    mi = divisor(m, (8, 6, 4, 3, 2, 1))
+    nt = divisor(n_pad // 16, (3, 4, 2, 1))
     io, ii = sch.split(i, [None, mi])
     jo, jt, ji = sch.split(j, [None, nt, 16])
     ro, ri = sch.split(r, [None, 4])
@@ -174,7 +176,7 @@ def _schedule_u8s8(sch: s_tir.Schedule) -> s_tir.Schedule:
     sch.unroll(jt)
     sch.unroll(ii)
     oj = sch.get_loops(out)[-1]
-    vec = _divisor(get_extent(sch, oj), (16, 8, 4, 2))
+    vec = divisor(get_extent(sch, oj), (16, 8, 4, 2))
     if vec > 1:
         _, ojv = sch.split(oj, [None, vec])
         sch.vectorize(ojv)
@@ -189,8 +191,8 @@ def _schedule_w4a16_gemv(sch: s_tir.Schedule) -> s_tir.Schedule:
     wdq, mm, out = (sch.get_sblock(b) for b in ("w_f32", "mm_f32", "y_f32"))
     i, j, r = sch.get_loops(mm)
     n, k = get_extent(sch, j), get_extent(sch, r)
-    nj = _divisor(n, (64, 32, 16, 8, 4, 2, 1))
-    ku = _divisor(k, (8, 4, 2, 1))
+    nj = divisor(n, (64, 32, 16, 8, 4, 2, 1))
+    ku = divisor(k, (8, 4, 2, 1))
     jo, ji = sch.split(j, [None, nj])
     ro, ri = sch.split(r, [None, ku])
     sch.reorder(jo, ro, ri, i, ji)
@@ -219,9 +221,9 @@ def _schedule_w4a16(sch: s_tir.Schedule) -> s_tir.Schedule:
     m, n, k = (get_extent(sch, lp) for lp in (i, j, r))
     if m <= SMALL_M:
         return _schedule_w4a16_gemv(sch)
-    mi = _divisor(m, (6, 4, 3, 2, 1))
-    nj = _divisor(n, (32, 16, 8, 4, 2, 1))
-    ku = _divisor(k, (4, 2, 1))
+    mi = divisor(m, (6, 4, 3, 2, 1))
+    nj = divisor(n, (32, 16, 8, 4, 2, 1))
+    ku = divisor(k, (4, 2, 1))
     io, ii = sch.split(i, [None, mi])
     jo, ji = sch.split(j, [None, nj])
     ro, ri = sch.split(r, [None, ku])
@@ -245,6 +247,13 @@ def _schedule_w4a16(sch: s_tir.Schedule) -> s_tir.Schedule:
 
 _SCHEDULES = {"linear_u8s8": _schedule_u8s8, "linear_u8s8_q": _schedule_u8s8,
               "linear_w4a16": _schedule_w4a16}
+
+
+def register(kind: str, schedule, reference) -> None:
+    """Add a kernel kind defined in another module (peg_kernel.py): its default schedule and
+    its numpy reference (check.py)."""
+    _SCHEDULES[kind] = schedule
+    REFERENCES[kind] = reference
 
 
 def default_schedule(func: tirx.PrimFunc, target: Target) -> s_tir.Schedule | None:
@@ -331,3 +340,6 @@ def reference_options(func: tirx.PrimFunc) -> dict:
         return {"act": str(func.attrs["lowbit.act"]), "qmin": int(func.attrs["lowbit.qmin"]),
                 "qmax": int(func.attrs["lowbit.qmax"])}
     return {}
+
+
+from lowbit.backends.tvm import peg_kernel  # noqa: E402, F401  (registers linear_u8s8_peg)
