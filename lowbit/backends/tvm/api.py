@@ -113,9 +113,10 @@ def compile(graph: Any, target: Any = "cpu", tune: Tune | None = None, *,
         imported, lowering = _import_fx(graph, example_inputs, tgt, int8=int8 and vnni,
                                         int4=int4)
     kinds = collections.Counter(k for _, k in lowering)
-    n_int8 = kinds["linear_u8s8"] + kinds["linear_u8s8_q"]
+    n_int8 = kinds["linear_u8s8"] + kinds["linear_u8s8_q"] + kinds["linear_u8s8_peg"]
     _say(progress, f"lowering: {n_int8} int8 linear(s) ({kinds['linear_u8s8_q']} with a "
-                   f"requantizing epilogue), {kinds['linear_w4a16']} int4 linear(s), "
+                   f"requantizing epilogue, {kinds['linear_u8s8_peg']} PEG group GEMM), "
+                   f"{kinds['linear_w4a16']} int4 linear(s), "
                    f"{len(lowering) - n_int8 - kinds['linear_w4a16']} fp32 linear(s)"
                    + ("" if vnni or not int8 else " (target has no VNNI)"))
     mod = prepare(imported.mod, tgt)

@@ -102,6 +102,15 @@ def _linear_u8s8_q(node: fx.Node, imp) -> relax.Var:
                  [w, corr, scale, bias, oq], out_dtype="uint8")
 
 
+def _linear_u8s8_peg(node: fx.Node, imp) -> relax.Var:
+    from lowbit.backends.tvm.peg_kernel import linear_u8s8_peg
+
+    x, w, corr, scale, bias = (imp.env[a] for a in node.args)
+    groups, n = _static_shape(corr, "linear_u8s8_peg corr")
+    return _rows(imp, node, x, n, "linear_u8s8_peg", (groups,),
+                 lambda m, n_, k: linear_u8s8_peg(m, n_, k, groups), [w, corr, scale, bias])
+
+
 def _linear_w4a16(node: fx.Node, imp) -> relax.Var:
     x, w, scale, bias = (imp.env[a] for a in node.args)
     k2, n = _static_shape(w, "linear_w4a16 weight")
@@ -134,6 +143,18 @@ def _per_row(v: relax.Expr, ndim: int, axis: int, dtype: str) -> relax.Expr:
     shape = [1] * ndim
     shape[axis] = math.prod(n)
     return relax.op.reshape(relax.op.astype(v, dtype), shape)
+
+
+def _quantize_per_channel(node: fx.Node, imp) -> relax.Var:
+    """quantized_decomposed's arithmetic: ``round(x * (1 / s)) + z`` with ``1 / s`` an fp32
+    tensor op (PEG activations: per channel along the last axis)."""
+    x, s, z = (imp.env[a] for a in node.args[:3])
+    axis, qmin, qmax, dtype = node.args[3:7]
+    ndim = len(_static_shape(x, "quantize_per_channel"))
+    inv = relax.op.divide(_f32(1.0), _per_row(s, ndim, axis, "float32"))
+    y = relax.op.add(relax.op.round(relax.op.multiply(x, inv)), _per_row(z, ndim, axis, "float32"))
+    y = relax.op.minimum(relax.op.maximum(y, _f32(float(qmin))), _f32(float(qmax)))
+    return imp.block_builder.emit(relax.op.astype(y, _dtype(dtype)))
 
 
 def _dequantize_per_channel(node: fx.Node, imp) -> relax.Var:
@@ -179,6 +200,8 @@ CONVERTERS = {
     "cumsum.default": _cumsum,
     "linear_u8s8.default": _linear_u8s8,
     "linear_u8s8_q.default": _linear_u8s8_q,
+    "linear_u8s8_peg.default": _linear_u8s8_peg,
+    "quantize_per_channel.default": _quantize_per_channel,
     "linear_w4a16.default": _linear_w4a16,
     "quantize_per_tensor.default": _quantize_per_tensor,
     "dequantize_per_tensor.default": _dequantize_per_tensor,

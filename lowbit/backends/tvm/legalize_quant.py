@@ -15,6 +15,16 @@ W4A16 (group-wise int4 symmetric weights, float activations)::
 
     linear(x, dq_g(W_i4, s[N, K/g], 0, g), b)  ->  linear_w4a16(x, pack_int4(W_i4), s^T, b)
 
+PEG inputs (per-channel u8 activations along the last axis whose scale and zero point are
+constant on G equal contiguous channel groups, as PEG's quantizer writes them once its
+permutation is folded)::
+
+    linear(dq_c(q_c(x, s[K], z[K], -1)), dq_c(W_i8, s_w, 0), b)
+        -> linear_u8s8_peg(q_c(x) as u8, pack_vnni(W_i8), corr[G, N], s_g * s_w, b)
+
+with one int32 accumulator per group (peg_kernel.py); the smallest G that tiles the vectors
+into constant runs is used (K / G must be a multiple of 4).
+
 Requantizing epilogues (``requant=True``): a lowered W8A8 linear whose only reader is a u8
 per-tensor quantize, directly or through one activation (GELU, tanh-GELU, ReLU) read by
 nothing else, absorbs both::
@@ -42,7 +52,7 @@ import torch
 import torch.ao.quantization.fx._decomposed
 from torch import fx
 
-from lowbit.backends.tvm.ops import LINEAR_U8S8, LINEAR_U8S8_Q, LINEAR_W4A16
+from lowbit.backends.tvm.ops import LINEAR_U8S8, LINEAR_U8S8_PEG, LINEAR_U8S8_Q, LINEAR_W4A16
 from lowbit.backends.tvm.pack import VNNI_K, pack_int4, pack_vnni
 from lowbit.passes.infra import Pass, PassResult
 
@@ -63,6 +73,20 @@ def _attr(gm: fx.GraphModule, node) -> torch.Tensor | None:
 
 def _is(node, target) -> bool:
     return isinstance(node, fx.Node) and node.op == "call_function" and node.target is target
+
+
+def _contiguous_groups(scale: torch.Tensor, zero: torch.Tensor, k: int) -> int | None:
+    """The fewest G equal contiguous channel groups on which both vectors are constant, with
+    K / G a multiple of VNNI_K (None if there is none)."""
+    if scale.numel() != k or zero.numel() != k:
+        return None
+    for groups in range(1, k // VNNI_K + 1):
+        if k % groups or (k // groups) % VNNI_K:
+            continue
+        s, z = scale.reshape(groups, -1), zero.reshape(groups, -1)
+        if bool((s == s[:, :1]).all()) and bool((z == z[:, :1]).all()):
+            return groups
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +118,7 @@ class LegalizeQuantLinear(Pass):
                 why = self._w4a16(gm, node, x, w, bias) if self.int4 else "int4 disabled"
             else:
                 why = "fp32: weight not quantized"
-            if why in ("linear_u8s8", "linear_w4a16"):
+            if why in ("linear_u8s8", "linear_u8s8_peg", "linear_w4a16"):
                 changed += 1
             log.append((node.name, why))
         if changed:
@@ -120,6 +144,8 @@ class LegalizeQuantLinear(Pass):
             return "fp32: int8 weight not symmetric per output channel"
         if w_i8.shape[1] % VNNI_K:
             return f"fp32: K={w_i8.shape[1]} not a multiple of {VNNI_K} (VNNI)"
+        if _is(x, qd.dequantize_per_channel.default):
+            return self._w8a8_peg(gm, node, x, w_i8, s_w, bias)
         if not (_is(x, qd.dequantize_per_tensor.default)
                 and _is(x.args[0], qd.quantize_per_tensor.default)):
             return "fp32: input is not a static per-tensor q/dq"
@@ -146,6 +172,39 @@ class LegalizeQuantLinear(Pass):
             args.append(self._buffer(gm, node, suffix, value))
         self._replace(gm, node, LINEAR_U8S8, args)
         return "linear_u8s8"
+
+    def _w8a8_peg(self, gm, node, x, w_i8, s_w, bias) -> str:
+        q = x.args[0]
+        if not _is(q, qd.quantize_per_channel.default):
+            return "fp32: per-channel input dq without its quantize"
+        s_x, z_x = _attr(gm, q.args[1]), _attr(gm, q.args[2])
+        axis, qmin, qmax, a_dtype = q.args[3:7]
+        ndim = q.args[0].meta["val"].dim() if "val" in q.args[0].meta else None
+        if s_x is None or z_x is None or axis not in (-1, (ndim or 0) - 1):
+            return "fp32: per-channel input not along the last axis with buffer qparams"
+        if a_dtype != torch.uint8 or not 0 <= qmin <= qmax <= 255:
+            return "fp32: per-channel input is not u8"
+        if any(a is not b for a, b in zip(x.args[1:], q.args[1:])) or x.args[3:] != q.args[3:]:
+            return "fp32: input q and dq disagree on qparams"
+        k = w_i8.shape[1]
+        groups = _contiguous_groups(s_x.reshape(-1), z_x.reshape(-1), k)
+        if groups is None:
+            return "fp32: per-channel input scales are not constant on contiguous groups of 4k"
+        n, kg = w_i8.shape[0], k // groups
+        w64 = w_i8.to(torch.int64)
+        z_g = z_x.reshape(groups, kg)[:, 0].to(torch.int64)
+        corr = (z_g[:, None] * w64.reshape(n, groups, kg).sum(2).t()).to(torch.int32)   # [G, N]
+        s_g = s_x.reshape(groups, kg)[:, 0].to(torch.float64)
+        scale = (s_g[:, None] * s_w.reshape(1, n).to(torch.float64)).to(torch.float32)
+        b = _attr(gm, bias) if bias is not None else torch.zeros(n)
+        if bias is not None and b is None:
+            return "fp32: bias is computed, not a buffer"
+        args = [q]
+        for suffix, value in (("w_vnni", pack_vnni(w_i8)), ("corr_i32", corr),
+                              ("scale_f32", scale), ("bias_f32", b.detach().float().reshape(n))):
+            args.append(self._buffer(gm, node, suffix, value))
+        self._replace(gm, node, LINEAR_U8S8_PEG, args)
+        return "linear_u8s8_peg"
 
     @staticmethod
     def _shifted(gm, q: fx.Node, cache: dict) -> fx.Node:
