@@ -16,8 +16,9 @@ Linear weights, activations quantized per call), ort_fp32 (the fp32 ONNX that
 u8 activations per tensor at run time, s8 per-channel weights, MatMulInteger), ort_qdq
 (lowbit's static W8A8 QDQ export run by onnxruntime, which fuses it into its int8 kernels),
 tvm_fp32, tvm_w8a8, tvm_w8a8_full, tvm_w4a16 (lowbit.compile, default schedules), and
-tvm_w8a8_tuned (W8A8 with MetaSchedule, ``--trials`` over the kernels the database ``--db``
-has no record of; a second run tunes nothing).
+tvm_w8a8_tuned, tvm_w8a8_full_tuned, tvm_w8a8_peg_tuned (with MetaSchedule, ``--trials`` over
+the kernels the database ``--db`` has no record of; a second run tunes nothing; PEG is
+W8A8_FULL's tensor set with PEG K=6 at the FFN input, FFN output and residual sums).
 
 Each variant runs in its own process (TVM's and onnxruntime's thread pools spin after a call
 and would slow whatever runs next in the same process), warms up, then times ``--iters`` calls
@@ -38,7 +39,8 @@ import tempfile
 import time
 
 VARIANTS = ("torch", "torch_int8", "ort_fp32", "ort_int8", "ort_qdq", "tvm_fp32", "tvm_w8a8",
-            "tvm_w8a8_full", "tvm_w4a16", "tvm_w8a8_tuned")
+            "tvm_w8a8_full", "tvm_w4a16", "tvm_w8a8_tuned", "tvm_w8a8_full_tuned",
+            "tvm_w8a8_peg_tuned")
 MODELS = ("minilm", "bert-base-layer")
 SEQ = 128
 
@@ -129,7 +131,9 @@ def worker(variant: str, args) -> dict:
     from lowbit.compiler import Tune, compile
 
     recipe = {"tvm_fp32": None, "tvm_w8a8": recipes.W8A8, "tvm_w8a8_full": recipes.W8A8_FULL,
-              "tvm_w4a16": recipes.W4A16_G128, "tvm_w8a8_tuned": recipes.W8A8}[variant]
+              "tvm_w4a16": recipes.W4A16_G128, "tvm_w8a8_tuned": recipes.W8A8,
+              "tvm_w8a8_full_tuned": recipes.W8A8_FULL,
+              "tvm_w8a8_peg_tuned": getattr(recipes, "W8A8_PEG", None)}[variant]
     graph = gm if recipe is None else quantize(gm, recipe, calibration=calib, progress=False)
     tune = Tune(trials=args.trials, db=args.db) if variant.endswith("tuned") else None
     t0 = time.perf_counter()
@@ -157,6 +161,9 @@ RATIOS = [  # (numerator, denominator, what it says)
     ("torch", "tvm_w8a8_tuned", "torch fp32 / lowbit W8A8 tuned (target >= 4)"),
     ("torch", "tvm_w8a8", "torch fp32 / lowbit W8A8 untuned"),
     ("torch_int8", "tvm_w8a8_tuned", "torch dynamic int8 / lowbit W8A8 tuned"),
+    ("tvm_w8a8_peg_tuned", "tvm_w8a8_full_tuned",
+     "lowbit PEG W8A8 (K=6) tuned / W8A8_FULL tuned (target <= 1.3)"),
+    ("tvm_w8a8_peg_tuned", "tvm_w8a8_tuned", "lowbit PEG W8A8 (K=6) tuned / W8A8 tuned"),
 ]
 
 

@@ -1,0 +1,98 @@
+#!/usr/bin/env python
+"""lowbit's CPU kernels alone, default (hand-written) schedules, 2 threads:
+
+1. int4 weight-only GEMV (M=1, group 128) against this machine's measured memory bandwidth:
+   effective bandwidth = bytes the kernel must read (packed int4 weights + fp32 group scales)
+   / median time, with weights far larger than the last-level cache. Bandwidth is measured in
+   the same process with ``torch.sum`` over a 512 MB fp32 tensor (a vectorized, threaded
+   streaming read) and with a numpy copy (read + write).
+2. PEG group-wise int8 GEMM (G groups) against the plain W8A8 GEMM on the same shapes
+   (BERT-base layer: 128 x 768 x 768, 128 x 3072 x 768, 128 x 768 x 3072).
+
+    python benchmarks/kernels_cpu.py [--threads 2] [--repeat 7]
+
+Times are medians of ``repeat`` timings of ``number`` calls each (``check.time_kernels``); the
+1-minute load average is printed because this machine is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+
+def _bandwidth(threads: int) -> tuple[float, float]:
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(threads)
+    a = torch.empty(128 * 1024 * 1024, dtype=torch.float32).uniform_()
+    for _ in range(3):
+        a.sum()
+    ts = []
+    for _ in range(11):
+        t0 = time.perf_counter()
+        a.sum()
+        ts.append(time.perf_counter() - t0)
+    read = a.numel() * 4 / sorted(ts)[len(ts) // 2] / 1e9
+    src = np.ones(64 * 1024 * 1024, np.float32)
+    dst = np.empty_like(src)
+    ts = []
+    for _ in range(7):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        ts.append(time.perf_counter() - t0)
+    copy = 2 * src.nbytes / sorted(ts)[len(ts) // 2] / 1e9
+    return read, copy
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeat", type=int, default=7)
+    p.add_argument("--groups", type=int, default=6, help="PEG groups (default 6)")
+    args = p.parse_args(argv)
+    os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
+
+    from lowbit.backends.tvm import kernels
+    from lowbit.backends.tvm.check import check_schedule, time_kernels
+    from lowbit.backends.tvm.peg_kernel import linear_u8s8_peg
+    from lowbit.backends.tvm.target import host_target
+
+    target = host_target(args.threads)
+    read_bw, copy_bw = _bandwidth(args.threads)
+    print(f"{time.strftime('%Y-%m-%d %H:%M')}, {target}, load avg {os.getloadavg()[0]:.2f}")
+    print(f"\nmemory bandwidth ({args.threads} threads): torch.sum read {read_bw:.1f} GB/s, "
+          f"numpy copy (read + write) {copy_bw:.1f} GB/s\n")
+    print("| int4 GEMV (M=1, g=128) K x N | weight MB | median ms | GB/s | of read bandwidth |")
+    print("|---|---|---|---|---|")
+    for k, n in ((4096, 4096), (8192, 8192), (4096, 16384)):
+        func = kernels.linear_w4a16(1, n, k, 128)
+        sched = kernels.default_schedule(func, target).mod["main"]
+        assert check_schedule(func, sched, target).ok
+        t = time_kernels([sched], target, repeat=args.repeat, number=5)[0]
+        nbytes = k * n // 2 + (k // 128) * n * 4
+        print(f"| {k} x {n} | {nbytes / 1e6:.1f} | {t * 1e3:.3f} | {nbytes / t / 1e9:.1f} | "
+              f"{nbytes / t / 1e9 / read_bw:.0%} |")
+
+    print(f"\n| W8A8 GEMM M x N x K | plain ms | PEG (G={args.groups}) ms | PEG / plain |")
+    print("|---|---|---|---|")
+    for m, n, k in ((128, 768, 768), (128, 3072, 768), (128, 768, 3072)):
+        plain = kernels.default_schedule(kernels.linear_u8s8(m, n, k), target).mod["main"]
+        pf = linear_u8s8_peg(m, n, k, args.groups)
+        peg = kernels.default_schedule(pf, target).mod["main"]
+        assert check_schedule(pf, peg, target).ok
+        tp, tg = [], []
+        for _ in range(3):   # different signatures: alternate single timings
+            tp.append(time_kernels([plain], target, repeat=args.repeat, number=10)[0])
+            tg.append(time_kernels([peg], target, repeat=args.repeat, number=10)[0])
+        a, b = sorted(tp)[1], sorted(tg)[1]
+        print(f"| {m} x {n} x {k} | {a * 1e3:.3f} | {b * 1e3:.3f} | {b / a:.2f} |")
+    print(f"\nload avg at the end {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
