@@ -25,6 +25,7 @@ from torch import fx
 
 import lowbit
 from lowbit.backends.tvm.build import build, prepare, schedule
+from lowbit.backends.tvm.fuse_siblings import FuseSiblingLinears
 from lowbit.backends.tvm.import_onnx import import_onnx, is_onnx
 from lowbit.backends.tvm.import_relax import import_graph
 from lowbit.backends.tvm.kernels import has_vnni
@@ -77,8 +78,10 @@ def _import_fx(graph: Any, example_inputs: Any, tgt, *, int8: bool, int4: bool):
         graph = lowbit.capture(graph.eval(), example_inputs)
     example = _example(graph, example_inputs)
     gm = copy.deepcopy(graph)
-    # requantizing epilogues have CPU kernels only so far
-    LegalizeQuantLinear(int8=int8, int4=int4, requant=tgt.kind.name == "llvm")(gm)
+    cpu = tgt.kind.name == "llvm"   # requantizing epilogues and wide GEMMs: CPU kernels only
+    LegalizeQuantLinear(int8=int8, int4=int4, requant=cpu)(gm)
+    if cpu:
+        FuseSiblingLinears()(gm)
     return import_graph(gm, example), list(gm.meta.get(LOWERING_META, []))
 
 

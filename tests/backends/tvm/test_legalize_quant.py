@@ -111,3 +111,19 @@ def test_requant_off_keeps_quantizers(bert):
     c = op_counts(lowered)
     assert c[U8S8_Q] == 0 and c[U8S8] == N_LINEAR
     assert c["aten.gelu.default"] == 2
+
+
+def test_sibling_linears_fused_exactly(bert):
+    """q, k and v read one u8 tensor: one wide int8 GEMM, split, same numbers as before."""
+    from lowbit.backends.tvm.fuse_siblings import FUSED_META, FuseSiblingLinears
+
+    q, inputs = _quantized(bert, recipes.W8A8)
+    lowered = copy.deepcopy(q)
+    LegalizeQuantLinear()(lowered)
+    fused = copy.deepcopy(lowered)
+    assert FuseSiblingLinears()(fused).modified
+    assert op_counts(fused)[U8S8] == op_counts(lowered)[U8S8] - 2 * 2   # 3 -> 1 per block
+    assert [len(g) for g in fused.meta[FUSED_META]] == [3, 3]
+    for w, g in zip(lowered(**inputs).values(), fused(**inputs).values()):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+    assert_idempotent(FuseSiblingLinears(), fused)
