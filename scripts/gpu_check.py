@@ -181,10 +181,12 @@ def _torch_model(name: str):
     return BertModel(cfg).eval().cuda()
 
 
-def models(bundle: Path, rows: list) -> None:
+def models(bundle: Path, rows: list, save: Path | None = None, only: str = "") -> None:
     folder = bundle / "models"
     for d in sorted(p for p in folder.iterdir() if p.is_dir()):
         name, b = d.name.rsplit("_b", 1)
+        if only and d.name not in only.split(","):
+            continue
         link = d / "params.bin"
         if not link.exists():
             os.symlink((folder / f"params_{name}.bin").resolve(), link)
@@ -194,6 +196,8 @@ def models(bundle: Path, rows: list) -> None:
         out = mod(z["input_ids"], z["attention_mask"])[0]
         t_load = time.perf_counter() - t0
         got = torch.from_numpy(np.asarray(out))
+        if save is not None:
+            np.save(save / f"{d.name}.npy", np.asarray(out))
         for ref in ("cpu", "fx", "fp32"):
             if ref not in z:
                 continue
@@ -208,6 +212,12 @@ def models(bundle: Path, rows: list) -> None:
                 check(cos > 0.999, what + " (bound 0.999)")
             else:
                 print("info " + what)
+            per_row = torch.nn.functional.cosine_similarity(got.double().flatten(1),
+                                                            r.double().flatten(1))
+            worst = torch.argsort(per_row)[:3].tolist()
+            print(f"     per-row cosine vs {ref}: min {float(per_row.min()):.6f} (rows {worst}: "
+                  f"{', '.join(f'{float(per_row[i]):.6f}' for i in worst)}), median "
+                  f"{float(per_row.median()):.6f}")
         vm = mod._ready()
         ins = [mod._to_device(v, s) for v, s in zip((z["input_ids"], z["attention_mask"]),
                                                     mod.meta["inputs"])]
@@ -230,6 +240,8 @@ def main() -> None:
     p.add_argument("--bundle", default=str(REPO / ".gpu_bundle"))
     p.add_argument("--json", default=None)
     p.add_argument("--skip", default="")
+    p.add_argument("--models", default="", help="comma list of model folders (default: all)")
+    p.add_argument("--save", default=None, help="folder for the models' outputs (.npy)")
     args = p.parse_args()
     bundle = Path(args.bundle)
     print(f"tvm {tvm.__version__} (runtime only: {os.environ.get('TVM_USE_RUNTIME_LIB') == '1'}),"
@@ -246,7 +258,7 @@ def main() -> None:
     if "kernels" not in args.skip:
         kernels(bundle, rows)
     if "models" not in args.skip:
-        models(bundle, rows)
+        models(bundle, rows, Path(args.save) if args.save else None, args.models)
     print("\n| shape | lowbit ms | torch._int_mm ms | torch bf16 ms | lowbit TOP/s | "
           "_int_mm TOP/s | lowbit / _int_mm |")
     print("|---|---|---|---|---|---|---|")

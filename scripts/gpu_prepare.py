@@ -36,7 +36,8 @@ INT8_SHAPES = [(n, k) for n, k in ((768, 768), (3072, 768), (768, 3072),
                                    (384, 384), (1536, 384), (384, 1536))]
 INT8_MS = (128, 1024, 4096)
 INT8_CHECK = [(7, 100, 48), (128, 384, 384), (200, 1536, 384), (1000, 200, 64)]
-INT4_GEMV = [(768, 768), (3072, 768), (768, 3072), (4096, 4096), (8192, 8192), (16384, 8192)]
+INT4_GEMV = [(768, 768), (3072, 768), (768, 3072), (4096, 4096), (8192, 8192), (16384, 8192),
+             (28672, 8192), (8192, 28672)]
 INT4_CHECK = [(1, 768, 768, 128), (2, 4096, 4096, 128), (4, 384, 1536, 32), (100, 384, 384, 128),
               (4096, 1536, 384, 128)]
 BATCHES = (1, 8, 32)
@@ -57,12 +58,23 @@ def bundle(out: Path) -> None:
     print(f"tvm_rt.tar.gz {os.path.getsize(out / 'tvm_rt.tar.gz') / 2**20:.1f} MiB")
 
 
-def kernels(out: Path) -> None:
-    from lowbit.backends.tvm.cuda_build import build_kernel
-    from lowbit.backends.tvm.cuda_kernels import shell_u8s8, shell_w4a16
+def kernels(out: Path, db: str | None = None) -> None:
+    import contextlib
+
+    from lowbit.backends.tvm.cuda_kernels import (
+        kernel_configs,
+        read_config_table,
+    )
     from lowbit.backends.tvm.target import cuda_target
 
-    tgt = cuda_target()
+    with kernel_configs(read_config_table(db)) if db else contextlib.nullcontext():
+        _kernels(out, cuda_target())
+
+
+def _kernels(out: Path, tgt) -> None:
+    from lowbit.backends.tvm.cuda_build import build_kernel
+    from lowbit.backends.tvm.cuda_kernels import shell_u8s8, shell_w4a16
+
     folder = out / "kernels"
     folder.mkdir(parents=True, exist_ok=True)
     index = []
@@ -70,7 +82,8 @@ def kernels(out: Path) -> None:
     def add(kind, role, shape, func):
         name = f"{kind}_{'_'.join(map(str, shape))}"
         build_kernel(func, tgt).export_library(str(folder / f"{name}.so"))
-        index.append({"kind": kind, "role": role, "shape": list(shape), "file": f"{name}.so"})
+        index.append({"kind": kind, "role": role, "shape": list(shape), "file": f"{name}.so",
+                      "config": str(func.attrs.get("lowbit.config", ""))})
 
     for m, n, k in INT8_CHECK:
         add("u8s8", "check", (m, n, k), shell_u8s8(m, n, k))
@@ -139,11 +152,12 @@ def _rebatch(calib: list[dict], b: int) -> list[dict]:
     return [{k: v[idx[i:i + b]] for k, v in rows.items()} for i in range(0, len(idx), b)]
 
 
-def models(out: Path, which: list[str]) -> None:
+def models(out: Path, which: list[str], db: str | None = None) -> None:
     import torch
 
     import lowbit
     from lowbit.backends.tvm.cuda_build import fatbin_arches
+    from lowbit.backends.tvm.cuda_kernels import CALLED
 
     folder = out / "models"
     folder.mkdir(parents=True, exist_ok=True)
@@ -162,9 +176,17 @@ def models(out: Path, which: list[str]) -> None:
             gm = lowbit.capture(model, x)
             q = lowbit.quantize(gm, lowbit.recipes.W8A8, calibration=_rebatch(calib, b),
                                 progress=False)
-            mod = lowbit.compile(q, target="cuda", progress=False)
+            tune = lowbit.Tune(trials=0, db=db) if db else None   # CUDA: kernel configs only
+            CALLED.clear()
+            mod = lowbit.compile(q, target="cuda", tune=tune, progress=False)
+            # the int8 linears must run lowbit's tensor-core kernels, not dlight's fallback
+            assert any(c.startswith("lowbit_gemm_u8s8_") for c in CALLED), sorted(CALLED)
             t_cuda = time.perf_counter() - t0
+            io_file = folder / f"{name}_b{b}" / "io.npz"     # save() empties the folder
+            io_keep = io_file.read_bytes() if io_file.exists() else None
             d = mod.save(folder / f"{name}_b{b}")
+            if io_keep is not None:
+                io_file.write_bytes(io_keep)
             assert fatbin_arches(d / "model.so") == ["sm_90"], fatbin_arches(d / "model.so")
             pfile = folder / f"params_{name}.bin"
             if pfile.exists():
@@ -193,6 +215,8 @@ def main() -> None:
     p.add_argument("--out", default=str(REPO / ".gpu_bundle"))
     p.add_argument("--models", default="minilm,bert_base_layer")
     p.add_argument("--skip", default="", help="comma list of: bundle, kernels, models")
+    p.add_argument("--db", default=None, help="tuning database folder with cuda_kernels.json "
+                   "(scripts/gpu_tune.py record)")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -200,9 +224,9 @@ def main() -> None:
     if "bundle" not in skip:
         bundle(out)
     if "kernels" not in skip:
-        kernels(out)
+        kernels(out, args.db)
     if "models" not in skip:
-        models(out, [m for m in args.models.split(",") if m])
+        models(out, [m for m in args.models.split(",") if m], args.db)
 
 
 if __name__ == "__main__":

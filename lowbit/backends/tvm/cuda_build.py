@@ -43,7 +43,14 @@ class _Guarded(dl.ScheduleRule):
         try:
             return self.rule.apply(func, target, tunable)
         except Exception as e:  # noqa: BLE001  (ScheduleError, TVMError, ...)
-            log.debug("%s declined a PrimFunc: %s", type(self.rule).__name__, e)
+            from lowbit.backends.tvm.cuda_kernels import KERNEL_ATTR, CudaLowbitKernel
+
+            # a lowbit integer kernel that falls to dlight is correct but several times slower:
+            # say so (a shape the device functions cannot take raises ValueError by design)
+            loud = (isinstance(self.rule, CudaLowbitKernel) and not isinstance(e, ValueError)
+                    and isinstance(func, tvm.tirx.PrimFunc) and KERNEL_ATTR in func.attrs)
+            (log.warning if loud else log.debug)("%s declined a PrimFunc: %s",
+                                                 type(self.rule).__name__, e)
             return None
 
 

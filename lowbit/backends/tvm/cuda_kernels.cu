@@ -2,13 +2,13 @@
 // CUDA source TVM generates; each TIR kernel of cuda_kernels.py is a launch shell whose body
 // is one call of a function below, so the kernels are compiled by nvcc into the same cubin.
 //
-// lowbit_gemm_u8s8_<BM>x<BN>: y[m, n] = f32(sum_k x_u8[m, k] * w_i8[n, k] - corr[n]) * scale[n]
+// lowbit_gemm_u8s8_<BM>x<BN>_<WM>x<WN>_s<S>: y[m, n] = f32(sum_k x_u8[m, k] * w_i8[n, k] - corr[n]) * scale[n]
 //   + bias[n], with w in the VNNI packing [Np/16, K/4, 16, 4] (pack.py). Tensor cores:
 //   mma.sync m16n8k32 u8 x s8 -> s32; A through ldmatrix, B as 32-bit words straight from the
 //   packed layout; 64-deep k tiles, cp.async multi-stage pipeline, XOR-swizzled shared memory.
 //   Needs K % 16 == 0 (zero-filled tail).
-// lowbit_w4a16_gemv_<MR>: y[m, n] = sum_k x[m, k] * (nib(w[k/2, n]) - 8) * s[k/g, n] + bias[n]
-//   for M = MR <= 4 rows: split-K over warps and blocks, 8 columns (8 bytes) per thread,
+// lowbit_w4a16_gemv_<MR>_v<VEC>_u<U>: y[m, n] = sum_k x[m, k] * (nib(w[k/2, n]) - 8) * s[k/g, n] + bias[n]
+//   for M = MR <= 4 rows: split-K over warps and blocks, 8 or 16 columns (bytes) per thread,
 //   fp32 atomics into y (set to bias by lowbit_w4a16_init first). Needs N % 8 == 0.
 // lowbit_w4a16_gemm: the same for any M: 64x64 tiles, weights decoded into shared memory.
 #ifndef LOWBIT_CUDA_KERNELS
@@ -23,17 +23,27 @@ __device__ __forceinline__ void lowbit_cp_commit() { asm volatile("cp.async.comm
 template <int N>
 __device__ __forceinline__ void lowbit_cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
-template <int BM, int BN, int WARPS_M, int WARPS_N, int STAGES>
+template <int BK>
+__device__ __forceinline__ int lowbit_swz(int r) {   // A: 16-byte granule XOR of row r
+  return BK == 64 ? ((r >> 1) & 3) : (r & 7);          // rows of 64 B (2 a line) or 128 B
+}
+
+template <int BM, int BN, int WARPS_M, int WARPS_N, int STAGES, int BK>
 __device__ __forceinline__ int lowbit_gemm_u8s8_impl(
     const unsigned char* __restrict__ x, const signed char* __restrict__ w,
     const int* __restrict__ corr, const float* __restrict__ scale,
-    const float* __restrict__ bias, float* __restrict__ y, int M, int N, int K) {
-  constexpr int BK = 64;                       // bytes of k per stage
+    const float* __restrict__ bias, float* __restrict__ y, unsigned char* __restrict__ smem,
+    int M, int N, int K) {
+  static_assert(BK == 64 || BK == 128, "BK: bytes of k per stage");
+  constexpr int GA = BK / 16;                  // 16-byte granules per A row
   constexpr int THREADS = WARPS_M * WARPS_N * 32;
   constexpr int WTM = BM / WARPS_M, WTN = BN / WARPS_N;
   constexpr int MT = WTM / 16, NT = WTN / 8;
-  __shared__ __align__(128) unsigned char sA[STAGES][BM * BK];
-  __shared__ __align__(128) unsigned char sB[STAGES][BN * BK];
+  static_assert(WTM % 16 == 0 && WTN % 8 == 0 && BN % 16 == 0, "tile shape");
+  // smem: STAGES * (BM + BN) * BK bytes (the shell's dynamic shared memory)
+  unsigned char (*sA)[BM * BK] = reinterpret_cast<unsigned char (*)[BM * BK]>(smem);
+  unsigned char (*sB)[BN * BK] =
+      reinterpret_cast<unsigned char (*)[BN * BK]>(smem + STAGES * BM * BK);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wm = warp / WARPS_N, wn = warp % WARPS_N;
   const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
@@ -42,23 +52,23 @@ __device__ __forceinline__ int lowbit_gemm_u8s8_impl(
 
   auto load = [&](int stage, int kt) {
     const int k0 = kt * BK;
-    // A: BM rows x 4 granules of 16 B; granule g of row r stored at g ^ ((r >> 1) & 3)
+    // A: BM rows x GA granules of 16 B; granule g of row r stored at g ^ lowbit_swz(r)
 #pragma unroll
-    for (int c = tid; c < BM * 4; c += THREADS) {
-      int r = c >> 2, g = c & 3;
+    for (int c = tid; c < BM * GA; c += THREADS) {
+      int r = c / GA, g = c % GA;
       int gm = m0 + r, gk = k0 + g * 16;
       bool ok = gm < M && gk < K;
       const unsigned char* src = ok ? x + (size_t)gm * K + gk : x;
-      lowbit_cp_async16(&sA[stage][r * BK + ((g ^ ((r >> 1) & 3)) << 4)], src, ok);
+      lowbit_cp_async16(&sA[stage][r * BK + ((g ^ lowbit_swz<BK>(r)) << 4)], src, ok);
     }
-    // B: BN/16 blocks x 16 k4 x 4 granules; granule g of (nb, k4) at g ^ (((k4 >> 1) & 1) * 2)
+    // B: BN/16 blocks x BK/4 k4 x 4 granules; granule g of (nb, k4) at g ^ (((k4 >> 1) & 1) * 2)
 #pragma unroll
-    for (int c = tid; c < BN * 4; c += THREADS) {
-      int nb = c >> 6, k4 = (c >> 2) & 15, g = c & 3;
+    for (int c = tid; c < BN * BK / 16; c += THREADS) {
+      int nb = c / BK, k4 = (c >> 2) % (BK / 4), g = c & 3;
       int gnb = (n0 >> 4) + nb, gk4 = (k0 >> 2) + k4;
       bool ok = gnb < NB_ALL && gk4 < K4;
       const signed char* src = ok ? w + ((size_t)gnb * K4 + gk4) * 64 + g * 16 : w;
-      lowbit_cp_async16(&sB[stage][nb * 1024 + k4 * 64 + ((g ^ (((k4 >> 1) & 1) << 1)) << 4)],
+      lowbit_cp_async16(&sB[stage][nb * (16 * BK) + k4 * 64 + ((g ^ (((k4 >> 1) & 1) << 1)) << 4)],
                         src, ok);
     }
   };
@@ -85,13 +95,13 @@ __device__ __forceinline__ int lowbit_gemm_u8s8_impl(
     const unsigned char* a_s = sA[kt % STAGES];
     const unsigned char* b_s = sB[kt % STAGES];
 #pragma unroll
-    for (int ks = 0; ks < 2; ++ks) {
+    for (int ks = 0; ks < BK / 32; ++ks) {
       unsigned af[MT][4], bf[NT][2];
 #pragma unroll
       for (int i = 0; i < MT; ++i) {
         int r = wm * WTM + i * 16 + (lane & 15);
         int g = ks * 2 + (lane >> 4);
-        unsigned addr = (unsigned)__cvta_generic_to_shared(a_s + r * BK + ((g ^ ((r >> 1) & 3)) << 4));
+        unsigned addr = (unsigned)__cvta_generic_to_shared(a_s + r * BK + ((g ^ lowbit_swz<BK>(r)) << 4));
         asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                      : "=r"(af[i][0]), "=r"(af[i][1]), "=r"(af[i][2]), "=r"(af[i][3])
                      : "r"(addr));
@@ -104,7 +114,7 @@ __device__ __forceinline__ int lowbit_gemm_u8s8_impl(
         for (int h = 0; h < 2; ++h) {
           int k4 = ks * 8 + h * 4 + t4;
           int g = nn >> 2, pg = g ^ (((k4 >> 1) & 1) << 1);
-          bf[j][h] = *reinterpret_cast<const unsigned*>(b_s + nb * 1024 + k4 * 64 + pg * 16 +
+          bf[j][h] = *reinterpret_cast<const unsigned*>(b_s + nb * (16 * BK) + k4 * 64 + pg * 16 +
                                                          (nn & 3) * 4);
         }
       }
@@ -121,7 +131,8 @@ __device__ __forceinline__ int lowbit_gemm_u8s8_impl(
     }
   }
   lowbit_cp_wait<0>();
-  // epilogue: c0,c1 at (g4, 2 t4 + {0,1}), c2,c3 at (g4 + 8, ...)
+  // epilogue: c0,c1 at (g4, 2 t4 + {0,1}), c2,c3 at (g4 + 8, ...); n is even, so with N even
+  // the pair is one aligned 8-byte store
 #pragma unroll
   for (int j = 0; j < NT; ++j) {
     int n = n0 + wn * WTN + j * 8 + t4 * 2;
@@ -136,24 +147,23 @@ __device__ __forceinline__ int lowbit_gemm_u8s8_impl(
         int m = m0 + wm * WTM + i * 16 + g4 + h * 8;
         if (m >= M) continue;
         float* row = y + (size_t)m * N;
-        if (n < N) row[n] = (float)(acc[i][j][2 * h] - c0) * s0 + b0;
-        if (n + 1 < N) row[n + 1] = (float)(acc[i][j][2 * h + 1] - c1) * s1 + b1;
+        float v0 = (float)(acc[i][j][2 * h] - c0) * s0 + b0;
+        float v1 = (float)(acc[i][j][2 * h + 1] - c1) * s1 + b1;
+        if ((N & 1) == 0 && n + 1 < N) {
+          *reinterpret_cast<float2*>(row + n) = make_float2(v0, v1);
+        } else {
+          if (n < N) row[n] = v0;
+          if (n + 1 < N) row[n + 1] = v1;
+        }
       }
     }
   }
   return 0;
 }
 
-__device__ int lowbit_gemm_u8s8_128x128(const unsigned char* x, const signed char* w,
-                                        const int* corr, const float* scale, const float* bias,
-                                        float* y, int M, int N, int K) {
-  return lowbit_gemm_u8s8_impl<128, 128, 2, 4, 3>(x, w, corr, scale, bias, y, M, N, K);
-}
-__device__ int lowbit_gemm_u8s8_64x64(const unsigned char* x, const signed char* w,
-                                      const int* corr, const float* scale, const float* bias,
-                                      float* y, int M, int N, int K) {
-  return lowbit_gemm_u8s8_impl<64, 64, 2, 2, 4>(x, w, corr, scale, bias, y, M, N, K);
-}
+// Device functions lowbit_gemm_u8s8_<BM>x<BN>_<WM>x<WN>_s<STAGES>[_k<BK>](x, w, corr, scale, bias, y,
+// smem, M, N, K) wrapping the template above are generated by cuda_kernels.py for the
+// configurations a build calls (one line each, appended to this file).
 
 // ---- int4 weight-only ----------------------------------------------------------------------
 // (q - 8) as float for the byte i of v (q < 16): 0x4B0000qq is 2^23 + q
@@ -168,84 +178,88 @@ __device__ int lowbit_w4a16_init(const float* __restrict__ bias, float* __restri
   return 0;
 }
 
-// block: 4 warps on one 256-column tile; blockIdx.y: a range of groups of rows
-template <int MR>
+// block: 4 warps on one tile of 32 * VEC columns (VEC = 8 or 16 bytes, i.e. columns, per thread
+// and row, one 8- or 16-byte load); blockIdx.y: a range of groups of rows, one group per warp
+// at a time; UNROLL rows of loads in flight per thread
+template <int MR, int VEC, int UNROLL>
 __device__ __forceinline__ int lowbit_w4a16_gemv_impl(
     const float* __restrict__ x, const unsigned char* __restrict__ w,
     const float* __restrict__ scale, float* __restrict__ y, int N, int K, int group,
     int groups_per_block) {
+  constexpr int WORDS = VEC / 4, TILE = 32 * VEC;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int n = blockIdx.x * 256 + lane * 8;
+  const int n = blockIdx.x * TILE + lane * VEC;
   const int G = K / group, half = group >> 1;
   const int gbeg = blockIdx.y * groups_per_block;
   const int gend = min(G, gbeg + groups_per_block);
-  float acc[MR][8];
+  float acc[MR][VEC];
 #pragma unroll
   for (int m = 0; m < MR; ++m)
 #pragma unroll
-    for (int c = 0; c < 8; ++c) acc[m][c] = 0.f;
+    for (int c = 0; c < VEC; ++c) acc[m][c] = 0.f;
   if (n < N) {
     for (int gi = gbeg + warp; gi < gend; gi += 4) {
-      float part[MR][8];
+      float part[MR][VEC];
 #pragma unroll
       for (int m = 0; m < MR; ++m)
 #pragma unroll
-        for (int c = 0; c < 8; ++c) part[m][c] = 0.f;
+        for (int c = 0; c < VEC; ++c) part[m][c] = 0.f;
       const unsigned char* wp = w + (size_t)gi * half * N + n;
-#pragma unroll 8
+#pragma unroll UNROLL
       for (int r = 0; r < half; ++r) {
-        uint2 v = __ldg(reinterpret_cast<const uint2*>(wp + (size_t)r * N));
-        unsigned lo0 = v.x & 0x0F0F0F0Fu, hi0 = (v.x >> 4) & 0x0F0F0F0Fu;
-        unsigned lo1 = v.y & 0x0F0F0F0Fu, hi1 = (v.y >> 4) & 0x0F0F0F0Fu;
+        unsigned v[WORDS];
+        if constexpr (VEC == 16) {
+          uint4 q = __ldg(reinterpret_cast<const uint4*>(wp + (size_t)r * N));
+          v[0] = q.x; v[1] = q.y; v[2] = q.z; v[3] = q.w;
+        } else {
+          uint2 q = __ldg(reinterpret_cast<const uint2*>(wp + (size_t)r * N));
+          v[0] = q.x; v[1] = q.y;
+        }
         int k = (gi * half + r) * 2;
 #pragma unroll
         for (int m = 0; m < MR; ++m) {
-          float x0 = __ldg(x + (size_t)m * K + k), x1 = __ldg(x + (size_t)m * K + k + 1);
+          float2 xx = __ldg(reinterpret_cast<const float2*>(x + (size_t)m * K + k));
 #pragma unroll
-          for (int c = 0; c < 4; ++c) {
-            part[m][c] = fmaf(x0, lowbit_nib(lo0, c), part[m][c]);
-            part[m][c] = fmaf(x1, lowbit_nib(hi0, c), part[m][c]);
-            part[m][c + 4] = fmaf(x0, lowbit_nib(lo1, c), part[m][c + 4]);
-            part[m][c + 4] = fmaf(x1, lowbit_nib(hi1, c), part[m][c + 4]);
+          for (int wi = 0; wi < WORDS; ++wi) {
+            unsigned lo = v[wi] & 0x0F0F0F0Fu, hi = (v[wi] >> 4) & 0x0F0F0F0Fu;
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+              part[m][wi * 4 + c] = fmaf(xx.x, lowbit_nib(lo, c), part[m][wi * 4 + c]);
+              part[m][wi * 4 + c] = fmaf(xx.y, lowbit_nib(hi, c), part[m][wi * 4 + c]);
+            }
           }
         }
       }
       const float4* sp = reinterpret_cast<const float4*>(scale + (size_t)gi * N + n);
-      float4 sa = __ldg(sp), sb = __ldg(sp + 1);
-      float s[8] = {sa.x, sa.y, sa.z, sa.w, sb.x, sb.y, sb.z, sb.w};
 #pragma unroll
-      for (int m = 0; m < MR; ++m)
+      for (int q = 0; q < VEC / 4; ++q) {
+        float4 sv = __ldg(sp + q);
+        float s4[4] = {sv.x, sv.y, sv.z, sv.w};
 #pragma unroll
-        for (int c = 0; c < 8; ++c) acc[m][c] = fmaf(part[m][c], s[c], acc[m][c]);
+        for (int m = 0; m < MR; ++m)
+#pragma unroll
+          for (int c = 0; c < 4; ++c)
+            acc[m][q * 4 + c] = fmaf(part[m][q * 4 + c], s4[c], acc[m][q * 4 + c]);
+      }
     }
   }
-  __shared__ float red[4][MR][256];
+  __shared__ float red[4][MR][TILE];
 #pragma unroll
   for (int m = 0; m < MR; ++m)
 #pragma unroll
-    for (int c = 0; c < 8; ++c) red[warp][m][lane * 8 + c] = acc[m][c];
+    for (int c = 0; c < VEC; ++c) red[warp][m][lane * VEC + c] = acc[m][c];
   __syncthreads();
-  for (int i = threadIdx.x; i < MR * 256; i += 128) {
-    int m = i / 256, col = i % 256;
+  for (int i = threadIdx.x; i < MR * TILE; i += 128) {
+    int m = i / TILE, col = i % TILE;
     float v = red[0][m][col] + red[1][m][col] + red[2][m][col] + red[3][m][col];
-    int gn = blockIdx.x * 256 + col;
+    int gn = blockIdx.x * TILE + col;
     if (gn < N) atomicAdd(y + (size_t)m * N + gn, v);
   }
   return 0;
 }
 
-__device__ int lowbit_w4a16_gemv_1(const float* x, const unsigned char* w, const float* s,
-                                   float* y, int N, int K, int g, int gpb) {
-  return lowbit_w4a16_gemv_impl<1>(x, w, s, y, N, K, g, gpb);
-}
-__device__ int lowbit_w4a16_gemv_2(const float* x, const unsigned char* w, const float* s,
-                                   float* y, int N, int K, int g, int gpb) {
-  return lowbit_w4a16_gemv_impl<2>(x, w, s, y, N, K, g, gpb);
-}
-__device__ int lowbit_w4a16_gemv_4(const float* x, const unsigned char* w, const float* s,
-                                   float* y, int N, int K, int g, int gpb) {
-  return lowbit_w4a16_gemv_impl<4>(x, w, s, y, N, K, g, gpb);
-}
+// Device functions lowbit_w4a16_gemv_<MR>_v<VEC>_u<UNROLL>(x, w, scale, y, N, K, group,
+// groups_per_block) are generated by cuda_kernels.py for the configurations a build calls.
 
 // any M: 64x64 output tile, 256 threads (4x4 outputs each), k tiles of 32 (16 byte rows)
 __device__ int lowbit_w4a16_gemm(const float* __restrict__ x, const unsigned char* __restrict__ w,

@@ -22,7 +22,11 @@ from collections.abc import Iterable
 
 import torch
 from torch import fx
-from torch.fx.experimental.symbolic_shapes import optimization_hint
+
+try:
+    from torch.fx.experimental.symbolic_shapes import optimization_hint
+except ImportError:  # torch < 2.13 (e.g. a deployment machine that only runs lowbit.load)
+    from torch.fx.experimental.symbolic_shapes import hint_int as optimization_hint
 
 __all__ = [
     "CASTS", "SHAPE_OPS", "SPLIT_OPS", "RMSMatch", "act_kind", "ancestors", "aten", "back",

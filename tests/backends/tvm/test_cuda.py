@@ -13,7 +13,18 @@ from transformers import BertConfig, BertModel
 
 from lowbit import recipes
 from lowbit.backends.tvm.cuda_build import fatbin_arches
-from lowbit.backends.tvm.cuda_kernels import CALLED, CudaLowbitKernel, arg_shapes, shell_u8s8, shell_w4a16
+from lowbit.backends.tvm.cuda_kernels import (
+    CALLED,
+    CONFIG_TABLE,
+    U8S8_CONFIGS,
+    CudaLowbitKernel,
+    arg_shapes,
+    config_key,
+    default_u8s8,
+    kernel_configs,
+    shell_u8s8,
+    shell_w4a16,
+)
 from lowbit.backends.tvm.runtime import target_kind
 from lowbit.backends.tvm.target import resolve_target
 from lowbit.capture import capture
@@ -52,6 +63,26 @@ def test_rule_replaces_kernels_with_shells():
         sch = CudaLowbitKernel().apply(func, tgt, False)   # unguarded: errors surface here
         assert sch is not None and "call_extern" in sch.mod["main"].script() or \
             "lowbit_" in sch.mod["main"].script()
+
+
+def test_kernel_config_table():
+    tgt = resolve_target("cuda")
+    shape = (4096, 768, 3072)
+    assert shell_u8s8(*shape).attrs["lowbit.config"] == default_u8s8(*shape)
+    key = config_key("u8s8", shape, tgt)
+    assert key == "u8s8|4096,768,3072|sm_90"
+    with kernel_configs({key: {"config": "128x256_2x4_s3"}}):
+        assert shell_u8s8(*shape, target=tgt).attrs["lowbit.config"] == "128x256_2x4_s3"
+        assert (shell_u8s8(128, 768, 3072, target=tgt).attrs["lowbit.config"]
+                == default_u8s8(128, 768, 3072))     # no record for this shape
+    with kernel_configs({key: {"config": "not-a-config"}}):   # unknown names are ignored
+        assert shell_u8s8(*shape, target=tgt).attrs["lowbit.config"] == default_u8s8(*shape)
+    for cfg in U8S8_CONFIGS:     # every candidate keeps the kernel's signature
+        assert arg_shapes(shell_u8s8(100, 200, 64, config=cfg))[1] == [13, 16, 16, 4]
+    g = shell_w4a16(1, 8192, 8192, 128, config="v16_u8_w32")
+    assert g.attrs["lowbit.config"] == "v16_u8_w32"
+    with pytest.raises(ValueError, match="N % 16"):
+        shell_w4a16(1, 264, 512, 128, config="v16_u8_w32")
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +127,23 @@ def test_other_arch(tiny, tmp_path):
     gm, _ = tiny
     mod = compile(gm, target={"kind": "cuda", "arch": "sm_80"}, progress=False)
     assert fatbin_arches(mod.save(tmp_path / "m") / "model.so") == ["sm_80"]
+
+
+@needs_nvcc
+def test_compile_reads_tuned_configs(tiny, tmp_path):
+    """compile(..., tune=Tune(trials=0, db=folder)) on CUDA builds each int8 kernel with the
+    configuration recorded in <folder>/cuda_kernels.json (scripts/gpu_tune.py record)."""
+    from lowbit.backends.tvm.tune import Tune
+
+    gm, inputs = tiny
+    q = quantize(gm, recipes.W8A8, calibration=[inputs], progress=False)
+    tgt = resolve_target("cuda")
+    cfg = "64x128_2x2_s3_k128"
+    table = {config_key("u8s8", s, tgt): {"config": cfg}
+             for s in ((16, 128, 128), (16, 256, 128), (16, 128, 256))}
+    (tmp_path / CONFIG_TABLE).write_text(json.dumps(table))
+    CALLED.clear()
+    compile(q, target="cuda", tune=Tune(trials=0, db=str(tmp_path)), progress=False)
+    assert f"lowbit_gemm_u8s8_{cfg}" in CALLED, CALLED
+    assert not any(c.startswith("lowbit_gemm_u8s8_") and c != f"lowbit_gemm_u8s8_{cfg}"
+                   for c in CALLED), CALLED
