@@ -48,10 +48,10 @@ def main(argv=None) -> int:
                "exact-int": exact(**batch).last_hidden_state}
     out["TVM"] = torch.as_tensor(np.asarray(mod(**batch)[0]))
     emb = {k: mean_pool(v, batch["attention_mask"]) for k, v in out.items()}
-    print("tokens        " + " ".join(f"{int(n):6d}" for n in batch["attention_mask"].sum(1)))
+    print("tokens            " + " ".join(f"{int(n):6d}" for n in batch["attention_mask"].sum(1)))
     for a, b in (("FX", "float"), ("TVM", "FX"), ("exact-int", "FX"), ("TVM", "exact-int")):
         cos = torch.cosine_similarity(emb[a], emb[b]).tolist()
-        print(f"{a + ' vs ' + b:14s}" + " ".join(f"{c:6.4f}" for c in cos))
+        print(f"{a + ' vs ' + b:18s}" + " ".join(f"{c:6.4f}" for c in cos))
     return 0
 
 
