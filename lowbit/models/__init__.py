@@ -2,6 +2,15 @@
 outside the repo, verify checksums, load."""
 
 from lowbit.models.cache import cache_dir
+from lowbit.models.gemma import GEMMA_SHA256, gemma_gguf_path, load_gemma
 from lowbit.models.minilm import MINILM_SHA256, load_minilm, minilm_dir
 
-__all__ = ["cache_dir", "minilm_dir", "load_minilm", "MINILM_SHA256"]
+__all__ = [
+           "GEMMA_SHA256",
+           "MINILM_SHA256",
+           "cache_dir",
+           "gemma_gguf_path",
+           "load_gemma",
+           "load_minilm",
+           "minilm_dir",
+]
