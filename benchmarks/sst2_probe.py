@@ -54,6 +54,20 @@ experimental): the same explicit pairs, initialised by SmoothQuant, trained with
 ``lowbit.train.quadapter.train_quadapter`` (weights frozen; ``--qa-steps`` per phase, on the
 calibration batches) and then placed the same way.
 
+PEG variants (per-embedding-group activations, ``lowbit.recipes.peg_recipe``): ``W8A8_PEG``
+(K=6, permuted), ``W8A8_PEG<K>`` (range-based permutation, folded by PegPermute) and
+``W8A8_PEG<K>_NOPERM`` (channel groups in place), all W8A8_FULL with PEG at the FFN input,
+FFN output and residual sums; a ``_MID`` suffix puts PEG at the FFN intermediate (the input of
+the FFN-out linear, after the activation) instead of the FFN input. The run logs and reports, per variant, the permuted parameters
+and the explicit gathers PegPermute left (with their reasons). Calibration text for the
+question "does more or longer calibration text change what permutation does":
+``--calib-text sst2`` (default: SST-2 train sentences, one per sequence), ``sst2-packed``
+(the same sentences concatenated into sequences of up to ``--seq`` tokens) or ``wikitext``
+(WikiText-2 test paragraphs, truncated at ``--seq``); ``--n-calib`` counts sequences. A variant
+``RECIPE@TEXT:N`` (e.g. ``W8A8_PEG6@wikitext:256``) calibrates on N sequences of TEXT instead,
+so one run (one probe) compares calibration sets. Write these to their own section with
+``--marker peg``.
+
 Everything in the output table comes from the run; ``--out`` replaces the section between
 ``<!-- sst2-probe:begin -->`` and ``<!-- sst2-probe:end -->`` of the given markdown file
 (creating the file or the section if missing), written atomically.
@@ -63,6 +77,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import re
 import hashlib
 import math
 import os
@@ -409,10 +424,31 @@ def replace_section(path: pathlib.Path, section: str, marker: str = "sst2-probe"
 
 
 # ---- main ----------------------------------------------------------------------------------
+_PEG_NAME = re.compile(r"W8A8_PEG(\d+)(_NOPERM)?(_MID)?(_SITE)?")
+# "_MID": PEG at the FFN intermediate (the FFN-out linear's input, after the activation)
+# instead of the FFN block's input, with the FFN output and the residual sums. "_SITE": sorted
+# groups, but each quantizer sorts its own channels and nothing is folded (no shared order).
+PEG_MID_ROLES = ("ffn.out", "ffn.out.output", "residual")
+
+
 def parse_recipes(spec: str) -> list:
     out = []
     for name in (s.strip() for s in spec.split(",") if s.strip()):
+        name, _, calib = name.partition("@")
         key = name.upper().replace("-", "_")
+        if calib:
+            text, _, n = calib.partition(":")
+            if text not in ("sst2", "sst2-packed", "wikitext") or not n.isdigit():
+                raise SystemExit(f"bad calibration in {name}@{calib}: want TEXT:N with TEXT "
+                                 f"sst2, sst2-packed or wikitext")
+            recipe = parse_recipes(name)[0]
+            out.append(recipe.replace(name=f"{recipe.name}@{calib}"))
+            continue
+        if m := _PEG_NAME.fullmatch(key):
+            roles = PEG_MID_ROLES if m.group(3) else R.PEG_ROLES
+            out.append(R.peg_recipe(int(m.group(1)), permute=not m.group(2), roles=roles,
+                                    name=key))
+            continue
         suffix = next((x for x in (SQ_SUFFIX, QA_SUFFIX) if key.endswith(x)), "")
         key = key.removesuffix(suffix) if suffix else key
         recipe = ABLATIONS[key] if key in ABLATIONS else R.get(key)
@@ -452,6 +488,53 @@ def train_scales(gm, recipe, calib_fn, absmax: dict, alpha: float, steps: int) -
     return scales_by_linear(pairs, absmax)
 
 
+def quantize_peg_per_site(gm, recipe, batches):
+    """PEG with each quantizer's channels sorted by its own ranges, nothing folded."""
+    from lowbit.passes.fx.insert_fake_quant import fake_quant_nodes
+    from lowbit.quant.peg import range_order
+
+    prepared = prepare(gm, recipe)
+    calibrate(prepared, batches, progress=False)
+    for node in fake_quant_nodes(prepared):
+        fq = prepared.get_submodule(node.target)
+        if fq.is_peg:
+            fq.peg_order = range_order(*fq.observer.range())
+    return lowbit.convert(prepared, inplace=True)
+
+
+def calibration_texts(kind: str, tok, pool: list[str], n: int, seq: int) -> list[str]:
+    """``n`` calibration sequences: SST-2 train sentences (after the probe's) packed into
+    sequences of up to ``seq`` tokens, or WikiText-2 test paragraphs (headings and blank lines
+    dropped; truncated at ``seq`` when tokenized)."""
+    if kind == "wikitext":
+        lines = (shared_data_dir() / "wikitext2_test_raw.txt").read_text(encoding="utf-8")
+        paras = [ln.strip() for ln in lines.splitlines()
+                 if ln.strip() and not ln.strip().startswith("=")]
+        if len(paras) < n:
+            raise SystemExit(f"--n-calib {n}: WikiText-2 test has {len(paras)} paragraphs")
+        return paras[:n]
+    lengths = [len(i) - 2 for i in tok(pool, add_special_tokens=True)["input_ids"]]
+    out, cur, cur_len = [], [], 0
+    for text, k in zip(pool, lengths):
+        if cur and cur_len + k > seq - 2:
+            out.append(" ".join(cur))
+            cur, cur_len = [], 0
+            if len(out) == n:
+                return out
+        cur.append(text)
+        cur_len += k
+    raise SystemExit(f"--n-calib {n}: not enough SST-2 train text to pack")
+
+
+def calib_description(args) -> str:
+    if args.calib_text == "wikitext":
+        return f"the first {args.n_calib} WikiText-2 test paragraphs (truncated at {args.seq})"
+    if args.calib_text == "sst2-packed":
+        return (f"{args.n_calib} sequences of SST-2 train rows from {args.n_train} on, packed "
+                f"to at most {args.seq} tokens")
+    return f"rows {args.n_train}..{args.n_train + args.n_calib - 1}"
+
+
 def _why_kept(kept: list[tuple[str, str]]) -> dict[str, int]:
     """SmoothQuant's reasons for explicit scales, grouped (node names dropped)."""
     out: dict[str, int] = {}
@@ -470,7 +553,11 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"comma-separated; built in: {list(R.BUILTIN)}; ablations: "
                         f"{list(ABLATIONS)} (default: all built in)")
     p.add_argument("--n-train", type=int, default=8000, help="probe training sentences")
-    p.add_argument("--n-calib", type=int, default=256, help="calibration sentences")
+    p.add_argument("--n-calib", type=int, default=256,
+                   help="calibration sequences (sentences, or packed / WikiText sequences)")
+    p.add_argument("--calib-text", choices=("sst2", "sst2-packed", "wikitext"), default="sst2",
+                   help="calibration text: SST-2 train sentences, the same packed into "
+                        "--seq-token sequences, or WikiText-2 test paragraphs")
     p.add_argument("--n-dev", type=int, default=None, help="dev sentences (default: all 872)")
     p.add_argument("--seq", type=int, default=128, help="truncation length (tokens)")
     p.add_argument("--batch", type=int, default=32, help="evaluation batch size")
@@ -508,27 +595,52 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--n-train + --n-calib exceeds the {len(train_texts)} train sentences")
     probe_texts, probe_labels = train_texts[:args.n_train], train_labels[:args.n_train]
     calib_texts = train_texts[args.n_train:args.n_train + args.n_calib]
+    model, tok = load_minilm()
+    if args.calib_text != "sst2":
+        calib_texts = calibration_texts(args.calib_text, tok, train_texts[args.n_train:],
+                                        args.n_calib, args.seq)
     y_dev = torch.tensor(dev_labels)
     n_dev = len(dev_texts)
 
     # -- model and capture
     t = time.perf_counter()
-    model, tok = load_minilm()
     example = next(text_batches(tok, calib_texts[:CALIB_BATCH], batch_size=CALIB_BATCH,
                                 seq_len=args.seq, pad_to_max=False))
     gm = lowbit.capture(model, example, dynamic=True)
     log(f"loaded and captured all-MiniLM-L6-v2 (dynamic batch and sequence) "
         f"in {time.perf_counter() - t:.1f} s")
 
+    calib_tokens = sum(len(i) for i in tok(calib_texts, truncation=True,
+                                            max_length=args.seq)["input_ids"])
     dev = SortedBatches(tok, dev_texts, args.batch, args.seq)
     train = SortedBatches(tok, probe_texts, args.batch * 2, args.seq)
     log(f"dev: {dev.n} sentences, {dev.tokens} tokens (max {dev.max_len}); probe train: "
         f"{train.n} sentences, {train.tokens} tokens (max {train.max_len}); calibration: "
-        f"{len(calib_texts)} sentences in batches of {CALIB_BATCH}")
+        f"{len(calib_texts)} {args.calib_text} sequences, {calib_tokens} tokens, in batches "
+        f"of {CALIB_BATCH}")
 
     def calib():
         return text_batches(tok, calib_texts, batch_size=CALIB_BATCH, seq_len=args.seq,
                             pad_to_max=False)
+
+    other_calib: dict[str, tuple[list[str], int]] = {}
+
+    def calib_for(name: str):
+        """Batches of the calibration set a ``RECIPE@TEXT:N`` variant names."""
+        spec = name.partition("@")[2]
+        if not spec:
+            return calib()
+        if spec not in other_calib:
+            text, _, n = spec.partition(":")
+            pool = train_texts[args.n_train:]
+            texts = pool[:int(n)] if text == "sst2" else calibration_texts(
+                text, tok, pool, int(n), args.seq)
+            tokens = sum(len(i) for i in tok(texts, truncation=True,
+                                             max_length=args.seq)["input_ids"])
+            other_calib[spec] = (texts, tokens)
+            log(f"calibration set {spec}: {len(texts)} sequences, {tokens} tokens")
+        return text_batches(tok, other_calib[spec][0], batch_size=CALIB_BATCH,
+                            seq_len=args.seq, pad_to_max=False)
 
     # -- FP32 embeddings and the probe
     t = time.perf_counter()
@@ -589,7 +701,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.onnx:
         run_ort("FP32", gm, fp_emb, fp_pred, results[0])
 
-    absmax, sq_reports = None, {}
+    absmax, sq_reports, peg_reports = None, {}, {}
     for recipe in recipes:
         t = time.perf_counter()
         if recipe.name.endswith((SQ_SUFFIX, QA_SUFFIX)):
@@ -607,7 +719,18 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{recipe.name}: SmoothQuant alpha {args.sq_alpha:g}: {len(fold.done)} folded, "
                 f"{len(fold.kept)} explicit, {len(fold.refused)} refused")
         else:
-            qgm = quantize(gm, recipe, calibration=calib())
+            if recipe.name.partition("@")[0].endswith("_SITE"):
+                qgm = quantize_peg_per_site(gm, recipe, calib_for(recipe.name))
+            else:
+                qgm = quantize(gm, recipe.replace(name=recipe.name.partition("@")[0]),
+                               calibration=calib_for(recipe.name), progress=False)
+            if qgm.meta.get("lowbit_peg"):
+                fams = qgm.meta["lowbit_peg"]
+                peg_reports[recipe.name] = fams
+                log(f"{recipe.name}: PegPermute: {len(fams)} channel famil(ies), "
+                    f"{sum(f['params'] for f in fams)} parameters permuted, "
+                    f"{sum(len(f['gathers']) for f in fams)} explicit gather(s): "
+                    f"{[g for f in fams for g in f['gathers']]}")
         t_quant = time.perf_counter() - t
         t = time.perf_counter()
         emb = embed_fx(qgm, dev)
@@ -658,13 +781,25 @@ def main(argv: list[str] | None = None) -> int:
                        f"explicit y / a before the linear-input quantizer (``a`` folded into "
                        f"the linears), {len(fold.refused)} refused. Why not folded:")]
         parts += [f"- {k}: {n} position(s)" for k, n in sorted(_why_kept(sq.kept).items())]
+    for spec, (texts, tokens) in other_calib.items():
+        parts += ["", f"Variants `@{spec}` calibrate on {len(texts)} sequences of "
+                      f"{spec.partition(':')[0]} ({tokens} tokens) instead."]
+    for name, fams in peg_reports.items():
+        gathers = [g for f in fams for g in f["gathers"]]
+        why = sorted({w for _, w in gathers})
+        parts += ["", (f"{name}: permutation folded by PegPermute into "
+                       f"{sum(f['params'] for f in fams)} parameter tensors over {len(fams)} "
+                       f"channel famil{'y' if len(fams) == 1 else 'ies'} "
+                       f"({', '.join(str(f['channels']) for f in fams)} channels); "
+                       f"{len(gathers)} explicit gather(s)"
+                       + (f": {'; '.join(why)}" if why else ""))]
     info = probe.info
     parts += [
         "",
         (f"Probe: logistic regression on FP32 embeddings of sst2_train.tsv rows 0..{args.n_train - 1}"
         f" (C={PROBE_C:g}, L-BFGS float64, seed {SEED}): train accuracy "
-        f"{info['train_acc'] * 100:.2f}%, |w| {info['w_norm']:.2f}. Calibration: rows "
-        f"{args.n_train}..{args.n_train + args.n_calib - 1}, batches of {CALIB_BATCH}. "
+        f"{info['train_acc'] * 100:.2f}%, |w| {info['w_norm']:.2f}. Calibration: "
+        f"{calib_description(args)}, {calib_tokens} tokens, batches of {CALIB_BATCH}. "
         f"Batches padded to their longest sentence (dynamic-shape capture), truncation at "
         f"{args.seq} tokens; dev evaluated in length-sorted batches of {args.batch}."),
         "",

@@ -198,6 +198,10 @@ class Recipe:
             (the attention matmul inputs), "embedding" (embedding tables, weight spec).
         ignore: module-name globs ("encoder.layer.0.*") or roles ("head") left in float.
         sites_activation: spec for the extra sites (defaults to ``activation``).
+        activation_overrides: ``((key, spec), ...)``: a different activation spec by role,
+            where key is a linear role (that linear's input, e.g. "ffn.in") or one of the
+            activation sites ("residual", "attn.o.output", "ffn.out.output"); e.g. PEG at the
+            FFN input, FFN output and residual sums (``recipes.W8A8_PEG``).
     """
 
     name: str
@@ -208,6 +212,7 @@ class Recipe:
     sites: tuple[str, ...] = ()
     ignore: tuple[str, ...] = ()
     sites_activation: QuantSpec | None = None
+    activation_overrides: tuple[tuple[str, QuantSpec], ...] = ()
 
     def __post_init__(self) -> None:
         from lowbit.passes.patterns import LINEAR_ROLES
@@ -234,6 +239,26 @@ class Recipe:
             _check(not isinstance(self.activation.granularity, (PerGroup, PerChannel)),
                    f"Recipe {self.name!r}.activation",
                    f"{type(self.activation.granularity).__name__} is a weight granularity")
+
+        for entry in self.activation_overrides:
+            _check(isinstance(entry, tuple) and len(entry) == 2
+                   and isinstance(entry[1], QuantSpec), f"Recipe {self.name!r}.activation_overrides",
+                   f"entries must be (key, QuantSpec) pairs, got {entry!r}")
+            key, spec = entry
+            _check(key in LINEAR_ROLES or key in SITES and key != "embedding",
+                   f"Recipe {self.name!r}.activation_overrides",
+                   f"unknown key {key!r}; known: linear roles {list(LINEAR_ROLES)} or sites "
+                   f"{[s for s in SITES if s != 'embedding']}")
+            _check(not isinstance(spec.granularity, (PerGroup, PerChannel)),
+                   f"Recipe {self.name!r}.activation_overrides[{key!r}]",
+                   f"{type(spec.granularity).__name__} is a weight granularity")
+
+    def override(self, key: str, default: QuantSpec | None) -> QuantSpec | None:
+        """The activation spec for a linear role's input or a site: the override, if any."""
+        for k, spec in self.activation_overrides:
+            if k == key:
+                return spec
+        return default
 
     def replace(self, **changes) -> "Recipe":
         return dataclasses.replace(self, **changes)

@@ -73,7 +73,18 @@ def calibrate(gm: fx.GraphModule, batches: Iterable[Any], *, progress: bool = Tr
 
 
 def freeze(gm: fx.GraphModule) -> fx.GraphModule:
-    """Fix every quantizer's scale/zero point; the graph then fake-quantizes (eval or QAT)."""
+    """Fix every quantizer's scale/zero point; the graph then fake-quantizes (eval or QAT).
+
+    PEG quantizers with ``permute=True`` first get their permutation folded into the weights
+    and norms around them (``PegPermute``; the function is unchanged); its report is kept in
+    ``gm.meta["lowbit_peg"]`` (per channel family: sites, parameters permuted, gathers left).
+    """
+    from lowbit.passes.fx.peg_permute import PegPermute
+
+    if PegPermute._seeds(gm):
+        rep = PegPermute()(gm)
+        gm.meta.setdefault("lowbit_peg", []).extend(
+            {k: v for k, v in f.items() if k != "order"} for f in rep.families)
     for n in fake_quant_nodes(gm):
         fq: FakeQuantize = gm.get_submodule(n.target)
         if fq.frozen:

@@ -8,13 +8,16 @@ Activations: unsigned affine per tensor (u8, as VNNI wants u8 x s8), or signed p
 | W8A8_DYNAMIC | i8 per channel        | i8 per token, dynamic               | -                  |
 | W4A16_G128   | i4 per group of 128   | float                               | -                  |
 | W4A8         | i4 per channel        | u8 per tensor, static               | -                  |
+| W8A8_PEG     | i8 per channel        | u8 per tensor; PEG (K=6, permuted) at FFN input, FFN output, residual sums | as W8A8_FULL |
 """
 
 from __future__ import annotations
 
-from lowbit.config import PerChannel, PerGroup, PerTensor, PerToken, QuantSpec, Recipe
+from lowbit.config import (
+    PerChannel, PerEmbeddingGroup, PerGroup, PerTensor, PerToken, QuantSpec, Recipe,
+)
 
-__all__ = ["W8A8", "W8A8_FULL", "W8A8_DYNAMIC", "W4A16_G128", "W4A8", "BUILTIN", "get"]
+__all__ = ["W8A8", "W8A8_FULL", "W8A8_DYNAMIC", "W4A16_G128", "W4A8", "W8A8_PEG", "PEG_ROLES", "peg_recipe", "BUILTIN", "EXTRA", "get"]
 
 _W8 = QuantSpec(bits=8, symmetric=True, granularity=PerChannel(axis=0))
 _W4 = QuantSpec(bits=4, symmetric=True, granularity=PerChannel(axis=0))
@@ -29,14 +32,35 @@ W8A8_DYNAMIC = Recipe("W8A8_DYNAMIC", weight=_W8, activation=_A8_TOKEN)
 W4A16_G128 = Recipe("W4A16_G128", weight=_W4_G128, activation=None)
 W4A8 = Recipe("W4A8", weight=_W4, activation=_A8)
 
+# PEG (Bondarenko et al., 2021) where the paper puts it: the FFN input, the FFN output and the
+# residual sums, the tensors of the residual stream that carry the outlier channels.
+PEG_ROLES = ("ffn.in", "ffn.out.output", "residual")
+
+
+def peg_recipe(groups: int = 6, permute: bool = True, roles: tuple[str, ...] = PEG_ROLES,
+               name: str | None = None) -> Recipe:
+    """W8A8_FULL with u8 PEG activations (``groups`` groups, range-based permutation if
+    ``permute``) at ``roles`` (linear roles: that linear's input; or activation sites)."""
+    spec = QuantSpec(bits=8, symmetric=False,
+                     granularity=PerEmbeddingGroup(groups=groups, permute=permute))
+    return W8A8_FULL.replace(name=name or f"W8A8_PEG{groups}{'' if permute else '_NOPERM'}",
+                             activation_overrides=tuple((r, spec) for r in roles))
+
+
+W8A8_PEG = peg_recipe(6, True, name="W8A8_PEG")
+
 BUILTIN = {r.name: r for r in (W8A8, W8A8_FULL, W8A8_DYNAMIC, W4A16_G128, W4A8)}
+# Named by get() (and so the CLI) but not in BUILTIN yet: the tests parametrized over BUILTIN
+# assume per-tensor static sites (op counts, FX-vs-ORT site agreement).
+EXTRA = {W8A8_PEG.name: W8A8_PEG}
 
 
 def get(name: str) -> Recipe:
     """A built-in recipe by name (case-insensitive, '-' or '_')."""
     key = name.upper().replace("-", "_")
-    if key not in BUILTIN:
+    known = BUILTIN | EXTRA
+    if key not in known:
         from lowbit.errors import ConfigError
 
-        raise ConfigError(f"unknown recipe {name!r}; built in: {sorted(BUILTIN)}")
-    return BUILTIN[key]
+        raise ConfigError(f"unknown recipe {name!r}; built in: {sorted(known)}")
+    return known[key]

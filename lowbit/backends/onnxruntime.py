@@ -7,6 +7,8 @@
     quantize_per_tensor(x, s, z, lo, hi, T)          QuantizeLinear(x, s, z_T) [-> Clip(lo, hi)]
     dequantize_per_tensor(q, s, z, ...)              DequantizeLinear(q, s, z_T)
     dequantize_per_channel(W, s[N], z[N], axis)      DequantizeLinear(W, s, z_T, axis)
+    quantize_per_channel(x, s[C], z[C], axis)        QuantizeLinear(x, s, z_T, axis)  (PEG
+                                                     activations along the hidden axis)
     dequantize_per_channel_group(W[N,K], s, z, g)    DequantizeLinear(W, s[N,K/g], z, axis=1,
                                                                       block_size=g)
     choose_qparams[_symmetric].tensor(x)             ReduceMin/ReduceMax/Div/Max/Round math
@@ -68,7 +70,7 @@ from onnxscript.onnx_opset import opset21 as op
 
 from lowbit.errors import ConfigError, LowbitError
 
-__all__ = ["TRANSLATIONS", "OnnxExportError", "OrtRunner", "export_onnx", "qdq_agreement",
+__all__ = ["TRANSLATIONS", "OnnxExportError", "OrtRunner", "export_onnx", "per_axis_activation_matmul", "qdq_agreement",
            "run_onnx"]
 
 log = logging.getLogger("lowbit.backends.onnxruntime")
@@ -144,6 +146,12 @@ def dequantize_per_channel(input, scales, zero_points, axis, quant_min, quant_ma
     y = op.DequantizeLinear(input, _cast(scales, _F32), zp, axis=axis)
     y.dtype = _F32
     return _out(_tag(y, quant_min, quant_max), out_dtype)
+
+
+def quantize_per_channel(input, scales, zero_points, axis, quant_min, quant_max, dtype):
+    dtype = ir.DataType(dtype)
+    q = op.QuantizeLinear(input, _cast(scales, _F32), _cast(zero_points, dtype), axis=axis)
+    return _clip_to_grid(q, quant_min, quant_max, dtype)
 
 
 def dequantize_per_channel_group(input, scales, zero_points, quant_min, quant_max, dtype,
@@ -250,6 +258,7 @@ TRANSLATIONS = {
     qd.dequantize_per_tensor.default: dequantize_per_tensor,
     qd.dequantize_per_tensor.tensor: dequantize_per_tensor,
     qd.dequantize_per_channel.default: dequantize_per_channel,
+    qd.quantize_per_channel.default: quantize_per_channel,
     qd.dequantize_per_channel_group.default: dequantize_per_channel_group,
     qd.choose_qparams_per_token.default: choose_qparams_per_token,
     qd.choose_qparams_per_token_asymmetric.default: choose_qparams_per_token_asymmetric,
@@ -532,6 +541,34 @@ _ORT_TO_NP = {"tensor(float)": np.float32, "tensor(double)": np.float64,
               "tensor(bool)": np.bool_}
 
 
+def per_axis_activation_matmul(model: str | os.PathLike | onnx.ModelProto | bytes) -> bool:
+    """Whether a DequantizeLinear of a computed tensor (not an initializer) with a per-axis
+    scale feeds a MatMul or Gemm (see ``OrtRunner``)."""
+    if isinstance(model, bytes):
+        model = onnx.load_from_string(model)
+    elif not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model), load_external_data=False)
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    consts = {n.output[0]: n for n in g.node if n.op_type == "Constant"}
+
+    def per_axis(name: str) -> bool:
+        if name in inits:
+            return int(np.prod(inits[name].dims)) > 1
+        node = consts.get(name)
+        return node is not None and any(int(np.prod(a.t.dims)) > 1 for a in node.attribute
+                                        if a.name == "value")
+
+    readers: dict[str, list[str]] = {}
+    for n in g.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n.op_type)
+    return any(n.op_type == "DequantizeLinear" and n.input[0] not in inits
+               and len(n.input) > 1 and per_axis(n.input[1])
+               and any(op in ("MatMul", "Gemm") for op in readers.get(n.output[0], []))
+               for n in g.node)
+
+
 class OrtRunner:
     """An onnxruntime CPU session over an exported model, fed by name.
 
@@ -549,6 +586,14 @@ class OrtRunner:
     15 output steps off; strict asks for level 1, float32 compute), and DivMulFusion, which
     turns torch's ``x * (1 / s)`` into ``x / s`` and so moves per-token integers on ties.
     ``strict=False`` runs onnxruntime exactly as deployed.
+
+    PEG files: onnxruntime (seen with 1.31) rewrites ``DequantizeLinear -> MatMul`` into
+    ``MatMulIntegerToFloat`` without checking that the activation is quantized per tensor, and
+    that kernel then fails at run time on a per-axis activation zero point ("Per-Channel is not
+    supported yet"). When the model has a per-axis activation DequantizeLinear feeding a
+    MatMul (a PEG linear input), the runner turns off onnxruntime's QDQ fusion
+    (``QDQSelectorActionTransformer``) for that session, logged, whatever ``strict`` says;
+    the QDQ math then runs op by op (onnxruntime has no per-channel-activation integer GEMM).
     """
 
     def __init__(self, model: str | os.PathLike | onnx.ModelProto | bytes,
@@ -572,6 +617,10 @@ class OrtRunner:
             disabled = ["DivMulFusion"]
         src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else \
             model if isinstance(model, bytes) else str(model)
+        if per_axis_activation_matmul(model):
+            log.info("OrtRunner: per-axis activation DequantizeLinear feeds a MatMul (PEG); "
+                     "onnxruntime's QDQ fusion is turned off for this session")
+            disabled = disabled + ["QDQSelectorActionTransformer"]
         self.session = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"],
                                             disabled_optimizers=disabled)
         self.inputs = {i.name: i.type for i in self.session.get_inputs()}

@@ -8,6 +8,12 @@ using the frozen parameters. Weights need no calibration: their qparams come fro
 weight itself at freeze time (min-max per tensor, channel or group).
 
 With ``spec.learnable`` the scale becomes an ``nn.Parameter`` at freeze time.
+
+PEG (``PerEmbeddingGroup``): the observer tracks per-channel ranges along the last axis;
+``freeze`` groups the channels (``lowbit.quant.peg``) and stores per-channel scale and zero
+point vectors [C], constant within each group. The grouping follows ``peg_order``: set by the
+PegPermute pass once it has folded a permutation (then the groups are contiguous runs of the
+channels), else the channels sorted by their own range (``permute=True``) or left in place.
 """
 
 from __future__ import annotations
@@ -15,13 +21,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lowbit.config import PerGroup, PerTensor, PerToken, QuantSpec
+from lowbit.config import PerEmbeddingGroup, PerGroup, PerTensor, PerToken, QuantSpec
 from lowbit.errors import ConfigError
 from lowbit.quant.numerics import (
     fake_quantize, group_view, per_token_qparams, qparams_from_range, weight_grid,
     weight_qparams,
 )
 from lowbit.quant.observers import make_observer
+from lowbit.quant.peg import check_groups, spec_qparams
 
 __all__ = ["FakeQuantize", "check_activation_spec"]
 
@@ -31,7 +38,7 @@ def check_activation_spec(spec: QuantSpec, site: str) -> None:
     if spec.dynamic and spec.bits != 8:
         raise ConfigError(f"{site}: dynamic activation quantization is int8 only (as "
                           f"quantized_decomposed per-token ops are), got bits={spec.bits}")
-    if not spec.dynamic and not isinstance(spec.granularity, PerTensor):
+    if not spec.dynamic and not isinstance(spec.granularity, (PerTensor, PerEmbeddingGroup)):
         raise ConfigError(f"{site}: static activation granularity "
                           f"{type(spec.granularity).__name__} is not supported yet")
 
@@ -58,12 +65,22 @@ class FakeQuantize(nn.Module):
         self.observer = None
         if not is_weight and not spec.dynamic:
             self.observer = make_observer(spec.observer, site, qmin=self.qmin, qmax=self.qmax,
-                                          symmetric=spec.symmetric)
+                                          symmetric=spec.symmetric, per_channel=self.is_peg)
         self.register_buffer("scale", torch.ones(()))
         self.register_buffer("zero_point", torch.zeros((), dtype=torch.int64))
+        self.peg_order: torch.Tensor | None = None   # set by PegPermute after folding
         self.observing = not is_weight and not spec.dynamic
         self.quantizing = spec.dynamic
         self.frozen = spec.dynamic
+
+    @property
+    def is_peg(self) -> bool:
+        return not self.is_weight and isinstance(self.spec.granularity, PerEmbeddingGroup)
+
+    def check_channels(self, channels: int) -> None:
+        """PEG: K must divide the channel count (ConfigError naming the site)."""
+        if self.is_peg:
+            check_groups(channels, self.spec.granularity.groups, self.site)
 
     def extra_repr(self) -> str:
         state = "frozen" if self.frozen else "observing"
@@ -77,6 +94,9 @@ class FakeQuantize(nn.Module):
             if weight is None:
                 raise ValueError(f"{self.site}: freezing a weight quantizer needs the weight")
             scale, zp = weight_qparams(weight, self.spec, self.site)
+        elif self.is_peg:
+            lo, hi = self.observer.range()
+            scale, zp = spec_qparams(lo, hi, self.spec, self.peg_order, self.site)
         else:
             lo, hi = self.observer.range()
             scale, zp = qparams_from_range(lo, hi, self.qmin, self.qmax, self.spec.symmetric)

@@ -6,6 +6,8 @@
     per-token:   FQ_a(x)  ->  s, z = choose_qparams_per_token[_asymmetric](x)
                               dequantize_per_token(quantize_per_token(x, s, z), s, z)
     per-tensor dynamic: choose_qparams[_symmetric].tensor -> quantize/dequantize .tensor
+    PEG act:     FQ_a(x)  ->  dequantize_per_channel(quantize_per_channel(x, s, z, axis), ...)
+                              along the last axis; s [C], z [C] constant within each group
 
 The q/dq graph computes what the fake-quant graph computed (same scales, zero points and
 grids; quantized_decomposed multiplies by 1/s where fake-quant divides by s, so a value on a
@@ -34,7 +36,8 @@ qd = torch.ops.quantized_decomposed
 QDQ_OPS = {
     qd.quantize_per_tensor.default, qd.dequantize_per_tensor.default,
     qd.quantize_per_tensor.tensor, qd.dequantize_per_tensor.tensor,
-    qd.dequantize_per_channel.default, qd.dequantize_per_channel_group.default,
+    qd.quantize_per_channel.default, qd.dequantize_per_channel.default,
+    qd.dequantize_per_channel_group.default,
     qd.quantize_per_token.default, qd.dequantize_per_token.default,
     qd.choose_qparams_per_token.default, qd.choose_qparams_per_token_asymmetric.default,
     qd.choose_qparams.tensor, qd.choose_qparams_symmetric.tensor,
@@ -46,6 +49,14 @@ def _set_buffer(gm: fx.GraphModule, dotted: str, value: torch.Tensor) -> str:
     owner = gm.get_submodule(owner_path) if owner_path else gm
     owner.register_buffer(attr, value)
     return dotted
+
+
+def _free(gm: fx.GraphModule, name: str) -> str:
+    unique, i = name, 0
+    while hasattr(gm, unique):
+        i += 1
+        unique = f"{name}_{i}"
+    return unique
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +135,16 @@ class ConvertToQDQ(Pass):
                                 (x, s, z, fq.qmin, fq.qmax, dtype))
             return g.call_function(qd.dequantize_per_tensor.tensor,
                                    (q, s, z, fq.qmin, fq.qmax, dtype))
+        if fq.is_peg:
+            base = "lowbit_peg_" + "".join(c if c.isalnum() else "_" for c in fq.site)
+            s_node = g.get_attr(_set_buffer(gm, _free(gm, f"{base}_scale"), fq.scale.detach()
+                                            .float().reshape(-1).clone()))
+            z_node = g.get_attr(_set_buffer(gm, _free(gm, f"{base}_zero_point"),
+                                            fq.zero_point.reshape(-1).clone()))
+            axis = x.meta["val"].dim() - 1 if "val" in x.meta else n.meta["val"].dim() - 1
+            args = (s_node, z_node, axis, fq.qmin, fq.qmax, dtype)
+            q = g.call_function(qd.quantize_per_channel.default, (x, *args))
+            return g.call_function(qd.dequantize_per_channel.default, (q, *args))
         args = (float(fq.scale), int(fq.zero_point), fq.qmin, fq.qmax, dtype)
         q = g.call_function(qd.quantize_per_tensor.default, (x, *args))
         return g.call_function(qd.dequantize_per_tensor.default, (q, *args))

@@ -12,7 +12,9 @@ Handles: nn.Linear-style weights ([out, in]) and HF Conv1D ([in, out], per-chann
 mapped to the output axis). Skips on purpose: roles the recipe does not list, modules matched
 by ``ignore`` (glob on the module name, or a role), and sites already carrying a quantizer
 (so a second run reports ``modified=False``). Refused (ConfigError): a recipe role or site the
-model does not have, a PerGroup size that does not divide the input dimension.
+model does not have, a PerGroup size that does not divide the input dimension, a PEG group
+count that does not divide the hidden size. ``recipe.activation_overrides`` give a role or a
+site its own activation spec (PEG at the FFN input, FFN output and residual sums).
 """
 
 from __future__ import annotations
@@ -64,14 +66,14 @@ class InsertFakeQuant(Pass):
         tmap = find_transformer(gm)
         check_roles(self.recipe, tmap)
         rw = _Rewriter(gm)
-        for _, ref in quantized_linears(self.recipe, tmap):
+        for role, ref in quantized_linears(self.recipe, tmap):
             x_idx, w_idx = linear_operands(ref.node)
             if self.recipe.weight is not None:
                 rw.quantize_input(ref.node, w_idx, _weight_spec(self.recipe.weight, ref),
                                   f"{ref.name}.weight", weight=True)
-            if self.recipe.activation is not None:
-                rw.quantize_input(ref.node, x_idx, self.recipe.activation, f"{ref.name}:input",
-                                  weight=False)
+            act = self.recipe.override(role, self.recipe.activation)
+            if act is not None:
+                rw.quantize_input(ref.node, x_idx, act, f"{ref.name}:input", weight=False)
         site_spec = self.recipe.sites_activation or self.recipe.activation
         for site in self.recipe.sites:
             for node, name in site_nodes(self.recipe, tmap, site):
@@ -79,18 +81,21 @@ class InsertFakeQuant(Pass):
                     rw.quantize_input(node, 0, self.recipe.weight or site_spec, name,
                                       weight=True)
                 else:
-                    rw.quantize_output(node, site_spec, name)
+                    rw.quantize_output(node, self.recipe.override(site, site_spec), name)
         if rw.count:
             gm.graph.lint()
             gm.recompile()
         return PassResult(gm, rw.count > 0)
 
 
-def _mark(fq: fx.Node, src: fx.Node) -> None:
+def _mark(gm: fx.GraphModule, fq: fx.Node, src: fx.Node) -> None:
     """FQ nodes carry their input's value metadata and a marker spotting sees through."""
     fq.meta["lowbit_fake_quant"] = True
     if "val" in src.meta:
         fq.meta["val"] = src.meta["val"]
+        shape = getattr(src.meta["val"], "shape", None)
+        if shape is not None and len(shape) and isinstance(shape[-1], int):
+            gm.get_submodule(fq.target).check_channels(int(shape[-1]))
 
 
 class _Rewriter:
@@ -130,7 +135,7 @@ class _Rewriter:
         target = self._new_fq(spec, site, weight)
         with gm.graph.inserting_after(src):
             fq = gm.graph.call_module(target, (src,))
-        _mark(fq, src)
+        _mark(gm, fq, src)
         user.replace_input_with(src, fq)
 
     def quantize_output(self, node: fx.Node, spec: QuantSpec, site: str) -> None:
@@ -141,7 +146,7 @@ class _Rewriter:
         target = self._new_fq(spec, site, weight=False)
         with gm.graph.inserting_after(node):
             fq = gm.graph.call_module(target, (node,))
-        _mark(fq, node)
+        _mark(gm, fq, node)
         for u in users:
             u.replace_input_with(node, fq)
 

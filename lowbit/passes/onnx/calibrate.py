@@ -7,7 +7,9 @@ For each static activation site t (``plan_sites``), over batches b = 1..B:
     s_t, z_t   = qparams_from_range(lo_t, hi_t, qmin, qmax, symmetric)
 
 with the observers of ``lowbit.quant.observers.make_observer`` and the numerics of
-``lowbit.quant.numerics``: the same objects FX calibration feeds, so the same data gives the
+``lowbit.quant.numerics`` (PEG sites: per-channel observers and ``lowbit.quant.peg``
+grouping, channels sorted by their own range when ``permute``; scale / zero point are then
+[C] vectors): the same objects FX calibration feeds, so the same data gives the
 same ranges up to float rounding between torch and onnxruntime. Memory is constant in B: each
 batch's outputs are dropped once the observers have seen them. The model is not changed: the
 extra outputs live only in the serialized copy onnxruntime runs (in memory, or in a temporary
@@ -34,11 +36,13 @@ import onnx_ir as ir
 import torch
 
 from lowbit.backends.onnxruntime import OrtRunner
+from lowbit.config import PerEmbeddingGroup
 from lowbit.errors import CalibrationError
 from lowbit.passes.onnx.insert_qdq import Site
 from lowbit.passes.onnx.load import EXTERNAL_DATA_BYTES, has_external_data, initializer_bytes
 from lowbit.quant.numerics import qparams_from_range
 from lowbit.quant.observers import make_observer
+from lowbit.quant.peg import spec_qparams
 
 __all__ = ["calibrate"]
 
@@ -106,7 +110,9 @@ def calibrate(model: ir.Model, sites: Sequence[Site], batches: Iterable[Any], *,
     if not sites:
         return {}
     observers = {s.name: make_observer(s.spec.observer, s.name, qmin=s.spec.qmin,
-                                       qmax=s.spec.qmax, symmetric=s.spec.symmetric)
+                                       qmax=s.spec.qmax, symmetric=s.spec.symmetric,
+                                       per_channel=isinstance(s.spec.granularity,
+                                                              PerEmbeddingGroup))
                  for s in sites}
     count, t0 = 0, time.perf_counter()
     with _with_outputs(model, [s.value for s in sites]) as src:
@@ -131,5 +137,9 @@ def calibrate(model: ir.Model, sites: Sequence[Site], batches: Iterable[Any], *,
     out = {}
     for s in sites:
         lo, hi = observers[s.name].range()
-        out[s.name] = qparams_from_range(lo, hi, s.spec.qmin, s.spec.qmax, s.spec.symmetric)
+        if isinstance(s.spec.granularity, PerEmbeddingGroup):   # PEG: per-channel [C] vectors
+            out[s.name] = spec_qparams(lo, hi, s.spec, site=s.name)
+        else:
+            out[s.name] = qparams_from_range(lo, hi, s.spec.qmin, s.spec.qmax,
+                                             s.spec.symmetric)
     return out

@@ -9,6 +9,8 @@ graph first). With ``W`` a weight, ``x`` an activation, ``s``/``z`` from ``lowbi
                 int8, or INT4 for <= 4-bit grids)
     static      x              ->  DequantizeLinear(QuantizeLinear(x, s, z), s, z)
                                    s, z = qparams_from_range(observed lo, hi)
+    PEG         x              ->  the same per axis (axis = last): s [C], z [C] constant
+                                   within each of K channel groups (``lowbit.quant.peg``)
     per-token   x              ->  s, z = choose_qparams_per_token(x);  (round(x / s) + z ... ) * s
                                    (float math, as the QDQ export writes it)
 
@@ -26,8 +28,12 @@ Skips on purpose: tensors already quantized (so a second run reports ``modified=
 a reason in ``Plan.skipped``: output sites that are graph outputs, and everything spotting left
 unclassified (a MatMul whose weight is computed in the graph, a linear outside any block...).
 Refuses: a model below opset 21 (``upgrade_opset``), a static activation site without
-calibrated qparams (CalibrationError), a PerGroup size that does not divide K, specs FX refuses
-(static non-per-tensor or dynamic non-8-bit activations).
+calibrated qparams (CalibrationError), a PerGroup size that does not divide K, a PEG group
+count that does not divide the hidden size, specs FX refuses (dynamic non-8-bit activations).
+PEG's range-based permutation is not folded here (no ONNX PegPermute yet): with
+``permute=True`` each site groups its channels by its own sorted ranges through the per-channel
+scale vectors, which is the same function; only the contiguous layout a group GEMM wants is
+missing.
 """
 
 from __future__ import annotations
@@ -47,7 +53,9 @@ from lowbit.backends.onnxruntime import (  # the two private helpers: candidates
     fold_weight_transposes,
     pack_int4_weights,
 )
-from lowbit.config import PerChannel, PerGroup, PerTensor, PerToken, QuantSpec, Recipe
+from lowbit.config import (
+    PerChannel, PerEmbeddingGroup, PerGroup, PerTensor, PerToken, QuantSpec, Recipe,
+)
 from lowbit.errors import CalibrationError, ConfigError
 from lowbit.passes.sites import check_roles, quantized_linears, site_nodes
 from lowbit.passes.infra import Pass, PassResult
@@ -67,6 +75,7 @@ from lowbit.passes.onnx.spot import find_transformer
 from lowbit.passes.patterns import TransformerMap
 from lowbit.quant.fake_quant import check_activation_spec
 from lowbit.quant.numerics import quantize_weight, weight_grid
+from lowbit.quant.peg import check_groups
 
 __all__ = ["QDQ_OPSET", "InsertQDQ", "Plan", "Site", "plan_sites"]
 
@@ -119,11 +128,17 @@ def plan_sites(tmap: TransformerMap, recipe: Recipe) -> Plan:
         elif not src.quantized:
             plan.weights.append(Site(unique(name), spec, src.value, source=src, out_in=out_in))
 
+    def check_spec(spec, name, x):
+        check_activation_spec(spec, name)
+        if isinstance(spec.granularity, PerEmbeddingGroup) and x.shape is not None \
+                and isinstance(x.shape[-1], int):
+            check_groups(x.shape[-1], spec.granularity.groups, name)
+
     def act_input(name, node, spec):
         x = node.inputs[0]
         if _act_quantized(x):
             return
-        check_activation_spec(spec, name)
+        check_spec(spec, name, x)
         if (site := shared.get((x, spec))) is None:
             site = shared[(x, spec)] = Site(unique(name), spec, x, readers=[])
             plan.activations.append(site)
@@ -136,14 +151,14 @@ def plan_sites(tmap: TransformerMap, recipe: Recipe) -> Plan:
         if value.is_graph_output():
             plan.skipped.append((name, "a graph output; left in float"))
             return
-        check_activation_spec(spec, name)
+        check_spec(spec, name, value)
         plan.activations.append(Site(unique(name), spec, value))
 
-    for _, ref in quantized_linears(recipe, tmap):
+    for role, ref in quantized_linears(recipe, tmap):
         if recipe.weight is not None:
             weight(f"{ref.name}.weight", ref.node, 1, recipe.weight, ref.weight_layout == "out_in")
-        if recipe.activation is not None:
-            act_input(f"{ref.name}:input", ref.node, recipe.activation)
+        if (act := recipe.override(role, recipe.activation)) is not None:
+            act_input(f"{ref.name}:input", ref.node, act)
     site_spec = recipe.sites_activation or recipe.activation
     linears = {ref.node: ref for _, ref in tmap.linears()}
     for kind in recipe.sites:
@@ -152,7 +167,7 @@ def plan_sites(tmap: TransformerMap, recipe: Recipe) -> Plan:
                 weight(name, node, 0, recipe.weight or site_spec, True)
             else:
                 value = linear_output(linears[node]) if node in linears else node.outputs[0]
-                act_output(name, value, site_spec)
+                act_output(name, value, recipe.override(kind, site_spec))
     return plan
 
 
@@ -267,11 +282,21 @@ class _Rewriter:
                               else b.choose_qparams_tensor)
                     s, z = choose(x, spec.qmin, spec.qmax, float(torch.finfo(torch.float32).eps),
                                   dtype)
+                elif isinstance(spec.granularity, PerEmbeddingGroup):
+                    scale, zp = self.qparams[site.name]
+                    s = add_initializer(self.graph, f"{site.name}_scale",
+                                        np.asarray(scale, np.float32).reshape(-1), _F32)
+                    z = add_initializer(self.graph, f"{site.name}_zero_point",
+                                        np.asarray(zp).reshape(-1).astype(dtype.numpy()), dtype)
+                    axis = x.shape.rank() - 1 if x.shape is not None else -1
+                    q = b.quantize_per_channel(x, s, z, axis, spec.qmin, spec.qmax, dtype)
+                    y = b.dequantize_per_channel(q, s, z, axis, spec.qmin, spec.qmax, dtype)
                 else:
                     scale, zp = self.qparams[site.name]
                     s, z = float(scale), int(zp)
-                q = b.quantize_per_tensor(x, s, z, spec.qmin, spec.qmax, dtype)
-                y = b.dequantize_per_tensor(q, s, z, spec.qmin, spec.qmax, dtype)
+                if spec.dynamic or not isinstance(spec.granularity, PerEmbeddingGroup):
+                    q = b.quantize_per_tensor(x, s, z, spec.qmin, spec.qmax, dtype)
+                    y = b.dequantize_per_tensor(q, s, z, spec.qmin, spec.qmax, dtype)
         new = set(rec.nodes)
         if site.readers is not None:
             self.place(rec.nodes, site.name, before=min((n for n, _ in site.readers), key=order))
