@@ -56,7 +56,9 @@ def _model_and_inputs(name: str, batch: int, n_calib: int = 16):
         model, tok = load_minilm(quiet=True)
         texts, _ = read_sst2("dev")
         x = next(text_batches(tok, texts[:batch], batch_size=batch, seq_len=SEQ))
-        calib = list(text_batches(tok, texts[batch:batch + n_calib], batch_size=1, seq_len=SEQ))
+        # the graph is captured at this batch size (static shapes): calibrate at it too
+        calib = list(text_batches(tok, texts[batch:batch + max(n_calib, batch)],
+                                  batch_size=batch, seq_len=SEQ))
         return model, x, calib
     from transformers import BertConfig, BertModel
 
@@ -69,7 +71,7 @@ def _model_and_inputs(name: str, batch: int, n_calib: int = 16):
         ids = torch.randint(0, 1000, (b, SEQ))
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
-    return model, rand(batch), [rand(1) for _ in range(n_calib)]
+    return model, rand(batch), [rand(batch) for _ in range(max(1, n_calib // batch))]
 
 
 def _time(fn, iters: int) -> tuple[float, float]:
