@@ -22,21 +22,13 @@ from collections import defaultdict
 import torch
 from torch import fx
 
+from lowbit.backends.tvm.legalize_quant import buffer_value
 from lowbit.backends.tvm.ops import LINEAR_U8S8
 from lowbit.passes.infra import Pass, PassResult
 
 __all__ = ["FUSED_META", "FuseSiblingLinears"]
 
 FUSED_META = "lowbit_tvm_fused_siblings"
-
-
-def _attr(gm: fx.GraphModule, node) -> torch.Tensor | None:
-    if not isinstance(node, fx.Node) or node.op != "get_attr":
-        return None
-    obj = gm
-    for part in node.target.split("."):
-        obj = getattr(obj, part, None)
-    return obj if isinstance(obj, torch.Tensor) else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +42,7 @@ class FuseSiblingLinears(Pass):
                 siblings[node.args[0]].append(node)
         fused = []
         for x, nodes in siblings.items():
-            params = [[_attr(gm, a) for a in n.args[1:5]] for n in nodes]
+            params = [[buffer_value(gm, a) for a in n.args[1:5]] for n in nodes]
             if len(nodes) < 2 or any(t is None for p in params for t in p):
                 continue
             sizes = [int(p[1].shape[0]) for p in params]          # N of each sibling

@@ -56,13 +56,14 @@ from lowbit.backends.tvm.ops import LINEAR_U8S8, LINEAR_U8S8_PEG, LINEAR_U8S8_Q,
 from lowbit.backends.tvm.pack import VNNI_K, pack_int4, pack_vnni
 from lowbit.passes.infra import Pass, PassResult
 
-__all__ = ["LOWERING_META", "LegalizeQuantLinear"]
+__all__ = ["LOWERING_META", "LegalizeQuantLinear", "buffer_value"]
 
 qd = torch.ops.quantized_decomposed
 LOWERING_META = "lowbit_tvm_lowering"
 
 
-def _attr(gm: fx.GraphModule, node) -> torch.Tensor | None:
+def buffer_value(gm: fx.GraphModule, node) -> torch.Tensor | None:
+    """The tensor a ``get_attr`` node reads (None for anything else)."""
     if not isinstance(node, fx.Node) or node.op != "get_attr":
         return None
     obj = gm
@@ -136,7 +137,7 @@ class LegalizeQuantLinear(Pass):
 
     # ---- W8A8 --------------------------------------------------------------------------------
     def _w8a8(self, gm, node, x, w, bias, shifted) -> str:
-        w_i8, s_w, z_w = (_attr(gm, a) for a in w.args[:3])
+        w_i8, s_w, z_w = (buffer_value(gm, a) for a in w.args[:3])
         axis, dtype = w.args[3], w.args[6]
         if w_i8 is None or s_w is None or z_w is None or dtype != torch.int8 or w_i8.dim() != 2:
             return "fp32: int8 weight is not a 2-D int8 buffer with buffer scales"
@@ -163,7 +164,7 @@ class LegalizeQuantLinear(Pass):
         n = w_i8.shape[0]
         corr = (z_x * w_i8.to(torch.int64).sum(1)).to(torch.int32)
         scale = (float(s_x) * s_w.reshape(n).to(torch.float64)).to(torch.float32)
-        b = _attr(gm, bias) if bias is not None else torch.zeros(n)
+        b = buffer_value(gm, bias) if bias is not None else torch.zeros(n)
         if bias is not None and b is None:
             return "fp32: bias is computed, not a buffer"
         args = [q_u8]
@@ -177,7 +178,7 @@ class LegalizeQuantLinear(Pass):
         q = x.args[0]
         if not _is(q, qd.quantize_per_channel.default):
             return "fp32: per-channel input dq without its quantize"
-        s_x, z_x = _attr(gm, q.args[1]), _attr(gm, q.args[2])
+        s_x, z_x = buffer_value(gm, q.args[1]), buffer_value(gm, q.args[2])
         axis, qmin, qmax, a_dtype = q.args[3:7]
         ndim = q.args[0].meta["val"].dim() if "val" in q.args[0].meta else None
         if s_x is None or z_x is None or axis not in (-1, (ndim or 0) - 1):
@@ -196,7 +197,7 @@ class LegalizeQuantLinear(Pass):
         corr = (z_g[:, None] * w64.reshape(n, groups, kg).sum(2).t()).to(torch.int32)   # [G, N]
         s_g = s_x.reshape(groups, kg)[:, 0].to(torch.float64)
         scale = (s_g[:, None] * s_w.reshape(1, n).to(torch.float64)).to(torch.float32)
-        b = _attr(gm, bias) if bias is not None else torch.zeros(n)
+        b = buffer_value(gm, bias) if bias is not None else torch.zeros(n)
         if bias is not None and b is None:
             return "fp32: bias is computed, not a buffer"
         args = [q]
@@ -254,7 +255,7 @@ class LegalizeQuantLinear(Pass):
 
     # ---- W4A16 -------------------------------------------------------------------------------
     def _w4a16(self, gm, node, x, w, bias) -> str:
-        w_i4, s_w, z_w = (_attr(gm, a) for a in w.args[:3])
+        w_i4, s_w, z_w = (buffer_value(gm, a) for a in w.args[:3])
         qmin, qmax, dtype, group = w.args[3:7]
         if w_i4 is None or s_w is None or z_w is None or w_i4.dim() != 2:
             return "fp32: int4 weight is not a 2-D buffer with buffer scales"
@@ -263,7 +264,7 @@ class LegalizeQuantLinear(Pass):
         n, k = w_i4.shape
         if group % 2 or k % group or s_w.shape != (n, k // group):
             return f"fp32: group size {group} does not tile K={k} evenly"
-        b = _attr(gm, bias) if bias is not None else torch.zeros(n)
+        b = buffer_value(gm, bias) if bias is not None else torch.zeros(n)
         if bias is not None and b is None:
             return "fp32: bias is computed, not a buffer"
         args = [x]
