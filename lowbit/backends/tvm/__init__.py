@@ -1,15 +1,20 @@
-"""TVM backend: quantized FX graphs -> Relax with real integer kernels, for CPU (llvm).
+"""TVM backend: quantized FX graphs or QDQ ONNX -> Relax with real integer kernels, for CPU
+(llvm) and NVIDIA GPUs (cuda, sm_90 by default; docs/gpu.md).
 
     api.py             compile(graph, target, tune) -> CompiledModule (the stages, in order)
-    legalize_quant.py  FX pass: q/dq + linear -> lowbit::linear_u8s8 / linear_w4a16 ops
+    legalize_quant.py  FX pass: q/dq + linear -> lowbit::linear_u8s8[_q|_peg] / linear_w4a16
+    fuse_siblings.py   FX pass: int8 linears sharing an input -> one wide GEMM + split
+    import_onnx.py     QDQ ONNX -> Relax, q/dq + matmul rewritten to the int8 kernel
     pack.py, ops.py    weight packing (VNNI [N/16, K/4, 16, 4], int4 two per byte) and the ops
     import_relax.py    re-export + Relax import, converters for lowbit and q/dq ops
     kernels.py         the integer TIR kernels, their hand schedules, numpy references
+    peg_kernel.py      the PEG group-wise int8 GEMM
     intrin.py          the AVX-512 VNNI intrinsic, fixed for TVM 0.27's LLVM
     schedules.py       default CPU schedules for everything else (untuned builds)
     build.py           lift/legalize/fuse, schedule, lower, compile
     tune.py, check.py  MetaSchedule with a persistent database; reference check and timing
-    target.py          "cpu" / TVM target dicts -> tvm.target.Target
+    target.py          "cpu" / "cuda" / TVM target dicts -> tvm.target.Target
+    cuda_*.py, .cu     CUDA: build without a GPU, tensor-core / GEMV device kernels, tuning table
     runtime.py         CompiledModule, save, load (TVM runtime only)
 
 Nothing is imported here: ``runtime`` must stay loadable without the TVM compiler.
