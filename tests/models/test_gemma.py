@@ -215,29 +215,33 @@ def test_gemma_gguf_path_downloads_once_and_verifies(tmp_path, monkeypatch):
 
 
 # ---- the real model ----------------------------------------------------------------------
-# FP perplexity of one 256-token window from the start of wikitext-2 test (BOS + 255 tokens);
-# measured 20.06 with this loader. A wrong norm convention or weight layout gives thousands.
-REAL_PPL_MAX = 25.0
+# FP perplexity of one 256-token window (BOS + 255 tokens): from the start of wikitext-2 test
+# (../shared/data) measured 20.06 with this loader; where that file is absent, of English from
+# the Python docs (pydoc_data.topics, every Python has it) measured 25.18. A wrong norm
+# convention or weight layout gives thousands.
+REAL_PPL_MAX = {"wikitext-2": 25.0, "pydoc": 32.0}
 
 
 @pytest.mark.slow
 def test_real_gemma_270m_perplexity():
-    from lowbit.data import shared_data_dir
+    from lowbit.data import pydoc_sentences, shared_data_dir
 
     text_path = shared_data_dir() / "wikitext2_test_raw.txt"
-    if not text_path.is_file():
-        pytest.skip(f"{text_path} not found")
+    if text_path.is_file():
+        source, text = "wikitext-2", text_path.read_text(encoding="utf-8")[:4000]
+    else:
+        source, text = "pydoc", " ".join(pydoc_sentences(60))
     torch.set_num_threads(2)
     model, tok = G.load_gemma(quiet=True)
     cfg = model.config
     assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.vocab_size) == (18, 640, 262144)
     assert cfg.layer_types.count("full_attention") == 3
     assert tok("Hello")["input_ids"][0] == cfg.bos_token_id == 2
-    ids = tok(text_path.read_text(encoding="utf-8")[:4000], return_tensors="pt")["input_ids"]
+    ids = tok(text, return_tensors="pt")["input_ids"]
     ids = ids[:, :256]
     assert ids[0, 0] == 2 and ids.shape == (1, 256)
     with torch.no_grad():
         logits = model(ids).logits[0, :-1]
     ppl = math.exp(float(torch.nn.functional.cross_entropy(logits, ids[0, 1:])))
-    print(f"Gemma-3-270M FP perplexity, first 256 tokens of wikitext-2 test: {ppl:.3f}")
-    assert ppl < REAL_PPL_MAX, ppl
+    print(f"Gemma-3-270M FP perplexity, first 256 tokens of {source}: {ppl:.3f}")
+    assert ppl < REAL_PPL_MAX[source], ppl
