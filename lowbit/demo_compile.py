@@ -61,10 +61,12 @@ def compile_stage(args: argparse.Namespace, model, gm, qgm, onnx_path: Path,
                   sentences: list[dict], step) -> None:
     """``sentences``: batch-1 inputs (the first fixes the compiled shape)."""
     import lowbit
+    from lowbit import recipes
     from lowbit.backends.onnxruntime import OrtRunner
     from lowbit.backends.tvm.target import host_target
     from lowbit.models.cache import cache_dir
 
+    name = recipes.get(args.recipe).name
     threads = _threads(args)
     db = args.tuning_db or cache_dir() / "tvm-tuning"
     example = sentences[0]
@@ -77,6 +79,7 @@ def compile_stage(args: argparse.Namespace, model, gm, qgm, onnx_path: Path,
     print(f"compiled in {time.perf_counter() - t:.1f} s: "
           f"{sum(k.startswith('linear_u8s8') for k in kinds)} int8 GEMM kernels "
           f"({kinds.count('linear_u8s8_q')} with a requantizing epilogue), "
+          f"{kinds.count('linear_w4a16')} int4 GEMM kernels, "
           f"{len(mod.meta['tuned_kernels'])} kernel(s) on tuned schedules")
 
     cos_f, cos_q, worst = [], [], 0.0
@@ -107,9 +110,10 @@ def compile_stage(args: argparse.Namespace, model, gm, qgm, onnx_path: Path,
     with torch.no_grad():
         rows.append(("torch fp32 (eager)", measure(lambda: model(**example), args.iters)))
     runner = OrtRunner(onnx_path, threads=threads)
-    rows.append(("onnxruntime, same QDQ W8A8 model", measure(lambda: runner.run(example),
-                                                              args.iters)))
-    rows.append(("lowbit TVM W8A8 (int8 kernels)", measure(lambda: mod(**example), args.iters)))
+    rows.append((f"onnxruntime, same QDQ {name} model",
+                 measure(lambda: runner.run(example), args.iters)))
+    rows.append((f"lowbit TVM {name} (integer kernels)",
+                 measure(lambda: mod(**example), args.iters)))
     base = rows[0][1].median_ms
     for name, lat in rows:
         print(f"  {name:34s} {lat}   {base / lat.median_ms:5.2f}x torch")

@@ -71,4 +71,4 @@ def test_demo_runs(capsys, tmp_path):
     assert "block 5 (post-ln" in out and "captured graph vs eager" in out
     assert "per-site FX vs onnxruntime" in out
     assert "36 int8 GEMM kernels (6 with a requantizing epilogue)" in out
-    assert "cosine vs FX graph" in out and "lowbit TVM W8A8" in out
+    assert "cosine vs FX graph" in out and "lowbit TVM W8A8 (integer kernels)" in out
