@@ -19,3 +19,22 @@
 
 Nothing is imported here: ``runtime`` must stay loadable without the TVM compiler.
 """
+
+import os as _os
+
+
+def _default_cpu_threads() -> None:
+    """TVM's CPU thread pool defaults to half the logical cores (it assumes two hyper-threads
+    per core): on a 2-vCPU machine a compiled model ran on ONE thread (MiniLM W8A8 14.5 ms
+    instead of 8.3 ms). Unless the user chose (TVM_NUM_THREADS or OMP_NUM_THREADS), use every
+    core this process may run on. Set before TVM's pool starts (its first parallel call)."""
+    if "TVM_NUM_THREADS" in _os.environ or "OMP_NUM_THREADS" in _os.environ:
+        return
+    try:
+        cores = len(_os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = _os.cpu_count() or 1
+    _os.environ["TVM_NUM_THREADS"] = str(cores)
+
+
+_default_cpu_threads()
