@@ -57,7 +57,7 @@ from lowbit.passes.infra import PassResult
 __all__ = [
     "EquivalenceReport", "InputSpec", "OutputStats", "assert_equivalent", "assert_idempotent",
     "assert_op_counts", "assert_sqnr", "assert_untouched", "compare", "input_specs",
-    "make_inputs", "op_counts", "run_model", "sqnr",
+    "make_inputs", "op_counts", "quantize_outputs", "run_model", "sqnr",
 ]
 
 DEFAULT_VOCAB = 100
@@ -644,3 +644,26 @@ def assert_idempotent(pass_: Callable[[Any], PassResult], graph: Any) -> Any:
             f"modified={second.modified}" + (f" and changed the graph:\n{diff}" if diff else "")
         )
     return first.graph
+
+
+def quantize_outputs(gm, scale: float, zero_point: int):
+    """Append a static u8 quantize/dequantize (``scale``, ``zero_point``) to every tensor
+    output of the FX graph ``gm`` (modified in place and returned): two implementations of
+    one quantized graph then end on the same output grid, and their agreement can be counted
+    in output steps."""
+    import torch.ao.quantization.fx._decomposed  # registers quantized_decomposed
+
+    qd = torch.ops.quantized_decomposed
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+
+    def wrap(n):
+        if not isinstance(n, torch.fx.Node):
+            return n
+        args = (scale, zero_point, 0, 255, torch.uint8)
+        with gm.graph.inserting_before(out):
+            q = gm.graph.call_function(qd.quantize_per_tensor.default, (n, *args))
+            return gm.graph.call_function(qd.dequantize_per_tensor.default, (q, *args))
+
+    out.args = (torch.fx.node.map_aggregate(out.args[0], wrap),)
+    gm.recompile()
+    return gm

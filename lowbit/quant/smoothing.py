@@ -32,8 +32,16 @@ import torch
 from lowbit.errors import ConfigError
 
 __all__ = [
-    "CLAMP", "LAYOUTS", "absmax_from_range", "fold_bias", "fold_consumer_weight", "fold_norm_param",
-    "fold_producer_weight", "smoothquant_scale", "weight_in_absmax",
+    "CLAMP",
+    "LAYOUTS",
+    "absmax_from_range",
+    "check_options",
+    "fold_bias",
+    "fold_consumer_weight",
+    "fold_norm_param",
+    "fold_producer_weight",
+    "smoothquant_scale",
+    "weight_in_absmax",
 ]
 
 CLAMP = (1e-5, 1e5)
@@ -108,3 +116,15 @@ def fold_norm_param(p: T, a: torch.Tensor | np.ndarray, offset: float = 0.0) -> 
 def fold_bias(b: T, a: torch.Tensor | np.ndarray) -> T:
     """``b_p / a``: a producer linear's bias."""
     return fold_norm_param(b, a, 0.0)
+
+
+def check_options(alpha: float, absmax, calibrate_with: str) -> None:
+    """SmoothQuantScales' options, checked alike in both IRs (ConfigError naming the problem;
+    ``calibrate_with`` names the function that makes ``absmax``)."""
+    from collections.abc import Mapping
+
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"SmoothQuantScales: alpha must be in [0, 1], got {alpha}")
+    if not isinstance(absmax, Mapping):
+        raise ConfigError(f"SmoothQuantScales: absmax must map linear names to tensors "
+                          f"({calibrate_with}), got {type(absmax).__name__}")

@@ -22,7 +22,6 @@ import os
 import re
 
 import tvm
-from tvm import relax
 from tvm.relax.backend.cuda import pipeline as cuda_pipeline
 from tvm.s_tir import dlight as dl
 

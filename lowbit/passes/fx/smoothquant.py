@@ -23,7 +23,7 @@ import torch
 from torch import fx, nn
 
 from lowbit.config import MinMax
-from lowbit.errors import CalibrationError, ConfigError
+from lowbit.errors import CalibrationError
 from lowbit.passes.fx.fold_channel_scales import (
     SCALE_PREFIX,
     FoldChannelScales,
@@ -37,7 +37,7 @@ from lowbit.passes.fx.graph_utils import is_fake_quant, linear_operands
 from lowbit.passes.fx.spot import all_norms, find_transformer
 from lowbit.passes.infra import Pass
 from lowbit.quant.observers import make_observer
-from lowbit.quant.smoothing import absmax_from_range, smoothquant_scale
+from lowbit.quant.smoothing import absmax_from_range, check_options, smoothquant_scale
 
 __all__ = ["DEFAULT_ROLES", "PRODUCER_HINTS", "SmoothQuantScales", "channel_absmax",
            "smoothquant"]
@@ -129,12 +129,8 @@ class SmoothQuantScales(Pass):
                                                                   compare=False)
 
     def __post_init__(self):
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ConfigError(f"SmoothQuantScales: alpha must be in [0, 1], got {self.alpha}")
-        if not isinstance(self.absmax, Mapping):
-            raise ConfigError(f"SmoothQuantScales: absmax must map linear names to tensors "
-                              f"(lowbit.passes.fx.smoothquant.channel_absmax), got "
-                              f"{type(self.absmax).__name__}")
+        check_options(self.alpha, self.absmax,
+                      "lowbit.passes.fx.smoothquant.channel_absmax")
 
     def call(self, gm: fx.GraphModule) -> ScaleReport:
         report = ScaleReport(gm, False)

@@ -25,7 +25,7 @@ import torch
 
 from lowbit.backends.onnxruntime import OrtRunner
 from lowbit.config import MinMax
-from lowbit.errors import CalibrationError, ConfigError
+from lowbit.errors import CalibrationError
 from lowbit.passes.fx.fold_channel_scales import ScaleReport
 from lowbit.passes.fx.smoothquant import DEFAULT_ROLES, PRODUCER_HINTS
 from lowbit.passes.infra import Pass
@@ -44,7 +44,7 @@ from lowbit.passes.onnx.graph_utils import const_array, data_users, is_op, order
 from lowbit.passes.onnx.match import is_residual_add
 from lowbit.passes.onnx.spot import find_transformer
 from lowbit.quant.observers import make_observer
-from lowbit.quant.smoothing import absmax_from_range, smoothquant_scale
+from lowbit.quant.smoothing import absmax_from_range, check_options, smoothquant_scale
 
 __all__ = ["SmoothQuantScales", "channel_absmax", "smoothquant"]
 
@@ -121,12 +121,8 @@ class SmoothQuantScales(Pass):
                                                                   compare=False)
 
     def __post_init__(self):
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ConfigError(f"SmoothQuantScales: alpha must be in [0, 1], got {self.alpha}")
-        if not isinstance(self.absmax, Mapping):
-            raise ConfigError(f"SmoothQuantScales: absmax must map linear names to tensors "
-                              f"(lowbit.passes.onnx.smoothquant.channel_absmax), got "
-                              f"{type(self.absmax).__name__}")
+        check_options(self.alpha, self.absmax,
+                      "lowbit.passes.onnx.smoothquant.channel_absmax")
 
     def call(self, model: ir.Model) -> ScaleReport:
         report = ScaleReport(model, False)

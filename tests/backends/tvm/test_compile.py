@@ -24,9 +24,8 @@ from lowbit.compiler import compile
 from lowbit.config import PerGroup, QuantSpec
 from lowbit.errors import ConfigError, LowbitError
 from lowbit.quantize import quantize
-from lowbit.testing import op_counts
+from lowbit.testing import op_counts, quantize_outputs
 
-qd = torch.ops.quantized_decomposed
 FLOAT_ATOL = 1e-4
 W4_ATOL = 1e-4   # same int4 values and scales; only fp32 summation order differs
 OUT_SCALE, OUT_ZP = 0.03, 128
@@ -55,21 +54,7 @@ def bert():
 
 
 def _quantize_outputs(gm):
-    """Append a static u8 q/dq (OUT_SCALE, OUT_ZP) to every float output of ``gm``."""
-    out = next(n for n in gm.graph.nodes if n.op == "output")
-
-    def wrap(n):
-        if not isinstance(n, torch.fx.Node):
-            return n
-        with gm.graph.inserting_before(out):
-            q = gm.graph.call_function(qd.quantize_per_tensor.default,
-                                       (n, OUT_SCALE, OUT_ZP, 0, 255, torch.uint8))
-            return gm.graph.call_function(qd.dequantize_per_tensor.default,
-                                          (q, OUT_SCALE, OUT_ZP, 0, 255, torch.uint8))
-
-    out.args = (torch.fx.node.map_aggregate(out.args[0], wrap),)
-    gm.recompile()
-    return gm
+    return quantize_outputs(gm, OUT_SCALE, OUT_ZP)
 
 
 @pytest.fixture(scope="module")

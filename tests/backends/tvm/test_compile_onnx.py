@@ -29,8 +29,8 @@ from lowbit.backends.tvm.kernels import has_vnni
 from lowbit.backends.tvm.target import host_target
 from lowbit.config import PerGroup, QuantSpec
 from lowbit.errors import ConfigError
+from lowbit.testing import quantize_outputs
 
-qd = torch.ops.quantized_decomposed
 FLOAT_ATOL = 1e-4
 OUT_SCALE, OUT_ZP = 0.03, 128
 MAX_OFF_BY_ONE = 0.01
@@ -40,21 +40,7 @@ needs_vnni = pytest.mark.skipif(not has_vnni(host_target()), reason="host has no
 
 
 def _quantize_outputs(gm):
-    """Append a static u8 q/dq (OUT_SCALE, OUT_ZP) to every float output of ``gm``."""
-    out = next(n for n in gm.graph.nodes if n.op == "output")
-
-    def wrap(n):
-        if not isinstance(n, torch.fx.Node):
-            return n
-        with gm.graph.inserting_before(out):
-            q = gm.graph.call_function(qd.quantize_per_tensor.default,
-                                       (n, OUT_SCALE, OUT_ZP, 0, 255, torch.uint8))
-            return gm.graph.call_function(qd.dequantize_per_tensor.default,
-                                          (q, OUT_SCALE, OUT_ZP, 0, 255, torch.uint8))
-
-    out.args = (torch.fx.node.map_aggregate(out.args[0], wrap),)
-    gm.recompile()
-    return gm
+    return quantize_outputs(gm, OUT_SCALE, OUT_ZP)
 
 
 @pytest.fixture(scope="module")

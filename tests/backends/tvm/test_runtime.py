@@ -11,9 +11,8 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from transformers import BertConfig, BertModel
-
 import tvm
+from transformers import BertConfig, BertModel
 
 from lowbit import recipes
 from lowbit.backends.tvm.runtime import load
