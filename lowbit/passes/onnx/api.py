@@ -8,8 +8,11 @@ The steps, on a copy of the model (a given ``onnx_ir.Model`` is never changed):
 
 1. ``upgrade_opset(model, 21)`` when the file is older (the QDQ forms need opset 21);
 2. ``plan_sites(find_transformer(model), recipe)``: the tensors to quantize, by role;
-3. ``calibrate``: static activation ranges from onnxruntime runs of the float model;
-4. ``InsertQDQ(recipe, qparams)``: integer weights + DequantizeLinear, activation QDQ.
+3. ``observe``: static activation ranges from onnxruntime runs of the float model;
+4. ``PegPermute``: PEG sites with ``permute=True`` get their range-sorted channel order folded
+   into the initializers around them (their ranges permuted alike; the report is logged and
+   kept in ``metadata_props["lowbit.peg"]``), then ``qparams`` from the ranges;
+5. ``InsertQDQ(recipe, qparams)``: integer weights + DequantizeLinear, activation QDQ.
 
 Tensors the recipe would quantize but that cannot be (a weight computed in the graph, a graph
 output) are logged with the reason and listed in the output model's
@@ -31,9 +34,11 @@ import onnx_ir as ir
 
 from lowbit.config import Recipe
 from lowbit.errors import CalibrationError, ConfigError
-from lowbit.passes.onnx.calibrate import calibrate
+from lowbit.passes.onnx.calibrate import observe
+from lowbit.passes.onnx.calibrate import qparams as calibrate_qparams
 from lowbit.passes.onnx.insert_qdq import QDQ_OPSET, InsertQDQ, plan_sites
 from lowbit.passes.onnx.load import has_external_data, load_onnx, save_onnx, upgrade_opset
+from lowbit.passes.onnx.peg_permute import PegPermute, peg_orders
 from lowbit.passes.onnx.spot import find_transformer
 
 __all__ = ["quantize_onnx", "quantize_onnx_file"]
@@ -82,7 +87,18 @@ def quantize_onnx(model: ir.Model | str | os.PathLike, recipe: Recipe | str,
             raise CalibrationError(f"recipe {recipe.name} has static activation ranges "
                                    f"({len(static)} site(s)): pass calibration=<iterable of "
                                    f"batches>")
-        qparams = calibrate(model, static, calibration, progress=progress)
+        ranges = observe(model, static, calibration, progress=progress)
+        orders = {}
+        if (rep := PegPermute(tuple(static), ranges)(model)).modified:
+            orders = peg_orders(rep, static)
+            for fam in rep.families:
+                log.info("PEG permutation folded for %s: %d initializers, %d gather(s) left%s",
+                         ", ".join(fam["sites"]), fam["params"], len(fam["gathers"]),
+                         "".join(f"\n  {where}: {why}" for where, why in fam["gathers"]))
+            model.metadata_props["lowbit.peg"] = json.dumps(
+                [{k: fam[k] for k in ("sites", "channels", "params", "gathers")}
+                 for fam in rep.families])
+        qparams = calibrate_qparams(static, ranges, orders)
     InsertQDQ(recipe, qparams)(model)
     for name, why in plan.skipped:
         log.warning("not quantized: %s: %s", name, why)

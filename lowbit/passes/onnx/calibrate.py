@@ -44,7 +44,7 @@ from lowbit.quant.numerics import qparams_from_range
 from lowbit.quant.observers import make_observer
 from lowbit.quant.peg import spec_qparams
 
-__all__ = ["calibrate"]
+__all__ = ["calibrate", "observe", "qparams"]
 
 log = logging.getLogger("lowbit.passes.onnx")
 
@@ -102,10 +102,19 @@ def calibrate(model: ir.Model, sites: Sequence[Site], batches: Iterable[Any], *,
               ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Observe ``sites`` (static activation sites of ``plan_sites``) over ``batches`` run by
     onnxruntime; returns ``{site name: (scale f32, zero point i64)}`` for ``InsertQDQ``.
+    (``observe`` then ``qparams``, for callers that work on the ranges in between.)
 
     Raises:
         CalibrationError: no batches, a batch that does not fit the model's inputs, or NaN/inf.
     """
+    return qparams(sites, observe(model, sites, batches, progress=progress, threads=threads))
+
+
+def observe(model: ir.Model, sites: Sequence[Site], batches: Iterable[Any], *,
+            progress: bool = True, threads: int | None = None
+            ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The calibrated ranges ``{site name: (lo, hi)}`` of the static ``sites`` (per channel,
+    [C] each, at PEG sites; scalars elsewhere). Raises as ``calibrate``."""
     sites = [s for s in sites if not s.spec.dynamic]
     if not sites:
         return {}
@@ -134,11 +143,21 @@ def calibrate(model: ir.Model, sites: Sequence[Site], batches: Iterable[Any], *,
     if progress:
         print(f"\r[lowbit] calibrated on {count} batch(es) in {time.perf_counter() - t0:.1f} s "
               f"({len(sites)} activation observers)", file=sys.stderr, flush=True)
-    out = {}
+    return {s.name: observers[s.name].range() for s in sites}
+
+
+def qparams(sites: Sequence[Site], ranges: dict, orders: dict | None = None
+            ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``{site name: (scale, zero point)}`` from ``observe``'s ranges; PEG sites group their
+    channels by ``orders[name]`` when given (``peg_permute.peg_orders``), else as their spec
+    says (``lowbit.quant.peg.spec_qparams``)."""
+    out, orders = {}, orders or {}
     for s in sites:
-        lo, hi = observers[s.name].range()
+        if s.spec.dynamic:
+            continue
+        lo, hi = ranges[s.name]
         if isinstance(s.spec.granularity, PerEmbeddingGroup):   # PEG: per-channel [C] vectors
-            out[s.name] = spec_qparams(lo, hi, s.spec, site=s.name)
+            out[s.name] = spec_qparams(lo, hi, s.spec, orders.get(s.name), site=s.name)
         else:
             out[s.name] = qparams_from_range(lo, hi, s.spec.qmin, s.spec.qmax,
                                              s.spec.symmetric)

@@ -30,10 +30,11 @@ unclassified (a MatMul whose weight is computed in the graph, a linear outside a
 Refuses: a model below opset 21 (``upgrade_opset``), a static activation site without
 calibrated qparams (CalibrationError), a PerGroup size that does not divide K, a PEG group
 count that does not divide the hidden size, specs FX refuses (dynamic non-8-bit activations).
-PEG's range-based permutation is not folded here (no ONNX PegPermute yet): with
-``permute=True`` each site groups its channels by its own sorted ranges through the per-channel
-scale vectors, which is the same function; only the contiguous layout a group GEMM wants is
-missing.
+PEG's range-based permutation is folded before this pass (``peg_permute.PegPermute``, as
+``quantize_onnx`` runs it), so permuted sites get contiguous groups; given qparams of an
+unfolded site (``calibrate`` alone), each site groups its channels by its own sorted ranges
+through the per-channel scale vectors: the same function without the contiguous layout a group
+GEMM wants.
 """
 
 from __future__ import annotations

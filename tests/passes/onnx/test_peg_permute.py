@@ -1,0 +1,109 @@
+"""PegPermute on ONNX graphs: PEG's range-sorted channel order folded into the initializers.
+
+Exactness: the permuted float model computes what the original computes in onnxruntime (only
+the order of float sums changes). Structure: the gathers left are the ones the model forces
+and are named with their reason (BERT: the returned hidden state; GPT-2: the LM head tied to
+the embedding table, read in both orders; Llama, untied: none), a second run changes nothing.
+Through ``quantize_onnx``: contiguous PEG groups, the same model FX builds (same observers,
+same ``shared_order``), and the report kept in the file's metadata.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+from lowbit.backends.onnxruntime import OrtRunner
+from lowbit.passes.onnx import find_transformer, load_onnx, plan_sites, quantize_onnx
+from lowbit.passes.onnx import upgrade_opset
+from lowbit.passes.onnx.calibrate import observe
+from lowbit.passes.onnx.peg_permute import PegPermute
+from lowbit.recipes import peg_recipe
+from lowbit.testing import sqnr
+
+pytest.importorskip("transformers")
+
+import onnx_test_models as M  # noqa: E402  (conftest.py puts this folder on sys.path)
+
+K = 4
+
+
+def _load(name: str) -> ir.Model:
+    model = load_onnx(M.onnx_file(name))
+    ir.external_data.load_to_model(model)
+    upgrade_opset(model, 21)
+    return model
+
+
+def _permuted(name: str, recipe=None):
+    model = _load(name)
+    ref = OrtRunner(ir.to_proto(model))
+    static = plan_sites(find_transformer(model), recipe or peg_recipe(K, True)).static()
+    ranges = observe(model, static, M.batches(2), progress=False)
+    before = {k: (lo.clone(), hi.clone()) for k, (lo, hi) in ranges.items()}
+    report = PegPermute(tuple(static), ranges)(model)
+    return model, ref, static, ranges, before, report
+
+
+@pytest.mark.parametrize("name, gathers", [
+    ("bert", ["graph output"]),
+    ("gpt2", ["lm_head.weight is shared", "reader node_linear (MatMul)"]),
+    ("llama", []),
+    ("bert_ts14", ["graph output"]),
+])
+def test_exact_and_gathers(name, gathers):
+    model, ref, _, _, _, report = _permuted(name)
+    assert report.modified and len(report.families) == 1
+    fam = report.families[0]
+    assert len(fam["sites"]) == 8 and fam["params"] > 0
+    assert len(report.gathers) == len(gathers)
+    for (_, why), expect in zip(report.gathers, gathers):
+        assert expect in why
+    out = OrtRunner(ir.to_proto(model))
+    assert out.output_names == ref.output_names          # the output keeps its name
+    for b in M.batches(2, seed=500):
+        for a, c in zip(ref.run(b), out.run(b)):
+            np.testing.assert_allclose(c, a, rtol=1e-5, atol=5e-6 * np.abs(a).max())
+
+
+def test_ranges_permuted_and_idempotent():
+    model, _, static, ranges, before, report = _permuted("bert")
+    p = report.families[0]["order"]
+    assert sorted(p.tolist()) == list(range(64)) and p.tolist() != list(range(64))
+    for s in static:
+        lo, hi = ranges[s.name]
+        if s.name in report.families[0]["sites"]:
+            assert np.array_equal(lo.numpy(), before[s.name][0][p].numpy())
+            assert np.array_equal(hi.numpy(), before[s.name][1][p].numpy())
+        else:                                             # per-tensor sites: untouched
+            assert np.array_equal(hi.numpy(), before[s.name][1].numpy())
+    again = PegPermute(tuple(static), ranges)(model)
+    assert not again.modified and not again.families
+
+
+def test_no_seed_without_permute():
+    model, *_, report = _permuted("bert", peg_recipe(K, permute=False))
+    assert not report.modified
+
+
+def test_quantize_onnx_contiguous_groups_and_fx_parity():
+    import lowbit
+
+    recipe = peg_recipe(K, True)
+    q = quantize_onnx(_load("bert"), recipe, calibration=M.batches(4), progress=False)
+    per_axis = [n for n in q.graph if n.op_type == "QuantizeLinear"
+                and n.attributes.get_int("axis", 1) == 2]
+    assert len(per_axis) == 8
+    for n in per_axis:       # constant on K contiguous runs of 64 / K channels
+        scale = n.inputs[1].const_value.numpy()
+        assert all(len(np.unique(g)) == 1 for g in scale.reshape(K, -1))
+    meta = json.loads(q.metadata_props["lowbit.peg"])
+    assert len(meta) == 1 and len(meta[0]["gathers"]) == 1
+    gm = lowbit.capture(M.tiny_bert(), M.batches(1)[0], dynamic=True)
+    fx = lowbit.quantize(gm, recipe, calibration=M.batches(4), progress=False)
+    runner = OrtRunner(ir.to_proto(q))
+    for b in M.batches(2, seed=500):
+        assert sqnr(fx(**b).last_hidden_state.detach().numpy(), runner.run(b)[0]) >= 60.0
