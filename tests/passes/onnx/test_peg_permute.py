@@ -17,8 +17,7 @@ import onnx_ir as ir
 import pytest
 
 from lowbit.backends.onnxruntime import OrtRunner
-from lowbit.passes.onnx import find_transformer, load_onnx, plan_sites, quantize_onnx
-from lowbit.passes.onnx import upgrade_opset
+from lowbit.passes.onnx import find_transformer, load_onnx, plan_sites, quantize_onnx, upgrade_opset
 from lowbit.passes.onnx.calibrate import observe
 from lowbit.passes.onnx.peg_permute import PegPermute
 from lowbit.recipes import peg_recipe
@@ -26,7 +25,7 @@ from lowbit.testing import sqnr
 
 pytest.importorskip("transformers")
 
-import onnx_test_models as M  # noqa: E402  (conftest.py puts this folder on sys.path)
+import onnx_test_models as M
 
 K = 4
 
@@ -85,7 +84,7 @@ def test_ranges_permuted_and_idempotent():
 
 
 def test_no_seed_without_permute():
-    model, *_, report = _permuted("bert", peg_recipe(K, permute=False))
+    *_, report = _permuted("bert", peg_recipe(K, permute=False))
     assert not report.modified
 
 
