@@ -9,15 +9,24 @@ Activations: unsigned affine per tensor (u8, as VNNI wants u8 x s8), or signed p
 | W4A16_G128   | i4 per group of 128   | float                               | -                  |
 | W4A8         | i4 per channel        | u8 per tensor, static               | -                  |
 | W8A8_PEG     | i8 per channel        | u8 per tensor; PEG (K=6, permuted) at FFN input, FFN output, residual sums | as W8A8_FULL |
+
+W8A8_PEG's six groups need a hidden size divisible by 6 (BERT-base 768, MiniLM 384); other
+models get a ConfigError naming both numbers: ``peg_recipe(groups=K)`` picks another K.
 """
 
 from __future__ import annotations
 
 from lowbit.config import (
-    PerChannel, PerEmbeddingGroup, PerGroup, PerTensor, PerToken, QuantSpec, Recipe,
+    PerChannel,
+    PerEmbeddingGroup,
+    PerGroup,
+    PerTensor,
+    PerToken,
+    QuantSpec,
+    Recipe,
 )
 
-__all__ = ["W8A8", "W8A8_FULL", "W8A8_DYNAMIC", "W4A16_G128", "W4A8", "W8A8_PEG", "PEG_ROLES", "peg_recipe", "BUILTIN", "EXTRA", "get"]
+__all__ = ["BUILTIN", "PEG_ROLES", "W4A8", "W4A16_G128", "W8A8", "W8A8_DYNAMIC", "W8A8_FULL", "W8A8_PEG", "get", "peg_recipe"]
 
 _W8 = QuantSpec(bits=8, symmetric=True, granularity=PerChannel(axis=0))
 _W4 = QuantSpec(bits=4, symmetric=True, granularity=PerChannel(axis=0))
@@ -49,18 +58,14 @@ def peg_recipe(groups: int = 6, permute: bool = True, roles: tuple[str, ...] = P
 
 W8A8_PEG = peg_recipe(6, True, name="W8A8_PEG")
 
-BUILTIN = {r.name: r for r in (W8A8, W8A8_FULL, W8A8_DYNAMIC, W4A16_G128, W4A8)}
-# Named by get() (and so the CLI) but not in BUILTIN yet: the tests parametrized over BUILTIN
-# assume per-tensor static sites (op counts, FX-vs-ORT site agreement).
-EXTRA = {W8A8_PEG.name: W8A8_PEG}
+BUILTIN = {r.name: r for r in (W8A8, W8A8_FULL, W8A8_DYNAMIC, W4A16_G128, W4A8, W8A8_PEG)}
 
 
 def get(name: str) -> Recipe:
     """A built-in recipe by name (case-insensitive, '-' or '_')."""
     key = name.upper().replace("-", "_")
-    known = BUILTIN | EXTRA
-    if key not in known:
+    if key not in BUILTIN:
         from lowbit.errors import ConfigError
 
-        raise ConfigError(f"unknown recipe {name!r}; built in: {sorted(known)}")
-    return known[key]
+        raise ConfigError(f"unknown recipe {name!r}; built in: {sorted(BUILTIN)}")
+    return BUILTIN[key]

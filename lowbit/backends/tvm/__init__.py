@@ -5,10 +5,11 @@
     legalize_quant.py  FX pass: q/dq + linear -> lowbit::linear_u8s8[_q|_peg] / linear_w4a16
     fuse_siblings.py   FX pass: int8 linears sharing an input -> one wide GEMM + split
     import_onnx.py     QDQ ONNX -> Relax, q/dq + matmul rewritten to the int8 kernel
+    import_onnx_peg.py its PEG form (per-axis activations in contiguous groups -> group GEMM)
     pack.py, ops.py    weight packing (VNNI [N/16, K/4, 16, 4], int4 two per byte) and the ops
     import_relax.py    re-export + Relax import, converters for lowbit and q/dq ops
     kernels.py         the integer TIR kernels, their hand schedules, numpy references
-    peg_kernel.py      the PEG group-wise int8 GEMM
+    peg_kernel.py      the PEG group-wise int8 GEMM and its numerics (groups, corr, scale)
     intrin.py          the AVX-512 VNNI intrinsic, fixed for TVM 0.27's LLVM
     schedules.py       default CPU schedules for everything else (untuned builds)
     build.py           lift/legalize/fuse, schedule, lower, compile

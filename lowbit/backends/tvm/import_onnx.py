@@ -18,8 +18,18 @@ MatMul weights are [K, N], so per-output-channel scales lie on axis 1)::
     y[m, n] = sum_k s_x (x_q[m, k] - z_x) s_w[n] W[k, n] + b[n]
             = s_x s_w[n] (acc[m, n] - z_x colsum(W)[n]) + b[n],    corr[n] = z_x colsum(W)[n]
 
+PEG inputs (per-axis activations along the last axis whose scale and zero point are constant
+on G equal contiguous channel groups; planned in import_onnx_peg.py, numerics shared with the
+FX path in peg_kernel.py)::
+
+    matmul(dequantize(x_q, s_x[K], z_x[K], axis=-1), dequantize(W_i8[K, N], s_w[N], 0, axis=1))
+        [+ b[N]]  ->  linear_u8s8_peg(x_u8, pack_vnni(W^T), corr_i32 [G, N], scale_f32 [G, N], b)
+
+    y[m, n] = sum_g s_g s_w[n] (acc_g[m, n] - z_g colsum_g(W)[n]) + b[n],
+              corr[g, n] = z_g colsum_g(W)[n],  scale[g, n] = s_g s_w[n]
+
 ``x_q`` may be any u8 or s8 tensor (a QuantizeLinear, a Clip of one, ...): the kernel needs
-only its integers and the per-tensor ``s_x``, ``z_x``. An s8 ``x_q`` becomes u8 exactly by
+only its integers and the static ``s_x``, ``z_x``. An s8 ``x_q`` becomes u8 exactly by
 ``x_u8 = x_s8 + 128``, ``z_x + 128``. A per-tensor weight scale is broadcast to [N]. The
 packed weight, ``corr``, ``scale`` and ``b`` are computed here in numpy from the detached
 parameters and become new parameters (never constants: weights stay out of the library and
@@ -27,15 +37,18 @@ away from FoldConstant). The ``add`` of a bias is absorbed when the matmul has n
 
 Skipped on purpose, with the reason in the lowering log (``(weight name, kind or reason)``, as
 the FX path records it): weights that are not 2-D int8 parameters, scales on the input-channel
-axis, non-zero weight zero points, K not a multiple of 4, computed qparams, and matmuls whose
-weight is not quantized (they stay fp32). Refused with ``CompileError``: blocked
-DequantizeLinear (int4 group-wise W4A16: TVM 0.27 does not import it; compile the FX graph),
-and dynamic quantization (DynamicQuantizeLinear, MatMulInteger, ...: compile the float model,
-or quantize statically).
+axis, non-zero weight zero points, K not a multiple of 4, computed qparams, matmuls whose
+weight is not quantized (they stay fp32), and per-axis inputs the PEG kernel cannot take
+(not on the last axis; groups not contiguous, as with PEG ``permute=True`` and no permutation
+folded; groups not a multiple of 4 channels wide; N not a multiple of 16: import_onnx_peg.py).
+Refused with ``CompileError``: blocked DequantizeLinear (int4 group-wise W4A16: TVM 0.27 does
+not import it; compile the FX graph), and dynamic quantization (DynamicQuantizeLinear,
+MatMulInteger, ...: compile the float model, or quantize statically).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import pathlib
@@ -50,7 +63,8 @@ from onnx import helper, numpy_helper
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, PyExprVisitor, mutator, visitor
 
-from lowbit.backends.tvm import kernels
+from lowbit.backends.tvm import kernels, peg_kernel
+from lowbit.backends.tvm.import_onnx_peg import plan_peg
 from lowbit.backends.tvm.import_relax import CompileError, ImportedModel
 from lowbit.backends.tvm.pack import pack_vnni
 from lowbit.errors import ConfigError
@@ -197,7 +211,8 @@ class _Plan:
         uses = _Uses()
         uses.visit_expr(func.body)
         self.uses = uses.count
-        self.rewrites: dict = {}      # call -> (x_q, zp shift, arrays, name, (m, n, k))
+        self.rewrites: dict = {}      # call -> (x_q, zp shift, name, (m, n, k), arrays,
+        #                                          (kernel kind, extra key, make(m, n, k)))
         self.log: list[tuple[str, str]] = []
 
     def value(self, expr) -> np.ndarray | None:
@@ -263,8 +278,8 @@ class _Plan:
             return "fp32: input is not dequantized (weight-only quantization)"
         x_q = x_dq.args[0]
         s_x, z_x = self.value(x_dq.args[1]), self.value(x_dq.args[2])
-        if s_x is None or z_x is None or s_x.size != 1 or z_x.size != 1:
-            return "fp32: input qparams not static per-tensor"
+        if s_x is None or z_x is None:
+            return "fp32: input qparams are computed, not static"
         x_dtype = x_q.ty.dtype
         if x_dtype not in ("uint8", "int8"):
             return f"fp32: input dtype {x_dtype} is not 8-bit"
@@ -275,9 +290,19 @@ class _Plan:
         if len(shape) < 2 or shape[-1] != k:
             return f"fp32: input shape {shape} is not [..., K={k}]"
         shift = 128 if x_dtype == "int8" else 0
-        z = int(z_x.reshape(())) + shift
-        corr = (z * w.astype(np.int64).sum(0)).astype(np.int32)
-        scale = (float(s_x.reshape(())) * s_w.astype(np.float64)).astype(np.float32)
+        if s_x.size == 1 and z_x.size == 1:
+            kernel = ("linear_u8s8", (), kernels.linear_u8s8)
+            z = int(z_x.reshape(())) + shift
+            corr = (z * w.astype(np.int64).sum(0)).astype(np.int32)
+            scale = (float(s_x.reshape(())) * s_w.astype(np.float64)).astype(np.float32)
+        else:  # per-axis input: PEG (import_onnx_peg.py)
+            peg = plan_peg(w, s_w, s_x, z_x.astype(np.int64) + shift,
+                           axis=int(x_dq.attrs.axis), ndim=len(shape))
+            if isinstance(peg, str):
+                return peg
+            corr, scale = peg.corr_i32, peg.scale_f32
+            kernel = ("linear_u8s8_peg", (peg.groups,),
+                      functools.partial(peg_kernel.linear_u8s8_peg, groups=peg.groups))
         bias, target = np.zeros(n, np.float32), mm
         add = self._bias_add(mm, n)
         if add is not None:
@@ -285,8 +310,8 @@ class _Plan:
         w_vnni = pack_vnni(torch.from_numpy(np.ascontiguousarray(w.T))).numpy()
         self.rewrites[target] = (x_q, shift, name, (math.prod(shape[:-1]), n, k),
                                  [("w_vnni", w_vnni), ("corr_i32", corr), ("scale_f32", scale),
-                                  ("bias_f32", bias)])
-        return "linear_u8s8"
+                                  ("bias_f32", bias)], kernel)
+        return kernel[0]
 
     def _bias_add(self, mm: relax.Call, n: int):
         """The ``add(mm, b)`` binding to absorb: (call, b as f32 [N]) or None."""
@@ -318,7 +343,7 @@ class _Rewrite(PyExprMutator):
         job = next((v for c, v in self.plan.rewrites.items() if c.same_as(call)), None)
         if job is None:
             return super().visit_call_(call)
-        x_q, shift, name, (m, n, k), arrays = job
+        x_q, shift, name, (m, n, k), arrays, (kind, key, make) = job
         bb = self.builder_
         x = self.visit_expr(x_q)
         shape = [int(d) for d in x_q.ty.shape.values]
@@ -331,9 +356,9 @@ class _Rewrite(PyExprMutator):
             var = relax.Var(f"{name}_{suffix}", relax.TensorType(arr.shape, str(arr.dtype)))
             self.new_params.append((var, arr))
             args.append(var)
-        kname = f"lowbit_linear_u8s8_{m}_{n}_{k}"
+        kname = f"lowbit_{kind}_" + "_".join(str(d) for d in (m, n, k, *key))
         if kname not in self.kernels:
-            self.kernels[kname] = bb.add_func(kernels.linear_u8s8(m, n, k), kname)
+            self.kernels[kname] = bb.add_func(make(m, n, k), kname)
         y = bb.emit(relax.call_tir(self.kernels[kname], [x2, *args],
                                    relax.TensorType((m, n), "float32")))
         return relax.op.reshape(y, (*shape[:-1], n))

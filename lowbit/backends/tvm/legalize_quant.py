@@ -54,6 +54,7 @@ from torch import fx
 
 from lowbit.backends.tvm.ops import LINEAR_U8S8, LINEAR_U8S8_PEG, LINEAR_U8S8_Q, LINEAR_W4A16
 from lowbit.backends.tvm.pack import VNNI_K, pack_int4, pack_vnni
+from lowbit.backends.tvm.peg_kernel import contiguous_groups, peg_corr_scale
 from lowbit.passes.infra import Pass, PassResult
 
 __all__ = ["LOWERING_META", "LegalizeQuantLinear", "buffer_value"]
@@ -74,20 +75,6 @@ def buffer_value(gm: fx.GraphModule, node) -> torch.Tensor | None:
 
 def _is(node, target) -> bool:
     return isinstance(node, fx.Node) and node.op == "call_function" and node.target is target
-
-
-def _contiguous_groups(scale: torch.Tensor, zero: torch.Tensor, k: int) -> int | None:
-    """The fewest G equal contiguous channel groups on which both vectors are constant, with
-    K / G a multiple of VNNI_K (None if there is none)."""
-    if scale.numel() != k or zero.numel() != k:
-        return None
-    for groups in range(1, k // VNNI_K + 1):
-        if k % groups or (k // groups) % VNNI_K:
-            continue
-        s, z = scale.reshape(groups, -1), zero.reshape(groups, -1)
-        if bool((s == s[:, :1]).all()) and bool((z == z[:, :1]).all()):
-            return groups
-    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,15 +175,11 @@ class LegalizeQuantLinear(Pass):
         if any(a is not b for a, b in zip(x.args[1:], q.args[1:])) or x.args[3:] != q.args[3:]:
             return "fp32: input q and dq disagree on qparams"
         k = w_i8.shape[1]
-        groups = _contiguous_groups(s_x.reshape(-1), z_x.reshape(-1), k)
+        groups = contiguous_groups(s_x.reshape(-1), z_x.reshape(-1), k)
         if groups is None:
             return "fp32: per-channel input scales are not constant on contiguous groups of 4k"
-        n, kg = w_i8.shape[0], k // groups
-        w64 = w_i8.to(torch.int64)
-        z_g = z_x.reshape(groups, kg)[:, 0].to(torch.int64)
-        corr = (z_g[:, None] * w64.reshape(n, groups, kg).sum(2).t()).to(torch.int32)   # [G, N]
-        s_g = s_x.reshape(groups, kg)[:, 0].to(torch.float64)
-        scale = (s_g[:, None] * s_w.reshape(1, n).to(torch.float64)).to(torch.float32)
+        n = w_i8.shape[0]
+        corr, scale = (torch.from_numpy(a) for a in peg_corr_scale(w_i8, s_w, s_x, z_x, groups))
         b = buffer_value(gm, bias) if bias is not None else torch.zeros(n)
         if bias is not None and b is None:
             return "fp32: bias is computed, not a buffer"

@@ -9,21 +9,66 @@ u8 scale ``s_g`` and zero point ``z_g``, the weight is s8 per output channel::
     corr[g, n]       = z_g * sum_{c in g} w[n, c],    scale[g, n] = s_g * s_w[n]
 
 which is ``linear(dequant_per_group(x_u8), dequant(w_i8), bias)`` with exact int32 zero-point
-corrections, one accumulator per group. Schedule: the W8A8 register tile (MI rows x NT*16
+corrections, one accumulator per group. ``contiguous_groups`` (the G a quantizer's vectors
+allow) and ``peg_corr_scale`` (``corr`` and ``scale`` above, in numpy) are the numerics both
+front ends share: the FX legalization (legalize_quant.py) and the ONNX import
+(import_onnx_peg.py). Schedule: the W8A8 register tile (MI rows x NT*16
 columns, ``vpdpbusd`` on 16x4 blocks) with the group loop outside the k loop of each group; the
 epilogue sums the G partial results per tile.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from tvm import s_tir, te, tirx
 
 from lowbit.backends.tvm import kernels
 from lowbit.backends.tvm.intrin import register_vnni
+from lowbit.backends.tvm.pack import VNNI_K
 from lowbit.backends.tvm.schedules import get_extent
 
-__all__ = ["linear_u8s8_peg", "reference_linear_u8s8_peg"]
+__all__ = ["contiguous_groups", "linear_u8s8_peg", "peg_corr_scale", "reference_linear_u8s8_peg"]
+
+
+def _np(x: Any) -> np.ndarray:
+    """A numpy view of a torch tensor (detached, on the CPU) or an array."""
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+
+
+def contiguous_groups(scale: Any, zero: Any, k: int, multiple: int = VNNI_K) -> int | None:
+    """The fewest G equal contiguous channel groups on which both [K] vectors (torch or numpy)
+    are constant, with K / G a multiple of ``multiple`` (None if there is none)."""
+    s_all, z_all = _np(scale).reshape(-1), _np(zero).reshape(-1)
+    if s_all.size != k or z_all.size != k:
+        return None
+    for groups in range(1, k // multiple + 1):
+        if k % groups or (k // groups) % multiple:
+            continue
+        s, z = s_all.reshape(groups, -1), z_all.reshape(groups, -1)
+        if bool((s == s[:, :1]).all()) and bool((z == z[:, :1]).all()):
+            return groups
+    return None
+
+
+def peg_corr_scale(w_i8: Any, s_w: Any, s_x: Any, z_x: Any, groups: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """``corr_i32 [G, N]`` and ``scale_f32 [G, N]`` of the kernel (module docstring) for
+    ``w_i8 [N, K]``, ``s_w [N]`` and the input's ``s_x [K]``, ``z_x [K]`` (u8 grid: an s8
+    input's zero points already moved by 128), constant on ``groups`` contiguous groups::
+
+        corr[g, n] = z_g * sum_{c in g} w[n, c]          (int64, then int32)
+        scale[g, n] = f32(f64(s_g) * f64(s_w[n]))        (one rounding)
+    """
+    w = _np(w_i8).astype(np.int64)
+    n, k = w.shape
+    kg = k // groups
+    z_g = _np(z_x).reshape(groups, kg)[:, 0].astype(np.int64)
+    corr = (z_g[:, None] * w.reshape(n, groups, kg).sum(2).T).astype(np.int32)
+    s_g = _np(s_x).reshape(groups, kg)[:, 0].astype(np.float64)
+    scale = (s_g[:, None] * _np(s_w).reshape(1, n).astype(np.float64)).astype(np.float32)
+    return corr, scale
 
 
 def linear_u8s8_peg(m: int, n: int, k: int, groups: int) -> tirx.PrimFunc:
@@ -76,7 +121,7 @@ def _schedule(sch: s_tir.Schedule) -> s_tir.Schedule:
     sch.parallel(outer)
     sch.reverse_compute_at(out, outer, preserve_unit_loops=True)
     sch.compute_at(acc, g, preserve_unit_loops=True)
-    ag, ai, aj, ar = sch.get_loops(acc)[-4:]
+    _, ai, aj, ar = sch.get_loops(acc)[-4:]
     ajt, aji = sch.split(aj, [None, 16])
     aro, ari = sch.split(ar, [None, 4])
     sch.reorder(aro, ai, ajt, aji, ari)

@@ -26,7 +26,8 @@ PEG sites of the family that group in place).
 Gathers left, with the reason in ``PegReport.gathers``: a graph output (the model returns
 the stream in the user's order: the output keeps its name), a graph input, a reader or
 producer that is not a linear or a channel-wise op, an initializer that is shared or read
-elsewhere (a tied LM head), values of unknown shape. Skips: PEG sites without ``permute`` and
+elsewhere (a tied LM head; a shared bias or gamma, as exporters deduplicate equal ones, gets
+a permuted copy instead), values of unknown shape. Skips: PEG sites without ``permute`` and
 sites done by an earlier run (``metadata_props["lowbit.peg_permuted"]``): a second run
 reports ``modified=False``.
 """
@@ -40,6 +41,7 @@ import numpy as np
 import onnx_ir as ir
 import torch
 
+from lowbit.backends.onnxruntime import add_initializer
 from lowbit.config import PerEmbeddingGroup
 from lowbit.passes.fx.peg_permute import PegReport
 from lowbit.passes.infra import Pass
@@ -94,6 +96,7 @@ class _Family:
         self.values: set = {seed}
         self.nodes: list[ir.Node] = []          # channel-wise members (norms included)
         self.params: dict = {}                  # initializer -> {member readers}
+        self.copies: dict = {}                  # shared small initializer -> {member readers}
         self.producers: list[ir.Node] = []      # linears whose output channels permute
         self.sinks: list[ir.Node] = []
         self.gather_in: dict = {}               # value -> [(reader, reason)]
@@ -205,10 +208,15 @@ class _Family:
                     (u, f"reader {u.name} ({u.op_type}) cannot be permuted"))
 
     def settle_params(self) -> None:
-        """Initializers read outside the family cannot be permuted: gather them instead."""
+        """Initializers read outside the family cannot be permuted in place: channel vectors
+        (a bias or gamma deduplicated by the exporter) get a permuted copy, tables (a tied
+        embedding) a gather."""
         for a, readers in list(self.params.items()):
             if why := shared_reason(a, readers):
                 del self.params[a]
+                if int(np.prod(a.shape)) == self.c:     # a channel vector
+                    self.copies[a] = readers
+                    continue
                 for r in readers:
                     self.gather_in.setdefault(a, []).append((r, why))
 
@@ -268,6 +276,12 @@ class PegPermute(Pass):
         for n in fam.sinks:
             w, layout = linear_weight(n)
             put(w, lambda a, lay=layout: peg.permute_in(a, p, lay))
+        for a, readers in fam.copies.items():
+            arr = peg.permute_vector(const_array(a), p)
+            copy = add_initializer(graph, f"{a.name}_peg", arr, a.dtype)
+            for r in readers:
+                _rewire(r, a, copy)
+            touched += 1
         for s in pegs:
             lo, hi = self.ranges[s.name]
             self.ranges[s.name] = (lo[p], hi[p])
@@ -298,8 +312,6 @@ class PegPermute(Pass):
 
 def _gather(graph: ir.Graph, v: ir.Value, index: torch.Tensor, name: str) -> ir.Value:
     """``Gather(v, index, axis=-1)`` inserted after ``v``'s producer (or first)."""
-    from lowbit.backends.onnxruntime import add_initializer
-
     idx = add_initializer(graph, name, index.numpy().astype(np.int64), ir.DataType.INT64)
     node = ir.Node("", "Gather", [v, idx], attributes=[ir.AttrInt64("axis", -1)], name=name)
     out = node.outputs[0]

@@ -19,7 +19,7 @@ QD = "quantized_decomposed."
 # 8-bit per-channel weights with 8-bit per-tensor activations keep ~40-60 dB on these tiny
 # random models; 4-bit weights lose ~6 dB per bit removed. Floors sit ~10 dB under measured.
 SQNR_FLOOR = {"W8A8": 35.0, "W8A8_FULL": 25.0, "W8A8_DYNAMIC": 40.0, "W4A16_G128": 15.0,
-              "W4A8": 15.0}
+              "W4A8": 15.0, "W8A8_PEG": 25.0}
 
 
 def _bert(hidden=128):
@@ -47,17 +47,25 @@ def _batches(inputs, n=3):
 def test_recipes_structure_and_sqnr(bert, name):
     gm, inputs = bert
     recipe = recipes.BUILTIN[name]
+    if name == "W8A8_PEG":      # K=6 groups do not divide hidden 128: refused, named; use 96
+        with pytest.raises(ConfigError, match=r"groups=6\) does not divide the hidden size 128"):
+            quantize(gm, recipe, calibration=_batches(inputs), progress=False)
+        gm, inputs = _bert(hidden=96)
     q = quantize(gm, recipe, calibration=_batches(inputs), progress=False)
     c = op_counts(q)
     n_linear = 2 * 6  # q, k, v, o, ffn in, ffn out per block; pooler (head) left in float
+    # W8A8_PEG: W8A8_FULL's 8 sites per block, 4 of them PEG (per channel): FFN input, FFN
+    # output, the 2 residual sums; per tensor: q/k/v input, o input, o output, FFN-out input
+    peg = 2 * 4 if name == "W8A8_PEG" else 0
     if recipe.weight.granularity == PerGroup(128):
         assert c[QD + "dequantize_per_channel_group.default"] == n_linear
     else:
-        assert c[QD + "dequantize_per_channel.default"] == n_linear
+        assert c[QD + "dequantize_per_channel.default"] == n_linear + peg
     acts = {"W8A8": 2 * 4, "W4A8": 2 * 4,  # q/k/v share one input quantizer: 4 per block
             "W8A8_FULL": 2 * 4 + 2 * 2 + 2 * 2,  # + 2 residual sums + o / FFN-out outputs
-            "W8A8_DYNAMIC": 0, "W4A16_G128": 0}[name]
+            "W8A8_DYNAMIC": 0, "W4A16_G128": 0, "W8A8_PEG": 2 * 4}[name]
     assert c[QD + "quantize_per_tensor.default"] == acts
+    assert c[QD + "quantize_per_channel.default"] == peg
     assert c[QD + "quantize_per_token.default"] == (8 if name == "W8A8_DYNAMIC" else 0)
     assert c["aten.linear.default"] == n_linear + 1
     # float weights of quantized linears are gone; the pooler keeps its own
@@ -65,6 +73,7 @@ def test_recipes_structure_and_sqnr(bert, name):
     assert "encoder.layer.0.attention.self.query.weight" not in params
     assert "pooler.dense.weight" in params
     db = sqnr(gm(**inputs).last_hidden_state, q(**inputs).last_hidden_state)
+    print(f"{name}: {db:.1f} dB")
     assert db > SQNR_FLOOR[name], f"{name}: {db:.1f} dB"
 
 

@@ -104,3 +104,32 @@ def test_scales_match_fx(bert):
             torch.testing.assert_close(qparams[fq.site][0], fq.scale, rtol=1e-5, atol=0)
             checked += 1
     assert checked == 8
+
+
+def test_site_agreement_at_peg_sites(tmp_path):
+    """site_agreement checks PEG sites too: per-channel parameters element by element, and the
+    integers onnxruntime's per-axis QuantizeLinear writes against torch's."""
+    import onnx
+
+    import lowbit
+    from lowbit.backends.onnxruntime import export_onnx
+    from lowbit.backends.site_agreement import site_agreement
+    from lowbit.errors import LowbitError
+
+    gm = lowbit.capture(M.tiny_bert(), M.batches(1)[0], dynamic=True)
+    q = lowbit.quantize(gm, peg_recipe(K, permute=True), calibration=M.batches(4),
+                        progress=False)
+    path = export_onnx(q, tmp_path / "peg.onnx", ((), M.batches(1)[0]))
+    rep = site_agreement(q, path, M.batches(1, seed=9)[0])
+    assert len(rep.sites) == 16 and sum("per_channel" in s for s in rep.sites) == 8
+    assert rep.worst_diff <= 1 and rep.worst_fraction <= 1e-3, str(rep)
+    proto = onnx.load(str(path))
+    inits = {i.name: i for i in proto.graph.initializer}
+    init = next(inits[n.input[1]] for n in proto.graph.node if n.op_type == "QuantizeLinear"
+                and n.input[1] in inits and list(inits[n.input[1]].dims) == [64])
+    arr = onnx.numpy_helper.to_array(init).copy()
+    arr[5] *= 1.5
+    init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
+    onnx.save(proto, str(tmp_path / "bad.onnx"))
+    with pytest.raises(LowbitError, match="quantizes with"):
+        site_agreement(q, tmp_path / "bad.onnx", M.batches(1, seed=9)[0])

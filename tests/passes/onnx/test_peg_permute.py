@@ -11,6 +11,7 @@ same ``shared_order``), and the report kept in the file's metadata.
 from __future__ import annotations
 
 import json
+from unittest.mock import ANY
 
 import numpy as np
 import onnx_ir as ir
@@ -30,8 +31,8 @@ import onnx_test_models as M
 K = 4
 
 
-def _load(name: str) -> ir.Model:
-    model = load_onnx(M.onnx_file(name))
+def _load(name) -> ir.Model:
+    model = load_onnx(M.onnx_file(name) if isinstance(name, str) else name)
     ir.external_data.load_to_model(model)
     upgrade_opset(model, 21)
     return model
@@ -106,3 +107,39 @@ def test_quantize_onnx_contiguous_groups_and_fx_parity():
     runner = OrtRunner(ir.to_proto(q))
     for b in M.batches(2, seed=500):
         assert sqnr(fx(**b).last_hidden_state.detach().numpy(), runner.run(b)[0]) >= 60.0
+
+
+def test_shared_vectors_are_copied(tmp_path):
+    """A default-initialized BERT: the exporter stores its equal zero biases / LayerNorm betas
+    once, read by many nodes in and out of the family. Such channel vectors get permuted
+    copies (not gathers, which would hide the linears' bias Adds from spotting), and the file
+    still quantizes: the residual sums are found again by InsertQDQ."""
+    import torch
+    import transformers
+
+    import lowbit
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=128, vocab_size=M.VOCAB)
+    model = transformers.BertModel(cfg).eval()
+    path = lowbit.export_onnx(lowbit.capture(model, M.inputs(2)), tmp_path / "f32.onnx")
+    shared = [v for v in load_onnx(path).graph.initializers.values()
+              if len(v.shape) == 1 and len(v.uses()) > 1]
+    assert shared                           # the case under test exists in this export
+    model, ref, *_, report = _permuted(path)          # float: exact, copies not gathers
+    why = "graph output: the model returns it in its own channel order"
+    assert report.families[0]["gathers"] == [(ANY, why)]
+    out = OrtRunner(ir.to_proto(model))
+    for b in M.batches(2, batch=2, seed=500):
+        np.testing.assert_allclose(out.run(b)[0], ref.run(b)[0], rtol=1e-5, atol=1e-5)
+    feeds = [{k: v.numpy() for k, v in b.items()} for b in M.batches(4)]
+    q = quantize_onnx(path, peg_recipe(K, True), calibration=feeds, progress=False)
+    (fam,) = json.loads(q.metadata_props["lowbit.peg"])
+    assert [why for _, why in fam["gathers"]] == [
+        "graph output: the model returns it in its own channel order"]
+    assert any(name.endswith("_peg") for name in q.graph.initializers)
+    ref = OrtRunner(path)
+    out = OrtRunner(ir.to_proto(q))
+    b = feeds[0]
+    assert sqnr(ref.run(b)[0], out.run(b)[0]) > 20.0
