@@ -53,7 +53,7 @@ import torch.ao.quantization.fx._decomposed
 from torch import fx
 
 from lowbit.backends.tvm.ops import LINEAR_U8S8, LINEAR_U8S8_PEG, LINEAR_U8S8_Q, LINEAR_W4A16
-from lowbit.backends.tvm.pack import VNNI_K, pack_int4, pack_vnni
+from lowbit.backends.tvm.pack import VNNI_K, VNNI_N, pack_int4, pack_vnni
 from lowbit.backends.tvm.peg_kernel import contiguous_groups, peg_corr_scale
 from lowbit.passes.infra import Pass, PassResult
 
@@ -179,6 +179,8 @@ class LegalizeQuantLinear(Pass):
         if groups is None:
             return "fp32: per-channel input scales are not constant on contiguous groups of 4k"
         n = w_i8.shape[0]
+        if n % VNNI_N:
+            return f"fp32: N={n} not a multiple of {VNNI_N} (PEG kernel)"
         corr, scale = (torch.from_numpy(a) for a in peg_corr_scale(w_i8, s_w, s_x, z_x, groups))
         b = buffer_value(gm, bias) if bias is not None else torch.zeros(n)
         if bias is not None and b is None:

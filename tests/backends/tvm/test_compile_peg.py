@@ -55,3 +55,23 @@ def test_peg_lowers_to_group_gemm_and_agrees(bert, permute):
         off += int((d >= 1).sum())
         total += d.size
     assert off / total <= MAX_OFF_BY_ONE, off / total
+
+
+def test_peg_linear_with_n_not_a_multiple_of_16_stays_fp32():
+    """The group GEMM's schedule tiles N by 16: an FFN of width 72 keeps its PEG input
+    linear in fp32, with the reason in the lowering log (no schedule error at build)."""
+    import copy
+
+    from lowbit.backends.tvm.legalize_quant import LOWERING_META, LegalizeQuantLinear
+
+    torch.manual_seed(0)
+    cfg = BertConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+                     intermediate_size=72, vocab_size=100)
+    ids = torch.randint(0, 100, (2, 8))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    q = quantize(capture(BertModel(cfg).eval(), batch), recipes.peg_recipe(groups=4),
+                 calibration=[batch], progress=False)
+    gm = LegalizeQuantLinear()(copy.deepcopy(q)).graph
+    kinds = [k for _, k in gm.meta[LOWERING_META]]
+    assert "fp32: N=72 not a multiple of 16 (PEG kernel)" in kinds, kinds
+    assert "linear_u8s8_peg" not in kinds
