@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 import torch.ao.quantization.fx._decomposed
-from transformers import BertConfig, BertModel
 
 from lowbit import recipes
 from lowbit.backends.tvm.kernels import has_vnni
@@ -41,15 +40,8 @@ needs_vnni = pytest.mark.skipif(not has_vnni(host_target()), reason="host has no
 
 
 @pytest.fixture(scope="module")
-def bert():
-    torch.manual_seed(0)
-    cfg = BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=128, vocab_size=100)
-    model = BertModel(cfg).eval()
-    ids = torch.randint(0, 100, (2, 16))
-    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    calib = [{"input_ids": torch.randint(0, 100, (2, 16)), "attention_mask": torch.ones_like(ids)}
-             for _ in range(4)]
+def bert(tiny_bert):
+    model, inputs, calib = tiny_bert
     return model, capture(model, inputs), inputs, calib
 
 

@@ -18,7 +18,6 @@ import onnx
 import pytest
 import torch
 import torch.ao.quantization.fx._decomposed
-from transformers import BertConfig, BertModel
 
 import lowbit
 from lowbit import recipes
@@ -44,15 +43,8 @@ def _quantize_outputs(gm):
 
 
 @pytest.fixture(scope="module")
-def bert(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=128, vocab_size=100)
-    model = BertModel(cfg).eval()
-    ids = torch.randint(0, 100, (2, 16))
-    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    calib = [{"input_ids": torch.randint(0, 100, (2, 16)), "attention_mask": torch.ones_like(ids)}
-             for _ in range(4)]
+def bert(tmp_path_factory, tiny_bert):
+    model, inputs, calib = tiny_bert
     gm = lowbit.capture(model, inputs)
     q = _quantize_outputs(quantize_w8a8(gm, calib))
     d = tmp_path_factory.mktemp("onnx")

@@ -6,7 +6,6 @@ import copy
 
 import pytest
 import torch
-from transformers import BertConfig, BertModel
 
 from lowbit import recipes
 from lowbit.backends.tvm.legalize_quant import LOWERING_META, LegalizeQuantLinear
@@ -29,13 +28,8 @@ W8A8_S8 = recipes.W8A8.replace(
 
 
 @pytest.fixture(scope="module")
-def bert():
-    torch.manual_seed(0)
-    cfg = BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=128, vocab_size=100)
-    model = BertModel(cfg).eval()
-    ids = torch.randint(0, 100, (2, 16))
-    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+def bert(tiny_bert):
+    model, inputs, _ = tiny_bert
     return capture(model, inputs), inputs
 
 

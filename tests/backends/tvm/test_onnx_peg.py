@@ -1,5 +1,5 @@
 """PEG activations in QDQ ONNX through lowbit.compile (import_onnx_peg.py, peg_kernel.py's shared
-numerics): the tiny BERT of test_compile_onnx.py (hidden 64, 2 layers, batch 2, seq 16),
+numerics): the tiny BERT of conftest.py (hidden 64, 2 layers, batch 2, seq 16),
 exported float with static shapes, quantized with ``peg_recipe(groups=4)`` by the steps of
 ``lowbit.quantize_onnx`` minus its permutation folding (``_quantize``), untuned.
 
@@ -27,7 +27,6 @@ import onnx
 import pytest
 import torch
 from onnx import numpy_helper
-from transformers import BertConfig, BertModel
 
 import lowbit
 from lowbit.backends.onnxruntime import OrtRunner
@@ -61,17 +60,11 @@ needs_vnni = pytest.mark.skipif(not has_vnni(host_target()), reason="host has no
 
 # ---- fixtures ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    """The float export of test_compile_onnx.py's tiny BERT, quantized with PEG in place
-    ("peg"), permuted ("perm"), and "peg" with its PEG inputs moved to s8 ("s8")."""
-    torch.manual_seed(0)
-    cfg = BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=128, vocab_size=100)
-    model = BertModel(cfg).eval()
-    ids = torch.randint(0, 100, (2, 16))
-    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    calib = [{"input_ids": torch.randint(0, 100, (2, 16)), "attention_mask": torch.ones_like(ids)}
-             for _ in range(4)]
+def files(tmp_path_factory, tiny_bert):
+    """The float export of the shared tiny BERT (conftest.py), quantized with PEG in place
+    ("peg"), permuted ("perm"), "peg" with its PEG inputs moved to s8 ("s8"), and permuted
+    through the whole ``quantize_onnx`` ("folded")."""
+    model, inputs, calib = tiny_bert
     feeds = [{k: v.numpy() for k, v in b.items()} for b in [inputs, *calib]]
     d = tmp_path_factory.mktemp("onnx_peg")
     f32 = lowbit.export_onnx(lowbit.capture(model, inputs), d / "f32.onnx")
