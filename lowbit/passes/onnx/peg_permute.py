@@ -2,8 +2,8 @@
 
 The ONNX twin of ``lowbit.passes.fx.peg_permute``, run on the float model between calibration
 and ``InsertQDQ`` (``quantize_onnx`` does). For each PEG site with ``permute=True`` take the
-*channel family* of its tensor: every value connected to it through ops that treat the last
-axis (C channels) channel by channel. One order ``p`` (``lowbit.quant.peg.shared_order`` over
+*channel family* of its tensor (``peg_family.Family``): every value connected to it through
+ops that treat the last axis (C channels) channel by channel. One order ``p`` (``lowbit.quant.peg.shared_order`` over
 the family's PEG ranges) becomes the family's channel order, ``x' = x[..., p]``, exactly::
 
     producers   MatMul / Gemm weight: output channels permuted (+ Gemm bias)
@@ -15,6 +15,7 @@ the family's PEG ranges) becomes the family's channel order, ``x' = x[..., p]``,
     readers     ReduceMean / ReduceSum / ... over the last axis alone (decomposed norms):
                 order-invariant, nothing to do
     consumers   MatMul / Gemm (the activation operand) weight: input channels permuted
+                (a weight tied to an embedding table of the family: permuted once, for both)
     elsewhere   an explicit Gather(x, index, axis=-1), counted with its reason
 
 so the function is unchanged (up to the order of float sums) and each PEG site's groups are
@@ -26,8 +27,8 @@ PEG sites of the family that group in place).
 Gathers left, with the reason in ``PegReport.gathers``: a graph output (the model returns
 the stream in the user's order: the output keeps its name), a graph input, a reader or
 producer that is not a linear or a channel-wise op, an initializer that is shared or read
-elsewhere (a tied LM head; a shared bias or gamma, as exporters deduplicate equal ones, gets
-a permuted copy instead), values of unknown shape. Skips: PEG sites without ``permute`` and
+outside the family (a shared bias or gamma, as exporters deduplicate equal ones, gets a
+permuted copy instead), values of unknown shape. Skips: PEG sites without ``permute`` and
 sites done by an earlier run (``metadata_props["lowbit.peg_permuted"]``): a second run
 reports ``modified=False``.
 """
@@ -45,180 +46,14 @@ from lowbit.backends.onnxruntime import add_initializer
 from lowbit.config import PerEmbeddingGroup
 from lowbit.passes.fx.peg_permute import PegReport
 from lowbit.passes.infra import Pass
-from lowbit.passes.onnx.fold_channel_scales import linear_weight, shared_reason
-from lowbit.passes.onnx.graph_utils import const_array, data_users, is_op, shape_of
+from lowbit.passes.onnx.fold_channel_scales import linear_weight
+from lowbit.passes.onnx.graph_utils import const_array, data_users, is_op
+from lowbit.passes.onnx.peg_family import Family
 from lowbit.quant import peg
 
 __all__ = ["DONE_KEY", "PegPermute", "peg_orders"]
 
 DONE_KEY = "lowbit.peg_permuted"
-_UNARY = frozenset({"Gelu", "Erf", "Tanh", "Relu", "Sigmoid", "Neg", "Cast", "Identity",
-                    "Dropout", "Sqrt", "Reciprocal", "Exp", "Abs", "Softplus", "HardSigmoid"})
-_BINARY = frozenset({"Add", "Sub", "Mul", "Div", "Pow"})
-_NORMS = frozenset({"LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization"})
-_KEEP = frozenset({"Reshape", "Unsqueeze", "Squeeze", "Expand", "Flatten"})
-_REDUCE = frozenset({"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL2",
-                     "ReduceSumSquare", "ReduceL1"})
-
-
-def _last(v: ir.Value | None):
-    s = shape_of(v)
-    return s[-1] if s else None
-
-
-def _rank(v: ir.Value | None) -> int | None:
-    s = shape_of(v)
-    return None if s is None else len(s)
-
-
-def _axes(node: ir.Node, index: int) -> list[int] | None:
-    """The constant ``axes`` of a Reduce / Slice (attribute or input ``index``), or None."""
-    if (a := node.attributes.get("axes")) is not None:
-        return list(a.as_ints())
-    if len(node.inputs) > index and node.inputs[index] is not None:
-        arr = const_array(node.inputs[index])
-        return None if arr is None else [int(x) for x in arr.reshape(-1)]
-    return None
-
-
-def _reduces_last_only(node: ir.Node, rank: int | None) -> bool:
-    if not is_op(node, *_REDUCE) or rank is None or not node.attributes.get_int("keepdims", 1):
-        return False
-    axes = _axes(node, 1)
-    return axes is not None and [a % rank for a in axes] == [rank - 1]
-
-
-class _Family:
-    """Discovery of one channel family (module docstring) from a seed value."""
-
-    def __init__(self, seed: ir.Value):
-        self.c = _last(seed)
-        self.values: set = {seed}
-        self.nodes: list[ir.Node] = []          # channel-wise members (norms included)
-        self.params: dict = {}                  # initializer -> {member readers}
-        self.copies: dict = {}                  # shared small initializer -> {member readers}
-        self.producers: list[ir.Node] = []      # linears whose output channels permute
-        self.sinks: list[ir.Node] = []
-        self.gather_in: dict = {}               # value -> [(reader, reason)]
-        self.gather_out: dict = {}              # value -> [(reader | None, reason)]
-        queue = [seed]
-        while queue:
-            v = queue.pop()
-            self._backward(v, queue)
-            self._forward(v, queue)
-
-    def _carries(self, v: ir.Value | None) -> bool:
-        return v is not None and _last(v) == self.c
-
-    def _stream_inputs(self, n: ir.Node) -> list[ir.Value] | None:
-        """The inputs of ``n`` carrying the family's channels, if ``n`` is channel-wise."""
-        if not n.outputs or not self._carries(n.outputs[0]) or n.domain not in ("", "ai.onnx"):
-            return None
-        t, x = n.op_type, n.inputs[0] if n.inputs else None
-        rank = _rank(x)
-        if t in _UNARY:
-            return [x] if self._carries(x) else None
-        if t in _BINARY and len(n.inputs) == 2:
-            out = []
-            for a in n.inputs:
-                if self._carries(a):
-                    out.append(a)
-                elif _last(a) not in (None, 1) or (a is not None and _rank(a) is None):
-                    return None
-            return out
-        if t in _NORMS:
-            axis = n.attributes.get_int("axis", -1)
-            params = [a for a in n.inputs[1:3] if a is not None]
-            if rank and axis % rank == rank - 1 and all(
-                    a.is_initializer() and _last(a) == self.c for a in params):
-                return [x, *params]
-            return None
-        if t in _KEEP or t == "Transpose" or is_op(n, "Gather", "Slice"):
-            if not self._carries(x) or rank is None:
-                return None
-            if t == "Transpose":
-                perm = list(n.attributes.get_ints("perm", list(range(rank))[::-1]))
-                return [x] if perm[-1] == rank - 1 else None
-            if t == "Gather":
-                keeps = n.attributes.get_int("axis", 0) % rank != rank - 1
-                return [x] if keeps and not self._carries(n.inputs[1]) else None
-            if t == "Slice":
-                axes = _axes(n, 3)
-                return [x] if axes is not None and rank - 1 not in [a % rank for a in axes] \
-                    else None
-            return [x]
-        return None
-
-    def _backward(self, v: ir.Value, queue: list) -> None:
-        if v.is_initializer():
-            return                                  # a param: recorded by its reader
-        p = v.producer()
-        if p is None:
-            self.gather_in.setdefault(v, []).append(
-                (None, f"graph input {v.name} cannot be permuted"))
-            return
-        if p in self.nodes or p in self.producers:
-            return
-        ins = self._stream_inputs(p)
-        if ins is not None:
-            self._member(p, ins, queue)
-        elif is_op(p, "MatMul", "Gemm") and not isinstance(w := linear_weight(p), str) \
-                and shared_reason(w[0], {p}) is None and self._bias_ok(p):
-            self.producers.append(p)
-        else:
-            self.gather_in.setdefault(v, []).append(
-                (None, f"producer {p.name} ({p.op_type}) cannot be permuted"))
-
-    @staticmethod
-    def _bias_ok(node: ir.Node) -> bool:
-        b = node.inputs[2] if is_op(node, "Gemm") and len(node.inputs) > 2 else None
-        return b is None or (b.is_initializer() and shared_reason(b, {node}) is None)
-
-    def _member(self, n: ir.Node, ins: list, queue: list) -> None:
-        self.nodes.append(n)
-        for a in ins:
-            if a.is_initializer():
-                self.params.setdefault(a, set()).add(n)
-            elif a not in self.values:
-                self.values.add(a)
-                queue.append(a)
-        for o in n.outputs[:1]:
-            if o not in self.values:
-                self.values.add(o)
-                queue.append(o)
-
-    def _forward(self, v: ir.Value, queue: list) -> None:
-        user_order = v in self.gather_in     # v stays as it is; members read v[..., p]
-        if v.is_graph_output() and not user_order:
-            self.gather_out.setdefault(v, []).append(
-                (None, "graph output: the model returns it in its own channel order"))
-        for u in data_users(v):
-            if u in self.nodes or u in self.sinks:
-                continue
-            if is_op(u, "MatMul", "Gemm") and u.inputs[0] is v \
-                    and not isinstance(w := linear_weight(u), str) \
-                    and shared_reason(w[0], {u}) is None:
-                self.sinks.append(u)
-            elif _reduces_last_only(u, _rank(v)):
-                continue
-            elif v in (ins := self._stream_inputs(u) or []):
-                self._member(u, ins, queue)
-            elif not user_order:
-                self.gather_out.setdefault(v, []).append(
-                    (u, f"reader {u.name} ({u.op_type}) cannot be permuted"))
-
-    def settle_params(self) -> None:
-        """Initializers read outside the family cannot be permuted in place: channel vectors
-        (a bias or gamma deduplicated by the exporter) get a permuted copy, tables (a tied
-        embedding) a gather."""
-        for a, readers in list(self.params.items()):
-            if why := shared_reason(a, readers):
-                del self.params[a]
-                if int(np.prod(a.shape)) == self.c:     # a channel vector
-                    self.copies[a] = readers
-                    continue
-                for r in readers:
-                    self.gather_in.setdefault(a, []).append((r, why))
 
 
 def _set(value: ir.Value, array: np.ndarray) -> None:
@@ -245,7 +80,7 @@ class PegPermute(Pass):
         for seed in seeds:
             if seed.name in covered:
                 continue
-            fam = _Family(seed.value)
+            fam = Family(seed.value)
             fam.settle_params()
             pegs = [s for s in self.sites if isinstance(s.spec.granularity, PerEmbeddingGroup)
                     and s.value in fam.values]
@@ -257,7 +92,7 @@ class PegPermute(Pass):
             model.metadata_props[DONE_KEY] = json.dumps(sorted({*done, *covered}))
         return report
 
-    def _apply(self, graph: ir.Graph, fam: _Family, pegs: list) -> dict:
+    def _apply(self, graph: ir.Graph, fam: Family, pegs: list) -> dict:
         p = peg.shared_order([self.ranges[s.name] for s in pegs if s.spec.granularity.permute])
         inv, touched = peg.inverse(p), 0
 
@@ -273,7 +108,7 @@ class PegPermute(Pass):
                 put(n.inputs[2], lambda a: peg.permute_vector(a, p))
         for a in fam.params:
             put(a, lambda arr: peg.permute_vector(arr, p))
-        for n in fam.sinks:
+        for n in (n for n in fam.sinks if n not in fam.tied_sinks):
             w, layout = linear_weight(n)
             put(w, lambda a, lay=layout: peg.permute_in(a, p, lay))
         for a, readers in fam.copies.items():
