@@ -3,8 +3,9 @@
 The ONNX twin of ``lowbit.passes.fx.peg_permute``, run on the float model between calibration
 and ``InsertQDQ`` (``quantize_onnx`` does). For each PEG site with ``permute=True`` take the
 *channel family* of its tensor (``peg_family.Family``): every value connected to it through
-ops that treat the last axis (C channels) channel by channel. One order ``p`` (``lowbit.quant.peg.shared_order`` over
-the family's PEG ranges) becomes the family's channel order, ``x' = x[..., p]``, exactly::
+ops that treat the last axis (C channels) channel by channel. One order ``p``
+(``lowbit.quant.peg.shared_order`` over the family's PEG ranges) becomes the family's channel
+order, ``x' = x[..., p]``, exactly::
 
     producers   MatMul / Gemm weight: output channels permuted (+ Gemm bias)
                 initializer read by a member: an embedding table read by Gather (axis 0),
