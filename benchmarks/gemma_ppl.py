@@ -43,9 +43,11 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import datetime as _dt
 import math
 import pathlib
+import re
 import shlex
 import sys
 import time
@@ -60,13 +62,17 @@ from sst2_probe import machine_info, replace_section, sha256
 
 import lowbit
 from lowbit import recipes as R
+from lowbit.config import Recipe
 from lowbit.data import shared_data_dir
+from lowbit.errors import ConfigError
 from lowbit.models.gemma import GEMMA_SHA256, load_gemma
 from lowbit.passes.fx.fold_channel_scales import FoldChannelScales
 from lowbit.passes.fx.smoothquant import SmoothQuantScales, channel_absmax
+from lowbit.quant.peg import check_groups
 from lowbit.quantize import quantize
 
 MARKER = "gemma-ppl"
+PEG_MARKER = "gemma-peg"
 DATA = "wikitext2_test_raw.txt"
 SEED = 0
 GOAL_PCT = 3.0     # issue 6: Quadapter W8A8 within 3% of FP perplexity
@@ -74,6 +80,50 @@ GOAL_PCT = 3.0     # issue 6: Quadapter W8A8 within 3% of FP perplexity
 
 def log(msg: str) -> None:
     print(msg, flush=True)
+
+
+VARIANT_FORMS = ("FP32", "W8A8", "W8A8_FULL", "W8A8+SQ<alpha>[x]", "W8A8+QA[x]",
+                 "PEG<K>[_NOPERM]")
+_VARIANT = re.compile(r"(?P<fp>FP32)|(?P<recipe>W8A8|W8A8_FULL)"
+                      r"|W8A8\+SQ(?P<alpha>\d+(?:\.\d*)?|\.\d+)(?P<sqx>x)?|W8A8\+QA(?P<qax>x)?"
+                      r"|PEG(?P<k>[1-9]\d*)(?P<noperm>_NOPERM)?")
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One ``--variants`` entry: ``kind`` "fp32" (the captured graph), "recipe" (``recipe``
+    quantized as is: W8A8, W8A8_FULL, PEG), "sq" (SmoothQuant ``alpha``) or "qa" (Quadapter);
+    ``explicit``: the trailing ``x`` (scales at o and down too); ``groups``: PEG's K."""
+
+    name: str
+    kind: str
+    recipe: Recipe | None = None
+    alpha: float | None = None
+    explicit: bool = False
+    groups: int | None = None
+
+    @property
+    def is_peg(self) -> bool:
+        return self.groups is not None
+
+
+def parse_variant(name: str) -> Variant:
+    """The one place variant names are read; a bad name raises ValueError listing the forms."""
+    m = _VARIANT.fullmatch(name)
+    if m is None:
+        raise ValueError(f"unknown variant {name!r}; valid forms: {', '.join(VARIANT_FORMS)} "
+                         f"(e.g. FP32,W8A8_FULL,PEG8,PEG8_NOPERM,W8A8+SQ0.5x)")
+    if m["fp"]:
+        return Variant(name, "fp32")
+    if m["recipe"]:
+        return Variant(name, "recipe", R.W8A8 if name == "W8A8" else R.W8A8_FULL)
+    if m["alpha"]:
+        return Variant(name, "sq", alpha=float(m["alpha"]), explicit=bool(m["sqx"]))
+    if m["k"]:
+        k = int(m["k"])
+        return Variant(name, "recipe", R.peg_recipe(k, permute=not m["noperm"], name=name),
+                       groups=k)
+    return Variant(name, "qa", explicit=bool(m["qax"]))
 
 
 class Body(torch.nn.Module):
@@ -183,6 +233,60 @@ def verdict(results: list[dict]) -> str:
             "SmoothQuant), from this run:\n" + "\n".join(out)) if out else ""
 
 
+def peg_summary(graph, v: Variant) -> dict:
+    """A PEG variant's quantizers and fold, from the converted graph: the per-channel
+    activation quantizers (PEG sites; weights are stored quantized), the median over sites of
+    mean step / largest step (how much finer the typical channel's grid is than the coarsest
+    group's), and PegPermute's report (``graph.meta["lowbit_peg"]``, kept by ``freeze``)."""
+    ratios = []
+    for n in graph.graph.nodes:
+        if str(n.target) == "quantized_decomposed.quantize_per_channel.default":
+            scale = getattr(graph, n.args[1].target).float()
+            ratios.append(float(scale.mean() / scale.max()))
+    fams = graph.meta.get("lowbit_peg", [])
+    out = {"peg_sites": len(ratios), "step_ratio": float(torch.tensor(ratios).median()),
+           "families": len(fams), "params": sum(f["params"] for f in fams),
+           "gathers": [g for f in fams for g in f["gathers"]]}
+    fold = (f"{out['families']} channel family(ies), {out['params']} parameters permuted, "
+            f"{len(out['gathers'])} gather(s)" if fams else "nothing permuted")
+    log(f"  {out['peg_sites']} PEG sites (median mean/largest step {out['step_ratio']:.3f}); "
+        f"fold: {fold}")
+    for where, why in out["gathers"]:
+        log(f"    gather {where}: {why}")
+    return out
+
+
+def peg_table(results: list[dict]) -> str:
+    fp = results[0]["ppl"] if results[0]["name"] == "FP32" else None
+    lines = [("| variant | perplexity | × FP32 | mean NLL | PEG sites | mean / largest step "
+              "| fold: params permuted / gathers | quantize s | eval s |"),
+             "|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+    for r in results:
+        peg = "peg_sites" in r
+        ratio = f"{r['ppl'] / fp:.3g}" if fp else "-"
+        step = f"{r['step_ratio']:.3f}" if peg else "-"
+        fold = (f"{r['params']} / {len(r['gathers'])}" if peg and r["families"] else
+                "not permuted" if peg else "-")
+        lines.append(f"| {r['name']} | {r['ppl']:.3f} | {ratio} | {r['nll']:.4f} "
+                     f"| {r['peg_sites'] if peg else '-'} | {step} | {fold} "
+                     f"| {r['t_quant']:.0f} | {r['t_eval']:.0f} |")
+    return "\n".join(lines)
+
+
+def peg_reading(results: list[dict]) -> str:
+    """Generated lines: per K, what the permutation changes (from this run's numbers)."""
+    by = {r["name"]: r for r in results}
+    out = []
+    for r in results:
+        m = re.fullmatch(r"PEG(\d+)", r["name"])
+        if m and (plain := by.get(f"{r['name']}_NOPERM")):
+            d = r["nll"] - plain["nll"]
+            out.append(f"- K={m[1]}: permuted {r['ppl']:.3f} vs in place {plain['ppl']:.3f} "
+                       f"(ratio {r['ppl'] / plain['ppl']:.3g}, mean NLL {d:+.4f}); mean / "
+                       f"largest step {r['step_ratio']:.3f} vs {plain['step_ratio']:.3f}.")
+    return ("What the permutation changes, from this run:\n" + "\n".join(out)) if out else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -190,24 +294,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ctx", type=int, default=512, help="window length incl. BOS")
     p.add_argument("--n-calib", type=int, default=4, help="calibration windows (file end)")
     p.add_argument("--variants", default="FP32,W8A8,W8A8+SQ0.5,W8A8+SQ0.5x,W8A8+QAx",
-                   help="FP32, W8A8, W8A8+SQ<alpha>[x], W8A8+QA[x] (x: explicit scales at o "
-                        "and down too)")
+                   help="comma-separated: FP32, W8A8, W8A8_FULL (+ residual sums, o / FFN-out "
+                        "outputs), W8A8+SQ<alpha>[x], W8A8+QA[x] (x: explicit scales at o and "
+                        "down too), PEG<K>[_NOPERM] (W8A8_FULL with PEG, K groups, at the FFN "
+                        "input, FFN output and residual sums; _NOPERM: groups in place)")
     p.add_argument("--qa-steps", type=int, default=40, help="Quadapter steps per phase")
     p.add_argument("--qa-seq", type=int, default=128, help="Quadapter training window")
     p.add_argument("--qa-lr", type=float, default=3e-3)
     p.add_argument("--qa-alpha", type=float, default=0.5, help="SmoothQuant init of W8A8+QA")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=pathlib.Path, default=None,
-                   help=f"markdown file whose {MARKER} section to write/replace")
+                   help="markdown file whose section (--section) to write/replace")
+    p.add_argument("--section", choices=("ppl", "peg"), default=None,
+                   help=f"which section --out writes: ppl ({MARKER}: W8A8 / SmoothQuant / "
+                        f"Quadapter) or peg ({PEG_MARKER}: W8A8_FULL vs PEG); default peg "
+                        f"when a PEG variant is asked for, else ppl")
     args = p.parse_args(argv)
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *sys.argv[1:]]) \
         if argv is None else "gemma_ppl.main(" + repr(argv) + ")"
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    for v in variants:
-        if v not in ("FP32", "W8A8", "W8A8+QA", "W8A8+QAx") and not v.startswith("W8A8+SQ"):
-            p.error(f"unknown variant {v!r}")
-    if "FP32" in variants:
-        variants = ["FP32"] + [v for v in variants if v != "FP32"]
+    try:
+        variants = [parse_variant(v.strip()) for v in args.variants.split(",") if v.strip()]
+    except ValueError as e:
+        p.error(str(e))
+    variants.sort(key=lambda v: v.kind != "fp32")      # FP32 first: the reference
+    section_kind = args.section or ("peg" if any(v.is_peg for v in variants) else "ppl")
 
     t_start = time.perf_counter()
     started = _dt.datetime.now(_dt.timezone.utc)
@@ -220,6 +330,11 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     lm, tok = load_gemma()
     bos = lm.config.bos_token_id
+    for v in (v for v in variants if v.is_peg):
+        try:
+            check_groups(lm.config.hidden_size, v.groups, v.name)
+        except ConfigError as e:
+            p.error(str(e))
     text_path = shared_data_dir() / DATA
     ids = tok(text_path.read_text(encoding="utf-8"), add_special_tokens=False,
               return_tensors="pt")["input_ids"][0]
@@ -241,35 +356,36 @@ def main(argv: list[str] | None = None) -> int:
 
     absmax = None
     results = []
-    for name in variants:
+    for v in variants:
+        name = v.name
         log(f"{name}:")
         t = time.perf_counter()
         res: dict = {"name": name}
-        if name == "FP32":
+        calib = [(w,) for w in calib_wins]
+        if v.kind == "fp32":
             graph = gm
+        elif v.kind == "recipe":
+            graph = quantize(gm, v.recipe, calibration=calib, progress=False)
+            if v.is_peg:
+                res.update(peg_summary(graph, v))
         else:
-            if name != "W8A8" and absmax is None:
-                absmax = channel_absmax(gm, [(w,) for w in calib_wins])
+            if absmax is None:
+                absmax = channel_absmax(gm, calib)
                 log(f"  per-channel max |x| at {len(absmax)} linear inputs "
                     f"({time.perf_counter() - t:.0f} s)")
-            calib = [(w,) for w in calib_wins]
-            explicit = name.endswith("x")
-            if name == "W8A8":
-                graph = quantize(gm, R.W8A8, calibration=calib, progress=False)
-            elif name.startswith("W8A8+SQ"):
-                alpha = float(name.removeprefix("W8A8+SQ").removesuffix("x"))
-                graph, sq, fold = quantize_scaled(gm, absmax, alpha, calib, explicit=explicit)
+            if v.kind == "sq":
+                graph, sq, fold = quantize_scaled(gm, absmax, v.alpha, calib,
+                                                  explicit=v.explicit)
             else:
                 qa_wins = windows(calib_ids[:len(calib_ids) // (args.qa_seq - 1)
                                             * (args.qa_seq - 1)], args.qa_seq, bos)
-                scales, res["hist"] = train_scales(lm, absmax, qa_wins, args, explicit)
+                scales, res["hist"] = train_scales(lm, absmax, qa_wins, args, v.explicit)
                 graph, sq, fold = quantize_scaled(gm, absmax, args.qa_alpha, calib, scales,
-                                                  explicit=explicit)
-            if name != "W8A8":
-                res["folded"], res["kept"] = len(fold.done), len(fold.kept)
-                res["refused"] = len(sq.refused + fold.refused)
-                log(f"  scales: {res['folded']} position(s) folded into a norm, {res['kept']} "
-                    f"explicit, {res['refused']} refused")
+                                                  explicit=v.explicit)
+            res["folded"], res["kept"] = len(fold.done), len(fold.kept)
+            res["refused"] = len(sq.refused + fold.refused)
+            log(f"  scales: {res['folded']} position(s) folded into a norm, {res['kept']} "
+                f"explicit, {res['refused']} refused")
         res["t_quant"] = time.perf_counter() - t
         res.update(perplexity(graph, eval_wins, name))
         log(f"{name}: perplexity {res['ppl']:.3f} (mean NLL {res['nll']:.4f}) over "
@@ -283,13 +399,15 @@ def main(argv: list[str] | None = None) -> int:
 
     tmap = find_transformer(gm)
     shape = {"blocks": len(tmap.blocks), "vocab": lm.config.vocab_size,
+             "hidden": lm.config.hidden_size,
              "linears": sum(1 for role, _ in tmap.linears() if role in R.W8A8.roles)}
-    section = render(results, args, command, started, wall, machine, len(ids), n_eval,
-                     text_path, shape)
+    marker, render_fn = (PEG_MARKER, render_peg) if section_kind == "peg" else (MARKER, render)
+    section = render_fn(results, args, command, started, wall, machine, len(ids), n_eval,
+                        text_path, shape)
     log("\n" + section)
     if args.out is not None:
-        replace_section(args.out, section, MARKER)
-        log(f"\nwrote the {MARKER} section of {args.out}")
+        replace_section(args.out, section, marker)
+        log(f"\nwrote the {marker} section of {args.out}")
     return 0
 
 
@@ -358,6 +476,72 @@ def render(results, args, command, started, wall, machine, n_ids, n_eval, text_p
         ("The quantize column includes calibration (and Quadapter training); quantize and "
          "eval seconds were measured on 2 cores shared with other jobs and are progress "
          "information, not performance."),
+        "",
+        f"- command: `{command}`",
+        f"- date: {started:%Y-%m-%d %H:%M} UTC; wall time {wall:.0f} s ({wall / 60:.1f} min)",
+        f"- machine: {machine['nproc']} cpu(s), {machine['cpu']}; {args.threads} thread(s)",
+        (f"- software: torch {machine['torch']}, transformers {machine['transformers']}, "
+         f"gguf {_gguf_version()}, Python {machine['python']}, lowbit {machine['lowbit']}"),
+        (f"- model: gemma-3-270m-q4_k_m.gguf sha256 {GEMMA_SHA256[:16]}…; data: {DATA} sha256 "
+         f"{sha256(text_path)[:16]}…"),
+    ]
+    return "\n".join(parts)
+
+
+def render_peg(results, args, command, started, wall, machine, n_ids, n_eval, text_path,
+               shape: dict) -> str:
+    n = args.ctx - 1
+    permuted = next((r for r in results if r.get("families")), None)
+    c = shape["hidden"]
+    ks = sorted({int(m[1]) for r in results if (m := re.match(r"PEG(\d+)", r["name"]))})
+    refused = [k for k in (3, 6) if c % k]      # the MiniLM settings (hidden 384)
+    parts = [
+        "## Gemma-3-270M: wikitext-2 perplexity under PEG (`benchmarks/gemma_ppl.py`)",
+        "",
+        (f"**Setup.** Model, text and windows as in the W8A8 section above (Gemma-3-270M from "
+         f"the Q4_K_M GGUF, dequantized to fp32): perplexity on the first {n_eval * n} tokens "
+         f"of `{DATA}` ({n_eval} windows of BOS + {n} tokens, every token scored, one capture "
+         f"at {args.ctx} tokens); calibration (min-max) on {args.n_calib} windows from the end "
+         "of the file. `W8A8_FULL` = `lowbit.recipes.W8A8_FULL`: i8 per-channel weights, u8 "
+         f"per-tensor static activations at the {shape['linears']} linear inputs of the "
+         f"{shape['blocks']} blocks, at the residual sums and at the o / FFN-out outputs "
+         f"(embedding and the tied {shape['vocab']}-way LM head stay float). `PEG<K>` = "
+         "`lowbit.recipes.peg_recipe(K)`: the same, with u8 PEG activations (K groups of "
+         "channels, each with its own range) at the FFN input (the pre-FFN RMSNorm output read "
+         "by gate/up), the FFN output (down_proj's output, before the post-FFN norm) and the "
+         "residual sums; channels sorted by calibrated range (one shared order for the whole "
+         "residual stream, `lowbit.quant.peg.shared_order`) and the permutation folded into "
+         "the weights and norms by `PegPermute` at freeze. `PEG<K>_NOPERM`: the same groups "
+         "as contiguous runs of the original channel order, nothing folded. The hidden size "
+         f"is {c}, so K must divide {c}"
+         + (f": {' and '.join(f'K={k}' for k in refused)} (the MiniLM settings) "
+            f"{'are' if len(refused) > 1 else 'is'} refused with a ConfigError by the recipe"
+            if refused else "")
+         + (f"; K={', '.join(map(str, ks))} {'are' if len(ks) > 1 else 'is'} used instead."
+            if ks else ".")),
+    ]
+    if permuted is not None:
+        why = sorted({w for _, w in permuted["gathers"]})
+        parts += ["", (f"**Fold** (PegPermute's report, from the run): "
+                       f"{permuted['families']} channel family, {permuted['params']} "
+                       f"parameters permuted, {len(permuted['gathers'])} explicit gathers"
+                       + (f" ({'; '.join(why)})" if why else
+                          " (the tied embedding / LM-head table is permuted once and serves "
+                          "both ends; RMSNorm's mean over the channels does not depend on "
+                          "their order)") + ".")]
+    parts += ["", peg_table(results), "",
+              ("Columns: × FP32 = perplexity / FP32 perplexity; PEG sites = per-channel "
+               "activation quantizers in the converted graph; mean / largest step = median "
+               "over those sites of the mean quantization step over channels divided by the "
+               "largest group's step (1.0: every channel on the coarsest grid, as per tensor; "
+               "smaller: most channels on a finer grid).")]
+    if v := peg_reading(results):
+        parts += ["", v]
+    parts += [
+        "",
+        ("The quantize column includes calibration and the fold; quantize and eval seconds "
+         "were measured on 2 cores shared with other jobs and are progress information, not "
+         "performance."),
         "",
         f"- command: `{command}`",
         f"- date: {started:%Y-%m-%d %H:%M} UTC; wall time {wall:.0f} s ({wall / 60:.1f} min)",

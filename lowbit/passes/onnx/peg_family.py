@@ -11,7 +11,8 @@ to it through ops that treat that axis channel by channel, and classifies what t
     producers   MatMul / Gemm with an initializer weight read by nothing else
     sinks       MatMul / Gemm reading a member as the activation (weight not shared, or tied to
                 a table the family reads, stored [V, C]: permuted once for both)
-    order-free  Reduce* over the last axis alone with keepdims (decomposed norms)
+    order-free  Reduce* over the last axis alone with keepdims (decomposed norms), the
+                target-type input of CastLike
     gathers     everything else: graph inputs / outputs, other producers and readers, shared
                 tables (``gather_in`` / ``gather_out`` with the reason); a shared channel
                 vector is copied instead (``copies``)
@@ -93,7 +94,7 @@ class Family:
             return None
         t, x = n.op_type, n.inputs[0] if n.inputs else None
         rank = _rank(x)
-        if t in _UNARY:
+        if t in _UNARY or t == "CastLike":         # CastLike reads its 2nd input's dtype only
             return [x] if self._carries(x) else None
         if t in _BINARY and len(n.inputs) == 2:
             out = []
@@ -178,8 +179,9 @@ class Family:
                     self.sinks.append(u)
                 else:                           # a tied weight: settled in settle_params
                     self.tied.append((v, u, user_order))
-            elif _reduces_last_only(u, _rank(v)):
-                continue
+            elif _reduces_last_only(u, _rank(v)) or (is_op(u, "CastLike")
+                                                      and u.inputs[0] is not v):
+                continue                                # order-free reads
             elif v in (ins := self._stream_inputs(u) or []):
                 self._member(u, ins, queue)
             elif not user_order:

@@ -4,7 +4,11 @@ and PegPermute (permutation folding).
 Structure: which quantizers are PEG, per-channel q/dq ops after convert, the channel families
 PegPermute finds in a tiny post-LN BERT (the residual stream: one family, one gather at the
 graph output; the FFN intermediates: one family each, no gather), honest ``modified`` and
-idempotence, a graph without PEG left alone, K not dividing the hidden size refused.
+idempotence, a graph without PEG left alone, K not dividing the hidden size refused. On a
+tiny HF Gemma 3 (decomposed RMSNorm with casts and type_as, sandwich norms, a scaled embedding,
+tied or separate LM head): the residual stream is one family with no gather left (the tied
+table is permuted once for both ends), and a tie that cannot fold falls back to two gathers
+with their reasons; the groups are contiguous runs after the fold.
 Numbers: folding is exact in fp32 (FP32_TOL below: only the order of float sums changes);
 the folded and unfolded fake-quant graphs agree when given the same grouping; PEG is at least
 as close to float as per-tensor W8A8_FULL (SQNR).
@@ -13,6 +17,7 @@ as close to float as per-tensor W8A8_FULL (SQNR).
 from __future__ import annotations
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -29,7 +34,7 @@ from lowbit.testing import assert_untouched, op_counts, sqnr
 transformers = pytest.importorskip("transformers")
 
 OUTLIERS = (3, 17, 40)
-FP32_TOL = dict(rtol=1e-5, atol=1e-5)   # permuted sums: same terms, another order
+FP32_TOL = {"rtol": 1e-5, "atol": 1e-5}   # permuted sums: same terms, another order
 ALL_ROLES = ("ffn.in", "ffn.out.output", "residual", "ffn.out")   # + the FFN intermediate
 
 
@@ -168,3 +173,124 @@ def test_peg_beats_per_tensor_sqnr(bert):
             assert len(q.meta["lowbit_peg"][0]["gathers"]) == 1
     assert db["W8A8_PEG"] > db["W8A8_FULL"] + 5.0, db
     assert db["W8A8_PEG"] > db["W8A8_PEG6_NOPERM"] + 2.0, db
+
+
+# ---- Gemma 3: decomposed RMSNorm, sandwich norms, scaled and tied embedding ----------------
+GEMMA_LAYERS, GEMMA_C = 2, 64
+
+
+@functools.cache     # callers never mutate the captured graph
+def _tiny_gemma(tied: bool):
+    torch.manual_seed(0)
+    cfg = transformers.Gemma3TextConfig(
+        vocab_size=96, hidden_size=GEMMA_C, intermediate_size=96, num_hidden_layers=GEMMA_LAYERS,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16,
+        max_position_embeddings=64, sliding_window=4, rms_norm_eps=1e-6,
+        rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1e6},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}},
+        tie_word_embeddings=tied, use_cache=False)
+    model = transformers.Gemma3ForCausalLM(cfg).eval()
+    with torch.no_grad():   # norm gains (1 + w) that matter, with outlier channels
+        for n, p in model.named_parameters():
+            if "layernorm" in n or n == "model.norm.weight":
+                p.copy_(torch.randn_like(p) * 0.5)
+                p[list(OUTLIERS)] += 8.0
+    gen = torch.Generator().manual_seed(1)
+    batches = [(torch.randint(0, 96, (1, 12), generator=gen),) for _ in range(3)]
+    return lowbit.capture(model, batches[0]), batches
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["tied", "untied"])
+def gemma(request):
+    return request.param, *_tiny_gemma(request.param)
+
+
+@pytest.fixture(scope="module")
+def tied_gemma():
+    return _tiny_gemma(True)
+
+
+def _gemma_calibrated(gm, batches, recipe=None):
+    prepared = prepare(gm, recipe or peg_recipe(4))
+    calibrate(prepared, batches, progress=False)
+    return prepared
+
+
+def _logits(gm, batch):
+    out = gm(*batch)
+    return out.logits if hasattr(out, "logits") else out[0]
+
+
+def test_gemma_fold_is_exact_and_gather_free(gemma):
+    tied, gm, batches = gemma
+    prepared = _gemma_calibrated(gm, batches)
+    before = copy.deepcopy(prepared)
+    report = PegPermute()(prepared)
+    assert report.modified
+    for b in batches:
+        torch.testing.assert_close(_logits(prepared, b), _logits(before, b), **FP32_TOL)
+    (stream,) = report.families
+    # per block: the FFN input (one quantizer read by gate and up), the FFN output and the
+    # two residual sums
+    assert stream["channels"] == GEMMA_C and len(stream["sites"]) == 4 * GEMMA_LAYERS
+    # the embedding table (+ the LM head weight if separate); per block 4 RMSNorm gains, the
+    # input columns of q/k/v/gate/up and the rows of o/down; the final norm's gain
+    assert stream["params"] == (1 if tied else 2) + GEMMA_LAYERS * (4 + 5 + 2) + 1
+    assert report.gathers == []     # RMSNorm's mean reads the channels in any order
+    assert op_counts(prepared)["aten.index_select.default"] == 0
+    again = PegPermute()(prepared)
+    assert not again.modified
+
+
+def test_gemma_tied_table_is_permuted_once(tied_gemma):
+    gm, batches = tied_gemma
+    prepared = _gemma_calibrated(gm, batches)
+    table = prepared.get_parameter("lm_head.weight")
+    e0 = table.detach().clone()
+    (stream,) = PegPermute()(prepared).families
+    torch.testing.assert_close(table, e0[:, stream["order"]], rtol=0, atol=0)
+
+
+def _read_table_elsewhere(gm):
+    """logits + E[:, 0]: a third reader of the tied table, outside the channel family."""
+    head = next(n for n in reversed(gm.graph.nodes) if n.target == torch.ops.aten.linear.default)
+    attr = head.args[1]
+    with gm.graph.inserting_after(head):
+        col = gm.graph.call_function(torch.ops.aten.select.int, (attr, 1, 0))
+    with gm.graph.inserting_after(col):
+        add = gm.graph.call_function(torch.ops.aten.add.Tensor, (head, col))
+    head.replace_all_uses_with(add, delete_user_cb=lambda u: u is not add)
+    gm.recompile()
+
+
+def test_gemma_tie_read_elsewhere_falls_back_to_gathers(tied_gemma):
+    gm, batches = tied_gemma
+    prepared = _gemma_calibrated(gm, batches)
+    _read_table_elsewhere(prepared)
+    before = copy.deepcopy(prepared)
+    report = PegPermute()(prepared)
+    for b in batches:
+        torch.testing.assert_close(_logits(prepared, b), _logits(before, b), **FP32_TOL)
+    (stream,) = report.families
+    assert stream["params"] == GEMMA_LAYERS * 11 + 1          # the table is left alone
+    whys = sorted(why for _, why in report.gathers)
+    assert len(whys) == 2 and whys[0].startswith("producer embedding (aten.embedding.default)")
+    assert whys[1].startswith("reader linear_") and "cannot be permuted" in whys[1]
+
+
+@pytest.mark.parametrize("groups", [4, 8])
+def test_gemma_groups_contiguous_after_fold(gemma, groups):
+    _, gm, batches = gemma
+    q = lowbit.quantize(gm, peg_recipe(groups), calibration=batches, progress=False)
+    assert q.meta["lowbit_peg"][0]["gathers"] == []
+    scales = [getattr(q, n.args[1].target) for n in q.graph.nodes
+              if n.target is torch.ops.quantized_decomposed.quantize_per_channel.default]
+    assert len(scales) == 4 * GEMMA_LAYERS
+    for scale in scales:      # K contiguous runs of C / K channels, one scale each
+        runs = scale.reshape(groups, GEMMA_C // groups)
+        assert (runs == runs[:, :1]).all()
+    # channels sorted by range, ascending: where the outlier channels are (the residual sums
+    # and the FFN input, after the gains that carry them; not the FFN output), their run is
+    # the last and by far the coarsest
+    wide = [s for s in scales if s[-1] == s.max() and s[-1] > 4 * s[0]]
+    assert len(wide) == 3 * GEMMA_LAYERS

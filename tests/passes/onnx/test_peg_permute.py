@@ -149,7 +149,8 @@ def test_shared_vectors_are_copied(tmp_path):
 def test_gathers_where_nothing_folds():
     """A hand-built graph where the family meets a reader it cannot permute (Softsign) and an
     embedding table also read outside the family (a head fed by that reader): both get an
-    explicit Gather with the reason, and the function is unchanged."""
+    explicit Gather with the reason (a CastLike reading a member for its dtype needs none),
+    and the function is unchanged."""
     import onnx
     import torch
     from onnx import TensorProto, helper, numpy_helper
@@ -163,7 +164,8 @@ def test_gathers_where_nothing_folds():
     graph = helper.make_graph(
         [helper.make_node("Gather", ["E", "ids"], ["x"]),
          helper.make_node("Mul", ["x", "g"], ["h"]),
-         helper.make_node("Softsign", ["h"], ["t"]),
+         helper.make_node("CastLike", ["h", "x"], ["h2"]),      # reads x's dtype only
+         helper.make_node("Softsign", ["h2"], ["t"]),
          helper.make_node("Transpose", ["E"], ["Et"], perm=[1, 0]),
          helper.make_node("MatMul", ["t", "Et"], ["logits"])],
         "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [2, 4])],
