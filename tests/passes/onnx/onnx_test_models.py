@@ -80,6 +80,26 @@ def tiny_llama() -> torch.nn.Module:
     return transformers.LlamaForCausalLM(cfg).eval()
 
 
+@functools.cache
+def tiny_gemma() -> torch.nn.Module:
+    """2-layer Gemma 3 (decomposed RMSNorm with (1 + w) gains and casts, sandwich norms, a
+    scaled embedding, the LM head tied to it); norm gains drawn so that they matter."""
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.Gemma3TextConfig(hidden_size=64, intermediate_size=128,
+                                        num_hidden_layers=2, num_attention_heads=4,
+                                        num_key_value_heads=2, head_dim=16, vocab_size=VOCAB,
+                                        max_position_embeddings=64, sliding_window=16,
+                                        use_cache=False, tie_word_embeddings=True)
+    model = transformers.Gemma3ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(0, 0.3)
+    return model
+
+
 class _RMSNorm(torch.nn.Module):
     def __init__(self, dim: int):
         super().__init__()
@@ -183,6 +203,8 @@ def onnx_file(name: str) -> Path:
         return export_dynamo(tiny_gpt2(), inputs(), path)
     if name == "llama":
         return export_dynamo(tiny_llama(), inputs(), path)
+    if name == "gemma":
+        return export_dynamo(tiny_gemma(), inputs(), path)
     if name == "shared":
         _quiet()
         torch.onnx.export(SharedBlocks().eval(), (torch.randn(1, SEQ, 32),), str(path),

@@ -4,7 +4,8 @@ Exactness: the permuted float model computes what the original computes in onnxr
 the order of float sums changes). Structure: the gathers left are the ones the model forces
 and are named with their reason (BERT: the returned hidden state; GPT-2, whose LM head is
 tied to the embedding table: none, the table's columns are permuted once for both readers;
-Llama, untied: none), a second run changes nothing.
+Llama, untied: none; Gemma 3, decomposed RMSNorm and a tied head: none), a second run changes
+nothing.
 Through ``quantize_onnx``: contiguous PEG groups, the same model FX builds (same observers,
 same ``shared_order``), and the report kept in the file's metadata.
 """
@@ -53,6 +54,7 @@ def _permuted(name: str, recipe=None):
     ("bert", ["graph output"]),
     ("gpt2", []),             # the LM head tied to the embedding: one permutation for both
     ("llama", []),
+    ("gemma", []),            # decomposed RMSNorm, sandwich norms, tied head: all folded
     ("bert_ts14", ["graph output"]),
 ])
 def test_exact_and_gathers(name, gathers):
