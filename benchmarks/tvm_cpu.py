@@ -18,7 +18,9 @@ u8 activations per tensor at run time, s8 per-channel weights, MatMulInteger), o
 tvm_fp32, tvm_w8a8, tvm_w8a8_full, tvm_w4a16 (lowbit.compile, default schedules), and
 tvm_w8a8_tuned, tvm_w8a8_full_tuned, tvm_w8a8_peg_tuned (with MetaSchedule, ``--trials`` over
 the kernels the database ``--db`` has no record of; a second run tunes nothing; PEG is
-W8A8_FULL's tensor set with PEG K=6 at the FFN input, FFN output and residual sums).
+W8A8_FULL's tensor set with PEG K=6 at the FFN input, FFN output and residual sums), and
+tvm_onnx_peg_tuned (the same PEG recipe applied to the fp32 ONNX export by
+``lowbit.quantize_onnx``, permutation folded there, and that QDQ file compiled and tuned).
 
 Each variant runs in its own process (TVM's and onnxruntime's thread pools spin after a call
 and would slow whatever runs next in the same process), warms up, then times ``--iters`` calls
@@ -40,7 +42,7 @@ import time
 
 VARIANTS = ("torch", "torch_int8", "ort_fp32", "ort_int8", "ort_qdq", "tvm_fp32", "tvm_w8a8",
             "tvm_w8a8_full", "tvm_w4a16", "tvm_w8a8_tuned", "tvm_w8a8_full_tuned",
-            "tvm_w8a8_peg_tuned")
+            "tvm_w8a8_peg_tuned", "tvm_onnx_peg_tuned")
 MODELS = ("minilm", "bert-base-layer")
 SEQ = 128
 
@@ -134,9 +136,21 @@ def worker(variant: str, args) -> dict:
 
     recipe = {"tvm_fp32": None, "tvm_w8a8": recipes.W8A8, "tvm_w8a8_full": recipes.W8A8_FULL,
               "tvm_w4a16": recipes.W4A16_G128, "tvm_w8a8_tuned": recipes.W8A8,
-              "tvm_w8a8_full_tuned": recipes.W8A8_FULL,
-              "tvm_w8a8_peg_tuned": getattr(recipes, "W8A8_PEG", None)}[variant]
-    graph = gm if recipe is None else quantize(gm, recipe, calibration=calib, progress=False)
+              "tvm_w8a8_full_tuned": recipes.W8A8_FULL, "tvm_w8a8_peg_tuned": recipes.W8A8_PEG,
+              "tvm_onnx_peg_tuned": recipes.W8A8_PEG}[variant]
+    if variant.startswith("tvm_onnx"):      # the float export, quantized as ONNX, compiled
+        from lowbit.backends.onnxruntime import export_onnx
+        from lowbit.passes.onnx import quantize_onnx
+
+        folder = tempfile.mkdtemp()
+        path = export_onnx(gm, os.path.join(folder, "model.onnx"))
+        graph = os.path.join(folder, "model.qdq.onnx")
+        quantize_onnx(path, recipe, [{k: v.numpy() for k, v in b.items()} for b in calib],
+                      out=graph, progress=False)
+        recipe = None                       # no FX graph to compare with
+    else:
+        graph = gm if recipe is None else quantize(gm, recipe, calibration=calib,
+                                                   progress=False)
     tune = Tune(trials=args.trials, db=args.db) if variant.endswith("tuned") else None
     t0 = time.perf_counter()
     mod = compile(graph, target={"kind": "llvm", "mcpu": _host_cpu(), "num-cores": args.threads},
@@ -166,6 +180,8 @@ RATIOS = [  # (numerator, denominator, what it says)
     ("tvm_w8a8_peg_tuned", "tvm_w8a8_full_tuned",
      "lowbit PEG W8A8 (K=6) tuned / W8A8_FULL tuned (target <= 1.3)"),
     ("tvm_w8a8_peg_tuned", "tvm_w8a8_tuned", "lowbit PEG W8A8 (K=6) tuned / W8A8 tuned"),
+    ("tvm_onnx_peg_tuned", "tvm_w8a8_full_tuned",
+     "lowbit PEG W8A8 (K=6) from ONNX, tuned / W8A8_FULL tuned (FX) (target <= 1.3)"),
 ]
 
 
