@@ -477,13 +477,7 @@ def render(results, args, command, started, wall, machine, n_ids, n_eval, text_p
          "eval seconds were measured on 2 cores shared with other jobs and are progress "
          "information, not performance."),
         "",
-        f"- command: `{command}`",
-        f"- date: {started:%Y-%m-%d %H:%M} UTC; wall time {wall:.0f} s ({wall / 60:.1f} min)",
-        f"- machine: {machine['nproc']} cpu(s), {machine['cpu']}; {args.threads} thread(s)",
-        (f"- software: torch {machine['torch']}, transformers {machine['transformers']}, "
-         f"gguf {_gguf_version()}, Python {machine['python']}, lowbit {machine['lowbit']}"),
-        (f"- model: gemma-3-270m-q4_k_m.gguf sha256 {GEMMA_SHA256[:16]}…; data: {DATA} sha256 "
-         f"{sha256(text_path)[:16]}…"),
+        *_provenance(args, command, started, wall, machine, text_path),
     ]
     return "\n".join(parts)
 
@@ -543,6 +537,14 @@ def render_peg(results, args, command, started, wall, machine, n_ids, n_eval, te
          "were measured on 2 cores shared with other jobs and are progress information, not "
          "performance."),
         "",
+        *_provenance(args, command, started, wall, machine, text_path),
+    ]
+    return "\n".join(parts)
+
+
+def _provenance(args, command, started, wall, machine, text_path) -> list[str]:
+    """The lines under each section that say how its numbers were produced."""
+    return [
         f"- command: `{command}`",
         f"- date: {started:%Y-%m-%d %H:%M} UTC; wall time {wall:.0f} s ({wall / 60:.1f} min)",
         f"- machine: {machine['nproc']} cpu(s), {machine['cpu']}; {args.threads} thread(s)",
@@ -551,7 +553,6 @@ def render_peg(results, args, command, started, wall, machine, n_ids, n_eval, te
         (f"- model: gemma-3-270m-q4_k_m.gguf sha256 {GEMMA_SHA256[:16]}…; data: {DATA} sha256 "
          f"{sha256(text_path)[:16]}…"),
     ]
-    return "\n".join(parts)
 
 
 def _gguf_version() -> str:
