@@ -242,7 +242,7 @@ class _Plan:
         name = self.weight_name(mm.args[1])
         if name is None:
             return
-        why = self._w8a8(mm, name) if int8 else "fp32: int8 disabled (or target without VNNI)"
+        why = self._w8a8(mm, name) if int8 else "fp32: int8 disabled"
         self.log.append((name, why))
 
     def _w8a8(self, mm: relax.Call, name: str) -> str:
@@ -273,7 +273,7 @@ class _Plan:
         if np.any(z_w != 0):
             return "fp32: weight zero point not 0 (asymmetric weights)"
         if k % 4:
-            return f"fp32: K={k} not a multiple of 4 (VNNI)"
+            return f"fp32: K={k} not a multiple of 4 (16x4 weight blocks)"
         if not _is_op(x_dq, "relax.dequantize"):
             return "fp32: input is not dequantized (weight-only quantization)"
         x_q = x_dq.args[0]

@@ -40,7 +40,7 @@ from __future__ import annotations
 from tvm import s_tir, te, tirx
 from tvm.target import Target
 
-from lowbit.backends.tvm.intrin import register_vnni
+from lowbit.backends.tvm.isa import Isa, isa_of
 from lowbit.backends.tvm.schedules import KERNEL_ATTR, get_extent
 
 __all__ = ["ACTIVATIONS", "OPAQUE", "default_schedule", "linear_u8s8", "linear_u8s8_q",
@@ -59,6 +59,16 @@ def finish(func: tirx.PrimFunc, kind: str, **attrs) -> tirx.PrimFunc:
                             **attrs})
 
 
+def block_dot(x: te.Tensor, w: te.Tensor, i, j, kb0, blocks: int):
+    """``sum_{kb < blocks, q < 4} x_u8[i, 4 (kb0 + kb) + q] * w_i8[j // 16, kb0 + kb, j % 16, q]``
+    in int32: the reduction of every u8 x s8 kernel, over the packed weight's 4-deep blocks
+    ``kb`` and their lanes ``q`` (the block product an instruction set tensorizes)."""
+    kb = te.reduce_axis((0, blocks), name="kb")
+    q = te.reduce_axis((0, 4), name="kq")
+    return te.sum(x[i, (kb0 + kb) * 4 + q].astype("int32")
+                  * w[j // 16, kb0 + kb, j % 16, q].astype("int32"), axis=[kb, q])
+
+
 def _u8s8_gemm(m: int, n: int, k: int):
     """Placeholders and the fp32 output stage shared by the two W8A8 kernels."""
     if k % 4:
@@ -69,12 +79,8 @@ def _u8s8_gemm(m: int, n: int, k: int):
     corr = te.placeholder((n,), "int32", name="corr_i32")
     scale = te.placeholder((n,), "float32", name="scale_f32")
     bias = te.placeholder((n,), "float32", name="bias_f32")
-    r = te.reduce_axis((0, k), name="k")
-    acc = te.compute(
-        (m, n_pad),
-        lambda i, j: te.sum(x[i, r].astype("int32")
-                            * w[j // 16, r // 4, j % 16, r % 4].astype("int32"), axis=r),
-        name="acc_i32")
+    acc = te.compute((m, n_pad), lambda i, j: block_dot(x, w, i, j, 0, k // 4),
+                     name="acc_i32")
     y = te.compute(
         (m, n),
         lambda i, j: (acc[i, j] - corr[j]).astype("float32") * scale[j] + bias[j],
@@ -182,31 +188,74 @@ def divisor(extent: int, prefs) -> int:
     return next((p for p in prefs if extent % p == 0), 1)
 
 
-def _schedule_u8s8(sch: s_tir.Schedule) -> s_tir.Schedule:
-    """Also schedules ``linear_u8s8_q``: its epilogue stages are inlined into the last one."""
-    intrin = register_vnni()
+def factor_pairs(sch: s_tir.Schedule, acc, q, isa: Isa):
+    """For a pair-form ``isa``: split ``acc``'s 4-lane loop ``q`` (``block_dot``) into (h, t)
+    and factor the sum over h out (``rfactor``), so the product block keeps two partial
+    sums per output (``acc_i32_rf``, last axis 2) and ``acc`` becomes their write-back.
+    Returns (product block, write-back block or None, the product's loops: rfactor makes
+    new ones)."""
+    if not isa.pairs:
+        return acc, None, sch.get_loops(acc)
+    h, _ = sch.split(q, [2, 2])
+    rf = sch.rfactor(h, factor_axis=len(sch.get(acc).writes[0].source.shape))
+    return rf, acc, sch.get_loops(rf)
+
+
+def tensorize_tile(sch: s_tir.Schedule, main, kb, rows, cols, isa: Isa) -> None:
+    """Tensorize the register tile of the product block ``main`` (``factor_pairs``), whose
+    loops end with ``kb, rows (MI), cols (NT*16), block lanes``: the 16x4 block product
+    becomes ``isa``'s intrinsic, NT column blocks and MI rows are unrolled, the accumulator
+    tile is initialised before ``kb``."""
+    intrin = isa.register()
+    jt, ji = sch.split(cols, [None, 16])
+    init = sch.decompose_reduction(main, kb)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.tensorize(ji, intrin)
+    sch.unroll(jt)
+    sch.unroll(rows)
+
+
+def tile_sizes(isa: Isa, m: int, n_pad: int) -> tuple[int, int]:
+    """(MI, NT) of the default register tile: ``isa``'s first preferences dividing M, N/16."""
+    return divisor(m, isa.mi_prefs), divisor(n_pad // 16, isa.nt_prefs)
+
+
+def write_back(sch: s_tir.Schedule, wb, at=None) -> None:
+    """Schedule a pair-form write-back block (``factor_pairs``), moved under loop ``at``
+    first if given: per row, the two halves added over contiguous columns (LLVM vectorizes
+    the column loop)."""
+    if at is not None:
+        sch.reverse_compute_at(wb, at, preserve_unit_loops=True)
+    h, wi, wj = sch.get_loops(wb)[-3:]
+    sch.reorder(wi, h, wj)
+    init = sch.decompose_reduction(wb, wi)
+    lp = sch.get_loops(init)[-1]
+    v = divisor(get_extent(sch, lp), (16, 8, 4, 2))
+    if v > 1:
+        sch.vectorize(sch.split(lp, [None, v])[1])
+    sch.unroll(h)
+
+
+def _schedule_u8s8(sch: s_tir.Schedule, isa: Isa) -> s_tir.Schedule:
+    """Also schedules ``linear_u8s8_q``: its epilogue stages are inlined into the last one.
+    Register tile MI x NT*16 (``isa``'s preferences), tiles parallel (column blocks outer so
+    consecutive tiles share weights), the epilogue per tile."""
     acc = sch.get_sblock("acc_i32")
     *epilogue, out = [b for b in sch.get_child_blocks(sch.get_sblock("root"))
                       if not sch.get(b).same_as(sch.get(acc))]
     for b in epilogue:
         sch.compute_inline(b)
-    i, j, r = sch.get_loops(acc)
-    m, n_pad = get_extent(sch, i), get_extent(sch, j)
-    # MI x NT*16 accumulators: 8 x 48 = 24 zmm registers, + 3 weight blocks + 1 broadcast
-    mi = divisor(m, (8, 6, 4, 3, 2, 1))
-    nt = divisor(n_pad // 16, (3, 4, 2, 1))
+    main, wb, (i, j, kb, *lanes) = factor_pairs(sch, acc, sch.get_loops(acc)[-1], isa)
+    mi, nt = tile_sizes(isa, get_extent(sch, i), get_extent(sch, j))
     io, ii = sch.split(i, [None, mi])
-    jo, jt, ji = sch.split(j, [None, nt, 16])
-    ro, ri = sch.split(r, [None, 4])
-    sch.reorder(jo, io, ro, ii, jt, ji, ri)
+    jo, jt = sch.split(j, [None, nt * 16])
+    sch.reorder(jo, io, kb, ii, jt, *lanes)
     outer = sch.fuse(jo, io)
     sch.parallel(outer)
+    if wb is not None:
+        write_back(sch, wb, outer)
     sch.reverse_compute_at(out, outer, preserve_unit_loops=True)
-    init = sch.decompose_reduction(acc, ro)
-    sch.vectorize(sch.get_loops(init)[-1])
-    sch.tensorize(ji, intrin)
-    sch.unroll(jt)
-    sch.unroll(ii)
+    tensorize_tile(sch, main, kb, ii, jt, isa)
     oj = sch.get_loops(out)[-1]
     vec = divisor(get_extent(sch, oj), (16, 8, 4, 2))
     if vec > 1:
@@ -282,35 +331,37 @@ def _schedule_w4a16(sch: s_tir.Schedule) -> s_tir.Schedule:
     return sch
 
 
-_SCHEDULES = {"linear_u8s8": _schedule_u8s8, "linear_u8s8_q": _schedule_u8s8,
-              "linear_w4a16": _schedule_w4a16}
+SCHEDULES = {"linear_u8s8": _schedule_u8s8, "linear_u8s8_q": _schedule_u8s8,
+              "linear_w4a16": lambda sch, _isa: _schedule_w4a16(sch)}
+INT8_KINDS = {"linear_u8s8", "linear_u8s8_q"}   # kinds that need an Isa (u8 x s8 products)
 
 
-def register(kind: str, schedule, reference) -> None:
-    """Add a kernel kind defined in another module (peg_kernel.py): its default schedule and
-    its numpy reference (check.py)."""
-    _SCHEDULES[kind] = schedule
+def register(kind: str, schedule, reference, *, int8: bool = True) -> None:
+    """Add a kernel kind defined in another module (peg_kernel.py): its default schedule
+    ``schedule(sch, isa)``, its numpy reference (check.py), and whether it is a u8 x s8
+    kernel (scheduled only on targets with an ``isa`` entry)."""
+    SCHEDULES[kind] = schedule
     REFERENCES[kind] = reference
+    if int8:
+        INT8_KINDS.add(kind)
+
+
+def kernel_kind(func: tirx.PrimFunc) -> str | None:
+    return str(func.attrs[KERNEL_ATTR]) if KERNEL_ATTR in func.attrs else None
 
 
 def default_schedule(func: tirx.PrimFunc, target: Target) -> s_tir.Schedule | None:
-    """The hand-written schedule of a lowbit kernel (None: not ours, or target not CPU)."""
-    kind = str(func.attrs[KERNEL_ATTR]) if KERNEL_ATTR in func.attrs else None
-    if kind not in _SCHEDULES or target.kind.name != "llvm":
+    """The hand-written schedule of a lowbit kernel for ``target``, its u8 x s8 products
+    tensorized with the target's instruction set (isa/): None if the kernel is not ours, the
+    target is not an LLVM CPU, or (int8 kernels) the target has no registered instruction
+    set."""
+    kind = kernel_kind(func)
+    if kind not in SCHEDULES or target.kind.name != "llvm":
         return None
-    if kind.startswith("linear_u8s8") and not has_vnni(target):
+    isa = isa_of(target)
+    if kind in INT8_KINDS and isa is None:
         return None
-    return _SCHEDULES[kind](s_tir.Schedule(func))
-
-
-def has_vnni(target: Target) -> bool:
-    """Whether ``target`` can run vpdpbusd (AVX-512 VNNI)."""
-    from tvm.target.codegen import target_has_features
-
-    try:
-        return bool(target_has_features("avx512vnni", target))
-    except Exception:  # noqa: BLE001  (unknown mcpu: no features)
-        return False
+    return SCHEDULES[kind](s_tir.Schedule(func), isa)
 
 
 # ---- numpy references (exact integer accumulation) -------------------------------------------
@@ -379,4 +430,4 @@ def reference_options(func: tirx.PrimFunc) -> dict:
     return {}
 
 
-from lowbit.backends.tvm import peg_kernel  # noqa: E402, F401  (registers linear_u8s8_peg)
+from lowbit.backends.tvm import peg_kernel  # noqa: F401  (registers linear_u8s8_peg)

@@ -1,6 +1,8 @@
 """Weight packing for the integer kernels (done once, at compile time, in torch).
 
-VNNI int8, for ``vpdpbusd`` (16 output lanes x 4-deep reduction per instruction)::
+int8, in 16x4 blocks (named after VNNI's ``vpdpbusd``, 16 output lanes x 4-deep reduction per
+instruction, the first user; every CPU instruction set of isa/ and the CUDA kernels read the
+same layout, so a lowered graph does not depend on the target)::
 
     w_i8 [N, K]  ->  packed [Np/16, K/4, 16, 4],  packed[a, b, c, d] = w[16 a + c, 4 b + d]
 

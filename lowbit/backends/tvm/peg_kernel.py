@@ -25,7 +25,7 @@ import numpy as np
 from tvm import s_tir, te, tirx
 
 from lowbit.backends.tvm import kernels
-from lowbit.backends.tvm.intrin import register_vnni
+from lowbit.backends.tvm.isa import Isa
 from lowbit.backends.tvm.pack import VNNI_K
 from lowbit.backends.tvm.schedules import get_extent
 
@@ -83,13 +83,9 @@ def linear_u8s8_peg(m: int, n: int, k: int, groups: int) -> tirx.PrimFunc:
     corr = te.placeholder((groups, n), "int32", name="corr_i32")
     scale = te.placeholder((groups, n), "float32", name="scale_f32")
     bias = te.placeholder((n,), "float32", name="bias_f32")
-    r = te.reduce_axis((0, kg), name="k")
-    acc = te.compute(
-        (groups, m, n_pad),
-        lambda g, i, j: te.sum(x[i, g * kg + r].astype("int32")
-                               * w[j // 16, (g * kg + r) // 4, j % 16, r % 4].astype("int32"),
-                               axis=r),
-        name="acc_i32")
+    acc = te.compute((groups, m, n_pad),
+                     lambda g, i, j: kernels.block_dot(x, w, i, j, g * (kg // 4), kg // 4),
+                     name="acc_i32")
 
     rg = te.reduce_axis((0, groups), name="g")
     part = te.compute(
@@ -102,34 +98,29 @@ def linear_u8s8_peg(m: int, n: int, k: int, groups: int) -> tirx.PrimFunc:
                           **{"lowbit.groups": groups})
 
 
-def _schedule(sch: s_tir.Schedule) -> s_tir.Schedule:
+def _schedule(sch: s_tir.Schedule, isa: Isa) -> s_tir.Schedule:
     """Per parallel output tile: for each group, the MI x NT*16 int32 accumulator tile is
-    computed in registers (VNNI over that group's k range) and folded into the fp32 partial
-    sum right away, so only one group's accumulators are live at a time."""
-    intrin = register_vnni()
+    computed in registers (``isa``'s block product over that group's k range) and folded into
+    the fp32 partial sum right away, so only one group's accumulators are live at a time."""
     acc, part, out = (sch.get_sblock(b) for b in ("acc_i32", "sum_f32", "y_f32"))
     i, j, g = sch.get_loops(part)
     m, n = get_extent(sch, i), get_extent(sch, j)
-    mi = kernels.divisor(m, (8, 6, 4, 3, 2, 1))
     if n % 16:
         raise ValueError(f"linear_u8s8_peg's schedule needs N % 16 == 0, got N={n}")
-    nj = 16 * kernels.divisor(n // 16, (3, 4, 2, 1))
+    mi, nt = kernels.tile_sizes(isa, m, n)
     io, ii = sch.split(i, [None, mi])
-    jo, ji = sch.split(j, [None, nj])
+    jo, ji = sch.split(j, [None, nt * 16])
     sch.reorder(jo, io, g, ii, ji)
     outer = sch.fuse(jo, io)
     sch.parallel(outer)
     sch.reverse_compute_at(out, outer, preserve_unit_loops=True)
     sch.compute_at(acc, g, preserve_unit_loops=True)
-    _, ai, aj, ar = sch.get_loops(acc)[-4:]
-    ajt, aji = sch.split(aj, [None, 16])
-    aro, ari = sch.split(ar, [None, 4])
-    sch.reorder(aro, ai, ajt, aji, ari)
-    a_init = sch.decompose_reduction(acc, aro)
-    sch.vectorize(sch.get_loops(a_init)[-1])
-    sch.tensorize(aji, intrin)
-    sch.unroll(ajt)
-    sch.unroll(ai)
+    main, wb, loops = kernels.factor_pairs(sch, acc, sch.get_loops(acc)[-1], isa)
+    *_, ai, aj, akb = loops[:len(loops) - (2 if isa.pairs else 1)]
+    sch.reorder(akb, ai, aj, *loops[-(2 if isa.pairs else 1):])
+    if wb is not None:
+        kernels.write_back(sch, wb)   # rfactor put it under g already
+    kernels.tensorize_tile(sch, main, akb, ai, aj, isa)
     p_init = sch.decompose_reduction(part, g)
     # TVM refuses to vectorize a reduction update without its init: LLVM's loop vectorizer
     # gets the contiguous 16-column inner loop as it is

@@ -1,8 +1,10 @@
 """Compile targets by name or as a TVM target dict.
 
     "cpu" (also "host", "llvm")  this machine: LLVM's name for the host CPU as mcpu
-                                  (e.g. znver4, sapphirerapids) and the cores this process may
-                                  run on as num-cores
+                                  (e.g. znver4, sapphirerapids), corrected by the features the
+                                  host really has (``mattr``: a VM may hide AVX-512 from a
+                                  Zen 4), and the cores this process may run on as num-cores
+    "x86-64-v3", "znver3", ...    an LLVM CPU name: that CPU, built here whatever the host
     "cuda" (also "gpu")          an NVIDIA GPU, sm_90 (H100) by default
     {"kind": "llvm", ...}        a TVM target dict, used as given (mcpu checked against LLVM)
     {"kind": "cuda", "arch": "sm_80"}   a GPU target dict: arch defaults to sm_90, the host
@@ -42,10 +44,43 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+# cpuinfo flag -> LLVM feature, for the features that decide which kernels a target gets
+# (isa/): where the host's flags and LLVM's idea of its mcpu disagree, the flags win
+_HOST_FEATURES = {"avx2": "avx2", "fma": "fma", "avx512f": "avx512f", "avx512bw": "avx512bw",
+                  "avx512vl": "avx512vl", "avx512_vnni": "avx512vnni", "avx_vnni": "avxvnni"}
+
+
+def host_mattr(mcpu: str) -> list[str]:
+    """``mattr`` entries that make LLVM's ``mcpu`` agree with this host's cpuinfo flags:
+    "-avx512f" where the model has AVX-512 but the (virtual) machine does not show it,
+    "+avxvnni" where the host has a feature LLVM does not know for that model."""
+    from lowbit.hostcpu import host_x86_features
+
+    flags = host_x86_features()
+    if not flags:  # not Linux / unreadable: trust LLVM's host detection
+        return []
+    probe = tvm.target.Target({"kind": "llvm", "mcpu": mcpu})
+    out = []
+    for flag, feature in _HOST_FEATURES.items():
+        try:
+            llvm_has = bool(codegen.target_has_features(feature, probe))
+        except Exception:  # noqa: BLE001, S112  (LLVM without that feature name)
+            continue
+        if llvm_has and flag not in flags:
+            out.append(f"-{feature}")
+        elif flag in flags and not llvm_has:
+            out.append(f"+{feature}")
+    return out
+
+
 def host_target(num_cores: int | None = None) -> tvm.target.Target:
-    """This machine as an LLVM target."""
-    return tvm.target.Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(),
-                              "num-cores": int(num_cores or _cores())})
+    """This machine as an LLVM target: its CPU name, its real features, its cores."""
+    mcpu = codegen.llvm_get_system_cpu()
+    spec = {"kind": "llvm", "mcpu": mcpu, "num-cores": int(num_cores or _cores())}
+    mattr = host_mattr(mcpu)
+    if mattr:
+        spec["mattr"] = mattr
+    return tvm.target.Target(spec)
 
 
 def cuda_target(arch: str = CUDA_ARCH, **attrs: Any) -> tvm.target.Target:
@@ -69,6 +104,10 @@ def resolve_target(target: Any) -> tvm.target.Target:
             return host_target()
         if target.strip().lower() in CUDA_NAMES:
             return cuda_target()
+        if target.strip() and codegen.llvm_is_valid_cpu(target.strip(),
+                                                        codegen.llvm_get_system_triple()):
+            return tvm.target.Target({"kind": "llvm", "mcpu": target.strip(),
+                                      "num-cores": _cores()})
         hint = (" (TVM 0.27 takes targets as dicts: {'kind': 'llvm', 'mcpu': 'znver4', "
                 "'num-cores': 2})" if " -" in target else "")
         raise ConfigError(f"unknown target {target!r}: give one of "

@@ -12,8 +12,15 @@ defaults.
 
 Tasks are the kernels worth tuning (``kernels="gemm"``: the lowbit integer kernels and fp32
 matmuls; ``"all"``: every kernel). ``trials`` is the total number of measured candidates,
-split evenly over the kernels being tuned. The search space is MetaSchedule's x86 VNNI space
-with the fixed intrinsic (intrin.py) under our own name (``search_space``).
+split evenly over the kernels being tuned. The search space is MetaSchedule's x86 space with
+the target's dot-product intrinsic (isa/) under our own name (``search_space``). Integer
+kernels of pair-form instruction sets (AVX2, AVX-512BW: ``vpmaddwd``, whose partial sums
+MetaSchedule cannot tensorize) are tuned by timing their hand schedule's register tiles
+instead (tile_search.py).
+
+Records are kept per target (``ms/<target key>/``, ``tiles/<target key>.json``): a
+workload tuned for AVX2 is never replayed on AVX-512 or the reverse, even where the kernel is
+the same (fp32 matmuls, or a VNNI kernel on AVX-VNNI and AVX-512 VNNI).
 """
 
 from __future__ import annotations
@@ -31,9 +38,10 @@ from pathlib import Path
 import tvm
 import tvm_ffi
 
+from lowbit.backends.tvm import tile_search
 from lowbit.backends.tvm.build import prim_funcs
 from lowbit.backends.tvm.check import check_schedule, time_kernels
-from lowbit.backends.tvm.intrin import VNNI_INTRIN, register_vnni
+from lowbit.backends.tvm.isa import ISAS, isa_of
 from lowbit.backends.tvm.schedules import KERNEL_ATTR, default_schedule_of
 from lowbit.errors import ConfigError
 
@@ -85,20 +93,28 @@ def _wanted(name: str, func: tvm.tirx.PrimFunc, kernels: str) -> bool:
     return kernels == "all" or KERNEL_ATTR in func.attrs or "matmul" in name
 
 
+def target_key(target) -> str:
+    """A folder-safe name for ``target``'s records: readable part plus a hash of the whole."""
+    import hashlib
+
+    isa = isa_of(target)
+    mcpu = str(target.attrs.get("mcpu", "generic")) if hasattr(target, "attrs") else "generic"
+    digest = hashlib.sha1(str(target).encode()).hexdigest()[:10]
+    return f"{target.kind.name}-{mcpu}-{isa.name if isa else 'noisa'}-{digest}"
+
+
 class TuningDB:
-    """The database folder: MetaSchedule JSON tables plus reference-check outcomes."""
+    """The database folder: per-target MetaSchedule JSON tables and tile-search records, plus
+    reference-check outcomes."""
 
     def __init__(self, folder: str | os.PathLike):
-        from tvm.s_tir import meta_schedule as ms
-
         self.folder = Path(folder)
         if self.folder.exists() and not self.folder.is_dir():
             raise ConfigError(f"tuning database {self.folder} exists and is not a folder")
         (self.folder / "ms").mkdir(parents=True, exist_ok=True)
-        for table in (self.folder / "ms").glob("*.json"):
-            repair_table(table)
-        register_vnni()  # records name it: the tables cannot be parsed without it
-        self.ms = ms.database.JSONDatabase(work_dir=str(self.folder / "ms"))
+        for isa in ISAS:  # records name the intrinsics: the tables cannot be parsed without
+            isa.register()
+        self._ms: dict[str, object] = {}
         self._verified_path = self.folder / "verified.json"
         self.verified: dict[str, dict] = {}
         if self._verified_path.is_file():
@@ -108,19 +124,40 @@ class TuningDB:
                 print(f"[lowbit] {self._verified_path} is not valid JSON: ignored (tuned "
                       f"records will be checked again)", file=sys.stderr)
 
+    def ms_for(self, target):
+        """The MetaSchedule database of ``target`` (``ms/<target key>/``)."""
+        from tvm.s_tir import meta_schedule as ms
+
+        key = target_key(target)
+        if key not in self._ms:
+            folder = self.folder / "ms" / key
+            folder.mkdir(parents=True, exist_ok=True)
+            for table in folder.glob("*.json"):
+                repair_table(table)
+            self._ms[key] = ms.database.JSONDatabase(work_dir=str(folder))
+        return self._ms[key]
+
+    def tiles_for(self, target) -> tile_search.TileRecords:
+        return tile_search.TileRecords(self.folder / "tiles" / f"{target_key(target)}.json")
+
     @staticmethod
     def key(func: tvm.tirx.PrimFunc, target) -> str:
         return f"{tvm_ffi.structural_hash(_workload(func)):x}|{target}"
 
     def has_record(self, func, target) -> bool:
+        if tile_search.applies(func, target):
+            return self.tiles_for(target).get(func) is not None
         mod = _workload(func)
-        return (self.ms.has_workload(mod)
-                and self.ms.query_tuning_record(mod, target, "main") is not None)
+        db = self.ms_for(target)
+        return db.has_workload(mod) and db.query_tuning_record(mod, target, "main") is not None
 
     def schedule(self, func, target):
         """The best recorded schedule of ``func`` on ``target`` (None: no record), with the
         attributes of ``func`` (the workload was renamed "main" for the database)."""
-        sch = self.ms.query_schedule(_workload(func), target, "main")
+        if tile_search.applies(func, target):
+            tile = self.tiles_for(target).get(func)
+            return None if tile is None else tile_search.scheduled(func, target, *tile)
+        sch = self.ms_for(target).query_schedule(_workload(func), target, "main")
         if sch is None:
             return None
         tuned = sch.mod["main"].without_attr("global_symbol")
@@ -176,20 +213,20 @@ def build_candidate(mod, target, _params):
 
 def search_space(target):
     """MetaSchedule's x86 VNNI search space (ScheduleRule::DefaultX86("vnni") and its
-    postprocessors, rebuilt here) with our intrinsic name in place of the stock one, so tuned
-    traces name ``VNNI_INTRIN``: replaying them at build time then needs only intrin.py, not
-    TVM's 20-50 s intrinsic package import."""
+    postprocessors, rebuilt here) with the target's dot-form intrinsic (isa/) in place of the
+    stock one, so tuned traces name our intrinsic: replaying them at build time then needs
+    only isa/, not TVM's 20-50 s intrinsic package import. Targets without a dot-form
+    instruction set get the plain x86 space."""
     from tvm.s_tir import meta_schedule as ms
 
-    from lowbit.backends.tvm.kernels import has_vnni
-
+    isa = isa_of(target)
     rules = ms.schedule_rule
     reuse_write = rules.ReuseType(req="may", levels=[1, 2], scope="global")
     tiling = [rules.MultiLevelTiling(structure="SSRSRS", max_innermost_factor=64,
                                      reuse_write=reuse_write)]
-    if has_vnni(target):
+    if isa is not None and not isa.pairs:
         tiling.insert(0, rules.MultiLevelTilingWithIntrin(
-            VNNI_INTRIN, structure="SSRSRS", max_innermost_factor=64, reuse_write=reuse_write))
+            isa.register(), structure="SSRSRS", max_innermost_factor=64, reuse_write=reuse_write))
     sch_rules = [
         rules.ApplyCustomRule(),
         rules.InlineConstantScalars(),
@@ -213,7 +250,7 @@ def search_space(target):
 def _without_stock_intrinsics():
     """MetaSchedule's TuneContext imports ``tvm.s_tir.tensor_intrin`` (every stock intrinsic,
     CUDA ones included: 36-50 s here, minutes under load) although lowbit's search space names
-    only its own VNNI intrinsic (intrin.py). While tuning, an empty module stands in for the
+    only its own intrinsics (isa/). While tuning, an empty module stands in for the
     package if nobody imported it yet; it is removed afterwards, so a later real import works."""
     key = "tvm.s_tir.tensor_intrin"
     if key in sys.modules:
@@ -241,7 +278,8 @@ def _tune_one(name, func, target, db: TuningDB, trials: int, cores: int) -> None
     with _without_stock_intrinsics():
         ms.tir_integration.tune_tir(
             _workload(func), target, work_dir=str(db.folder / "logs" / name),
-            max_trials_global=trials, num_trials_per_iter=min(64, trials), database=db.ms,
+            max_trials_global=trials, num_trials_per_iter=min(64, trials),
+            database=db.ms_for(target),
             builder=builder, runner=runner, space=search_space(target), num_tuning_cores=cores)
 
 
@@ -249,7 +287,6 @@ def tune_module(mod: tvm.IRModule, target, tune: Tune, *, progress: bool = True
                 ) -> dict[str, tvm.tirx.PrimFunc]:
     """Tune the kernels of ``mod`` that have no record yet; return name -> tuned PrimFunc for
     the kernels whose best record passed the reference check and beat the default schedule."""
-    register_vnni()
     db = TuningDB(tune.db)
     funcs = {n: f for n, f in prim_funcs(mod).items() if _wanted(n, f, tune.kernels)}
     unique: dict[str, str] = {}  # workload key -> first function name
@@ -266,14 +303,18 @@ def tune_module(mod: tvm.IRModule, target, tune: Tune, *, progress: bool = True
             t0 = time.perf_counter()
             _say(progress, f"tuning {i}/{len(todo)}: {name} ({per_task} trials)")
             try:
-                _tune_one(name, funcs[name], target, db, per_task, cores)
+                if tile_search.applies(funcs[name], target):
+                    best = tile_search.search(funcs[name], target, db.tiles_for(target))
+                else:
+                    _tune_one(name, funcs[name], target, db, per_task, cores)
+                    rec = db.ms_for(target).query_tuning_record(_workload(funcs[name]),
+                                                                target, "main")
+                    best = (f"best {min(float(x) for x in rec.run_secs) * 1e3:.4f} ms"
+                            if rec is not None and rec.run_secs else "no valid candidate")
             except Exception as e:  # noqa: BLE001  (a failed task keeps its default schedule)
                 _say(progress, f"  tuning {name} failed ({type(e).__name__}: "
                                f"{str(e).strip().splitlines()[-1][:200]}); default schedule")
                 continue
-            rec = db.ms.query_tuning_record(_workload(funcs[name]), target, "main")
-            best = (f"best {min(float(x) for x in rec.run_secs) * 1e3:.4f} ms"
-                    if rec is not None and rec.run_secs else "no valid candidate")
             _say(progress, f"  {name}: {best} ({time.perf_counter() - t0:.0f} s)")
     chosen: dict[str, tvm.tirx.PrimFunc] = {}
     for name, func in funcs.items():

@@ -3,9 +3,12 @@ tests: its first task alone imports TVM's whole intrinsic package, 20-50 s here)
 
 A record is made by hand from the default schedule's trace and committed to the database, so
 these tests check what ``compile(..., tune=Tune(...))`` relies on: a workload with a record is
-not tuned again, its trace replays (naming our VNNI intrinsic), the replayed kernel passes the
+not tuned again, its trace replays (naming our intrinsic, isa/), the replayed kernel passes the
 numpy reference check, a failed check is remembered and the kernel keeps its default schedule,
-and a wrong kernel (the VNNI compute over a mis-laid weight) is caught by the check.
+and a wrong kernel (the int8 compute over a mis-laid weight) is caught by the check. On hosts
+whose instruction set has the pair form (AVX2, AVX-512BW) the int8 kernel's record is a tile
+record (tile_search.py) instead of a MetaSchedule trace; the MetaSchedule table tests use an
+fp32 matmul there. Records are kept per target: one target's never serves another.
 
 ``LOWBIT_TVM_TUNE_TEST=1`` adds a real 2-trial MetaSchedule run (about 1-2 min here).
 """
@@ -17,13 +20,15 @@ import tvm
 from tvm import te
 
 from lowbit.backends.tvm import check as check_mod
-from lowbit.backends.tvm import kernels, tune
+from lowbit.backends.tvm import kernels, tile_search, tune
+from lowbit.backends.tvm.isa import isa_of
+from lowbit.backends.tvm.target import resolve_target
 from lowbit.backends.tvm.check import CheckResult, check_schedule
 from lowbit.backends.tvm.target import host_target
 from lowbit.errors import ConfigError
 
 TARGET = host_target()
-pytestmark = pytest.mark.skipif(not kernels.has_vnni(TARGET), reason="host has no AVX-512 VNNI")
+pytestmark = pytest.mark.skipif(isa_of(TARGET) is None, reason="host without AVX2: no int8 kernels")
 M, N, K = 16, 48, 64
 NAME = f"lowbit_linear_u8s8_{M}_{N}_{K}"
 
@@ -32,16 +37,35 @@ def _module():
     return tvm.IRModule({NAME: kernels.linear_u8s8(M, N, K)})
 
 
-def _commit_default_record(folder):
+def _commit_default_record(folder, func=None, target=None):
+    """A record of ``func``'s default schedule on ``target`` (default: the int8 kernel, the
+    host): a tile record where the target tunes int8 kernels by tile, else a MetaSchedule
+    trace."""
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 
-    func = kernels.linear_u8s8(M, N, K)
+    from lowbit.backends.tvm.schedules import Matmul
+
+    func = func if func is not None else kernels.linear_u8s8(M, N, K)
+    target = target or TARGET
     db = tune.TuningDB(folder)
-    workload = db.ms.commit_workload(tune._workload(func))
-    sch = kernels.default_schedule(func.with_attr("global_symbol", "main"), TARGET)
-    db.ms.commit_tuning_record(ms.database.TuningRecord(
-        sch.trace, workload, [1e-4], TARGET, ArgInfo.from_prim_func(func)))
+    if tile_search.applies(func, target):
+        db.tiles_for(target).put(func, *tile_search.candidates(func, isa_of(target))[0], 0.1)
+        return
+    workload = db.ms_for(target).commit_workload(tune._workload(func))
+    main = func.with_attr("global_symbol", "main")
+    sch = (kernels.default_schedule(main, target) if kernels.kernel_kind(func)
+           else Matmul().apply(main, target, False))
+    db.ms_for(target).commit_tuning_record(ms.database.TuningRecord(
+        sch.trace, workload, [1e-4], target, ArgInfo.from_prim_func(func)))
+
+
+def _matmul_f32():
+    a = te.placeholder((M, K), "float32", name="a")
+    b = te.placeholder((K, N), "float32", name="b")
+    r = te.reduce_axis((0, K), name="k")
+    return te.create_prim_func([a, b, te.compute((M, N), lambda i, j: te.sum(
+        a[i, r] * b[r, j], axis=r), name="matmul")])
 
 
 def test_tune_options_validated():
@@ -82,19 +106,50 @@ def test_interrupted_run_leaves_a_readable_database(tmp_path, monkeypatch, capsy
     """A run killed while appending a record leaves a partial last line in MetaSchedule's
     table: the database drops that line (saying so), keeps the other records, and still
     serves them; verified.json is replaced atomically (no temporary file left behind)."""
-    _commit_default_record(tmp_path)
-    table = tmp_path / "ms" / "database_tuning_record.json"
+    func = _matmul_f32()
+    mod = tvm.IRModule({"matmul": func})
+    _commit_default_record(tmp_path, func)
+    table = tmp_path / "ms" / tune.target_key(TARGET) / "database_tuning_record.json"
     good = table.read_text()
     table.write_text(good + good.splitlines()[0][:40])          # the half-written record
     monkeypatch.setattr(tune, "time_kernels", _tuned_is(True))
-    chosen = tune.tune_module(_module(), TARGET, tune.Tune(trials=0, db=tmp_path))
+    chosen = tune.tune_module(mod, TARGET, tune.Tune(trials=0, db=tmp_path))
     err = capsys.readouterr().err
-    assert "dropped 1 unreadable line" in err and list(chosen) == [NAME]
+    assert "dropped 1 unreadable line" in err and list(chosen) == ["matmul"]
     assert table.read_text() == good
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ms", "verified.json"]
     (tmp_path / "verified.json").write_text("{half")            # hand-edited into garbage
-    assert list(tune.tune_module(_module(), TARGET, tune.Tune(trials=0, db=tmp_path))) == [NAME]
+    assert list(tune.tune_module(mod, TARGET, tune.Tune(trials=0, db=tmp_path))) == ["matmul"]
     assert "not valid JSON" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("other", ["x86-64-v3", "cascadelake", "alderlake", "skylake-avx512"])
+def test_records_are_kept_per_target(tmp_path, other):
+    """A record made for the host never answers for another instruction set's target (nor the
+    reverse), for an int8 kernel or an fp32 matmul: tuned traces name target-specific
+    intrinsics and timings (nothing here runs a kernel)."""
+    other_t = resolve_target(other)
+    if tune.target_key(other_t) == tune.target_key(TARGET):
+        other_t = resolve_target({"kind": "llvm", "mcpu": other, "num-cores": 1})
+    for func in (kernels.linear_u8s8(M, N, K), _matmul_f32()):
+        _commit_default_record(tmp_path, func)
+        db = tune.TuningDB(tmp_path)
+        assert db.has_record(func, TARGET)
+        assert not db.has_record(func, other_t) and db.schedule(func, other_t) is None
+
+
+def test_tile_search_on_avx2(tmp_path, capsys):
+    """The pair-form int8 kernels (AVX2 here, which every host of this suite runs) are tuned
+    by tile: every candidate timed, the best recorded, checked against numpy, reused."""
+    avx2 = resolve_target("x86-64-v3")
+    mod = tvm.IRModule({NAME: kernels.linear_u8s8(M, N, K)})
+    chosen = tune.tune_module(mod, avx2, tune.Tune(trials=4, db=tmp_path))
+    err = capsys.readouterr().err
+    assert "best tile" in err and "vs numpy reference" in err
+    assert tune.TuningDB(tmp_path).tiles_for(avx2).get(mod[NAME]) is not None
+    assert set(chosen) <= {NAME}
+    tune.tune_module(mod, avx2, tune.Tune(trials=4, db=tmp_path))
+    assert "0 to tune" in capsys.readouterr().err
 
 
 def test_database_path_that_is_a_file(tmp_path):
