@@ -6,6 +6,7 @@ onnxruntime running the same QDQ model, at batch 1 with the same thread count.""
 from __future__ import annotations
 
 import argparse
+import collections
 import gc
 import os
 import tempfile
@@ -86,11 +87,17 @@ def compile_stage(args: argparse.Namespace, model, gm, qgm, onnx_path: Path,
     tune = lowbit.Tune(trials=args.tune_trials, db=db)
     mod = lowbit.compile(qgm, target=host_target(threads), tune=tune, example_inputs=example)
     kinds = [k for _, k in mod.meta["lowering"]]
+    n_int8 = sum(k.startswith('linear_u8s8') for k in kinds)
+    family = mod.meta.get("kernel_family")
     print(f"compiled in {time.perf_counter() - t:.1f} s: "
-          f"{sum(k.startswith('linear_u8s8') for k in kinds)} int8 GEMM kernels "
-          f"({kinds.count('linear_u8s8_q')} with a requantizing epilogue), "
-          f"{kinds.count('linear_w4a16')} int4 GEMM kernels, "
+          f"{n_int8} int8 GEMM kernels ({kinds.count('linear_u8s8_q')} with a requantizing "
+          f"epilogue), {kinds.count('linear_w4a16')} int4 GEMM kernels, "
           f"{len(mod.meta['tuned_kernels'])} kernel(s) on tuned schedules")
+    print(f"  int8 kernel family: {family or 'none'}")
+    for reason, count in collections.Counter(k for k in kinds if k.startswith("fp32")).items():
+        print(f"  {count} linear(s) left in fp32: {reason[6:]}")
+    engine = (f"integer kernels, {family.split(' ')[0]}" if n_int8
+              else "fp32 kernels: no int8 on this target")
 
     cos_f, cos_q, worst = [], [], 0.0
     with torch.no_grad():
@@ -122,7 +129,7 @@ def compile_stage(args: argparse.Namespace, model, gm, qgm, onnx_path: Path,
     rows.append((f"onnxruntime, same QDQ {name} model",
                  _time_onnxruntime(onnx_path, threads, example, args.iters)))
     gc.collect()                                   # the onnxruntime session is gone now
-    rows.append((f"lowbit TVM {name} (integer kernels)",
+    rows.append((f"lowbit TVM {name} ({engine})",
                  measure(lambda: mod(**example), args.iters)))
     base = rows[0][1].median_ms
     for name, lat in rows:

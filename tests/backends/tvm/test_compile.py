@@ -2,9 +2,12 @@
 
 - float graph: TVM matches torch within FLOAT_ATOL (fast exp/erf polynomials and reassociated
   fp32 sums, measured ~1e-6 here);
-- W8A8 (u8 x s8 -> s32 VNNI kernels): the integer module and the FX fake-quant graph, both
-  ending in the same static u8 output quantizer, agree within one output step, and the
-  fraction of elements one step apart stays below MAX_OFF_BY_ONE;
+- W8A8 (u8 x s8 -> s32 kernels of the host's instruction set, isa/): the integer module and
+  the FX fake-quant graph, both ending in the same static u8 output quantizer, agree within one
+  output step, and the fraction of elements one step apart stays below MAX_OFF_BY_ONE; the
+  same for the module compiled for each instruction set's CPU (x86-64-v3 / AVX2, Skylake-X /
+  AVX-512BW, Alder Lake / AVX-VNNI, Cascade Lake / AVX-512 VNNI) where this host can run it,
+  and each of them at least builds with its kernels named in the lowering log;
 - W4A16 (int4 group 32, dequant fused in the GEMM): within W4_ATOL of the FX graph;
 - calling conventions and clear errors.
 """
@@ -15,7 +18,7 @@ import torch
 import torch.ao.quantization.fx._decomposed
 
 from lowbit import recipes
-from lowbit.backends.tvm.kernels import has_vnni
+from lowbit.backends.tvm.isa import ISAS, example_target, host_runs, isa_of
 from lowbit.backends.tvm.runtime import RuntimeInputError
 from lowbit.backends.tvm.target import host_target, resolve_target
 from lowbit.capture import capture
@@ -36,7 +39,7 @@ MAX_OFF_BY_ONE = 0.01
 W4_G32 = recipes.W4A16_G128.replace(
     name="W4A16_G32", weight=QuantSpec(bits=4, symmetric=True, granularity=PerGroup(32)))
 
-needs_vnni = pytest.mark.skipif(not has_vnni(host_target()), reason="host has no AVX-512 VNNI")
+needs_int8 = pytest.mark.skipif(isa_of(host_target()) is None, reason="host without AVX2: no int8 kernels")
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +61,7 @@ def float_mod(bert):
 def w8a8(bert):
     _, gm, _, calib = bert
     q = _quantize_outputs(quantize(gm, recipes.W8A8, calibration=calib, progress=False))
-    return q, compile(q, progress=False) if has_vnni(host_target()) else None
+    return q, compile(q, progress=False) if isa_of(host_target()) is not None else None
 
 
 def test_float_matches_torch(bert, float_mod):
@@ -87,7 +90,7 @@ def _agreement(q, mod, batches) -> float:
     return off / total
 
 
-@needs_vnni
+@needs_int8
 def test_w8a8_integer_within_one_output_step(bert, w8a8):
     _, _, inputs, calib = bert
     q, mod = w8a8
@@ -96,7 +99,33 @@ def test_w8a8_integer_within_one_output_step(bert, w8a8):
     assert _agreement(q, mod, [inputs, *calib]) <= MAX_OFF_BY_ONE
 
 
-@needs_vnni
+@pytest.mark.parametrize("isa", ISAS, ids=lambda i: i.name)
+def test_w8a8_on_every_instruction_set(bert, w8a8, isa, capsys):
+    """The same quantized graph compiled for each family's CPU: all 12 int8 linears on that
+    family's kernels (named in the log); run and checked where this host can execute it."""
+    _, _, inputs, calib = bert
+    q = w8a8[0]
+    target = example_target(isa)
+    mod = compile(q, target=target)
+    assert isa.family in capsys.readouterr().err and isa.family in mod.meta["kernel_family"]
+    kinds = [k for _, k in mod.meta["lowering"]]
+    assert sum(k.startswith("linear_u8s8") for k in kinds) == 12
+    if host_runs(target):
+        assert _agreement(q, mod, [inputs, *calib]) <= MAX_OFF_BY_ONE
+
+
+def test_target_without_int8_names_the_reason(bert, w8a8, capsys):
+    """A target with no int8 instruction set (baseline x86-64: SSE2 only) compiles the
+    quantized graph with fp32 linears and says why, per linear and in the log."""
+    mod = compile(w8a8[0], target="x86-64")
+    assert mod.meta["kernel_family"] is None
+    reasons = {k for _, k in mod.meta["lowering"]}
+    assert all(r.startswith("fp32:") for r in reasons)
+    assert any("no instruction set for int8 kernels" in r for r in reasons)
+    assert "0 int8 linear(s)" in capsys.readouterr().err
+
+
+@needs_int8
 @pytest.mark.parametrize("recipe", [recipes.W8A8_FULL, recipes.W4A8], ids=lambda r: r.name)
 def test_other_static_recipes_within_one_output_step(bert, recipe):
     """W8A8_FULL: o / FFN-out output quantizers become requantizing epilogues (u8 between
@@ -157,7 +186,7 @@ def test_errors(bert):
         compile(torch.nn.Linear(4, 4), progress=False)
 
 
-@needs_vnni
+@needs_int8
 def test_user_graph_not_modified(w8a8):
     q, _ = w8a8          # compiled by the fixture
     c = op_counts(q)

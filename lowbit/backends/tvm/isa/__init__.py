@@ -20,7 +20,8 @@ from lowbit.backends.tvm.isa.base import Isa
 from lowbit.backends.tvm.isa.dot4 import AVX512_VNNI, AVX_VNNI
 from lowbit.backends.tvm.isa.madd import AVX2, AVX512BW
 
-__all__ = ["ISAS", "Isa", "by_name", "isa_of", "target_features"]
+__all__ = ["ISAS", "Isa", "by_name", "example_target", "host_runs", "isa_of",
+           "target_features"]
 
 ISAS: tuple[Isa, ...] = (AVX512_VNNI, AVX_VNNI, AVX512BW, AVX2)
 """Preference order: the first whose features a target has is its integer kernel family."""
@@ -58,3 +59,18 @@ def by_name(name: str) -> Isa:
         if isa.name == name:
             return isa
     raise KeyError(f"unknown instruction set {name!r}: one of {[i.name for i in ISAS]}")
+
+
+def example_target(isa: Isa, num_cores: int = 2):
+    """An LLVM target whose integer kernels are ``isa``'s (its ``example_mcpu``)."""
+    import tvm
+
+    return tvm.target.Target({"kind": "llvm", "mcpu": isa.example_mcpu, "num-cores": num_cores})
+
+
+def host_runs(target) -> bool:
+    """Whether this machine can run code built for ``target``: every registry feature the
+    target has, the host has (code for a feature the host lacks dies with SIGILL)."""
+    from lowbit.backends.tvm.target import host_target
+
+    return target_features(target) <= target_features(host_target())

@@ -35,6 +35,8 @@ class Isa:
         pairs: the pair form (two partial sums per output, see module docstring).
         mi_prefs, nt_prefs: register-tile preferences of the default schedules: MI rows by
             NT blocks of 16 columns, the first of each that divides the kernel's extent.
+        mnemonic: the instruction the compiled kernel must contain (checked in tests).
+        example_mcpu: an LLVM CPU with exactly this family (cross-builds, tests, docs).
         register: registers ``intrin`` with TVM (idempotent); returns its name.
     """
 
@@ -46,6 +48,8 @@ class Isa:
     pairs: bool
     mi_prefs: tuple[int, ...]
     nt_prefs: tuple[int, ...]
+    mnemonic: str
+    example_mcpu: str
     register: Callable[[], str] = dataclasses.field(repr=False, compare=False)
 
     def __post_init__(self) -> None:

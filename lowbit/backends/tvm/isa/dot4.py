@@ -116,6 +116,7 @@ AVX512_VNNI = Isa(
     instruction="vpdpbusd zmm (16 lanes x 4)", intrin=ZMM_INTRIN, pairs=False,
     # 8 x 3 blocks = 24 zmm accumulators + 3 weight blocks + 1 broadcast (32 zmm)
     mi_prefs=(8, 6, 4, 3, 2, 1), nt_prefs=(3, 4, 2, 1),
+    mnemonic="vpdpbusd", example_mcpu="cascadelake",
     register=lambda: _register(ZMM_INTRIN, _zmm))
 
 AVX_VNNI = Isa(
@@ -123,4 +124,5 @@ AVX_VNNI = Isa(
     instruction="2 x vpdpbusd ymm (8 lanes x 4)", intrin=YMM_INTRIN, pairs=False,
     # a 16-column block is 2 ymm accumulators: 6 x 1 (12) + 2 weight halves + 1 broadcast
     mi_prefs=(6, 4, 3, 2, 1), nt_prefs=(1,),
+    mnemonic="vpdpbusd", example_mcpu="alderlake",
     register=lambda: _register(YMM_INTRIN, _ymm))

@@ -91,6 +91,7 @@ AVX512BW = Isa(
     instruction="2 x vpmaddwd zmm (exact 16-bit pairs)", intrin=ZMM_INTRIN, pairs=True,
     # a 16-column block is 2 zmm accumulators (16 x 2 int32): 4 x 3 (24) + weights + broadcast
     mi_prefs=(4, 6, 3, 2, 1), nt_prefs=(3, 2, 1),
+    mnemonic="vpmaddwd", example_mcpu="skylake-avx512",
     register=lambda: _register(ZMM_INTRIN, 8, "llvm.x86.avx512.pmaddw.d.512"))
 
 AVX2 = Isa(
@@ -98,4 +99,5 @@ AVX2 = Isa(
     instruction="4 x vpmaddwd ymm (exact 16-bit pairs)", intrin=YMM_INTRIN, pairs=True,
     # a 16-column block is 4 ymm accumulators: 3 x 1 (12) + 1 weight + 1 broadcast (16 ymm)
     mi_prefs=(3, 2, 4, 1), nt_prefs=(1,),
+    mnemonic="vpmaddwd", example_mcpu="x86-64-v3",
     register=lambda: _register(YMM_INTRIN, 4, "llvm.x86.avx2.pmadd.wd"))

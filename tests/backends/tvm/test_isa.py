@@ -1,0 +1,131 @@
+"""Every int8 kernel kind on every instruction set of the registry (isa/).
+
+For each (ISA, kernel kind): the kernel is built for a CPU of that family (cross-built: any
+host can build any of them) and its machine code must contain the family's instruction
+(``vpdpbusd`` / ``vpmaddwd``). Where this host can execute that family (AVX2 kernels run on
+every host of this suite, AVX-512 ones only on AVX-512 hosts), the kernel also runs and must
+match the int64 numpy reference exactly, on worst-case values: u8 255 against s8 -128 and
+127, where a 16-bit pair sum (``vpmaddubsw``) would saturate (255 * 127 * 2 > 32767). Families
+this host cannot execute are built and checked for their instruction only: running them would
+die with SIGILL; the lowered graph they come from is the same for every family (one weight
+layout, pack.py), and its integers are checked against torch on every host (test_compile.py).
+"""
+
+import numpy as np
+import pytest
+import torch
+import tvm
+
+from lowbit.backends.tvm import kernels
+from lowbit.backends.tvm.isa import ISAS, example_target, host_runs, isa_of, target_features
+from lowbit.backends.tvm.pack import pack_vnni
+from lowbit.backends.tvm.peg_kernel import linear_u8s8_peg
+from lowbit.backends.tvm.target import host_mattr, resolve_target
+
+ISA_IDS = [i.name for i in ISAS]
+M, N, K = 8, 48, 256          # K * 255 * 128 < 2^24: the fp32 epilogue holds the sums exactly
+
+
+def _worst_case(m, n, k):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (m, k), dtype=np.uint8)
+    w = rng.integers(-128, 128, (n, k), dtype=np.int8)
+    x[:2] = 255                                   # rows of 255 ...
+    w[0], w[1], w[2, ::2] = -128, 127, -128       # ... against -128 / 127 rows
+    return x, w
+
+
+def _kinds():
+    return {
+        "linear_u8s8": kernels.linear_u8s8(M, N, K),
+        "linear_u8s8_q": kernels.linear_u8s8_q(M, N, K, "gelu"),
+        "linear_u8s8_peg": linear_u8s8_peg(M, N, K, 4),
+    }
+
+
+def _build(func, target):
+    sch = kernels.default_schedule(func, target)
+    assert sch is not None, "no default schedule"
+    return tvm.compile(sch.mod["main"].with_attr("global_symbol", "main"), target)
+
+
+def _asm(lib) -> str:
+    mods = [lib.mod, *getattr(lib.mod, "imports", [])]
+    for mod in mods:
+        try:
+            return mod.inspect_source("asm")
+        except Exception:  # noqa: BLE001, S112  (a module without asm: try the next)
+            continue
+    raise AssertionError("no assembly in the built module")
+
+
+@pytest.mark.parametrize("kind", ["linear_u8s8", "linear_u8s8_q", "linear_u8s8_peg"])
+@pytest.mark.parametrize("isa", ISAS, ids=ISA_IDS)
+def test_kernel_builds_with_its_instruction(isa, kind):
+    target = example_target(isa)
+    assert isa_of(target) is isa
+    asm = _asm(_build(_kinds()[kind], target))
+    assert isa.mnemonic in asm, f"{kind} for {isa.name}: no {isa.mnemonic} in the machine code"
+    if isa.name == "avx_vnni":     # 256-bit only: VEX-encoded, no zmm anywhere
+        assert "zmm" not in asm
+    if isa.name == "avx2":
+        assert "zmm" not in asm and "vpdpbusd" not in asm and "vpmaddubsw" not in asm
+
+
+@pytest.mark.parametrize("isa", ISAS, ids=ISA_IDS)
+def test_kernel_exact_on_worst_case_values(isa):
+    target = example_target(isa)
+    if not host_runs(target):
+        pytest.skip(f"this host cannot execute {isa.title} code (built and checked in "
+                    f"test_kernel_builds_with_its_instruction)")
+    x, w = _worst_case(M, N, K)
+    args = [x, pack_vnni(torch.from_numpy(w)).numpy(), np.zeros(N, np.int32),
+            np.ones(N, np.float32), np.zeros(N, np.float32), np.zeros((M, N), np.float32)]
+    lib = _build(kernels.linear_u8s8(M, N, K), target)
+    dev = [tvm.runtime.tensor(a) for a in args]
+    lib["main"](*dev)
+    want = x.astype(np.int64) @ w.astype(np.int64).T
+    assert np.abs(want).max() > 2 ** 15 * 2          # far beyond a saturating int16 pair sum
+    np.testing.assert_array_equal(dev[-1].numpy().astype(np.int64), want)
+
+
+@pytest.mark.parametrize("kind", ["linear_u8s8", "linear_u8s8_q", "linear_u8s8_peg"])
+@pytest.mark.parametrize("isa", ISAS, ids=ISA_IDS)
+def test_kernel_matches_reference(isa, kind):
+    from lowbit.backends.tvm.check import check_schedule
+
+    target = example_target(isa)
+    if not host_runs(target):
+        pytest.skip(f"this host cannot execute {isa.title} code")
+    func = _kinds()[kind]
+    result = check_schedule(func, kernels.default_schedule(func, target).mod["main"], target)
+    assert result.ok, result.detail
+
+
+@pytest.mark.parametrize("name,family", [("x86-64-v3", "avx2"), ("znver3", "avx2"),
+                                         ("skylake-avx512", "avx512bw"),
+                                         ("alderlake", "avx_vnni"), ("cascadelake", "avx512_vnni"),
+                                         ("znver4", "avx512_vnni"), ("x86-64", None)])
+def test_named_targets_pick_their_family(name, family):
+    isa = isa_of(resolve_target(name))
+    assert (isa.name if isa else None) == family
+
+
+def test_target_dict_mattr_removes_a_family():
+    t = resolve_target({"kind": "llvm", "mcpu": "znver4", "mattr": ["-avx512f"]})
+    assert isa_of(t).name == "avx2" and "avx512bw" not in target_features(t)
+
+
+def test_host_flags_correct_the_cpu_name(monkeypatch):
+    """A VM that hides AVX-512 from a Zen 4 guest: the flags, not the model name, decide."""
+    import lowbit.hostcpu
+
+    monkeypatch.setattr(lowbit.hostcpu, "host_x86_features",
+                        lambda: frozenset({"avx2", "fma"}))
+    mattr = host_mattr("znver4")
+    assert "-avx512f" in mattr and "-avx512vnni" in mattr
+    t = tvm.target.Target({"kind": "llvm", "mcpu": "znver4", "mattr": mattr})
+    assert isa_of(t).name == "avx2"
+    monkeypatch.setattr(lowbit.hostcpu, "host_x86_features",
+                        lambda: frozenset({"avx2", "fma", "avx_vnni"}))
+    assert "+avxvnni" in host_mattr("znver3")
