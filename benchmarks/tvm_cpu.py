@@ -2,7 +2,12 @@
 """lowbit.compile (TVM) against torch and onnxruntime on this CPU, same thread count, medians.
 
     python benchmarks/tvm_cpu.py [--model minilm|bert-base-layer] [--batch 1,8] [--threads 2]
-        [--iters 50] [--trials 64] [--db DIR] [--variants ...]
+        [--iters 50] [--trials 64] [--db DIR] [--variants ...] [--target cpu|x86-64-v3|...]
+
+``--target`` picks the CPU the TVM variants are compiled for (default ``cpu``: this host, its
+own instruction set); an LLVM CPU name compiles for that CPU's kernel family instead (e.g.
+``x86-64-v3``: the AVX2 kernels, which run on any AVX2 host), so one machine can time every
+family it can execute. torch and onnxruntime always use what they detect on the host.
 
 Models: ``minilm`` is the real all-MiniLM-L6-v2 (``lowbit.models.load_minilm``) on real SST-2
 sentences padded to 128 tokens (static recipes calibrate on 16 other sentences);
@@ -153,8 +158,8 @@ def worker(variant: str, args) -> dict:
                                                    progress=False)
     tune = Tune(trials=args.trials, db=args.db) if variant.endswith("tuned") else None
     t0 = time.perf_counter()
-    mod = compile(graph, target={"kind": "llvm", "mcpu": _host_cpu(), "num-cores": args.threads},
-                  tune=tune, progress=False)
+    mod = compile(graph, target=_target(args), tune=tune, progress=False)
+    info["kernel_family"] = mod.meta.get("kernel_family")
     info["compile_s"] = round(time.perf_counter() - t0, 1)
     out = mod(**feed)
     info["median_ms"], info["min_ms"] = _time(lambda: mod(**feed), args.iters)
@@ -165,10 +170,15 @@ def worker(variant: str, args) -> dict:
     return info
 
 
-def _host_cpu() -> str:
-    from tvm.target import codegen
+def _target(args):
+    from lowbit.backends.tvm.target import host_target, resolve_target
 
-    return codegen.llvm_get_system_cpu()
+    if args.target in ("cpu", "host"):
+        return host_target(args.threads)
+    t = resolve_target(args.target)
+    return resolve_target({**{k: v for k, v in t.export().items() if k in ("kind", "mcpu",
+                                                                            "mattr")},
+                           "num-cores": args.threads})
 
 
 RATIOS = [  # (numerator, denominator, what it says)
@@ -189,7 +199,7 @@ def _run_worker(args, variant: str, model: str, batch: int) -> dict | None:
     env = dict(os.environ, TVM_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", variant, "--model", model,
            "--batch", str(batch), "--threads", str(args.threads), "--iters", str(args.iters),
-           "--trials", str(args.trials), "--db", args.db]
+           "--trials", str(args.trials), "--db", args.db, "--target", args.target]
     print(f"[bench] {model} b{batch} {variant} ...", file=sys.stderr, flush=True)
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
@@ -224,6 +234,8 @@ def main(argv=None) -> int:
     p.add_argument("--trials", type=int, default=64, help="tuning budget (all kernels)")
     p.add_argument("--db", default=None, help="tuning database (default: lowbit cache)")
     p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--target", default="cpu", help="TVM target: cpu (this host) or an LLVM CPU "
+                   "name such as x86-64-v3 (AVX2 kernels)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.db is None:
@@ -244,8 +256,16 @@ def main(argv=None) -> int:
     batches = [int(b) for b in args.batch.split(",")]
     results = {(m, b): [r for v in variants if (r := _run_worker(args, v, m, b))]
                for m in models for b in batches}
+    from lowbit.hostcpu import host_x86_features
+
+    flags = sorted(host_x86_features() & {"avx2", "avx512f", "avx512bw", "avx512_vnni",
+                                          "avx_vnni"})
+    family = next((r.get("kernel_family") for rows in results.values() for r in rows
+                   if r.get("kernel_family")), None)
     print(f"\n{time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, {args.threads} threads, "
-          f"seq {SEQ}, {args.iters} timed calls per variant, tuning budget {args.trials}")
+          f"seq {SEQ}, {args.iters} timed calls per variant, tuning budget {args.trials}\n"
+          f"host CPU flags: {' '.join(flags)}; TVM target {args.target!r}, int8 kernel family "
+          f"{family}")
     for (m, b), rows in results.items():
         print(f"\n### {m}, batch {b}\n")
         _table(rows)

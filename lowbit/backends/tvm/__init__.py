@@ -6,15 +6,19 @@
     fuse_siblings.py   FX pass: int8 linears sharing an input -> one wide GEMM + split
     import_onnx.py     QDQ ONNX -> Relax, q/dq + matmul rewritten to the int8 kernel
     import_onnx_peg.py its PEG form (per-axis activations in contiguous groups -> group GEMM)
-    pack.py, ops.py    weight packing (VNNI [N/16, K/4, 16, 4], int4 two per byte) and the ops
+    pack.py, ops.py    weight packing ([N/16, K/4, 16, 4] for every ISA, int4 two per byte), ops
     import_relax.py    re-export + Relax import, converters for lowbit and q/dq ops
     kernels.py         the integer TIR kernels, their hand schedules, numpy references
     peg_kernel.py      the PEG group-wise int8 GEMM and its numerics (groups, corr, scale)
-    intrin.py          the AVX-512 VNNI intrinsic, fixed for TVM 0.27's LLVM
+    isa/               the registry of instruction sets the int8 kernels are tensorized with:
+                       dot4.py (AVX-512 VNNI, AVX-VNNI: vpdpbusd), madd.py (AVX-512BW, AVX2:
+                       exact vpmaddwd pair form); one file + one entry per new set
     schedules.py       default CPU schedules for everything else (untuned builds)
     build.py           lift/legalize/fuse, schedule, lower, compile
-    tune.py, check.py  MetaSchedule with a persistent database; reference check and timing
-    target.py          "cpu" / "cuda" / TVM target dicts -> tvm.target.Target
+    tune.py, check.py  MetaSchedule with a persistent per-target database; reference check
+    tile_search.py     tuning by register tile for the pair-form int8 kernels
+    target.py          "cpu" (host CPU + its cpuinfo flags) / LLVM CPU names / "cuda" / dicts
+    input_bounds.py    token ids and other gathered inputs: ranges checked at the module boundary
     cuda_*.py, .cu     CUDA: build without a GPU, tensor-core / GEMV device kernels, tuning table
     runtime.py         CompiledModule, save, load (TVM runtime only)
 

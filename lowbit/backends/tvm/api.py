@@ -28,10 +28,11 @@ from lowbit.backends.tvm.build import build, prepare, schedule
 from lowbit.backends.tvm.fuse_siblings import FuseSiblingLinears
 from lowbit.backends.tvm.import_onnx import import_onnx, is_onnx
 from lowbit.backends.tvm.import_relax import import_graph
-from lowbit.backends.tvm.kernels import has_vnni
+from lowbit.backends.tvm.input_bounds import input_bounds
+from lowbit.backends.tvm.isa import isa_of
 from lowbit.backends.tvm.legalize_quant import LOWERING_META, LegalizeQuantLinear
 from lowbit.backends.tvm.runtime import CompiledModule
-from lowbit.backends.tvm.target import resolve_target
+from lowbit.backends.tvm.target import required_cpu_flags, resolve_target
 from lowbit.backends.tvm.tune import Tune, tune_module
 from lowbit.errors import ConfigError
 
@@ -85,6 +86,35 @@ def _import_fx(graph: Any, example_inputs: Any, tgt, *, int8: bool, int4: bool):
     return import_graph(gm, example), list(gm.meta.get(LOWERING_META, []))
 
 
+def kernel_family(tgt) -> tuple[str | None, str]:
+    """(the int8 kernel family of ``tgt``, e.g. "u8s8/avx2 (AVX2: 4 x vpmaddwd ymm ...)",
+    or None; why there is none)."""
+    if tgt.kind.name == "cuda":
+        return f"u8s8/cuda ({tgt.attrs.get('arch', '?')}: tensor-core mma)", ""
+    isa = isa_of(tgt)
+    if isa is None:
+        return None, (f"target {tgt.attrs.get('mcpu', 'generic')!r} has no instruction set "
+                      f"for int8 kernels (x86-64 with AVX2 or later; lowbit/backends/tvm/isa)")
+    return f"{isa.family} ({isa.title}: {isa.instruction})", ""
+
+
+INT8_KINDS = ("linear_u8s8", "linear_u8s8_q", "linear_u8s8_peg")
+
+
+def lowering_summary(lowering: list, family: str | None) -> str:
+    """One line: how many linears got which kernel, fp32 ones with their reasons."""
+    kinds = collections.Counter(k for _, k in lowering)
+    n_int8 = sum(kinds[k] for k in INT8_KINDS)
+    fp32 = collections.Counter(k for _, k in lowering
+                               if k not in INT8_KINDS and k != "linear_w4a16")
+    why = "; ".join(f"{c} x {reason}" for reason, c in fp32.most_common())
+    return (f"lowering: {n_int8} int8 linear(s)"
+            + (f" on {family}" if n_int8 else "")
+            + f" ({kinds['linear_u8s8_q']} with a requantizing epilogue, "
+              f"{kinds['linear_u8s8_peg']} PEG group GEMM), {kinds['linear_w4a16']} int4 "
+              f"linear(s), {sum(fp32.values())} fp32 linear(s)" + (f" [{why}]" if why else ""))
+
+
 def _say(progress: bool, msg: str) -> None:
     if progress:
         print(f"[lowbit] {msg}", file=sys.stderr, flush=True)
@@ -109,19 +139,17 @@ def compile(graph: Any, target: Any = "cpu", tune: Tune | None = None, *,
     tgt = resolve_target(target)
     if tune is not None and not isinstance(tune, Tune):
         raise ConfigError(f"tune must be None or lowbit.Tune(...), got {type(tune).__name__}")
-    vnni = has_vnni(tgt) or tgt.kind.name == "cuda"  # CUDA: lowbit's own int8 kernels
+    family, no_int8 = kernel_family(tgt)
+    int8_ok = int8 and family is not None
     if is_onnx(graph):  # QDQ ONNX (proto, .onnx path, onnx_ir); int8 kernels on CPU only
-        imported, lowering = import_onnx(graph, example_inputs, int8=int8 and has_vnni(tgt))
+        imported, lowering = import_onnx(graph, example_inputs,
+                                         int8=int8_ok and tgt.kind.name == "llvm")
     else:
-        imported, lowering = _import_fx(graph, example_inputs, tgt, int8=int8 and vnni,
-                                        int4=int4)
-    kinds = collections.Counter(k for _, k in lowering)
-    n_int8 = kinds["linear_u8s8"] + kinds["linear_u8s8_q"] + kinds["linear_u8s8_peg"]
-    _say(progress, f"lowering: {n_int8} int8 linear(s) ({kinds['linear_u8s8_q']} with a "
-                   f"requantizing epilogue, {kinds['linear_u8s8_peg']} PEG group GEMM), "
-                   f"{kinds['linear_w4a16']} int4 linear(s), "
-                   f"{len(lowering) - n_int8 - kinds['linear_w4a16']} fp32 linear(s)"
-                   + ("" if vnni or not int8 else " (target has no VNNI)"))
+        imported, lowering = _import_fx(graph, example_inputs, tgt, int8=int8_ok, int4=int4)
+    if int8 and not int8_ok:   # name the real reason, not "int8 disabled"
+        lowering = [(n, f"fp32: {no_int8}" if k == "fp32: int8 disabled" else k)
+                    for n, k in lowering]
+    _say(progress, lowering_summary(lowering, family))
     mod = prepare(imported.mod, tgt)
     configs = None
     if tune is not None and tgt.kind.name == "cuda":
@@ -142,8 +170,11 @@ def compile(graph: Any, target: Any = "cpu", tune: Tune | None = None, *,
     ex = build(mod, tgt)
     meta = {
         "inputs": _input_meta(imported.mod, imported.input_names),
+        "input_bounds": input_bounds(imported.mod, len(imported.input_names)),
         "outputs": imported.output_names or ["output"],
         "target": str(tgt),
+        "kernel_family": family,
+        "cpu_flags": required_cpu_flags(tgt),
         "functions": [gv.name_hint for gv, f in mod.functions_items()
                       if isinstance(f, tvm.relax.Function)],
         "lowering": [list(x) for x in lowering],

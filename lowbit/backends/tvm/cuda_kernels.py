@@ -250,11 +250,10 @@ def shell_w4a16(m: int, n: int, k: int, group: int, config: str | None = None, t
                 with T.launch_thread("threadIdx.x", 256):
                     T.evaluate(T.call_extern("int32", "lowbit_w4a16_init", bias.data, y.data,
                                              m, n))
-            with T.launch_thread("blockIdx.x", gx):
-                with T.launch_thread("blockIdx.y", gy):
-                    with T.launch_thread("threadIdx.x", 128):
-                        T.evaluate(T.call_extern("int32", fn, x.data, w.data, scale.data,
-                                                 y.data, n, k, group, gpb))
+            with T.launch_thread("blockIdx.x", gx), T.launch_thread("blockIdx.y", gy):
+                with T.launch_thread("threadIdx.x", 128):
+                    T.evaluate(T.call_extern("int32", fn, x.data, w.data, scale.data,
+                                             y.data, n, k, group, gpb))
 
         return main.with_attr(KERNEL_ATTR, "linear_w4a16").with_attr("lowbit.config", cfg)
 

@@ -6,15 +6,18 @@ module is a folder::
 
     model.so      the Relax VM executable (kernels, ``main``, ``main_transform_params``)
     params.bin    the weights as the graph holds them (packed int8/int4, fp32), TVM param dict
-    meta.json     input names/shapes/dtypes, output names, target, versions
+    meta.json     input names/shapes/dtypes, index bounds, output names, target, versions
 
 Weights stay out of ``model.so``; at load ``main_transform_params`` runs once (fp32 weight
 transposes and similar) and its results are what every call passes to ``main``.
 
 Calls take numpy arrays or torch tensors, positionally in input order or by name. Inputs of a
 different dtype of the same kind (int32 ids for int64) are cast; shapes must match the compiled
-(static) shapes. Results come back as numpy arrays, or as torch tensors when any input was a
-torch tensor: one output alone, several as a namedtuple when their names allow it (HF outputs:
+(static) shapes. Inputs that index a table (token ids: ``meta["input_bounds"]``, found by
+input_bounds.py at compile) must lie in its ``[min, max]``; all of this is checked on the host
+before any device work, so a bad input raises ``RuntimeInputError`` naming it, never reads out of
+bounds. Results come back as numpy arrays, or as torch tensors when any input was a torch
+tensor: one output alone, several as a namedtuple when their names allow it (HF outputs:
 ``out.last_hidden_state``), else a tuple.
 """
 
@@ -40,6 +43,39 @@ FORMAT = 1
 
 class RuntimeInputError(LowbitError, ValueError):
     """Inputs given to a CompiledModule do not match what it was compiled for."""
+
+
+def check_bounds(a: np.ndarray, name: str, bounds: dict) -> None:
+    """Raise ``RuntimeInputError`` unless every value of input ``name`` lies in
+    ``[bounds["min"], bounds["max"]]`` (NaN included: it is in no range)."""
+    lo, hi = bounds["min"], bounds["max"]
+    if a.size == 0 or (a.min() >= lo and a.max() <= hi):    # NaN fails both comparisons
+        return
+    bad = ~((a >= lo) & (a <= hi))
+    where = tuple(int(i) for i in np.argwhere(bad)[0])
+    v = a[where]
+    raise RuntimeInputError(
+        f"input {name!r}: value {v.item()!r} at position {list(where)} is outside the valid "
+        f"range [{lo}, {hi}] ({int(bad.sum())} of {a.size} values are); it indexes "
+        f"{bounds.get('table', 'a table')!r}")
+
+
+def check_host_cpu(meta: dict) -> None:
+    """Refuse to run a CPU module built for instructions this host lacks (``meta["cpu_flags"]``,
+    recorded at compile): it would die with SIGILL. Hosts whose flags are unreadable, CUDA
+    modules and modules saved before the flags were recorded are not checked."""
+    from lowbit.hostcpu import host_x86_features
+
+    have = host_x86_features()
+    if target_kind(meta) != "llvm" or not have:
+        return
+    missing = [f for f in meta.get("cpu_flags", []) if f not in have]
+    if missing:
+        raise LowbitError(f"this module was compiled for {meta.get('target')} "
+                          f"(int8 kernels: {meta.get('kernel_family')}), which uses "
+                          f"{', '.join(missing)}; this CPU does not have "
+                          f"{'it' if len(missing) == 1 else 'them'}. Compile it for this "
+                          f"machine (target='cpu') or for a CPU it can run (e.g. 'x86-64-v3').")
 
 
 def target_kind(meta: dict) -> str:
@@ -73,6 +109,7 @@ class CompiledModule:
     def _ready(self) -> VirtualMachine:
         if self._vm is not None:
             return self._vm
+        check_host_cpu(self.meta)
         if self.device is None:
             if self.target_kind == "cuda":
                 load_cuda_backend()
@@ -121,7 +158,9 @@ class CompiledModule:
             raise RuntimeInputError(f"missing input(s) {missing}; inputs: {self.input_names}")
         return [values[s["name"]] for s in specs]
 
-    def _to_device(self, x: Any, spec: dict) -> tvm.runtime.Tensor:
+    def _host(self, x: Any, spec: dict) -> np.ndarray:
+        """``x`` as a contiguous numpy array of the compiled dtype, after every check (shape,
+        dtype kind, index bounds); nothing here touches the device."""
         if hasattr(x, "detach") and hasattr(x, "numpy"):  # torch.Tensor, without importing torch
             x = x.detach().cpu().numpy()
         a = np.asarray(x)
@@ -130,18 +169,23 @@ class CompiledModule:
             raise RuntimeInputError(f"input {spec['name']!r}: shape {list(a.shape)} but the module "
                                     f"was compiled for {spec['shape']} (static shapes: compile "
                                     f"again with example inputs of this shape)")
-        if a.dtype != want:
-            if a.dtype.kind != want.kind and not (a.dtype.kind in "iub" and want.kind in "iub"):
-                raise RuntimeInputError(f"input {spec['name']!r}: dtype {a.dtype}, expected "
-                                        f"{want}")
-            a = a.astype(want)
-        return tvm.runtime.tensor(np.ascontiguousarray(a), self.device)
+        if a.dtype != want and a.dtype.kind != want.kind and not (a.dtype.kind in "iub"
+                                                                  and want.kind in "iub"):
+            raise RuntimeInputError(f"input {spec['name']!r}: dtype {a.dtype}, expected {want}")
+        bounds = self.meta.get("input_bounds", {}).get(spec["name"])
+        if bounds is not None:
+            check_bounds(a, spec["name"], bounds)      # before the cast, which may wrap
+        return np.ascontiguousarray(a.astype(want, copy=False))
+
+    def _to_device(self, x: Any, spec: dict) -> tvm.runtime.Tensor:
+        return tvm.runtime.tensor(self._host(x, spec), self.device)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        vm = self._ready()
         values = self._bind(args, kwargs)
         as_torch = any(type(v).__module__.startswith("torch") for v in values)
-        dev_in = [self._to_device(v, s) for v, s in zip(values, self.meta["inputs"])]
+        host = [self._host(v, s) for v, s in zip(values, self.meta["inputs"])]
+        vm = self._ready()
+        dev_in = [tvm.runtime.tensor(a, self.device) for a in host]
         out = vm["main"](*dev_in, *self._params)
         outs = [o.numpy() for o in ([out] if isinstance(out, tvm.runtime.Tensor) else out)]
         if as_torch:

@@ -73,6 +73,21 @@ def host_mattr(mcpu: str) -> list[str]:
     return out
 
 
+def required_cpu_flags(target: tvm.target.Target) -> list[str]:
+    """The cpuinfo flags (of those tracked above) that code built for an LLVM ``target`` may
+    use: a host lacking one would die with SIGILL running it (runtime.py checks first)."""
+    if target.kind.name != "llvm":
+        return []
+    out = []
+    for flag, feature in _HOST_FEATURES.items():
+        try:
+            if codegen.target_has_features(feature, target):
+                out.append(flag)
+        except Exception:  # noqa: BLE001, S112  (LLVM without that feature name)
+            continue
+    return out
+
+
 def host_target(num_cores: int | None = None) -> tvm.target.Target:
     """This machine as an LLVM target: its CPU name, its real features, its cores."""
     mcpu = codegen.llvm_get_system_cpu()

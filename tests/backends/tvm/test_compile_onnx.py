@@ -24,7 +24,7 @@ from lowbit import recipes
 from lowbit.backends.onnxruntime import OrtRunner
 from lowbit.backends.tvm.import_onnx import import_onnx
 from lowbit.backends.tvm.import_relax import CompileError
-from lowbit.backends.tvm.kernels import has_vnni
+from lowbit.backends.tvm.isa import isa_of
 from lowbit.backends.tvm.target import host_target
 from lowbit.config import PerGroup, QuantSpec
 from lowbit.errors import ConfigError
@@ -35,7 +35,7 @@ OUT_SCALE, OUT_ZP = 0.03, 128
 MAX_OFF_BY_ONE = 0.01
 N_INT8 = 12  # q, k, v, o, FFN in, FFN out x 2 layers; the pooler is not quantized by W8A8
 
-needs_vnni = pytest.mark.skipif(not has_vnni(host_target()), reason="host has no AVX-512 VNNI")
+needs_int8 = pytest.mark.skipif(isa_of(host_target()) is None, reason="host without AVX2: no int8 kernels")
 
 
 def _quantize_outputs(gm):
@@ -109,7 +109,7 @@ def test_int8_disabled_leaves_float_qdq(bert):
 
 
 # ---- numbers -----------------------------------------------------------------------------------
-@needs_vnni
+@needs_int8
 def test_w8a8_onnx_within_one_output_step(bert, w8a8_mod):
     _, files, feeds = bert
     assert _kinds(w8a8_mod).count("linear_u8s8") == N_INT8
@@ -117,7 +117,7 @@ def test_w8a8_onnx_within_one_output_step(bert, w8a8_mod):
     assert _agreement(files["w8a8"], w8a8_mod, feeds) <= MAX_OFF_BY_ONE
 
 
-@needs_vnni
+@needs_int8
 def test_modelproto_and_load_onnx_inputs(bert, w8a8_mod):
     _, files, feeds = bert
     proto = onnx.load(files["w8a8"])
@@ -149,7 +149,7 @@ class _Reader:
         return next(self.it, None)
 
 
-@needs_vnni
+@needs_int8
 @pytest.mark.parametrize("act,per_channel", [("u8", False), ("s8", True)])
 def test_onnxruntime_quantize_static(bert, tmp_path, act, per_channel):
     """onnxruntime's QDQ quantizer: every MatMul and the pooler Gemm (transB) lower; results

@@ -129,3 +129,21 @@ def test_host_flags_correct_the_cpu_name(monkeypatch):
     monkeypatch.setattr(lowbit.hostcpu, "host_x86_features",
                         lambda: frozenset({"avx2", "fma", "avx_vnni"}))
     assert "+avxvnni" in host_mattr("znver3")
+
+
+def test_module_for_missing_instructions_is_refused_not_run(monkeypatch):
+    """A CPU module needing instructions the host lacks raises a clear error before the VM
+    starts (running it would kill the process with SIGILL)."""
+    import lowbit.hostcpu
+    from lowbit.backends.tvm.runtime import check_host_cpu
+    from lowbit.backends.tvm.target import required_cpu_flags
+    from lowbit.errors import LowbitError
+
+    meta = {"target": str(example_target(ISAS[0])), "kernel_family": ISAS[0].family,
+            "cpu_flags": required_cpu_flags(example_target(ISAS[0]))}
+    assert {"avx2", "avx512bw", "avx512_vnni"} <= set(meta["cpu_flags"])
+    monkeypatch.setattr(lowbit.hostcpu, "host_x86_features",
+                        lambda: frozenset({"avx2", "fma"}))
+    with pytest.raises(LowbitError, match="avx512bw.*does not have"):
+        check_host_cpu(meta)
+    check_host_cpu(dict(meta, cpu_flags=required_cpu_flags(resolve_target("x86-64-v3"))))

@@ -32,7 +32,7 @@ import lowbit
 from lowbit.backends.onnxruntime import OrtRunner
 from lowbit.backends.tvm.import_onnx import import_onnx
 from lowbit.backends.tvm.import_onnx_peg import PegArrays, plan_peg
-from lowbit.backends.tvm.kernels import has_vnni
+from lowbit.backends.tvm.isa import isa_of
 from lowbit.backends.tvm.pack import pack_vnni
 from lowbit.backends.tvm.peg_kernel import (
     contiguous_groups,
@@ -55,7 +55,7 @@ K = 4                 # PEG groups asked of the recipe (the hidden size is 64)
 FLOAT_ATOL = 1e-4     # module docstring
 NOT_CONTIGUOUS = "not constant on contiguous channel groups"
 
-needs_vnni = pytest.mark.skipif(not has_vnni(host_target()), reason="host has no AVX-512 VNNI")
+needs_int8 = pytest.mark.skipif(isa_of(host_target()) is None, reason="host without AVX2: no int8 kernels")
 
 
 # ---- fixtures ----------------------------------------------------------------------------------
@@ -269,7 +269,7 @@ def test_s8_inputs_plan_the_same_arrays(files):
 
 
 # ---- numbers -----------------------------------------------------------------------------------
-@needs_vnni
+@needs_int8
 def test_peg_onnx_agrees_with_onnxruntime(files, peg_mod):
     paths, feeds = files
     peg = _per_axis_inputs(onnx.load(paths["peg"], load_external_data=False))
@@ -277,7 +277,7 @@ def test_peg_onnx_agrees_with_onnxruntime(files, peg_mod):
     _agrees_with_onnxruntime(paths["peg"], peg_mod, feeds)
 
 
-@needs_vnni
+@needs_int8
 def test_permuted_peg_stays_float_and_agrees(files, perm_mod, peg_mod):
     paths, feeds = files
     peg = _per_axis_inputs(onnx.load(paths["perm"], load_external_data=False))
@@ -289,7 +289,7 @@ def test_permuted_peg_stays_float_and_agrees(files, perm_mod, peg_mod):
     _agrees_with_onnxruntime(paths["perm"], perm_mod, feeds)
 
 
-@needs_vnni
+@needs_int8
 def test_folded_permutation_lowers_to_peg_kernels(files):
     paths, feeds = files
     peg = _per_axis_inputs(onnx.load(paths["folded"], load_external_data=False))
