@@ -16,8 +16,6 @@ batch 2, seq 16), untuned, against onnxruntime running the same file.
 import numpy as np
 import onnx
 import pytest
-import torch
-import torch.ao.quantization.fx._decomposed
 
 import lowbit
 from lowbit import recipes

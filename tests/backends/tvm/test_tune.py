@@ -21,10 +21,9 @@ from tvm import te
 
 from lowbit.backends.tvm import check as check_mod
 from lowbit.backends.tvm import kernels, tile_search, tune
-from lowbit.backends.tvm.isa import isa_of
-from lowbit.backends.tvm.target import resolve_target
 from lowbit.backends.tvm.check import CheckResult, check_schedule
-from lowbit.backends.tvm.target import host_target
+from lowbit.backends.tvm.isa import isa_of
+from lowbit.backends.tvm.target import host_target, resolve_target
 from lowbit.errors import ConfigError
 
 TARGET = host_target()
