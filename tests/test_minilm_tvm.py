@@ -20,7 +20,8 @@ from lowbit.data import pydoc_sentences, text_batches
 from lowbit.quantize import quantize
 
 pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(isa_of(host_target()) is None, reason="host without AVX2: no int8 kernels")]
+              pytest.mark.skipif(isa_of(host_target()) is None,
+                                 reason="host without AVX2: no int8 kernels")]
 
 # Measured (4 pydoc sentences, seq 64, 2026-11-22): W8A8 mean 0.48 steps, 7.6% of elements
 # more than one step apart, 63% exactly equal; W8A8_FULL 1.60 / 19.9% / 68% (a flip at a

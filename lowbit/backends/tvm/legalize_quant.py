@@ -38,8 +38,8 @@ then feeds the residual add).
 A W4A8 graph (int4 weights, static u8 input) takes the W4A16 kernel on the dequantized input.
 
 Skipped on purpose, with the reason recorded in ``gm.meta["lowbit_tvm_lowering"]``: weights
-with non-zero zero points or a channel axis other than 0, K not a multiple of 4 (16x4 weight blocks) or of
-the group size, and linears whose weight is not quantized (they stay fp32). Anything left
+with non-zero zero points or a channel axis other than 0, K not a multiple of 4 (16x4 weight
+blocks) or of the group size, and linears whose weight is not quantized (they stay fp32). Anything left
 (q/dq of residual sums, per-token dynamic quantizers, an unmatched dq) stays in the graph and
 is imported as float fake-quant math (import_relax.py), so every quantized graph compiles.
 """
@@ -101,7 +101,8 @@ class LegalizeQuantLinear(Pass):
             x, w = node.args[0], node.args[1]
             bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
             if _is(w, qd.dequantize_per_channel.default):
-                why = self._w8a8(gm, node, x, w, bias, shifted) if self.int8 else "fp32: int8 disabled"
+                why = (self._w8a8(gm, node, x, w, bias, shifted) if self.int8
+                       else "fp32: int8 disabled")
             elif _is(w, qd.dequantize_per_channel_group.default):
                 why = self._w4a16(gm, node, x, w, bias) if self.int4 else "int4 disabled"
             else:

@@ -39,7 +39,8 @@ MAX_OFF_BY_ONE = 0.01
 W4_G32 = recipes.W4A16_G128.replace(
     name="W4A16_G32", weight=QuantSpec(bits=4, symmetric=True, granularity=PerGroup(32)))
 
-needs_int8 = pytest.mark.skipif(isa_of(host_target()) is None, reason="host without AVX2: no int8 kernels")
+needs_int8 = pytest.mark.skipif(
+    isa_of(host_target()) is None, reason="host without AVX2: no int8 kernels")
 
 
 @pytest.fixture(scope="module")

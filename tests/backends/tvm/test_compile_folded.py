@@ -17,7 +17,8 @@ from lowbit.passes.fx.smoothquant import smoothquant
 from lowbit.quantize import quantize
 from lowbit.testing import op_counts
 
-pytestmark = pytest.mark.skipif(isa_of(host_target()) is None, reason="host without AVX2: no int8 kernels")
+pytestmark = pytest.mark.skipif(
+    isa_of(host_target()) is None, reason="host without AVX2: no int8 kernels")
 N_LINEAR = 2 * 7  # q, k, v, o, gate, up, down per block; lm_head is not in a block
 
 

@@ -33,7 +33,8 @@ OUT_SCALE, OUT_ZP = 0.03, 128
 MAX_OFF_BY_ONE = 0.01
 N_INT8 = 12  # q, k, v, o, FFN in, FFN out x 2 layers; the pooler is not quantized by W8A8
 
-needs_int8 = pytest.mark.skipif(isa_of(host_target()) is None, reason="host without AVX2: no int8 kernels")
+needs_int8 = pytest.mark.skipif(
+    isa_of(host_target()) is None, reason="host without AVX2: no int8 kernels")
 
 
 def _quantize_outputs(gm):

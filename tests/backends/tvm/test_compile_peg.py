@@ -14,7 +14,8 @@ from lowbit.capture import capture
 from lowbit.compiler import compile
 from lowbit.quantize import quantize
 
-pytestmark = pytest.mark.skipif(isa_of(host_target()) is None, reason="host without AVX2: no int8 kernels")
+pytestmark = pytest.mark.skipif(
+    isa_of(host_target()) is None, reason="host without AVX2: no int8 kernels")
 OUT_SCALE, OUT_ZP = 0.03, 128
 MAX_OFF_BY_ONE = 0.01   # as tests/backends/tvm/test_compile.py
 

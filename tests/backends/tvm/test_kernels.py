@@ -18,7 +18,8 @@ from lowbit.backends.tvm.pack import pack_int4, pack_vnni, unpack_int4, unpack_v
 from lowbit.backends.tvm.target import host_target
 
 TARGET = host_target()
-pytestmark = pytest.mark.skipif(isa_of(TARGET) is None, reason="host without AVX2: no int8 kernels")
+pytestmark = pytest.mark.skipif(
+    isa_of(TARGET) is None, reason="host without AVX2: no int8 kernels")
 
 
 def _build(func):

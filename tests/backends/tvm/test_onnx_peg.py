@@ -55,7 +55,8 @@ K = 4                 # PEG groups asked of the recipe (the hidden size is 64)
 FLOAT_ATOL = 1e-4     # module docstring
 NOT_CONTIGUOUS = "not constant on contiguous channel groups"
 
-needs_int8 = pytest.mark.skipif(isa_of(host_target()) is None, reason="host without AVX2: no int8 kernels")
+needs_int8 = pytest.mark.skipif(
+    isa_of(host_target()) is None, reason="host without AVX2: no int8 kernels")
 
 
 # ---- fixtures ----------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ from lowbit.backends.tvm.peg_kernel import linear_u8s8_peg, reference_linear_u8s
 from lowbit.backends.tvm.target import host_target
 
 TARGET = host_target()
-pytestmark = pytest.mark.skipif(isa_of(TARGET) is None, reason="host without AVX2: no int8 kernels")
+pytestmark = pytest.mark.skipif(
+    isa_of(TARGET) is None, reason="host without AVX2: no int8 kernels")
 
 
 @pytest.mark.parametrize("m,n,k,groups", [(16, 48, 96, 3), (128, 384, 384, 6), (1, 48, 64, 4)])

@@ -27,7 +27,8 @@ from lowbit.backends.tvm.target import host_target, resolve_target
 from lowbit.errors import ConfigError
 
 TARGET = host_target()
-pytestmark = pytest.mark.skipif(isa_of(TARGET) is None, reason="host without AVX2: no int8 kernels")
+pytestmark = pytest.mark.skipif(
+    isa_of(TARGET) is None, reason="host without AVX2: no int8 kernels")
 M, N, K = 16, 48, 64
 NAME = f"lowbit_linear_u8s8_{M}_{N}_{K}"
 
