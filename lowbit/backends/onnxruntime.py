@@ -69,9 +69,10 @@ import torch.ao.quantization.fx._decomposed  # registers quantized_decomposed op
 from onnxscript.onnx_opset import opset21 as op
 
 from lowbit.errors import ConfigError, LowbitError
+from lowbit.hostcpu import host_x86_features
 
-__all__ = ["TRANSLATIONS", "OnnxExportError", "OrtRunner", "export_onnx", "per_axis_activation_matmul", "qdq_agreement",
-           "run_onnx"]
+__all__ = ["TRANSLATIONS", "OnnxExportError", "OrtRunner", "export_onnx", "ort_u8s8_exact",
+           "per_axis_activation_matmul", "qdq_agreement", "run_onnx"]
 
 log = logging.getLogger("lowbit.backends.onnxruntime")
 
@@ -577,15 +578,18 @@ class OrtRunner:
 
     ``optimization`` is onnxruntime's graph optimization level: "all" (default, what
     deployments use; QDQ around MatMul becomes integer kernels, which agree with the QDQ math
-    to within rounding) down to "disable" (the QDQ graph op by op). ``threads`` sets
-    ``intra_op_num_threads`` (None: onnxruntime's default).
+    to within rounding only where ``ort_u8s8_exact()``: see there) down to "disable" (the QDQ
+    graph op by op: DequantizeLinear, float MatMul; no integer kernel, so the same numbers on
+    every host up to float summation order). ``threads`` sets ``intra_op_num_threads`` (None:
+    onnxruntime's default).
 
     ``strict`` (default True) turns off the two onnxruntime rewrites that change the exported
     model's numbers beyond rounding of the same math: the weight-only DQ -> MatMulNBits fusion
     at its default ``accuracy_level`` 4, which quantizes *float* activations to int8 (seen:
     15 output steps off; strict asks for level 1, float32 compute), and DivMulFusion, which
     turns torch's ``x * (1 / s)`` into ``x / s`` and so moves per-token integers on ties.
-    ``strict=False`` runs onnxruntime exactly as deployed.
+    ``strict=False`` runs onnxruntime exactly as deployed. ``strict`` does not reach the u8 x s8
+    integer kernel itself, which saturates on hosts without VNNI (``ort_u8s8_exact``).
 
     PEG files: onnxruntime (seen with 1.31) rewrites ``DequantizeLinear -> MatMul`` into
     ``MatMulIntegerToFloat`` without checking that the activation is quantized per tensor, and
@@ -663,6 +667,38 @@ def run_onnx(path: str | os.PathLike, inputs: Mapping[str, np.ndarray | torch.Te
              *, threads: int | None = None) -> list[np.ndarray]:
     """One-shot ``OrtRunner(path, threads).run(inputs)``."""
     return OrtRunner(path, threads).run(inputs)
+
+
+def ort_u8s8_exact(features: frozenset[str] | None = None) -> bool:
+    """Whether onnxruntime's u8 x s8 integer GEMM is exact on this host (``features``: x86
+    flags as ``lowbit.hostcpu.host_x86_features`` names them; the host's by default).
+
+    With ``optimization="all"`` a QDQ MatMul with u8 activations and s8 weights becomes QGemm /
+    MatMulIntegerToFloat on MLAS's u8s8 kernel, which MLAS picks from CPUID when onnxruntime
+    loads (``core/mlas/lib/platform.cpp``, onnxruntime 1.32; the last line that applies wins):
+
+        AVX2                            vpmaddubsw: u8*s8 pairs summed in int16, saturating
+        + AVX-VNNI      (avx_vnni)      vpdpbusd: int32 sums, exact
+        + AVX-512 F/BW/DQ/VL            vpmaddubsw again (the AVX512Core kernel): saturating
+        + AVX512_VNNI   (avx512_vnni)   vpdpbusd: exact
+        + AMX-TILE and AMX-INT8         tdpbusd: exact
+
+    A pair of 255 * 127 sums to 64770 > 32767, and the excess is lost: outputs move by many
+    steps (37 on a Zen 3, AVX2 only, in ``tests/backends/test_onnxruntime.py``). So: exact on
+    Cascade Lake and later Xeons, Alder Lake and later cores, Zen 4 and later; not on Haswell
+    to Skylake (Skylake-SP's AVX-512 included) nor Zen 1 to 3. Empty ``features`` (not Linux,
+    not x86): False, assume inexact. ``optimization="disable"`` never runs this kernel and is
+    exact everywhere.
+    (onnxruntime's ``session.x64quantprecision=1``, which moves such weights to the exact u8u8
+    kernel, fixes the small test model but fails to load real QDQ models in 1.32: "Attempt to
+    replace the existing tensor".)
+    """
+    f = host_x86_features() if features is None else frozenset(features)
+    if {"amx_tile", "amx_int8"} <= f:
+        return True
+    if {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= f:
+        return "avx512_vnni" in f
+    return {"avx2", "avx_vnni"} <= f
 
 
 # ---- agreement -----------------------------------------------------------------------------

@@ -47,47 +47,33 @@ def _desc(
                     C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
 
 
-@T.prim_func(s_tir=True)
-def _zmm(
-    A: T.Buffer((4,), "uint8", offset_factor=1),
-    B: T.Buffer((16, 4), "int8", offset_factor=1),
-    C: T.Buffer((16,), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-        T.writes(C[0:16])
-        a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-            C.vload([0], dtype="int32x16"),
-            T.reinterpret(T.broadcast(a_i32, 16), dtype="int8x64"),
-            B.vload([0, 0], dtype="int8x64"),
-            dtype="int32x16",
-        )
+def _impl(rows: int, llvm_name: str):
+    """The block as 16/rows ``vpdpbusd`` of ``rows`` weight rows (rows * 4 bytes) each."""
+    lanes8 = 4 * rows
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            a_i8 = T.reinterpret(
+                T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), rows),
+                dtype=f"int8x{lanes8}")
+            for q in T.unroll(16 // rows):
+                C[T.ramp(q * rows, 1, rows)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(llvm_name),
+                    C.vload([q * rows], dtype=f"int32x{rows}"), a_i8,
+                    B.vload([q * rows, 0], dtype=f"int8x{lanes8}"), dtype=f"int32x{rows}")
+
+    return impl
 
 
-@T.prim_func(s_tir=True)
-def _ymm(
-    A: T.Buffer((4,), "uint8", offset_factor=1),
-    B: T.Buffer((16, 4), "int8", offset_factor=1),
-    C: T.Buffer((16,), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-        T.writes(C[0:16])
-        a_i8x32 = T.reinterpret(
-            T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 8),
-            dtype="int8x32")
-        C[T.ramp(T.int32(0), 1, 8)] = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.256"),
-            C.vload([0], dtype="int32x8"), a_i8x32, B.vload([0, 0], dtype="int8x32"),
-            dtype="int32x8",
-        )
-        C[T.ramp(T.int32(8), 1, 8)] = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.256"),
-            C.vload([8], dtype="int32x8"), a_i8x32, B.vload([8, 0], dtype="int8x32"),
-            dtype="int32x8",
-        )
+_zmm = _impl(16, "llvm.x86.avx512.vpdpbusd.512")
+_ymm = _impl(8, "llvm.x86.avx512.vpdpbusd.256")
 
 
 _registered: set[str] = set()
