@@ -64,8 +64,11 @@ def _impl(rows: int, llvm_name: str):
         with T.sblock("root"):
             T.reads(C[0:16, 0:2], A[0:4], B[0:16, 0:4])
             T.writes(C[0:16, 0:2])
-            a_i64 = T.reinterpret(T.Cast("int16x4", A.vload([0], "uint8x4")), dtype="int64")
-            a_i16 = T.reinterpret(T.broadcast(a_i64, rows), dtype=f"int16x{lanes16}")
+            # 4 bytes broadcast (a load), then zero-extended: the 4 u16 repeated per 64 bits
+            a_u8 = T.reinterpret(
+                T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), rows),
+                dtype=f"uint8x{lanes16}")
+            a_i16 = T.Cast(f"int16x{lanes16}", a_u8)
             for q in T.unroll(calls):
                 C[q * rows, T.ramp(T.int32(0), 1, lanes32)] = C.vload(
                     [q * rows, 0], dtype=f"int32x{lanes32}") + T.call_llvm_pure_intrin(
@@ -89,15 +92,17 @@ def _register(name: str, rows: int, llvm_name: str) -> str:
 AVX512BW = Isa(
     name="avx512bw", title="AVX-512BW", features=("avx512bw",),
     instruction="2 x vpmaddwd zmm (exact 16-bit pairs)", intrin=ZMM_INTRIN, pairs=True,
-    # a 16-column block is 2 zmm accumulators (16 x 2 int32): 4 x 3 (24) + weights + broadcast
-    mi_prefs=(4, 6, 3, 2, 1), nt_prefs=(3, 2, 1),
+    # a 16-column block is 2 zmm accumulators (16 x 2 int32) and 2 zmm of widened weights:
+    # 4 x 2 blocks = 16 accumulators + 4 weights + broadcast + product (of 32 zmm)
+    mi_prefs=(4, 8, 6, 3, 2, 1), nt_prefs=(2, 1, 3),
     mnemonic="vpmaddwd", example_mcpu="skylake-avx512",
     register=lambda: _register(ZMM_INTRIN, 8, "llvm.x86.avx512.pmaddw.d.512"))
 
 AVX2 = Isa(
     name="avx2", title="AVX2", features=("avx2",),
     instruction="4 x vpmaddwd ymm (exact 16-bit pairs)", intrin=YMM_INTRIN, pairs=True,
-    # a 16-column block is 4 ymm accumulators: 3 x 1 (12) + 1 weight + 1 broadcast (16 ymm)
-    mi_prefs=(3, 2, 4, 1), nt_prefs=(1,),
+    # a 16-column block is 4 ymm accumulators and 4 ymm of widened weights: 2 x 1 blocks =
+    # 8 accumulators + 4 weights + broadcast + product = 14 of 16 ymm (3 rows spill: measured)
+    mi_prefs=(2, 1), nt_prefs=(1,),
     mnemonic="vpmaddwd", example_mcpu="x86-64-v3",
     register=lambda: _register(YMM_INTRIN, 4, "llvm.x86.avx2.pmadd.wd"))
