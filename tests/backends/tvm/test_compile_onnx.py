@@ -116,6 +116,23 @@ def test_w8a8_onnx_within_one_output_step(bert, w8a8_mod):
     assert _agreement(files["w8a8"], w8a8_mod, feeds) <= MAX_OFF_BY_ONE
 
 
+def test_w8a8_onnx_avx2_kernels_agree(bert, w8a8_mod):
+    """The QDQ file compiled for an AVX2 CPU (exact vpmaddwd kernels, runnable on every host of
+    this suite) gives the host-ISA module's outputs: the same integers, so only the fp32
+    epilogues' rounding (FMA contraction, vector width) may differ (FLOAT_ATOL)."""
+    from lowbit.backends.tvm.isa import host_runs
+    from lowbit.backends.tvm.target import resolve_target
+
+    _, files, feeds = bert
+    mod = lowbit.compile(files["w8a8"], target="x86-64-v3", progress=False)
+    assert mod.meta["kernel_family"].startswith("u8s8/avx2")
+    assert _kinds(mod).count("linear_u8s8") == N_INT8
+    if host_runs(resolve_target("x86-64-v3")):
+        for feed in feeds:
+            for w, g in zip(w8a8_mod(**feed), mod(**feed)):
+                np.testing.assert_allclose(g, w, rtol=0, atol=FLOAT_ATOL)
+
+
 @needs_int8
 def test_modelproto_and_load_onnx_inputs(bert, w8a8_mod):
     _, files, feeds = bert
