@@ -9,25 +9,34 @@ callers read as "unknown": assume the least of the host.
 
 What the file can miss: a user-mode emulator (``qemu-x86_64 -cpu EPYC-Milan``) shows the host's
 ``/proc/cpuinfo`` to a program whose CPUID says otherwise, so a library that reads CPUID itself
-(onnxruntime's MLAS, torch) may pick kernels for another CPU than these flags name.
+(onnxruntime's MLAS, torch) may pick kernels for another CPU than these flags name. Set
+``LOWBIT_CPU_FLAGS`` to the emulated CPU's flags there (``LOWBIT_CPU_FLAGS="avx avx2 fma"``,
+spaces or commas): it replaces the file's flags for lowbit's choices (the host target's
+``mattr``, which kernels a module may run, which test bounds apply).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import platform
 from pathlib import Path
 
 __all__ = ["host_x86_features"]
 
 CPUINFO = Path("/proc/cpuinfo")
+ENV = "LOWBIT_CPU_FLAGS"
 _X86 = {"x86_64", "amd64", "i386", "i686"}
 
 
 @functools.cache
 def host_x86_features() -> frozenset[str]:
     """The host's x86 feature flags as Linux names them; empty where unknown (not Linux, not
-    x86). Read once: ``host_x86_features.cache_clear()`` reads again."""
+    x86), or those ``$LOWBIT_CPU_FLAGS`` names. Read once: ``host_x86_features.cache_clear()``
+    reads again."""
+    override = os.environ.get(ENV)
+    if override is not None:
+        return frozenset(override.replace(",", " ").split())
     if platform.machine().lower() not in _X86:
         return frozenset()
     try:

@@ -68,8 +68,8 @@ import torch
 import torch.ao.quantization.fx._decomposed  # registers quantized_decomposed ops
 from onnxscript.onnx_opset import opset21 as op
 
+from lowbit import hostcpu
 from lowbit.errors import ConfigError, LowbitError
-from lowbit.hostcpu import host_x86_features
 
 __all__ = ["TRANSLATIONS", "OnnxExportError", "OrtRunner", "export_onnx", "ort_u8s8_exact",
            "per_axis_activation_matmul", "qdq_agreement", "run_onnx"]
@@ -693,7 +693,7 @@ def ort_u8s8_exact(features: frozenset[str] | None = None) -> bool:
     kernel, fixes the small test model but fails to load real QDQ models in 1.32: "Attempt to
     replace the existing tensor".)
     """
-    f = host_x86_features() if features is None else frozenset(features)
+    f = hostcpu.host_x86_features() if features is None else frozenset(features)
     if {"amx_tile", "amx_int8"} <= f:
         return True
     if {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= f:

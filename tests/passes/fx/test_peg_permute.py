@@ -9,7 +9,8 @@ tiny HF Gemma 3 (decomposed RMSNorm with casts and type_as, sandwich norms, a sc
 tied or separate LM head): the residual stream is one family with no gather left (the tied
 table is permuted once for both ends), and a tie that cannot fold falls back to two gathers
 with their reasons; the groups are contiguous runs after the fold.
-Numbers: folding is exact in fp32 (FP32_TOL below: only the order of float sums changes);
+Numbers: folding is exact in fp32 (FP32_TOL below: only the order of float sums changes, which
+moves results by an amount that depends on the host);
 the folded and unfolded fake-quant graphs agree when given the same grouping; PEG is at least
 as close to float as per-tensor W8A8_FULL (SQNR).
 """
@@ -34,7 +35,13 @@ from lowbit.testing import assert_untouched, op_counts, sqnr
 transformers = pytest.importorskip("transformers")
 
 OUTLIERS = (3, 17, 40)
-FP32_TOL = {"rtol": 1e-5, "atol": 1e-5}   # permuted sums: same terms, another order
+# Folding changes only the order of float sums (same terms, another order). How far that moves
+# a value depends on the host's GEMM kernels (SIMD width, blocking), most where the terms are
+# large and their sum near zero, which rtol does not cover: on the Gemma logits (|x| <= 4.6)
+# the atol needed at rtol 1e-5 was 8.8e-6 with AVX-512 (Zen 5) and 1.4e-5 with AVX2 (Zen 3,
+# and qemu -cpu EPYC-Milan); BERT's outputs need 6e-7 on both.
+FP32_REORDER_ATOL = 3e-5
+FP32_TOL = {"rtol": 1e-5, "atol": FP32_REORDER_ATOL}
 ALL_ROLES = ("ffn.in", "ffn.out.output", "residual", "ffn.out")   # + the FFN intermediate
 
 

@@ -4,10 +4,16 @@ Structure: which QDQ ops appear (counts per recipe on the tiny BERT: 12 linears 
 8 activation tensors, 8 more sites with W8A8_FULL), integer initializers replace the float
 weights, honest ``modified`` and idempotence, graphs left alone. Numbers: SQNR of the
 quantized model against the float model in onnxruntime, on seeded inputs other than the
-calibration batches; floors sit about 3 dB under the lowest of four batches measured here
+calibration batches; floors sit 3 to 6 dB under the lower of the two held-out batches
 (tiny BERT, random weights with std 0.05, 4 calibration batches of 2 x 8 tokens):
 
-    W8A8 48.9   W8A8_FULL 32.1   W8A8_DYNAMIC 50.7   W4A8 28.9   W4A16 (group 32) 29.1   [dB]
+    W8A8 50.0   W8A8_FULL 35.4   W8A8_DYNAMIC 50.8   W4A8 28.9   W4A16 (group 32) 29.1   [dB]
+
+The quantized model runs op by op (``optimization="disable"``: DequantizeLinear, float MatMul),
+so these are the QDQ graph's numbers, the same on every host (measured alike on a Zen 5 with
+AVX-512 VNNI and under ``qemu-x86_64 -cpu EPYC-Milan``, AVX2). onnxruntime's integer kernels
+are not: its u8 x s8 GEMM saturates where there is no VNNI (W8A8 37.4 dB on a Zen 3; see
+``ort_u8s8_exact``), which tests/backends/test_onnxruntime.py checks with its own bound.
 
 Bad input: opset too old, not ONNX, missing or truncated external data, no calibration, a
 weight computed in the graph (skipped with its reason, not a crash), unknown input shapes.
@@ -45,7 +51,8 @@ from lowbit.testing import assert_idempotent, assert_untouched, op_counts, sqnr
 pytest.importorskip("transformers")
 
 
-import onnx_test_models as M  # noqa: E402  (conftest.py puts this folder on sys.path)
+import onnx_test_models as M  # conftest.py puts this folder on sys.path
+
 W4A16_G32 = W4A16_G128.replace(name="W4A16_G32", weight=QuantSpec(bits=4, granularity=PerGroup(32)))
 # recipe: (QuantizeLinear, DequantizeLinear, SQNR floor in dB) on the tiny BERT
 EXPECTED = {"W8A8": (8, 20, 45.0), "W8A8_FULL": (16, 28, 29.0), "W8A8_DYNAMIC": (0, 12, 47.0),
@@ -94,7 +101,7 @@ def test_recipes_structure_and_sqnr(bert, float_out, name):
     assert not float_weights & set(inits), "float weights left behind"
     if recipe.activation is not None and recipe.activation.dynamic:
         assert counts["Round"] == 8 and counts["QuantizeLinear"] == 0     # per-token float math
-    runner = OrtRunner(ir.to_proto(q))
+    runner = OrtRunner(ir.to_proto(q), optimization="disable")     # the QDQ math, any host
     dbs = [sqnr(ref, runner.run(b)[0]) for ref, b in zip(float_out, M.batches(2, seed=500))]
     assert min(dbs) >= floor, f"{name}: SQNR {dbs} dB below {floor} dB"
 
@@ -174,7 +181,8 @@ def test_computed_weight_skipped_with_reason(tmp_path):
 
 def test_shared_weights_quantized_once():
     """A block applied twice: each shared weight gets one integer copy read by both linears;
-    site names stay unique (``block.q:input#1``); idempotent; SQNR floor 27 dB (measured 30)."""
+    site names stay unique (``block.q:input#1``); idempotent; SQNR floor 44 dB (measured 47.9,
+    op by op: on a Zen 3, onnxruntime's saturating u8 x s8 kernel gives 23.0)."""
     model = load_onnx(M.onnx_file("shared"))
     ir.external_data.load_to_model(model)
     upgrade_opset(model, 21)
@@ -190,7 +198,7 @@ def test_shared_weights_quantized_once():
     assert len(weight_dqs) == len(floats) < 12 and not floats & set(q.graph.initializers)
     x = torch.randn(2, 5, 32, generator=torch.Generator().manual_seed(9))
     ref = OrtRunner(M.onnx_file("shared"))(x)[0]
-    assert sqnr(ref, OrtRunner(ir.to_proto(q))(x)[0]) >= 27.0
+    assert sqnr(ref, OrtRunner(ir.to_proto(q), optimization="disable")(x)[0]) >= 44.0
 
 
 def test_unknown_input_shapes(tmp_path):

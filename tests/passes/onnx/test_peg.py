@@ -18,20 +18,30 @@ import pytest
 
 from lowbit.backends.onnxruntime import OrtRunner
 from lowbit.errors import ConfigError
-from lowbit.passes.onnx import InsertQDQ, calibrate, find_transformer, load_onnx, plan_sites
-from lowbit.passes.onnx import upgrade_opset
+from lowbit.passes.onnx import (
+    InsertQDQ,
+    calibrate,
+    find_transformer,
+    load_onnx,
+    plan_sites,
+    upgrade_opset,
+)
 from lowbit.recipes import peg_recipe
 from lowbit.testing import op_counts, sqnr
 
 pytest.importorskip("transformers")
 
-import onnx_test_models as M  # noqa: E402  (conftest.py puts this folder on sys.path)
+import onnx_test_models as M  # conftest.py puts this folder on sys.path
 
 K = 4
 # SQNR vs float in onnxruntime: measured 29.3 (permuted) / 32.8 dB (in place) on one batch.
 # Both sit under per-tensor W8A8_FULL (36.0 dB) here: 4 calibration batches of 16 tokens give
 # per-channel ranges that new data exceeds, and tight groups clip it (see docs/accuracy.md).
 SQNR_FLOOR = 26.0
+# ONNX calibrates on onnxruntime's tensors, FX on torch's: their kernels sum in other orders
+# (and differently per host), so ranges and scales differ by float rounding: measured max
+# relative difference 1.9e-7 on a Zen 5 (AVX-512), 2.5e-7 under qemu -cpu EPYC-Milan (AVX2).
+SCALE_RTOL = 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +60,7 @@ def _quantized(model, recipe):
 
 @pytest.mark.parametrize("permute", [True, False])
 def test_peg_qdq_structure_and_runs(bert, permute):
-    q, qparams = _quantized(bert, peg_recipe(K, permute))
+    q, _ = _quantized(bert, peg_recipe(K, permute))
     per_axis = [n for n in q.graph if n.op_type == "QuantizeLinear"
                 and n.attributes.get_int("axis", 1) == 2]
     assert len(per_axis) == 8
@@ -58,7 +68,8 @@ def test_peg_qdq_structure_and_runs(bert, permute):
     for n in per_axis:
         scale = n.inputs[1].const_value.numpy()
         assert scale.shape == (64,) and len(np.unique(scale)) <= K
-    ref, runner = OrtRunner(M.onnx_file("bert")), OrtRunner(ir.to_proto(q))
+    ref = OrtRunner(M.onnx_file("bert"))
+    runner = OrtRunner(ir.to_proto(q), optimization="disable")   # the QDQ math, any host
     for b in M.batches(2, seed=500):
         assert sqnr(ref.run(b)[0], runner.run(b)[0]) >= SQNR_FLOOR
 
@@ -72,7 +83,7 @@ def test_ort_equals_fx(bert):
     q, _ = _quantized(bert, recipe)
     gm = lowbit.capture(M.tiny_bert(), M.batches(1)[0], dynamic=True)
     fx = lowbit.quantize(gm, recipe, calibration=M.batches(4), progress=False)
-    runner = OrtRunner(ir.to_proto(q))
+    runner = OrtRunner(ir.to_proto(q), optimization="disable")   # the QDQ math, any host
     for b in M.batches(2, seed=500):
         assert sqnr(fx(**b).last_hidden_state.detach().numpy(), runner.run(b)[0]) >= 60.0
 
@@ -101,7 +112,7 @@ def test_scales_match_fx(bert):
         fq = prepared.get_submodule(n.target)
         if fq.is_peg and fq.site in qparams:
             fq.freeze()
-            torch.testing.assert_close(qparams[fq.site][0], fq.scale, rtol=1e-5, atol=0)
+            torch.testing.assert_close(qparams[fq.site][0], fq.scale, rtol=SCALE_RTOL, atol=0)
             checked += 1
     assert checked == 8
 

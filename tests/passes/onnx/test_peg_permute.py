@@ -107,7 +107,7 @@ def test_quantize_onnx_contiguous_groups_and_fx_parity():
     assert len(meta) == 1 and len(meta[0]["gathers"]) == 1
     gm = lowbit.capture(M.tiny_bert(), M.batches(1)[0], dynamic=True)
     fx = lowbit.quantize(gm, recipe, calibration=M.batches(4), progress=False)
-    runner = OrtRunner(ir.to_proto(q))
+    runner = OrtRunner(ir.to_proto(q), optimization="disable")   # the QDQ math, any host
     for b in M.batches(2, seed=500):
         assert sqnr(fx(**b).last_hidden_state.detach().numpy(), runner.run(b)[0]) >= 60.0
 
