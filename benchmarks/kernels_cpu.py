@@ -62,7 +62,7 @@ def _gemm_per_isa(args) -> None:
 
     from lowbit.backends.tvm import kernels
     from lowbit.backends.tvm.check import check_schedule, time_kernels
-    from lowbit.backends.tvm.isa import ISAS, example_target, host_runs
+    from lowbit.backends.tvm.kernels.isa import ISAS, example_target, host_runs
 
     torch.set_num_threads(args.threads)
     print("\n| W8A8 GEMM M x N x K | torch fp32 ms | "
@@ -101,8 +101,8 @@ def main(argv=None) -> int:
 
     from lowbit.backends.tvm import kernels
     from lowbit.backends.tvm.check import check_schedule, time_kernels
-    from lowbit.backends.tvm.isa import isa_of
-    from lowbit.backends.tvm.peg_kernel import linear_u8s8_peg
+    from lowbit.backends.tvm.kernels.isa import isa_of
+    from lowbit.backends.tvm.kernels.peg import linear_u8s8_peg
     from lowbit.backends.tvm.target import host_target, resolve_target
     from lowbit.hostcpu import host_x86_features
 

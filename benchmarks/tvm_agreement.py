@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     import torch
 
     import lowbit
-    from lowbit.backends.tvm.legalize_quant import LegalizeQuantLinear
+    from lowbit.backends.tvm.lowering.legalize import LegalizeQuantLinear
     from lowbit.data import read_sst2, text_batches
     from lowbit.models import load_minilm
     from lowbit.models.minilm import mean_pool

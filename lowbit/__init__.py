@@ -5,11 +5,12 @@ them into Apache TVM integer kernels.
     print(lowbit.find_transformer(gm))                      # the transformer structure
     qgm = lowbit.quantize(gm, lowbit.recipes.W8A8, calibration=batches)
     lowbit.export_onnx(qgm, "model.qdq.onnx")               # standard QDQ ONNX
+    qm = lowbit.quantize("model.onnx", "w8a8", calibration=feeds)   # ONNX in, ONNX out
 """
 
 from lowbit import config, errors, recipes
 from lowbit.capture import capture
-from lowbit.passes.infra import Pass, PassResult, Pipeline
+from lowbit.passes.infra import Pass, PassResult, Pipeline, PipelineReport
 from lowbit.passes.patterns import TransformerMap
 from lowbit.quantize import calibrate, convert, freeze, prepare, quantize
 
@@ -17,16 +18,18 @@ __version__ = "0.1.0"
 
 __all__ = [
     "capture", "find_transformer", "quantize", "prepare", "calibrate", "freeze", "convert",
-    "export_onnx", "load_onnx", "quantize_onnx", "compile", "load", "Tune", "config", "errors", "recipes", "testing", "Pass", "PassResult", "Pipeline",
-    "TransformerMap", "__version__",
+    "export_onnx", "load_onnx", "quantize_onnx", "compile", "load", "Tune", "config", "errors",
+    "recipes", "testing", "Pass", "PassResult", "Pipeline", "PipelineReport", "TransformerMap",
+    "__version__",
 ]
 
 
 def find_transformer(graph) -> TransformerMap:
-    """Spot the transformer structure of a captured graph (FX GraphModule)."""
-    from lowbit.passes.fx.spot import find_transformer as _fx
+    """Spot the transformer structure of a captured graph (FX GraphModule from ``capture``) or
+    of an ONNX model (``load_onnx``); see lowbit.passes.spot."""
+    from lowbit.passes.spot import find_transformer as _spot
 
-    return _fx(graph)
+    return _spot(graph)
 
 
 def export_onnx(qgm, path, example_inputs=None, **kwargs):
@@ -44,9 +47,14 @@ def load_onnx(path):
 
 
 def quantize_onnx(model, recipe, calibration=None, **kwargs):
-    """The ONNX twin of ``quantize``: spot, calibrate in onnxruntime, insert QDQ."""
-    from lowbit.passes.onnx.api import quantize_onnx as _q
+    """Deprecated: ``lowbit.quantize`` takes ONNX models (paths, onnx_ir / onnx models)."""
+    import warnings
 
+    from lowbit.onnx_quantize import quantize_onnx as _q
+
+    warnings.warn("lowbit.quantize_onnx is deprecated and will be removed in the next release: "
+                  "use lowbit.quantize(model, recipe, calibration=...), which takes ONNX models",
+                  DeprecationWarning, stacklevel=2)
     return _q(model, recipe, calibration, **kwargs)
 
 

@@ -1,4 +1,4 @@
-"""The ``lowbit`` command line: demo, verify (and the quantize/compile/bench paths as they land)."""
+"""The ``lowbit`` command line (also ``python -m lowbit``): demo, quantize, verify."""
 
 from __future__ import annotations
 
@@ -29,7 +29,9 @@ def _quantize(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lowbit", description=__doc__)
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="debug logging, with each pass pipeline's report (per pass: modified or "
+                        "not, time)")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="end to end on the real all-MiniLM-L6-v2")

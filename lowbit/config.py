@@ -10,6 +10,7 @@ import dataclasses
 from typing import Union
 
 from lowbit.errors import ConfigError
+from lowbit.roles import LINEAR_ROLES
 
 __all__ = [
     "PerTensor", "PerChannel", "PerGroup", "PerToken", "PerEmbeddingGroup", "Granularity",
@@ -192,7 +193,7 @@ class Recipe:
     Args:
         weight: spec for linear weights (None: weights stay float).
         activation: spec for linear inputs (None: weight-only).
-        roles: which linears (TransformerMap roles, see lowbit.passes.patterns.LINEAR_ROLES).
+        roles: which linears (TransformerMap roles, see lowbit.roles.LINEAR_ROLES).
         sites: extra activation tensors for fully-integer pipelines: "residual" (residual-stream
             sums), "attn.o.output" / "ffn.out.output" (those linears' outputs), "attn.matmul"
             (the attention matmul inputs), "embedding" (embedding tables, weight spec).
@@ -215,8 +216,6 @@ class Recipe:
     activation_overrides: tuple[tuple[str, QuantSpec], ...] = ()
 
     def __post_init__(self) -> None:
-        from lowbit.passes.patterns import LINEAR_ROLES
-
         _check(self.weight is not None or self.activation is not None, f"Recipe {self.name!r}",
                "quantizes nothing: give weight and/or activation specs")
         for r in self.roles:

@@ -98,7 +98,8 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"quantized in {time.perf_counter() - t:.1f} s")
 
     t = _step("export standard QDQ ONNX (opset 21) and run it in onnxruntime")
-    from lowbit.backends.onnxruntime import OrtRunner, export_onnx
+    from lowbit.backends.onnxruntime import OrtRunner
+    from lowbit.export.onnx import export_onnx
     from lowbit.backends.site_agreement import site_agreement
 
     with tempfile.TemporaryDirectory() as tmp:

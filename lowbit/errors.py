@@ -42,3 +42,23 @@ class DownloadError(LowbitError):
 class VerifyError(LowbitError):
     """A model given to an equivalence check (``lowbit verify``, ``lowbit.testing``) cannot be
     loaded, fed or run, or its outputs cannot be matched; the message names the model and why."""
+
+
+class OnnxModelError(LowbitError, ValueError):
+    """An ONNX file cannot be used: unreadable, too old, or missing its external data."""
+
+
+class OnnxExportError(LowbitError):
+    """torch.onnx.export or the QDQ clean-up could not produce a valid ONNX model."""
+
+
+class HFLoadError(LowbitError):
+    """A Hugging Face model directory cannot be loaded."""
+
+
+class CompileError(LowbitError):
+    """A graph cannot be lowered to TVM; the message says which part and why."""
+
+
+class RuntimeInputError(LowbitError, ValueError):
+    """Inputs given to a CompiledModule do not match what it was compiled for."""

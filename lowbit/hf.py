@@ -9,13 +9,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lowbit.errors import LowbitError
+from lowbit.errors import HFLoadError  # re-exported: its old home
 
 __all__ = ["HFLoadError", "load_hf_model", "load_hf_tokenizer"]
-
-
-class HFLoadError(LowbitError):
-    """A Hugging Face model directory cannot be loaded."""
 
 
 def load_hf_model(path: str | Path) -> tuple[Any, Any]:

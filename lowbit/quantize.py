@@ -1,8 +1,15 @@
-"""PT2E-style entry points: prepare -> calibrate -> convert, and ``quantize`` doing all three.
+"""``lowbit.quantize``, one verb for every input, and the PT2E-style steps it runs on FX graphs.
 
-    qgm = lowbit.quantize(gm, lowbit.recipes.W8A8, calibration=batches)
+    qgm = lowbit.quantize(model, recipe, calibration=batches, example_inputs=inputs)  # nn.Module
+    qgm = lowbit.quantize(gm, recipe, calibration=batches)          # a captured fx.GraphModule
+    qm = lowbit.quantize("model.onnx", recipe, calibration=feeds, out="model.qdq.onnx")  # ONNX
 
-The user's graph is deep-copied first; nothing of theirs is mutated. Calibration takes any
+On FX the steps are ``prepare -> calibrate -> freeze -> convert``, also callable one by one
+(QAT trains between ``freeze`` and ``convert``); ``quantize`` runs them as one ``Pipeline`` of
+passes: ``InsertFakeQuant``, ``Calibrate``, ``Freeze``, ``ConvertToQDQ``. ONNX inputs go to
+``lowbit.onnx_quantize`` (``UpgradeOpset``, ``Calibrate`` in onnxruntime, ``InsertQDQ``).
+
+The user's model is copied first; nothing of theirs is mutated. Calibration takes any
 iterable of batches (a dict of keyword inputs, a tuple of positional inputs, or one tensor),
 shows progress on stderr, and keeps memory constant in the number of batches (observers hold
 fixed-size state; outputs are dropped).
@@ -11,21 +18,24 @@ fixed-size state; outputs are dropped).
 from __future__ import annotations
 
 import copy
+import dataclasses
+import os
 import sys
 import time
 from collections.abc import Iterable
 from typing import Any
 
 import torch
-import torch.fx as fx
+from torch import fx
 
 from lowbit.config import Recipe
 from lowbit.errors import CalibrationError, ConfigError
 from lowbit.passes.fx.convert_qdq import ConvertToQDQ
 from lowbit.passes.fx.insert_fake_quant import InsertFakeQuant, fake_quant_nodes
+from lowbit.passes.infra import Pass, PassResult, Pipeline
 from lowbit.quant.fake_quant import FakeQuantize
 
-__all__ = ["prepare", "calibrate", "freeze", "convert", "quantize"]
+__all__ = ["Calibrate", "Freeze", "calibrate", "convert", "freeze", "prepare", "quantize"]
 
 
 def prepare(gm: fx.GraphModule, recipe: Recipe, *, inplace: bool = False) -> fx.GraphModule:
@@ -79,12 +89,20 @@ def freeze(gm: fx.GraphModule) -> fx.GraphModule:
     and norms around them (``PegPermute``; the function is unchanged); its report is kept in
     ``gm.meta["lowbit_peg"]`` (per channel family: sites, parameters permuted, gathers left).
     """
+    _freeze(gm)
+    return gm
+
+
+def _freeze(gm: fx.GraphModule) -> bool:
+    """``freeze``; returns whether it changed anything (a permutation, a quantizer frozen)."""
     from lowbit.passes.fx.peg_permute import PegPermute
 
+    changed = False
     if PegPermute._seeds(gm):
         rep = PegPermute()(gm)
         gm.meta.setdefault("lowbit_peg", []).extend(
             {k: v for k, v in f.items() if k != "order"} for f in rep.families)
+        changed = rep.modified
     for n in fake_quant_nodes(gm):
         fq: FakeQuantize = gm.get_submodule(n.target)
         if fq.frozen:
@@ -95,7 +113,8 @@ def freeze(gm: fx.GraphModule) -> fx.GraphModule:
             params = dict(gm.named_parameters()) | dict(gm.named_buffers())
             weight = params[src.target]
         fq.freeze(weight)
-    return gm
+        changed = True
+    return changed
 
 
 def convert(gm: fx.GraphModule, *, inplace: bool = False) -> fx.GraphModule:
@@ -105,15 +124,126 @@ def convert(gm: fx.GraphModule, *, inplace: bool = False) -> fx.GraphModule:
     return ConvertToQDQ()(gm).graph
 
 
-def quantize(gm: fx.GraphModule, recipe: Recipe, calibration: Iterable[Any] | None = None,
-             *, progress: bool = True) -> fx.GraphModule:
-    """prepare -> calibrate -> convert. Weight-only and dynamic recipes need no calibration."""
-    prepared = prepare(gm, recipe)
-    observing = any(prepared.get_submodule(n.target).observing
-                    for n in fake_quant_nodes(prepared))
-    if observing:
-        if calibration is None:
-            raise CalibrationError(f"recipe {recipe.name} has static activation ranges: pass "
+@dataclasses.dataclass(frozen=True)
+class Calibrate(Pass):
+    """``calibrate`` as a pipeline stage: run ``batches`` through the prepared graph so its
+    observing quantizers record ranges. It changes observer state (buffers of the graph's
+    FakeQuantize modules), not nodes; ``modified`` says whether any observer saw data. A graph
+    with nothing to observe (weight-only, dynamic recipes) needs no ``batches``."""
+
+    in_place = True
+    batches: Iterable[Any] | None
+    progress: bool = True
+    recipe: str = ""  # named in the error when static ranges need batches and there are none
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        if not any(gm.get_submodule(n.target).observing for n in fake_quant_nodes(gm)):
+            return PassResult(gm, False)
+        if self.batches is None:
+            raise CalibrationError(f"recipe {self.recipe} has static activation ranges: pass "
                                    f"calibration=<iterable of batches>")
-        calibrate(prepared, calibration, progress=progress)
-    return convert(prepared, inplace=True)
+        return PassResult(gm, calibrate(gm, self.batches, progress=self.progress) > 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Freeze(Pass):
+    """``freeze`` as a pipeline stage: fold PEG permutations, then fix every quantizer's
+    scale / zero point. A second run finds everything frozen and reports no change."""
+
+    in_place = True
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        return PassResult(gm, _freeze(gm))
+
+
+def _quantize_fx(gm: fx.GraphModule, recipe: Recipe, calibration: Iterable[Any] | None,
+                 progress: bool) -> fx.GraphModule:
+    """The FX pipeline on ``gm`` itself (the caller copied it)."""
+    pipeline = Pipeline([InsertFakeQuant(recipe), Calibrate(calibration, progress, recipe.name),
+                         Freeze(), ConvertToQDQ()], name=f"quantize (FX, {recipe.name})")
+    qgm = pipeline(gm).graph
+    qgm.meta["lowbit_pipeline"] = pipeline.report
+    return qgm
+
+
+def _onnx_kind(model: Any) -> str | None:
+    """"path", "ir" (onnx_ir.Model), "proto" (onnx.ModelProto) or None. Whoever holds an ONNX
+    model object has imported its package, so this imports neither."""
+    if isinstance(model, (str, os.PathLike)):
+        return "path"
+    if (ir := sys.modules.get("onnx_ir")) is not None and isinstance(model, ir.Model):
+        return "ir"
+    if (onnx := sys.modules.get("onnx")) is not None and isinstance(model, onnx.ModelProto):
+        return "proto"
+    return None
+
+
+def quantize(model: Any, recipe: Recipe | str, calibration: Iterable[Any] | None = None, *,
+             example_inputs: Any = None, out: str | os.PathLike | None = None,
+             progress: bool = True) -> Any:
+    """Quantize ``model`` with ``recipe``; the one entry point for every kind of model.
+
+    ``model`` is one of (the result is the same kind of model, quantized):
+
+    - ``torch.nn.Module`` with ``example_inputs``: captured with ``lowbit.capture(model,
+      example_inputs)`` (static shapes; capture it yourself for ``dynamic=True``), then as a
+      GraphModule. Returns the quantized ``fx.GraphModule``, itself an ``nn.Module`` called
+      like the model.
+    - ``fx.GraphModule`` (from ``lowbit.capture``): returns a quantized copy, with standard
+      ``quantized_decomposed`` q/dq ops (``lowbit.export_onnx`` writes it as QDQ ONNX).
+    - ``onnx_ir.Model``, or a path to an ``.onnx`` file: quantized by the ONNX passes
+      (``lowbit.onnx_quantize``; calibration runs in onnxruntime, batches are dicts of
+      arrays); returns an ``onnx_ir.Model``, also written to ``out`` when given (external
+      data kept external).
+    - ``onnx.ModelProto``: as an ``onnx_ir.Model``; returns an ``onnx.ModelProto``.
+
+    ``recipe`` is a ``lowbit.config.Recipe`` or a built-in name (``"w8a8"``). ``calibration``
+    is an iterable of batches, needed when the recipe has static activation ranges.
+
+    The passes run as one ``Pipeline``; its ``PipelineReport`` (per pass: modified, time) is
+    logged at DEBUG on ``lowbit.passes`` (``lowbit -v``) and kept in the result's
+    ``meta["lowbit_pipeline"]`` (GraphModule and onnx_ir Model; a ModelProto has no meta).
+
+    Raises:
+        ConfigError: a model of another type, an nn.Module without ``example_inputs``, a
+            recipe the model cannot take (roles it lacks, group sizes that do not divide).
+        CalibrationError: static ranges needed but no (or empty, or NaN) calibration data.
+        CaptureError, OnnxModelError: the model cannot be captured / read.
+    """
+    if isinstance(recipe, str):
+        from lowbit.recipes import get
+
+        recipe = get(recipe)
+    if not isinstance(recipe, Recipe):
+        raise ConfigError(f"recipe must be a lowbit.config.Recipe or a built-in recipe name, "
+                          f"got {type(recipe).__name__}")
+    if isinstance(model, torch.nn.Module):
+        if out is not None:
+            raise ConfigError("out= writes ONNX models; write a quantized GraphModule with "
+                              "lowbit.export_onnx(qgm, path)")
+        if isinstance(model, fx.GraphModule):
+            return _quantize_fx(copy.deepcopy(model), recipe, calibration, progress)
+        if example_inputs is None:
+            raise ConfigError(f"quantize() captures a {type(model).__name__} (an nn.Module) "
+                              f"with lowbit.capture first: pass example_inputs=<a batch as "
+                              f"forward() takes it>, or pass lowbit.capture(model, inputs)")
+        from lowbit.capture import capture
+
+        return _quantize_fx(capture(model, example_inputs), recipe, calibration, progress)
+    if kind := _onnx_kind(model):
+        if example_inputs is not None:
+            raise ConfigError("example_inputs is for capturing an nn.Module; an ONNX model "
+                              "needs none")
+        from lowbit.onnx_quantize import quantize_onnx
+
+        if kind == "proto":
+            import onnx_ir as ir
+
+            q = quantize_onnx(ir.from_proto(model), recipe, calibration, out=out,
+                              progress=progress, copy=False)
+            return ir.to_proto(q)
+        return quantize_onnx(model, recipe, calibration, out=out, progress=progress)
+    raise ConfigError(f"quantize() takes a torch.nn.Module (with example_inputs), an "
+                      f"fx.GraphModule from lowbit.capture, an onnx_ir.Model, an "
+                      f"onnx.ModelProto or a path to an .onnx file; got "
+                      f"{type(model).__module__}.{type(model).__qualname__}")

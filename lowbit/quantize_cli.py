@@ -2,6 +2,9 @@
 
     lowbit quantize ~/.cache/lowbit/all-MiniLM-L6-v2 --recipe W8A8 -o minilm.w8a8.onnx \\
         --calibration ../shared/data/sst2_train.tsv --num-calibration 256
+
+Both paths run ``lowbit.quantize``'s pass pipeline; ``-v`` logs its report (per pass: modified
+or not, time).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="number of calibration texts (default 128)")
     p.add_argument("--batch-size", type=int, default=8, help="calibration batch size")
     p.add_argument("--seq", type=int, default=128, help="sequence length (default 128)")
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="debug logging, with the pass pipeline's report (as lowbit -v)")
     p.add_argument("--tokenizer", type=Path, default=None,
                    help="ONNX input: a folder with the model's tokenizer files (default: the "
                         "ONNX file's own folder)")
@@ -45,7 +50,7 @@ def _texts(args: argparse.Namespace) -> list[str]:
 
 
 def _from_hf(args: argparse.Namespace, recipe) -> Path:
-    from lowbit.backends.onnxruntime import export_onnx
+    from lowbit.export.onnx import export_onnx
     from lowbit.capture import capture
     from lowbit.data import text_batches
     from lowbit.hf import load_hf_model, load_hf_tokenizer
@@ -68,7 +73,7 @@ def _from_hf(args: argparse.Namespace, recipe) -> Path:
 def _from_onnx(args: argparse.Namespace, recipe) -> Path:
     from lowbit.data import text_batches
     from lowbit.hf import HFLoadError, load_hf_tokenizer
-    from lowbit.passes.onnx.api import quantize_onnx_file
+    from lowbit.onnx_quantize import quantize_onnx_file
 
     batches = None
     if recipe.activation is not None and not recipe.activation.dynamic:

@@ -36,16 +36,9 @@ import numpy as np
 import torch
 
 from lowbit.errors import ConfigError, LowbitError, VerifyError
-from lowbit.testing import (
-    DEFAULT_BATCH,
-    DEFAULT_SEQ,
-    InputSpec,
-    OutputStats,
-    compare,
-    input_specs,
-    make_inputs,
-    run_model,
-)
+from lowbit.testing.compare import OutputStats, compare
+from lowbit.testing.inputs import DEFAULT_BATCH, DEFAULT_SEQ, InputSpec, input_specs, make_inputs
+from lowbit.testing.run import run_model
 
 __all__ = ["DEFAULT_ATOL", "DEFAULT_RTOL", "add_arguments", "main", "run", "verify"]
 

@@ -61,7 +61,7 @@ def bundle(out: Path) -> None:
 def kernels(out: Path, db: str | None = None) -> None:
     import contextlib
 
-    from lowbit.backends.tvm.cuda_kernels import (
+    from lowbit.backends.tvm.kernels.cuda import (
         kernel_configs,
         read_config_table,
     )
@@ -72,8 +72,8 @@ def kernels(out: Path, db: str | None = None) -> None:
 
 
 def _kernels(out: Path, tgt) -> None:
-    from lowbit.backends.tvm.cuda_build import build_kernel
-    from lowbit.backends.tvm.cuda_kernels import shell_u8s8, shell_w4a16
+    from lowbit.backends.tvm.pipelines.cuda import build_kernel
+    from lowbit.backends.tvm.kernels.cuda import shell_u8s8, shell_w4a16
 
     folder = out / "kernels"
     folder.mkdir(parents=True, exist_ok=True)
@@ -156,8 +156,8 @@ def models(out: Path, which: list[str], db: str | None = None) -> None:
     import torch
 
     import lowbit
-    from lowbit.backends.tvm.cuda_build import fatbin_arches
-    from lowbit.backends.tvm.cuda_kernels import CALLED
+    from lowbit.backends.tvm.pipelines.cuda import fatbin_arches
+    from lowbit.backends.tvm.kernels.cuda import CALLED
 
     folder = out / "models"
     folder.mkdir(parents=True, exist_ok=True)

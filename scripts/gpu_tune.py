@@ -1,6 +1,6 @@
 """Tuning lowbit's CUDA kernels without a GPU on the build machine.
 
-The candidates are the tile configurations of the hand-written kernels (cuda_kernels.py:
+The candidates are the tile configurations of the hand-written kernels (kernels/cuda.py:
 U8S8_CONFIGS for the int8 tensor-core GEMM, GEMV_CONFIGS for the int4 GEMV). Three steps:
 
     # 1. here (nvcc, no GPU): every candidate of every workload, built into ONE library
@@ -12,10 +12,10 @@ U8S8_CONFIGS for the int8 tensor-core GEMM, GEMV_CONFIGS for the int4 GEMV). Thr
     # 3. here: the fastest correct candidate per workload into the tuning database folder
     python scripts/gpu_tune.py record results.json [more.json ...] --db lowbit-tuning
 
-Step 3 writes ``<db>/cuda_kernels.json`` (cuda_kernels.CONFIG_TABLE), keyed like
+Step 3 writes ``<db>/cuda_kernels.json`` (kernels.cuda.CONFIG_TABLE), keyed like
 ``u8s8|4096,768,3072|sm_90`` (kind | shape | target arch); ``lowbit.compile(q, "cuda",
 tune=lowbit.Tune(trials=0, db=<db>))`` then builds each integer kernel with its recorded
-configuration (kernels without a record keep the default of cuda_kernels.default_*).
+configuration (kernels without a record keep the default of kernels.cuda.default_*).
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ def workloads() -> list[tuple[str, tuple]]:
 def build(out: Path, configs: str = "", kinds: str = "") -> None:
     import tvm
 
-    from lowbit.backends.tvm.cuda_build import _env
+    from lowbit.backends.tvm.pipelines.cuda import _env
     from lowbit.backends.tvm.cuda_env import load_cuda_backend
-    from lowbit.backends.tvm.cuda_kernels import (
+    from lowbit.backends.tvm.kernels.cuda import (
         GEMV_CONFIGS,
         U8S8_CONFIGS,
         cuda_source_hook,
@@ -154,7 +154,7 @@ def time_all(folder: Path, out_json: str | None) -> None:
 
 def record(results_json: list[str], db: str) -> None:
     """The fastest correct candidate per workload over all the results files given."""
-    from lowbit.backends.tvm.cuda_kernels import CONFIG_TABLE, default_gemv, default_u8s8
+    from lowbit.backends.tvm.kernels.cuda import CONFIG_TABLE, default_gemv, default_u8s8
 
     files = [json.loads(Path(p).read_text()) for p in results_json]
     res = dict(files[0], results=[r for f in files for r in f["results"]])

@@ -71,7 +71,7 @@ def test_demo_runs(capsys, tmp_path):
     assert "block 5 (post-ln" in out and "captured graph vs eager" in out
     assert "per-site FX vs onnxruntime" in out
     assert "36 int8 GEMM kernels (6 with a requantizing epilogue)" in out
-    from lowbit.backends.tvm.isa import isa_of
+    from lowbit.backends.tvm.kernels.isa import isa_of
     from lowbit.backends.tvm.target import host_target
 
     family = isa_of(host_target()).family        # every host of this suite has AVX2 at least

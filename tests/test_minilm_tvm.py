@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lowbit import recipes
-from lowbit.backends.tvm.isa import isa_of
+from lowbit.backends.tvm.kernels.isa import isa_of
 from lowbit.backends.tvm.target import host_target
 from lowbit.capture import capture
 from lowbit.compiler import compile

@@ -1,5 +1,6 @@
-"""Backends: ``onnxruntime`` (standard QDQ ONNX export and reference execution) and ``tvm``.
+"""Backends: ``onnxruntime`` (the reference runtime for QDQ ONNX files) and ``tvm``.
 
 Nothing is imported here on purpose: each backend pulls in a heavy runtime, so import the one
-you use (``from lowbit.backends.onnxruntime import export_onnx``).
+you use (``from lowbit.backends.onnxruntime import OrtRunner``). The QDQ ONNX export is in
+``lowbit.export.onnx``.
 """

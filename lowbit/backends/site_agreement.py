@@ -24,6 +24,7 @@ import torch
 import torch.fx as fx
 from onnx import numpy_helper
 
+from lowbit.backends.onnxruntime import OrtRunner
 from lowbit.errors import LowbitError
 
 __all__ = ["SiteAgreement", "site_agreement"]
@@ -92,8 +93,6 @@ def site_agreement(qgm: fx.GraphModule, onnx_path: str | os.PathLike,
                    inputs: Mapping[str, torch.Tensor]) -> SiteAgreement:
     """Teacher-forced agreement at every static activation quantizer (per tensor, or per
     channel at PEG sites)."""
-    import onnxruntime as ort
-
     fx_sites = [n for n in qgm.graph.nodes if n.op == "call_function" and n.target in _SITES]
     model = onnx.load(os.fspath(onnx_path))
     q_nodes = [n for n in model.graph.node if n.op_type == "QuantizeLinear"
@@ -118,12 +117,10 @@ def site_agreement(qgm: fx.GraphModule, onnx_path: str | os.PathLike,
     for name in dict.fromkeys(names):
         if name not in known:
             model.graph.output.append(onnx.ValueInfoProto(name=name))
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(model.SerializeToString(), so,
-                                providers=["CPUExecutionProvider"])
-    feed = {i.name: np.asarray(inputs[i.name]) for i in sess.get_inputs()}
-    values = dict(zip(names, sess.run(names, feed)))
+    runner = OrtRunner(model, optimization="disable")   # the QDQ math op by op
+    outs = dict(zip(runner.output_names, runner.run(
+        {name: np.asarray(inputs[name]) for name in runner.input_names})))
+    values = {name: outs[name] for name in names}
     fractions, diffs = [], []
     for fx_node, q, axis in zip(fx_sites, q_nodes, params):
         x = torch.from_numpy(values[q.input[0]])

@@ -1,7 +1,8 @@
 """TransformerMap: the transformer structure of a graph, one type for every IR.
 
-Spotting is written once per IR (``lowbit.passes.fx.spot`` for torch.fx, ``lowbit.passes.onnx``
-for ONNX) and produces this map, so technique passes read structure (roles), not op soup.
+Spotting (``lowbit.passes.spot``, written once over the graph views of ``lowbit.passes.view``
+for torch.fx and ONNX) produces this map, so technique passes read structure (roles), not op
+soup.
 A ref holds the IR's own node object (``node``) plus IR-independent facts (names, shapes).
 Refs point into one graph object: re-spot after a pass rewrites the graph.
 
@@ -20,17 +21,13 @@ import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
+from lowbit.roles import LINEAR_ROLES, ROLES  # re-exported: their old home
+
 __all__ = [
     "LinearRef", "NormRef", "EmbeddingRef", "AttentionMap", "FFNMap", "BlockMap",
     "TransformerMap", "LINEAR_ROLES", "ROLES",
 ]
 
-LINEAR_ROLES = ("attn.q", "attn.k", "attn.v", "attn.qkv", "attn.o",
-                "ffn.in", "ffn.gate", "ffn.out", "head")
-ROLES = LINEAR_ROLES + (
-    "embedding.word", "embedding.position", "embedding.token_type", "attn.core", "ffn.act",
-    "norm.attn", "norm.ffn", "norm.embedding", "norm.final", "norm.extra", "residual",
-)
 
 
 @dataclasses.dataclass(eq=False)

@@ -26,8 +26,8 @@ from torch import fx, nn
 
 from lowbit.config import Recipe
 from lowbit.errors import CalibrationError, ConfigError
-from lowbit.passes.fx.fold_channel_scales import scale_name
 from lowbit.passes.fx.quadapter import LOG_SUFFIX, InsertQuadapter
+from lowbit.passes.reports import scale_name
 
 __all__ = ["QuadapterConfig", "block_outputs", "scales_by_linear", "train_quadapter"]
 

@@ -1,28 +1,37 @@
 """TVM backend: quantized FX graphs or QDQ ONNX -> Relax with real integer kernels, for CPU
-(llvm) and NVIDIA GPUs (cuda, sm_90 by default; docs/gpu.md).
+(llvm) and NVIDIA GPUs (cuda, sm_90 by default; docs/gpu.md). Organised by role:
 
-    api.py             compile(graph, target, tune) -> CompiledModule (the stages, in order)
-    legalize_quant.py  FX pass: q/dq + linear -> lowbit::linear_u8s8[_q|_peg] / linear_w4a16
-    fuse_siblings.py   FX pass: int8 linears sharing an input -> one wide GEMM + split
-    import_onnx.py     QDQ ONNX -> Relax, q/dq + matmul rewritten to the int8 kernel
-    import_onnx_peg.py its PEG form (per-axis activations in contiguous groups -> group GEMM)
-    pack.py, ops.py    weight packing ([N/16, K/4, 16, 4] for every ISA, int4 two per byte), ops
-    import_relax.py    re-export + Relax import, converters for lowbit and q/dq ops
-    kernels.py         the integer TIR kernels, their hand schedules, numpy references
-    peg_kernel.py      the PEG group-wise int8 GEMM and its numerics (groups, corr, scale)
-    isa/               the registry of instruction sets the int8 kernels are tensorized with:
-                       dot4.py (AVX-512 VNNI, AVX-VNNI: vpdpbusd), madd.py (AVX-512BW, AVX2:
-                       exact vpmaddwd pair form); one file + one entry per new set
-    schedules.py       default CPU schedules for everything else (untuned builds)
-    build.py           lift/legalize/fuse, schedule, lower, compile
+    api.py          compile(graph, target, tune) -> CompiledModule: picks the frontend and the
+                    target's pipeline (once), runs its stages
+    frontends/      a model -> Relax IRModule with kernels as call_tir, weights as parameters
+      fx.py           FX GraphModule (after the lowering passes): re-export + Relax import
+      onnx.py         QDQ ONNX: read, check, import; onnx_qdq.py: its QDQ MatMuls -> int8 kernels
+    lowering/       quantized patterns -> kernels, planned once for both frontends
+      int8.py         corrections and scales of every int8 kernel (W8A8 = one PEG group)
+      peg.py          the PEG planner (contiguous groups -> group GEMM arrays, or a reason)
+      legalize.py     FX pass: q/dq + linear -> lowbit::linear_u8s8[_q|_peg] / linear_w4a16
+      fuse_siblings.py  FX pass: int8 linears sharing an input -> one wide GEMM + split
+      pack.py, ops.py   weight packing ([N/16, K/4, 16, 4], int4 two per byte), lowbit:: ops
+    kernels/        one registry of kernel kind x target kind (registry.py)
+      defs.py         the TIR compute definitions (the same for every target), references.py
+      cpu.py, isa/    CPU hand schedules over the instruction-set registry (VNNI, AVX-VNNI,
+                      AVX-512BW, AVX2); one file + one entry per new set
+      peg.py          the PEG group-wise int8 GEMM; cuda.py, .cu: CUDA device kernels
+    schedules/      rule sets in the dlight style (a rule returns None for a kernel not its own):
+                    base.py (target gating, registry rule, guard), cpu.py, cuda.py
+    pipelines/      per-target stages, like TVM's relax/backend/<target>/pipeline.py: cpu.py,
+                    cuda.py (same names: fx_passes, prepare, schedule, lower_passes, build),
+                    common.py (shared Relax passes)
     tune.py, check.py  MetaSchedule with a persistent per-target database; reference check
-    tile_search.py     tuning by register tile for the pair-form int8 kernels
-    target.py          "cpu" (host CPU + its cpuinfo flags) / LLVM CPU names / "cuda" / dicts
-    input_bounds.py    token ids and other gathered inputs: ranges checked at the module boundary
-    cuda_*.py, .cu     CUDA: build without a GPU, tensor-core / GEMV device kernels, tuning table
-    runtime.py         CompiledModule, save, load (TVM runtime only)
+    tile_search.py  tuning by register tile for the pair-form int8 kernels
+    target.py       "cpu" (host CPU + its cpuinfo flags) / LLVM CPU names / "cuda" / dicts
+    input_bounds.py token ids and other gathered inputs: ranges checked at the module boundary
+    runtime.py      CompiledModule, save, load (TVM runtime only; with cuda_env.py, which loads
+                    the CUDA backend by hand, also without a GPU)
 
-Nothing is imported here: ``runtime`` must stay loadable without the TVM compiler.
+Layers, each importing only those below it: api -> pipelines -> frontends, tune -> lowering,
+schedules, check, tile_search -> kernels -> target; runtime.py and cuda_env.py import none of
+them. Nothing is imported here: ``runtime`` must stay loadable without the TVM compiler.
 """
 
 import os as _os

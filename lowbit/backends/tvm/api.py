@@ -1,9 +1,11 @@
-"""``compile(graph, target, tune)``: a quantized (or float) FX graph -> CompiledModule.
+"""``compile(graph, target, tune)``: a quantized (or float) FX graph or QDQ ONNX -> CompiledModule.
 
-    copy -> LegalizeQuantLinear (integer-kernel ops)  -> re-export + import to Relax
-         -> prepare (lift weight transforms, legalize, fuse)
-         -> [tune: MetaSchedule on the kernels with no record, persistent database]
-         -> schedule (verified tuned records, else defaults) -> build -> CompiledModule
+    pipeline = pipeline_for(target)                              (pipelines/cpu.py, cuda.py)
+    FX:   copy -> pipeline.fx_passes (integer-kernel ops) -> re-export + import (frontends/fx.py)
+    ONNX: read -> import -> QDQ MatMuls to int8 kernels       (frontends/onnx.py, onnx_qdq.py)
+         -> pipeline.prepare (lift weight transforms, legalize, fuse)
+         -> pipeline.schedule ([tune: records persist in a database], verified tuned records,
+            else the target's rule set) -> pipeline.build -> CompiledModule
 
 The user's graph is never modified. Shapes are static: the module runs on inputs shaped like
 the example inputs the graph was captured with (``gm.meta["lowbit_example_inputs"]``) or like
@@ -24,16 +26,14 @@ import tvm
 from torch import fx
 
 import lowbit
-from lowbit.backends.tvm.build import build, prepare, schedule
-from lowbit.backends.tvm.fuse_siblings import FuseSiblingLinears
-from lowbit.backends.tvm.import_onnx import import_onnx, is_onnx
-from lowbit.backends.tvm.import_relax import import_graph
+from lowbit.backends.tvm.frontends.fx import import_graph
+from lowbit.backends.tvm.frontends.onnx import import_onnx, is_onnx
 from lowbit.backends.tvm.input_bounds import input_bounds
-from lowbit.backends.tvm.isa import isa_of
-from lowbit.backends.tvm.legalize_quant import LOWERING_META, LegalizeQuantLinear
+from lowbit.backends.tvm.lowering.legalize import LOWERING_META
+from lowbit.backends.tvm.pipelines import pipeline_for
 from lowbit.backends.tvm.runtime import CompiledModule
 from lowbit.backends.tvm.target import required_cpu_flags, resolve_target
-from lowbit.backends.tvm.tune import Tune, tune_module
+from lowbit.backends.tvm.tune import Tune
 from lowbit.errors import ConfigError
 
 __all__ = ["Tune", "compile"]
@@ -66,9 +66,9 @@ def _input_meta(mod: tvm.IRModule, names: list[str]) -> list[dict]:
     return out
 
 
-def _import_fx(graph: Any, example_inputs: Any, tgt, *, int8: bool, int4: bool):
-    """An FX graph (or an nn.Module, captured first) -> (ImportedModel, lowering log); the
-    user's graph is copied, never modified."""
+def _import_fx(graph: Any, example_inputs: Any, passes: list):
+    """An FX graph (or an nn.Module, captured first) -> (ImportedModel, lowering log) after
+    the pipeline's FX ``passes``; the user's graph is copied, never modified."""
     if not isinstance(graph, fx.GraphModule):
         if not isinstance(graph, torch.nn.Module):
             raise ConfigError(f"compile() takes an fx.GraphModule (lowbit.capture / quantize), "
@@ -79,23 +79,9 @@ def _import_fx(graph: Any, example_inputs: Any, tgt, *, int8: bool, int4: bool):
         graph = lowbit.capture(graph.eval(), example_inputs)
     example = _example(graph, example_inputs)
     gm = copy.deepcopy(graph)
-    cpu = tgt.kind.name == "llvm"   # requantizing epilogues and wide GEMMs: CPU kernels only
-    LegalizeQuantLinear(int8=int8, int4=int4, requant=cpu)(gm)
-    if cpu:
-        FuseSiblingLinears()(gm)
+    for p in passes:
+        p(gm)
     return import_graph(gm, example), list(gm.meta.get(LOWERING_META, []))
-
-
-def kernel_family(tgt) -> tuple[str | None, str]:
-    """(the int8 kernel family of ``tgt``, e.g. "u8s8/avx2 (AVX2: 4 x vpmaddwd ymm ...)",
-    or None; why there is none)."""
-    if tgt.kind.name == "cuda":
-        return f"u8s8/cuda ({tgt.attrs.get('arch', '?')}: tensor-core mma)", ""
-    isa = isa_of(tgt)
-    if isa is None:
-        return None, (f"target {tgt.attrs.get('mcpu', 'generic')!r} has no instruction set "
-                      f"for int8 kernels (x86-64 with AVX2 or later; lowbit/backends/tvm/isa)")
-    return f"{isa.family} ({isa.title}: {isa.instruction})", ""
 
 
 INT8_KINDS = ("linear_u8s8", "linear_u8s8_q", "linear_u8s8_peg")
@@ -139,35 +125,22 @@ def compile(graph: Any, target: Any = "cpu", tune: Tune | None = None, *,
     tgt = resolve_target(target)
     if tune is not None and not isinstance(tune, Tune):
         raise ConfigError(f"tune must be None or lowbit.Tune(...), got {type(tune).__name__}")
-    family, no_int8 = kernel_family(tgt)
+    pipeline = pipeline_for(tgt)
+    family, no_int8 = pipeline.kernel_family(tgt)
     int8_ok = int8 and family is not None
-    if is_onnx(graph):  # QDQ ONNX (proto, .onnx path, onnx_ir); int8 kernels on CPU only
+    if is_onnx(graph):  # QDQ ONNX (proto, .onnx path, onnx_ir)
         imported, lowering = import_onnx(graph, example_inputs,
-                                         int8=int8_ok and tgt.kind.name == "llvm")
+                                         int8=int8_ok and pipeline.ONNX_INT8)
     else:
-        imported, lowering = _import_fx(graph, example_inputs, tgt, int8=int8_ok, int4=int4)
+        imported, lowering = _import_fx(graph, example_inputs,
+                                        pipeline.fx_passes(int8=int8_ok, int4=int4))
     if int8 and not int8_ok:   # name the real reason, not "int8 disabled"
         lowering = [(n, f"fp32: {no_int8}" if k == "fp32: int8 disabled" else k)
                     for n, k in lowering]
     _say(progress, lowering_summary(lowering, family))
-    mod = prepare(imported.mod, tgt)
-    configs = None
-    if tune is not None and tgt.kind.name == "cuda":
-        # no MetaSchedule on CUDA (TVM-NOTES): the kernel configurations timed on a GPU by
-        # scripts/gpu_tune.py are read from the database folder (docs/gpu.md)
-        from lowbit.backends.tvm.cuda_kernels import read_config_table
-
-        tuned, configs = None, read_config_table(tune.db)
-    else:
-        tuned = tune_module(mod, tgt, tune, progress=progress) if tune is not None else None
-    if configs is not None:
-        from lowbit.backends.tvm.cuda_kernels import kernel_configs
-
-        with kernel_configs(configs):
-            mod = schedule(mod, tgt, tuned)
-    else:
-        mod = schedule(mod, tgt, tuned)
-    ex = build(mod, tgt)
+    mod = pipeline.prepare(imported.mod, tgt)
+    mod, tuned = pipeline.schedule(mod, tgt, tune, progress=progress)
+    ex = pipeline.build(mod, tgt)
     meta = {
         "inputs": _input_meta(imported.mod, imported.input_names),
         "input_bounds": input_bounds(imported.mod, len(imported.input_names)),
@@ -178,7 +151,7 @@ def compile(graph: Any, target: Any = "cpu", tune: Tune | None = None, *,
         "functions": [gv.name_hint for gv, f in mod.functions_items()
                       if isinstance(f, tvm.relax.Function)],
         "lowering": [list(x) for x in lowering],
-        "tuned_kernels": sorted(tuned) if tuned else [],
+        "tuned_kernels": tuned,
         "lowbit_version": lowbit.__version__,
         "tvm_version": tvm.__version__,
     }

@@ -4,7 +4,7 @@ A tuned schedule can be fast and wrong (TVM-NOTES.md: the VNNI kernel with a pla
 weight). Every schedule taken from the tuning database is run on seeded random inputs and
 compared with:
 
-- lowbit kernels: their numpy reference (kernels.REFERENCES). ``linear_u8s8`` is checked
+- lowbit kernels: their numpy reference (kernels.REFERENCES, by kind). ``linear_u8s8`` is checked
   twice: once with its real fp32 epilogue (``rtol``), once with ``scale = 1, bias = 0`` where
   the output is the int32 accumulator minus the correction and must match exactly;
 - any other kernel: the same PrimFunc built unscheduled (TVM's naive loop nest, i.e. the
@@ -20,8 +20,13 @@ import dataclasses
 import numpy as np
 import tvm
 
-from lowbit.backends.tvm.kernels import REFERENCES, reference_options
-from lowbit.backends.tvm.schedules import KERNEL_ATTR
+from lowbit.backends.tvm.kernels import (
+    KERNEL_ATTR,
+    REFERENCES,
+    reference_activation,
+    reference_linear_u8s8,
+    reference_options,
+)
 
 __all__ = ["CheckResult", "check_schedule", "random_args", "time_kernels"]
 
@@ -118,8 +123,6 @@ REQUANT_TIE_FRACTION = 1e-3  # outputs allowed one step off (rounding ties, fast
 def _check_requant(original, scheduled, target, arrays) -> CheckResult:
     """``linear_u8s8_q``: pick the output grid from the float result so the u8 outputs spread
     over the whole range (random qparams would saturate everything), then compare steps."""
-    from lowbit.backends.tvm.kernels import reference_activation, reference_linear_u8s8
-
     opts = reference_options(original)
     y = reference_activation(reference_linear_u8s8(*arrays[:5]).astype(np.float64), opts["act"])
     lo, hi = float(y.min()), float(y.max())

@@ -34,15 +34,11 @@ import tvm
 from tvm.runtime.vm import VirtualMachine
 
 from lowbit.backends.tvm.cuda_env import load_cuda_backend
-from lowbit.errors import LowbitError
+from lowbit.errors import LowbitError, RuntimeInputError
 
 __all__ = ["CompiledModule", "RuntimeInputError", "load"]
 
 FORMAT = 1
-
-
-class RuntimeInputError(LowbitError, ValueError):
-    """Inputs given to a CompiledModule do not match what it was compiled for."""
 
 
 def check_bounds(a: np.ndarray, name: str, bounds: dict) -> None:

@@ -13,7 +13,7 @@
     tvm.target.Target            used as given
 
 TVM 0.27 refuses the old string form ("llvm -mcpu=..."); we say so instead of failing deep
-inside TVM. CUDA targets build on machines without a GPU (cuda_build.py).
+inside TVM. CUDA targets build on machines without a GPU (pipelines/cuda.py).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def _cores() -> int:
 
 
 # cpuinfo flag -> LLVM feature, for the features that decide which kernels a target gets
-# (isa/): where the host's flags and LLVM's idea of its mcpu disagree, the flags win
+# (kernels/isa/): where the host's flags and LLVM's idea of its mcpu disagree, the flags win
 _HOST_FEATURES = {"avx2": "avx2", "fma": "fma", "avx512f": "avx512f", "avx512bw": "avx512bw",
                   "avx512vl": "avx512vl", "avx512_vnni": "avx512vnni", "avx_vnni": "avxvnni"}
 

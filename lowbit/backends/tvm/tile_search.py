@@ -2,7 +2,7 @@
 
 MetaSchedule cannot tensorize ``vpmaddwd``'s pair sums (the kernel's reduction has to be
 factored first, which its search space does not do), so for AVX2 and AVX-512BW targets the
-u8 x s8 kernels are tuned by timing the hand schedule (kernels.py, peg_kernel.py) at every
+u8 x s8 kernels are tuned by timing the hand schedule (kernels/cpu.py, peg.py) at every
 register tile ``MI x NT*16`` of the instruction set's preferences that divides the kernel and
 fits the register file, side by side on the same inputs (check.time_kernels), and keeping the
 fastest::
@@ -26,7 +26,7 @@ import tvm_ffi
 from tvm import s_tir
 
 from lowbit.backends.tvm import kernels
-from lowbit.backends.tvm.isa import Isa, isa_of
+from lowbit.backends.tvm.kernels.isa import Isa, isa_of
 
 __all__ = ["TileRecords", "applies", "candidates", "scheduled", "search"]
 

@@ -6,14 +6,14 @@ target: outcome of the reference check, and the tuned and default schedules time
 side). A kernel is tuned only when the database has no record for it on this target, so
 compiling the same model twice tunes nothing the second time. Each best record is checked
 against its reference (check.py) once; one that fails is never used. A correct one is used only
-if it beats the default schedule (schedules.py) when timed next to it: on this shared 2-core
+if it beats the default schedule (schedules/cpu.py) when timed next to it: on this shared 2-core
 machine, search timings taken under a neighbour's load picked schedules slower than the
 defaults.
 
 Tasks are the kernels worth tuning (``kernels="gemm"``: the lowbit integer kernels and fp32
 matmuls; ``"all"``: every kernel). ``trials`` is the total number of measured candidates,
 split evenly over the kernels being tuned. The search space is MetaSchedule's x86 space with
-the target's dot-product intrinsic (isa/) under our own name (``search_space``). Integer
+the target's dot-product intrinsic (kernels/isa/) under our own name (``search_space``). Integer
 kernels of pair-form instruction sets (AVX2, AVX-512BW: ``vpmaddwd``, whose partial sums
 MetaSchedule cannot tensorize) are tuned by timing their hand schedule's register tiles
 instead (tile_search.py).
@@ -39,10 +39,11 @@ import tvm
 import tvm_ffi
 
 from lowbit.backends.tvm import tile_search
-from lowbit.backends.tvm.build import prim_funcs
 from lowbit.backends.tvm.check import check_schedule, time_kernels
-from lowbit.backends.tvm.isa import ISAS, isa_of
-from lowbit.backends.tvm.schedules import KERNEL_ATTR, default_schedule_of
+from lowbit.backends.tvm.kernels import KERNEL_ATTR
+from lowbit.backends.tvm.kernels.isa import ISAS, isa_of
+from lowbit.backends.tvm.schedules.base import prim_funcs
+from lowbit.backends.tvm.schedules.cpu import default_schedule_of
 from lowbit.errors import ConfigError
 
 __all__ = ["Tune", "TuningDB", "tune_module"]

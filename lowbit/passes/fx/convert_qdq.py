@@ -63,6 +63,8 @@ def _free(gm: fx.GraphModule, name: str) -> str:
 class ConvertToQDQ(Pass):
     """Replace every FakeQuantize call with q/dq ops (see module docstring)."""
 
+    in_place = True
+
     def requires(self, gm: fx.GraphModule) -> None:
         for n in fake_quant_nodes(gm):
             if not gm.get_submodule(n.target).frozen:

@@ -38,7 +38,8 @@ from lowbit.passes.fx.graph_utils import (
     tensor_of,
 )
 from lowbit.passes.fx.spot import all_norms
-from lowbit.passes.infra import Pass, PassResult
+from lowbit.passes.infra import Pass
+from lowbit.passes.reports import SCALE_PREFIX, ScaleReport, scale_name  # re-exported
 from lowbit.quant.smoothing import (
     fold_bias,
     fold_consumer_weight,
@@ -58,17 +59,7 @@ __all__ = [
     "shared_reason",
 ]
 
-SCALE_PREFIX = "lowbit_scale_"
 _LINEARS = (aten.linear.default, aten.addmm.default, aten.mm.default, aten.matmul.default)
-
-
-@dataclasses.dataclass
-class ScaleReport(PassResult):
-    """PassResult plus what was done (``done``: scale names) and what was refused, why."""
-
-    done: list[str] = dataclasses.field(default_factory=list)
-    kept: list[tuple[str, str]] = dataclasses.field(default_factory=list)
-    refused: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
 
 def _is_scale(node: object) -> bool:
@@ -162,6 +153,8 @@ class FoldChannelScales(Pass):
     ``partial=True`` folds ``a`` into the consumers anyway and keeps ``y / a`` as an explicit
     per-channel op (exact, but the runtime pays one elementwise op).
     """
+
+    in_place = True
 
     partial: bool = False
 
@@ -264,11 +257,6 @@ def _chain(fq: fx.Node) -> list[fx.Node]:
         n = n.args[0]
         out.append(n)
     return out
-
-
-def scale_name(name: str) -> str:
-    """The parameter name of the scale a pair for the linear ``name`` gets."""
-    return SCALE_PREFIX + "".join(c if c.isalnum() else "_" for c in name)
 
 
 def insert_scale_pair(gm: fx.GraphModule, y: fx.Node, readers: set, name: str,

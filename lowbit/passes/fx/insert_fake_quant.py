@@ -60,6 +60,8 @@ def _weight_spec(spec: QuantSpec, ref: LinearRef) -> QuantSpec:
 class InsertFakeQuant(Pass):
     """Insert observers/fake-quant for ``recipe`` (see module docstring)."""
 
+    in_place = True
+
     recipe: Recipe
 
     def call(self, gm: fx.GraphModule) -> PassResult:

@@ -41,22 +41,11 @@ from lowbit.passes.fx.fold_channel_scales import linear_weight
 from lowbit.passes.fx.graph_utils import aten, is_op, shape_of, tensor_of
 from lowbit.passes.fx.insert_fake_quant import fake_quant_nodes
 from lowbit.passes.fx.peg_family import NORMS, Family, bias_of, discover
-from lowbit.passes.infra import Pass, PassResult
+from lowbit.passes.infra import Pass
+from lowbit.passes.reports import PegReport  # re-exported
 from lowbit.quant import peg
 
 __all__ = ["PegPermute", "PegReport"]
-
-
-@dataclasses.dataclass
-class PegReport(PassResult):
-    """PassResult plus, per folded family: its PEG sites, channel count, how many parameters
-    absorbed the permutation, and the explicit gathers left (where, why)."""
-
-    families: list[dict] = dataclasses.field(default_factory=list)
-
-    @property
-    def gathers(self) -> list[tuple[str, str]]:
-        return [g for f in self.families for g in f["gathers"]]
 
 
 def _fq(gm, n):
@@ -66,6 +55,8 @@ def _fq(gm, n):
 @dataclasses.dataclass(frozen=True)
 class PegPermute(Pass):
     """Fold PEG permutations (module docstring); returns a PegReport."""
+
+    in_place = True
 
     def requires(self, gm: fx.GraphModule) -> None:
         if self._seeds(gm) and any(_fq(gm, n).frozen and not _fq(gm, n).spec.dynamic

@@ -80,6 +80,8 @@ class InsertQuadapter(Pass):
     pairs already rewritten (a second run reports no change). Refuses (ConfigError) PerGroup
     weights and dynamic specs."""
 
+    in_place = True
+
     weight: QuantSpec
     activation: QuantSpec
 

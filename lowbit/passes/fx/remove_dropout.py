@@ -30,6 +30,8 @@ def _is_eval_dropout(node: fx.Node) -> bool:
 class RemoveDropout(Pass):
     """Remove eval-mode dropout nodes (see module docstring)."""
 
+    in_place = True
+
     def call(self, gm: fx.GraphModule) -> PassResult:
         removed = 0
         for node in list(gm.graph.nodes):

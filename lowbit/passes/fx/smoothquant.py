@@ -25,9 +25,7 @@ from torch import fx, nn
 from lowbit.config import MinMax
 from lowbit.errors import CalibrationError
 from lowbit.passes.fx.fold_channel_scales import (
-    SCALE_PREFIX,
     FoldChannelScales,
-    ScaleReport,
     insert_scale_pair,
     linear_weight,
     producer_of,
@@ -36,21 +34,18 @@ from lowbit.passes.fx.fold_channel_scales import (
 from lowbit.passes.fx.graph_utils import is_fake_quant, linear_operands
 from lowbit.passes.fx.spot import all_norms, find_transformer
 from lowbit.passes.infra import Pass
+from lowbit.passes.reports import (  # the first two re-exported
+    DEFAULT_ROLES,
+    PRODUCER_HINTS,
+    SCALE_PREFIX,
+    ScaleReport,
+)
 from lowbit.quant.observers import make_observer
 from lowbit.quant.smoothing import absmax_from_range, check_options, smoothquant_scale
 
 __all__ = ["DEFAULT_ROLES", "PRODUCER_HINTS", "SmoothQuantScales", "channel_absmax",
            "smoothquant"]
 
-DEFAULT_ROLES = ("attn.q", "attn.k", "attn.v", "attn.qkv", "attn.o", "ffn.in", "ffn.gate",
-                 "ffn.out")
-# Why a producer that is neither a norm nor a linear cannot take 1/a, by consumer role.
-PRODUCER_HINTS = {
-    "attn.o": "the attention context (1/a would fold exactly into v's output rows through "
-              "softmax(qk^T)v, not handled here)",
-    "ffn.out": "the FFN activation (non-linear; in a gated MLP act(gate) * up it would fold "
-               "into up's output rows, not handled here)",
-}
 
 
 def _positions(gm: fx.GraphModule, roles: Iterable[str]):
@@ -120,6 +115,8 @@ class SmoothQuantScales(Pass):
     trained scales). Positions already carrying a pair are skipped (a second run reports no
     change). ``done`` lists every position that got a pair.
     """
+
+    in_place = True
 
     absmax: Mapping[str, torch.Tensor] = dataclasses.field(repr=False, compare=False)
     alpha: float = 0.5

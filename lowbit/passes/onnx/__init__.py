@@ -2,10 +2,12 @@
 
     model = load_onnx("model.onnx")                 # checked: opset, external data
     tmap = find_transformer(model)                  # the same TransformerMap as on FX
-    qmodel = quantize_onnx(model, recipes.W8A8, calibration=batches, out="model.qdq.onnx")
+    qmodel = lowbit.quantize(model, recipes.W8A8, calibration=batches, out="model.qdq.onnx")
+
+(``quantize_onnx`` / ``quantize_onnx_file`` moved to ``lowbit.onnx_quantize``, an entry point
+that calibrates in onnxruntime; the names here still work, deprecated, for one release.)
 """
 
-from lowbit.passes.onnx.api import quantize_onnx, quantize_onnx_file
 from lowbit.passes.onnx.calibrate import calibrate
 from lowbit.passes.onnx.fold_channel_scales import FoldChannelScales
 from lowbit.passes.onnx.insert_qdq import InsertQDQ, Plan, Site, plan_sites
@@ -25,9 +27,19 @@ __all__ = [
     "find_transformer",
     "load_onnx",
     "plan_sites",
-    "quantize_onnx",
-    "quantize_onnx_file",
     "save_onnx",
     "smoothquant",
     "upgrade_opset",
 ]
+
+
+def __getattr__(name: str):
+    if name in ("quantize_onnx", "quantize_onnx_file"):   # moved out of passes/: deprecated
+        import importlib
+        import warnings
+
+        warnings.warn(f"lowbit.passes.onnx.{name} is deprecated and will be removed in the next "
+                      f"release: use lowbit.quantize (or lowbit.onnx_quantize.{name})",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module("lowbit.onnx_quantize"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Calibration on ONNX graphs: activation ranges from onnxruntime runs of the float model.
+"""Calibration on ONNX graphs: activation ranges from runtime runs of the float model.
 
 For each static activation site t (``plan_sites``), over batches b = 1..B:
 
@@ -19,6 +19,11 @@ Batches are dicts ``{input name: array or tensor}`` (entries the model does not 
 dropped, with a log line), tuples of positional inputs, or one tensor (as for
 ``lowbit.calibrate``); a NaN / inf reaching an observer raises CalibrationError naming the
 site and batch.
+
+The runtime is the caller's (passes know no backend): ``runner`` is a factory of ``Runner``s,
+``lowbit.backends.onnxruntime.OrtRunner`` in lowbit's own entry points::
+
+    qparams = calibrate(model, plan.static(), batches, runner=OrtRunner)
 """
 
 from __future__ import annotations
@@ -29,13 +34,13 @@ import pathlib
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
+import numpy as np
 import onnx_ir as ir
 import torch
 
-from lowbit.backends.onnxruntime import OrtRunner
 from lowbit.config import PerEmbeddingGroup
 from lowbit.errors import CalibrationError
 from lowbit.passes.onnx.insert_qdq import Site
@@ -44,9 +49,26 @@ from lowbit.quant.numerics import qparams_from_range
 from lowbit.quant.observers import make_observer
 from lowbit.quant.peg import spec_qparams
 
-__all__ = ["calibrate", "observe", "qparams"]
+__all__ = ["Runner", "RunnerFactory", "calibrate", "observe", "qparams"]
 
 log = logging.getLogger("lowbit.passes.onnx")
+
+
+class Runner(Protocol):
+    """What calibration needs of an ONNX runtime session (``OrtRunner`` is one)."""
+
+    input_names: list[str]
+    output_names: list[str]
+
+    def run(self, inputs: Mapping[str, Any]) -> list[np.ndarray]:
+        """Outputs in ``output_names`` order for ``{input name: array or tensor}``."""
+
+
+RunnerFactory = Callable[..., Runner]
+"""Called as ``runner(model, threads, optimization="basic")``: ``model`` serialized bytes or a
+file path, ``threads`` intra-op threads or None (the runtime's default); "basic" asks for
+constant folding and redundant-node removal only, so the observed tensors are the float
+graph's own (no fusion changes their numbers)."""
 
 
 @contextlib.contextmanager
@@ -80,7 +102,7 @@ def _drop_outputs(graph: ir.Graph, added: list) -> None:
         graph.outputs.pop()
 
 
-def _feed(runner: OrtRunner, batch: Any, ignored: set) -> dict[str, Any]:
+def _feed(runner: Runner, batch: Any, ignored: set) -> dict[str, Any]:
     """``batch`` as ``{input name: value}``. Dict entries the model does not take (a tokenizer's
     ``token_type_ids`` for a model exported without them) are dropped, once logged."""
     if isinstance(batch, dict):
@@ -98,20 +120,22 @@ def _feed(runner: OrtRunner, batch: Any, ignored: set) -> dict[str, Any]:
 
 
 def calibrate(model: ir.Model, sites: Sequence[Site], batches: Iterable[Any], *,
-              progress: bool = True, threads: int | None = None
+              runner: RunnerFactory, progress: bool = True, threads: int | None = None
               ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Observe ``sites`` (static activation sites of ``plan_sites``) over ``batches`` run by
-    onnxruntime; returns ``{site name: (scale f32, zero point i64)}`` for ``InsertQDQ``.
-    (``observe`` then ``qparams``, for callers that work on the ranges in between.)
+    ``runner`` (``OrtRunner``); returns ``{site name: (scale f32, zero point i64)}`` for
+    ``InsertQDQ``. (``observe`` then ``qparams``, for callers that work on the ranges in
+    between.)
 
     Raises:
         CalibrationError: no batches, a batch that does not fit the model's inputs, or NaN/inf.
     """
-    return qparams(sites, observe(model, sites, batches, progress=progress, threads=threads))
+    return qparams(sites, observe(model, sites, batches, runner=runner, progress=progress,
+                                  threads=threads))
 
 
 def observe(model: ir.Model, sites: Sequence[Site], batches: Iterable[Any], *,
-            progress: bool = True, threads: int | None = None
+            runner: RunnerFactory, progress: bool = True, threads: int | None = None
             ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """The calibrated ranges ``{site name: (lo, hi)}`` of the static ``sites`` (per channel,
     [C] each, at PEG sites; scalars elsewhere). Raises as ``calibrate``."""
@@ -125,11 +149,11 @@ def observe(model: ir.Model, sites: Sequence[Site], batches: Iterable[Any], *,
                  for s in sites}
     count, t0 = 0, time.perf_counter()
     with _with_outputs(model, [s.value for s in sites]) as src:
-        runner = OrtRunner(src, threads, optimization="basic")
-        index = {name: i for i, name in enumerate(runner.output_names)}
+        session = runner(src, threads, optimization="basic")
+        index = {name: i for i, name in enumerate(session.output_names)}
         ignored: set = set()
         for batch in batches:
-            outs = runner.run(_feed(runner, batch, ignored))
+            outs = session.run(_feed(session, batch, ignored))
             for s in sites:
                 observers[s.name].update(torch.from_numpy(outs[index[s.value.name]]))
             del outs

@@ -25,9 +25,8 @@ import dataclasses
 import numpy as np
 import onnx_ir as ir
 
-from lowbit.backends.onnxruntime import add_initializer, drop_if_unused
-from lowbit.passes.fx.fold_channel_scales import SCALE_PREFIX, ScaleReport, scale_name
 from lowbit.passes.infra import Pass
+from lowbit.passes.onnx.edit import add_initializer, drop_if_unused
 from lowbit.passes.onnx.graph_utils import (
     bias_add,
     const_array,
@@ -38,6 +37,7 @@ from lowbit.passes.onnx.graph_utils import (
     weight_source,
 )
 from lowbit.passes.onnx.match import is_residual_add, match_norm
+from lowbit.passes.reports import SCALE_PREFIX, ScaleReport, scale_name
 from lowbit.quant.smoothing import (
     fold_bias,
     fold_consumer_weight,
@@ -200,6 +200,8 @@ class FoldChannelScales(Pass):
     the residual stream reads the norm output). ``partial=True`` folds ``a`` into the consumers
     anyway and keeps ``Div(y, a)`` as an explicit per-channel op (exact).
     """
+
+    in_place = True
 
     partial: bool = False
 

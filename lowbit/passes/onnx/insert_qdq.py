@@ -14,12 +14,12 @@ graph first). With ``W`` a weight, ``x`` an activation, ``s``/``z`` from ``lowbi
     per-token   x              ->  s, z = choose_qparams_per_token(x);  (round(x / s) + z ... ) * s
                                    (float math, as the QDQ export writes it)
 
-Every form is produced by the very translation functions ``lowbit.backends.onnxruntime`` uses to
-export FX graphs (run through torch's ONNX op recorder), then cleaned by the same passes
-(``fold_weight_transposes``, ``pack_int4_weights``), so an ONNX-quantized file has the same
-ops as an FX-quantized, exported one. Inserted nodes carry ``metadata_props["lowbit.site"]``
-(the site name, as FX names its quantizers: ``<linear>.weight``, ``<linear>:input``,
-``<linear>:output``, ``block<i>.residual<j>``).
+Every form is produced by the very translation functions ``export_onnx`` uses to export FX
+graphs (``qdq_ops``, run through torch's ONNX op recorder), then cleaned by the same passes
+(``qdq_cleanup``: ``fold_weight_transposes``, ``pack_int4_weights``), so an ONNX-quantized
+file has the same ops as an FX-quantized, exported one. Inserted nodes carry
+``metadata_props["lowbit.site"]`` (the site name, as FX names its quantizers:
+``<linear>.weight``, ``<linear>:input``, ``<linear>:output``, ``block<i>.residual<j>``).
 
 Sites come from the TransformerMap by role, with FX's own rules (``InsertFakeQuant``'s role
 checks, ``ignore`` globs and site enumeration, so names and choices match by construction);
@@ -47,19 +47,14 @@ import numpy as np
 import onnx_ir as ir
 import torch
 
-from lowbit.backends import onnxruntime as ort_backend
-from lowbit.backends.onnxruntime import (  # the two private helpers: candidates to go public
-    add_initializer,
-    drop_if_unused,
-    fold_weight_transposes,
-    pack_int4_weights,
-)
 from lowbit.config import (
     PerChannel, PerEmbeddingGroup, PerGroup, PerTensor, PerToken, QuantSpec, Recipe,
 )
 from lowbit.errors import CalibrationError, ConfigError
 from lowbit.passes.sites import check_roles, quantized_linears, site_nodes
 from lowbit.passes.infra import Pass, PassResult
+from lowbit.passes.onnx import qdq_ops
+from lowbit.passes.onnx.edit import add_initializer, drop_if_unused
 from lowbit.passes.onnx.graph_utils import (
     QSITE_KEY,
     WeightSource,
@@ -72,6 +67,7 @@ from lowbit.passes.onnx.graph_utils import (
     producer,
     weight_source,
 )
+from lowbit.passes.onnx.qdq_cleanup import fold_weight_transposes, pack_int4_weights
 from lowbit.passes.onnx.spot import find_transformer
 from lowbit.passes.patterns import TransformerMap
 from lowbit.quant.fake_quant import check_activation_spec
@@ -174,7 +170,7 @@ def plan_sites(tmap: TransformerMap, recipe: Recipe) -> Plan:
 
 @contextlib.contextmanager
 def _recording():
-    """Run onnxscript ops (the backend's translations) into a list of ir.Nodes, with the
+    """Run onnxscript ops (``qdq_ops``' translations) into a list of ir.Nodes, with the
     recorder torch's exporter runs them with during ``export_onnx``."""
     import onnxscript
     from torch.onnx._internal.exporter._building import OpRecorder
@@ -188,6 +184,8 @@ def _recording():
 class InsertQDQ(Pass):
     """Quantize ``recipe``'s tensors (see the module docstring). ``activation_qparams`` maps
     static activation site names to (scale, zero point), as ``calibrate`` returns them."""
+
+    in_place = True
 
     recipe: Recipe
     activation_qparams: Mapping = dataclasses.field(default_factory=dict)
@@ -250,7 +248,7 @@ class _Rewriter:
             s = add_initializer(graph, f"{base}_scale", scale.reshape(shape).numpy(), _F32)
             z = add_initializer(graph, f"{base}_zero_point",
                                  zp.reshape(shape).numpy().astype(dtype.numpy()), dtype)
-        b = ort_backend
+        b = qdq_ops
         with _recording() as rec:
             if isinstance(g, PerTensor):
                 y = b.dequantize_per_tensor(q, float(scale), int(zp), qmin, qmax, dtype)
@@ -268,7 +266,7 @@ class _Rewriter:
 
     # ---- activations ---------------------------------------------------------------------
     def activation(self, site: Site) -> None:
-        x, spec, b = site.value, site.spec, ort_backend
+        x, spec, b = site.value, site.spec, qdq_ops
         dtype = _I8 if spec.symmetric else _U8
         with _recording() as rec:
             if spec.dynamic and isinstance(spec.granularity, PerToken):

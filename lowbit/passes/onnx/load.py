@@ -26,7 +26,7 @@ import tempfile
 import onnx
 import onnx_ir as ir
 
-from lowbit.errors import LowbitError
+from lowbit.errors import OnnxModelError  # re-exported: its old home
 
 __all__ = ["EXTERNAL_DATA_BYTES", "MIN_OPSET", "OnnxModelError", "has_external_data",
            "initializer_bytes", "load_onnx", "save_onnx", "upgrade_opset"]
@@ -37,10 +37,6 @@ MIN_OPSET = 13
 # Above this many bytes of initializers a model must be saved with external data (protobuf's
 # hard limit is 2 GiB per message; leave room for the graph itself).
 EXTERNAL_DATA_BYTES = 1_800_000_000
-
-
-class OnnxModelError(LowbitError, ValueError):
-    """An ONNX file cannot be used: unreadable, too old, or missing its external data."""
 
 
 def _opset(model: ir.Model) -> int | None:

@@ -43,13 +43,13 @@ import numpy as np
 import onnx_ir as ir
 import torch
 
-from lowbit.backends.onnxruntime import add_initializer
 from lowbit.config import PerEmbeddingGroup
-from lowbit.passes.fx.peg_permute import PegReport
 from lowbit.passes.infra import Pass
+from lowbit.passes.onnx.edit import add_initializer
 from lowbit.passes.onnx.fold_channel_scales import linear_weight
 from lowbit.passes.onnx.graph_utils import const_array, data_users, is_op
 from lowbit.passes.onnx.peg_family import Family
+from lowbit.passes.reports import PegReport
 from lowbit.quant import peg
 
 __all__ = ["DONE_KEY", "PegPermute", "peg_orders"]
@@ -66,6 +66,8 @@ class PegPermute(Pass):
     """Fold PEG permutations (module docstring) for ``sites`` (``Plan.static()``) whose
     per-channel calibrated ``ranges`` (``{site name: (lo, hi)}``, changed in place for the
     family's PEG sites) come from ``observe``; returns a ``PegReport``."""
+
+    in_place = True
 
     sites: tuple
     ranges: dict

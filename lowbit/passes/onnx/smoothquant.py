@@ -10,8 +10,9 @@ W_1..W_n, with calibrated per-channel ``max|y_j|`` and the weights' per-input-ch
 
 ``FoldChannelScales`` (``fold_channel_scales.py``, which documents the pair) then folds ``1/a``
 into the producer and ``a`` into the consumers. Calibration is separate (``channel_absmax``:
-onnxruntime runs feeding the shared per-channel MinMax observers, as ``calibrate`` does), so
-the pass itself is a pure graph rewrite; ``smoothquant`` does all three in one call.
+runs by the caller's ``runner``, e.g. ``OrtRunner``, feeding the shared per-channel MinMax
+observers, as ``calibrate`` does), so the pass itself is a pure graph rewrite; ``smoothquant``
+does all three in one call.
 """
 
 from __future__ import annotations
@@ -23,13 +24,10 @@ from typing import Any
 import onnx_ir as ir
 import torch
 
-from lowbit.backends.onnxruntime import OrtRunner
 from lowbit.config import MinMax
 from lowbit.errors import CalibrationError
-from lowbit.passes.fx.fold_channel_scales import ScaleReport
-from lowbit.passes.fx.smoothquant import DEFAULT_ROLES, PRODUCER_HINTS
 from lowbit.passes.infra import Pass
-from lowbit.passes.onnx.calibrate import _feed, _with_outputs
+from lowbit.passes.onnx.calibrate import RunnerFactory, _feed, _with_outputs
 from lowbit.passes.onnx.fold_channel_scales import (
     FoldChannelScales,
     all_norms,
@@ -43,6 +41,7 @@ from lowbit.passes.onnx.fold_channel_scales import (
 from lowbit.passes.onnx.graph_utils import const_array, data_users, is_op, order
 from lowbit.passes.onnx.match import is_residual_add
 from lowbit.passes.onnx.spot import find_transformer
+from lowbit.passes.reports import DEFAULT_ROLES, PRODUCER_HINTS, ScaleReport
 from lowbit.quant.observers import make_observer
 from lowbit.quant.smoothing import absmax_from_range, check_options, smoothquant_scale
 
@@ -59,21 +58,22 @@ def _positions(model: ir.Model, roles: Iterable[str]) -> list[tuple[ir.Value, li
 
 
 def channel_absmax(model: ir.Model, batches: Iterable[Any], roles: Iterable[str] = DEFAULT_ROLES,
-                   *, threads: int | None = None) -> dict[str, torch.Tensor]:
+                   *, runner: RunnerFactory, threads: int | None = None
+                   ) -> dict[str, torch.Tensor]:
     """Per-channel max |x| (last axis) at the input of every linear of ``roles``, keyed by the
-    linear's name (as FX names it). Runs the model in onnxruntime with the inputs as extra
-    outputs (``calibrate``'s machinery; the model is not changed); batches as for
-    ``calibrate``."""
+    linear's name (as FX names it). Runs the model with ``runner`` (``OrtRunner``) with the
+    inputs as extra outputs (``calibrate``'s machinery; the model is not changed); batches and
+    ``runner`` as for ``calibrate``."""
     groups = _positions(model, tuple(roles))
     obs = {y: make_observer(MinMax(), refs[0][1].name + ":input", qmin=0, qmax=255,
                             symmetric=False, per_channel=True) for y, refs in groups}
     count = 0
     with _with_outputs(model, list(obs)) as src:
-        runner = OrtRunner(src, threads, optimization="basic")
-        index = {name: i for i, name in enumerate(runner.output_names)}
+        session = runner(src, threads, optimization="basic")
+        index = {name: i for i, name in enumerate(session.output_names)}
         ignored: set = set()
         for batch in batches:
-            outs = runner.run(_feed(runner, batch, ignored))
+            outs = session.run(_feed(session, batch, ignored))
             for y, o in obs.items():
                 o.update(torch.from_numpy(outs[index[y.name]]))
             del outs
@@ -112,6 +112,8 @@ class SmoothQuantScales(Pass):
     ``scales`` (by first consumer name) replaces the closed form where given. Positions
     already carrying a pair are skipped (a second run reports no change).
     """
+
+    in_place = True
 
     absmax: Mapping[str, torch.Tensor] = dataclasses.field(repr=False, compare=False)
     alpha: float = 0.5
@@ -170,15 +172,15 @@ class SmoothQuantScales(Pass):
         return smoothquant_scale(self.absmax[refs[0][1].name], weights, self.alpha)
 
 
-def smoothquant(model: ir.Model, batches: Iterable[Any], *, alpha: float = 0.5,
-                roles: tuple[str, ...] = DEFAULT_ROLES, explicit: bool = False,
-                inplace: bool = False, threads: int | None = None
+def smoothquant(model: ir.Model, batches: Iterable[Any], *, runner: RunnerFactory,
+                alpha: float = 0.5, roles: tuple[str, ...] = DEFAULT_ROLES,
+                explicit: bool = False, inplace: bool = False, threads: int | None = None
                 ) -> tuple[ir.Model, ScaleReport]:
-    """Calibrate (onnxruntime), insert SmoothQuant pairs and fold them: returns (model,
-    report) with folded positions (``done``), explicit ones (``kept``) and refusals with
-    reasons. The given model is cloned unless ``inplace``."""
+    """Calibrate (with ``runner``, e.g. ``OrtRunner``), insert SmoothQuant pairs and fold
+    them: returns (model, report) with folded positions (``done``), explicit ones (``kept``)
+    and refusals with reasons. The given model is cloned unless ``inplace``."""
     model = model if inplace else model.clone()
-    absmax = channel_absmax(model, batches, roles, threads=threads)
+    absmax = channel_absmax(model, batches, roles, runner=runner, threads=threads)
     if not absmax:
         raise CalibrationError("smoothquant: no linear of the given roles was found")
     sq = SmoothQuantScales(absmax, alpha, roles, explicit)(model)

@@ -1,11 +1,11 @@
-"""build.py's own legalizations, against numpy."""
+"""The pipelines' own legalizations (pipelines/common.py), against numpy."""
 
 import numpy as np
 import pytest
 import tvm
 from tvm import relax
 
-from lowbit.backends.tvm.build import build, prepare, schedule
+from lowbit.backends.tvm.pipelines import build, prepare, schedule
 from lowbit.backends.tvm.target import host_target
 
 

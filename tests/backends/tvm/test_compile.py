@@ -18,7 +18,7 @@ import torch
 import torch.ao.quantization.fx._decomposed
 
 from lowbit import recipes
-from lowbit.backends.tvm.isa import ISAS, example_target, host_runs, isa_of
+from lowbit.backends.tvm.kernels.isa import ISAS, example_target, host_runs, isa_of
 from lowbit.backends.tvm.runtime import RuntimeInputError
 from lowbit.backends.tvm.target import host_target, resolve_target
 from lowbit.capture import capture

@@ -9,7 +9,7 @@ import torch
 import transformers
 
 from lowbit import recipes
-from lowbit.backends.tvm.isa import isa_of
+from lowbit.backends.tvm.kernels.isa import isa_of
 from lowbit.backends.tvm.target import host_target
 from lowbit.capture import capture
 from lowbit.compiler import compile
@@ -63,7 +63,8 @@ def test_folded_model_lowers_without_scale_nodes(llama):
 
 def test_float_llama_matches_torch(llama):
     """HF's causal mask takes a cumsum over a bool mask: TVM 0.27 neither types nor legalizes
-    it (import_relax._cumsum, build._legalize_cumsum); the float model must match torch."""
+    it (frontends.fx._cumsum, pipelines.common._legalize_cumsum); the float model must match
+    torch."""
     gm, batches = llama
     mod = compile(gm, progress=False)
     for (ids,) in batches[:2]:

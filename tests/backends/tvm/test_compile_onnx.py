@@ -1,4 +1,4 @@
-"""lowbit.compile on QDQ ONNX models (import_onnx.py): a tiny BERT (hidden 64, 2 layers,
+"""lowbit.compile on QDQ ONNX models (frontends/onnx.py): a tiny BERT (hidden 64, 2 layers,
 batch 2, seq 16), untuned, against onnxruntime running the same file.
 
 - lowbit W8A8 export (static u8 activations, s8 per-channel weights, a u8 q/dq appended to
@@ -20,9 +20,9 @@ import pytest
 import lowbit
 from lowbit import recipes
 from lowbit.backends.onnxruntime import OrtRunner
-from lowbit.backends.tvm.import_onnx import import_onnx
-from lowbit.backends.tvm.import_relax import CompileError
-from lowbit.backends.tvm.isa import isa_of
+from lowbit.backends.tvm.frontends.onnx import import_onnx
+from lowbit.errors import CompileError
+from lowbit.backends.tvm.kernels.isa import isa_of
 from lowbit.backends.tvm.target import host_target
 from lowbit.config import PerGroup, QuantSpec
 from lowbit.errors import ConfigError
@@ -120,7 +120,7 @@ def test_w8a8_onnx_avx2_kernels_agree(bert, w8a8_mod):
     """The QDQ file compiled for an AVX2 CPU (exact vpmaddwd kernels, runnable on every host of
     this suite) gives the host-ISA module's outputs: the same integers, so only the fp32
     epilogues' rounding (FMA contraction, vector width) may differ (FLOAT_ATOL)."""
-    from lowbit.backends.tvm.isa import host_runs
+    from lowbit.backends.tvm.kernels.isa import host_runs
     from lowbit.backends.tvm.target import resolve_target
 
     _, files, feeds = bert

@@ -8,7 +8,7 @@ import torch
 from transformers import BertConfig, BertModel
 
 from lowbit import recipes
-from lowbit.backends.tvm.isa import isa_of
+from lowbit.backends.tvm.kernels.isa import isa_of
 from lowbit.backends.tvm.target import host_target
 from lowbit.capture import capture
 from lowbit.compiler import compile
@@ -63,7 +63,7 @@ def test_peg_linear_with_n_not_a_multiple_of_16_stays_fp32():
     linear in fp32, with the reason in the lowering log (no schedule error at build)."""
     import copy
 
-    from lowbit.backends.tvm.legalize_quant import LOWERING_META, LegalizeQuantLinear
+    from lowbit.backends.tvm.lowering.legalize import LOWERING_META, LegalizeQuantLinear
 
     torch.manual_seed(0)
     cfg = BertConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=4,

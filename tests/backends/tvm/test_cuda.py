@@ -12,12 +12,11 @@ import torch
 from transformers import BertConfig, BertModel
 
 from lowbit import recipes
-from lowbit.backends.tvm.cuda_build import fatbin_arches
-from lowbit.backends.tvm.cuda_kernels import (
+from lowbit.backends.tvm.pipelines.cuda import fatbin_arches
+from lowbit.backends.tvm.kernels.cuda import (
     CALLED,
     CONFIG_TABLE,
     U8S8_CONFIGS,
-    CudaLowbitKernel,
     arg_shapes,
     config_key,
     default_u8s8,
@@ -26,6 +25,7 @@ from lowbit.backends.tvm.cuda_kernels import (
     shell_w4a16,
 )
 from lowbit.backends.tvm.runtime import target_kind
+from lowbit.backends.tvm.schedules.base import LowbitKernel
 from lowbit.backends.tvm.target import resolve_target
 from lowbit.capture import capture
 from lowbit.compiler import compile
@@ -60,7 +60,7 @@ def test_rule_replaces_kernels_with_shells():
 
     tgt = resolve_target("cuda")
     for func in (kernels.linear_u8s8(100, 200, 64), kernels.linear_w4a16(1, 256, 512, 128)):
-        sch = CudaLowbitKernel().apply(func, tgt, False)   # unguarded: errors surface here
+        sch = LowbitKernel().apply(func, tgt, False)   # unguarded: errors surface here
         assert sch is not None and "call_extern" in sch.mod["main"].script() or \
             "lowbit_" in sch.mod["main"].script()
 

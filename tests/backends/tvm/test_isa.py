@@ -17,9 +17,15 @@ import torch
 import tvm
 
 from lowbit.backends.tvm import kernels
-from lowbit.backends.tvm.isa import ISAS, example_target, host_runs, isa_of, target_features
-from lowbit.backends.tvm.pack import pack_vnni
-from lowbit.backends.tvm.peg_kernel import linear_u8s8_peg
+from lowbit.backends.tvm.kernels.isa import (
+    ISAS,
+    example_target,
+    host_runs,
+    isa_of,
+    target_features,
+)
+from lowbit.backends.tvm.lowering.pack import pack_vnni
+from lowbit.backends.tvm.kernels.peg import linear_u8s8_peg
 from lowbit.backends.tvm.target import host_mattr, resolve_target
 
 ISA_IDS = [i.name for i in ISAS]

@@ -13,8 +13,8 @@ import torch
 import tvm
 
 from lowbit.backends.tvm import kernels
-from lowbit.backends.tvm.isa import isa_of
-from lowbit.backends.tvm.pack import pack_int4, pack_vnni, unpack_int4, unpack_vnni
+from lowbit.backends.tvm.kernels.isa import isa_of
+from lowbit.backends.tvm.lowering.pack import pack_int4, pack_vnni, unpack_int4, unpack_vnni
 from lowbit.backends.tvm.target import host_target
 
 TARGET = host_target()

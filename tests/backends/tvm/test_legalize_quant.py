@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lowbit import recipes
-from lowbit.backends.tvm.legalize_quant import LOWERING_META, LegalizeQuantLinear
+from lowbit.backends.tvm.lowering.legalize import LOWERING_META, LegalizeQuantLinear
 from lowbit.capture import capture
 from lowbit.config import PerGroup, QuantSpec
 from lowbit.quantize import quantize
@@ -109,7 +109,7 @@ def test_requant_off_keeps_quantizers(bert):
 
 def test_sibling_linears_fused_exactly(bert):
     """q, k and v read one u8 tensor: one wide int8 GEMM, split, same numbers as before."""
-    from lowbit.backends.tvm.fuse_siblings import FUSED_META, FuseSiblingLinears
+    from lowbit.backends.tvm.lowering.fuse_siblings import FUSED_META, FuseSiblingLinears
 
     q, inputs = _quantized(bert, recipes.W8A8)
     lowered = copy.deepcopy(q)

@@ -1,6 +1,6 @@
-"""PEG activations in QDQ ONNX through lowbit.compile (import_onnx_peg.py, peg_kernel.py's shared
-numerics): the tiny BERT of conftest.py (hidden 64, 2 layers, batch 2, seq 16),
-exported float with static shapes, quantized with ``peg_recipe(groups=4)`` by the steps of
+"""PEG activations in QDQ ONNX through lowbit.compile (lowering/peg.py, lowering/int8.py: the
+numerics both frontends share): the tiny BERT of conftest.py (hidden 64, 2 layers, batch 2,
+seq 16), exported float with static shapes, quantized with ``peg_recipe(groups=4)`` by the steps of
 ``lowbit.quantize_onnx`` minus its permutation folding (``_quantize``), untuned.
 
 - numerics alone: ``contiguous_groups`` against a set-based reference, ``peg_corr_scale``
@@ -30,15 +30,12 @@ from onnx import numpy_helper
 
 import lowbit
 from lowbit.backends.onnxruntime import OrtRunner
-from lowbit.backends.tvm.import_onnx import import_onnx
-from lowbit.backends.tvm.import_onnx_peg import PegArrays, plan_peg
-from lowbit.backends.tvm.isa import isa_of
-from lowbit.backends.tvm.pack import pack_vnni
-from lowbit.backends.tvm.peg_kernel import (
-    contiguous_groups,
-    peg_corr_scale,
-    reference_linear_u8s8_peg,
-)
+from lowbit.backends.tvm.frontends.onnx import import_onnx
+from lowbit.backends.tvm.lowering.peg import PegArrays, plan_peg
+from lowbit.backends.tvm.kernels.isa import isa_of
+from lowbit.backends.tvm.lowering.pack import pack_vnni
+from lowbit.backends.tvm.kernels.peg import reference_linear_u8s8_peg
+from lowbit.backends.tvm.lowering.int8 import contiguous_groups, peg_corr_scale
 from lowbit.backends.tvm.target import host_target
 from lowbit.passes.onnx import (
     InsertQDQ,
@@ -84,7 +81,8 @@ def _quantize(path, recipe, batches, out):
     with ``permute=False`` there is nothing to fold."""
     model = load_onnx(path)
     plan = plan_sites(find_transformer(model), recipe)
-    InsertQDQ(recipe, calibrate(model, plan.static(), batches, progress=False))(model)
+    InsertQDQ(recipe, calibrate(model, plan.static(), batches, runner=OrtRunner,
+                                progress=False))(model)
     save_onnx(model, out)
     return out
 

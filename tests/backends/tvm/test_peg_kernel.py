@@ -8,9 +8,9 @@ import tvm
 
 from lowbit.backends.tvm import kernels
 from lowbit.backends.tvm.check import check_schedule
-from lowbit.backends.tvm.isa import isa_of
-from lowbit.backends.tvm.pack import pack_vnni
-from lowbit.backends.tvm.peg_kernel import linear_u8s8_peg, reference_linear_u8s8_peg
+from lowbit.backends.tvm.kernels.isa import isa_of
+from lowbit.backends.tvm.lowering.pack import pack_vnni
+from lowbit.backends.tvm.kernels.peg import linear_u8s8_peg, reference_linear_u8s8_peg
 from lowbit.backends.tvm.target import host_target
 
 TARGET = host_target()

@@ -9,7 +9,7 @@ from tvm import relax, tirx
 from tvm.script import relax as R
 
 from lowbit.backends.tvm.check import check_schedule
-from lowbit.backends.tvm.schedules import RowReduction, default_schedule_of
+from lowbit.backends.tvm.schedules.cpu import RowReduction, default_schedule_of
 from lowbit.backends.tvm.target import host_target
 
 

@@ -22,7 +22,7 @@ from tvm import te
 from lowbit.backends.tvm import check as check_mod
 from lowbit.backends.tvm import kernels, tile_search, tune
 from lowbit.backends.tvm.check import CheckResult, check_schedule
-from lowbit.backends.tvm.isa import isa_of
+from lowbit.backends.tvm.kernels.isa import isa_of
 from lowbit.backends.tvm.target import host_target, resolve_target
 from lowbit.errors import ConfigError
 
@@ -44,7 +44,7 @@ def _commit_default_record(folder, func=None, target=None):
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 
-    from lowbit.backends.tvm.schedules import Matmul
+    from lowbit.backends.tvm.schedules.cpu import Matmul
 
     func = func if func is not None else kernels.linear_u8s8(M, N, K)
     target = target or TARGET

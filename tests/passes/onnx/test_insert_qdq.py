@@ -78,7 +78,8 @@ def float_out():
 
 def _prepared(model: ir.Model, recipe):
     plan = plan_sites(find_transformer(model), recipe)
-    return InsertQDQ(recipe, calibrate(model, plan.static(), M.batches(4), progress=False))
+    return InsertQDQ(recipe, calibrate(model, plan.static(), M.batches(4), runner=OrtRunner,
+                                        progress=False))
 
 
 # ---- structure --------------------------------------------------------------------------------
@@ -140,7 +141,7 @@ def test_static_sites_need_calibration(bert):
         quantize_onnx(bert, W8A8)
     plan = plan_sites(find_transformer(bert), W8A8)
     with pytest.raises(CalibrationError, match="empty"):
-        calibrate(bert, plan.static(), iter([]), progress=False)
+        calibrate(bert, plan.static(), iter([]), runner=OrtRunner, progress=False)
 
 
 def test_calibration_streams_and_leaves_the_model_alone(bert):
@@ -157,7 +158,7 @@ def test_calibration_streams_and_leaves_the_model_alone(bert):
             batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])  # not a model input
             yield batch
 
-    qparams = calibrate(bert, plan.static(), gen(), progress=False)
+    qparams = calibrate(bert, plan.static(), gen(), runner=OrtRunner, progress=False)
     assert seen == [0, 1, 2] and set(qparams) == {s.name for s in plan.static()}
     assert ir.to_proto(bert).SerializeToString() == before
     scale, zp = qparams["encoder.layer.0.attention.self.query:input"]
@@ -192,7 +193,7 @@ def test_shared_weights_quantized_once():
     plan = plan_sites(find_transformer(model), W8A8)
     assert [s.name for s in plan.activations][4] == "block.q:input#1"
     q = assert_idempotent(InsertQDQ(W8A8, calibrate(model, plan.static(), calib,
-                                                    progress=False)), model)
+                                                    runner=OrtRunner, progress=False)), model)
     weight_dqs = [n for n in q.graph if n.op_type == "DequantizeLinear"
                   and n.inputs[0].is_initializer()]
     assert len(weight_dqs) == len(floats) < 12 and not floats & set(q.graph.initializers)

@@ -81,7 +81,8 @@ def _onnx(path, recipe, batches):
     ir.external_data.load_to_model(model)
     upgrade_opset(model, 21)
     plan = plan_sites(find_transformer(model), recipe)
-    qparams = calibrate(model, plan.static(), batches, progress=False)
+    qparams = calibrate(model, plan.static(), batches, runner=OrtRunner,
+                        progress=False)
     InsertQDQ(recipe, qparams)(model)
     return model, plan, qparams
 

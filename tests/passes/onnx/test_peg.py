@@ -54,7 +54,7 @@ def bert() -> ir.Model:
 
 def _quantized(model, recipe):
     plan = plan_sites(find_transformer(model), recipe)
-    qparams = calibrate(model, plan.static(), M.batches(4), progress=False)
+    qparams = calibrate(model, plan.static(), M.batches(4), runner=OrtRunner, progress=False)
     return InsertQDQ(recipe, qparams)(model.clone()).graph, qparams
 
 

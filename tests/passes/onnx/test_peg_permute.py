@@ -44,7 +44,7 @@ def _permuted(name: str, recipe=None):
     model = _load(name)
     ref = OrtRunner(ir.to_proto(model))
     static = plan_sites(find_transformer(model), recipe or peg_recipe(K, True)).static()
-    ranges = observe(model, static, M.batches(2), progress=False)
+    ranges = observe(model, static, M.batches(2), runner=OrtRunner, progress=False)
     before = {k: (lo.clone(), hi.clone()) for k, (lo, hi) in ranges.items()}
     report = PegPermute(tuple(static), ranges)(model)
     return model, ref, static, ranges, before, report

@@ -23,7 +23,7 @@ import onnx_ir as ir
 import pytest
 import torch
 
-from lowbit.backends.onnxruntime import OrtRunner, add_initializer, drop_if_unused
+from lowbit.backends.onnxruntime import OrtRunner
 from lowbit.capture import capture
 from lowbit.errors import ConfigError
 from lowbit.passes.fx.smoothquant import SmoothQuantScales as FxSmoothQuantScales
@@ -36,6 +36,7 @@ from lowbit.passes.onnx import (
     load_onnx,
     smoothquant,
 )
+from lowbit.passes.onnx.edit import add_initializer, drop_if_unused
 from lowbit.passes.onnx.fold_channel_scales import insert_scale_pair, scale_pairs
 from lowbit.passes.onnx.graph_utils import const_array
 
@@ -124,7 +125,7 @@ def _bytes(model: ir.Model) -> bytes:
 def folded(request):
     model = _model(request.param)
     before = _bytes(model)
-    out, report = smoothquant(model, CALIB, alpha=0.5)
+    out, report = smoothquant(model, CALIB, runner=OrtRunner, alpha=0.5)
     assert _bytes(model) == before                     # the input model is cloned
     return request.param, model, out, report
 
@@ -150,13 +151,14 @@ def test_structure_pairs_gone_counts_unchanged(folded):
 def test_pairs_alone_are_identity_then_idempotent_passes(folded):
     _, model, _, _ = folded
     work = model.clone()
-    sq = SmoothQuantScales(channel_absmax(work, CALIB))(work)
+    sq = SmoothQuantScales(channel_absmax(work, CALIB, runner=OrtRunner))(work)
     assert sq.modified and len(sq.done) == 4 and len(scale_pairs(work.graph)) == 4
     counts = _counts(work)
     assert (counts["Div"] - _counts(model).get("Div", 0), counts["Mul"] - _counts(model)["Mul"]) \
         == (4, 4)
     np.testing.assert_allclose(_run(work), _run(model), rtol=RTOL, atol=ATOL)
-    again = SmoothQuantScales(channel_absmax(model, CALIB))(work)   # positions carry pairs
+    absmax = channel_absmax(model, CALIB, runner=OrtRunner)
+    again = SmoothQuantScales(absmax)(work)   # positions carry pairs
     assert not again.modified and not again.done
     fold = FoldChannelScales()(work)
     assert fold.modified and len(fold.done) == 4 and not fold.refused
@@ -167,7 +169,7 @@ def test_pairs_alone_are_identity_then_idempotent_passes(folded):
 def test_fold_math_gpt2_layernorm_and_conv1d_gemm():
     model = _model("gpt2")
     work = model.clone()
-    SmoothQuantScales(channel_absmax(work, CALIB))(work)
+    SmoothQuantScales(channel_absmax(work, CALIB, runner=OrtRunner))(work)
     a = const_array(work.graph.initializers["lowbit_scale_transformer_h_0_attn_c_attn"])
     FoldChannelScales()(work)
     a64 = a.astype(np.float64)
@@ -184,7 +186,7 @@ def test_gemma_offset_weight():
     model = _model("gemma_form")
     assert {n.weight_offset for _, n in find_transformer(model).norms()} == {1.0}
     work = model.clone()
-    SmoothQuantScales(channel_absmax(work, CALIB))(work)
+    SmoothQuantScales(channel_absmax(work, CALIB, runner=OrtRunner))(work)
     name = "model.layers.0.input_layernorm.weight_m1"
     a = const_array(work.graph.initializers["lowbit_scale_model_layers_0_self_attn_q_proj"])
     w = const_array(work.graph.initializers[name]).astype(np.float64)
@@ -196,7 +198,7 @@ def test_gemma_offset_weight():
 def test_post_ln_bert_is_refused_and_untouched():
     model = _model("bert")
     before = _bytes(model)
-    report = SmoothQuantScales(channel_absmax(model, CALIB))(model)
+    report = SmoothQuantScales(channel_absmax(model, CALIB, runner=OrtRunner))(model)
     assert not report.modified and not report.done and _bytes(model) == before
     refused = dict(report.refused)
     assert len(refused) == 8
@@ -208,7 +210,7 @@ def test_post_ln_bert_is_refused_and_untouched():
 def test_partial_fold_on_bert_keeps_divisions_exactly():
     model = _model("bert")
     work = model.clone()
-    sq = SmoothQuantScales(channel_absmax(work, CALIB), explicit=True)(work)
+    sq = SmoothQuantScales(channel_absmax(work, CALIB, runner=OrtRunner), explicit=True)(work)
     assert len(sq.kept) == 8 and not sq.refused
     fold = FoldChannelScales(partial=True)(work)
     assert len(fold.kept) == 8 and not fold.done and not fold.refused
@@ -219,12 +221,13 @@ def test_partial_fold_on_bert_keeps_divisions_exactly():
 def test_shared_initializers_are_refused():
     """The conftest GPT-2 keeps its all-ones LayerNorm gains, which the exporter dedups into
     one initializer; SharedBlocks reads every weight from two linears."""
-    report = SmoothQuantScales(channel_absmax(_model("gpt2_plain"), CALIB))(_model("gpt2_plain"))
+    absmax = channel_absmax(_model("gpt2_plain"), CALIB, runner=OrtRunner)
+    report = SmoothQuantScales(absmax)(_model("gpt2_plain"))
     assert not report.done
     assert any("shared" in why and "ln_" in why for _, why in report.refused)
     shared = _load(M.onnx_file("shared"))
     x = {"x": torch.randn(1, M.SEQ, 32, generator=torch.Generator().manual_seed(0))}
-    report = SmoothQuantScales(channel_absmax(shared, [x]))(shared)
+    report = SmoothQuantScales(channel_absmax(shared, [x], runner=OrtRunner))(shared)
     assert not report.modified and report.refused
     assert all("shared" in why for _, why in report.refused if "cannot absorb 1/a" not in why)
 
@@ -271,7 +274,7 @@ def test_scales_agree_with_fx(family):
     fx_scales = {n: p.detach().numpy() for n, p in gm.named_parameters()
                  if n.startswith("lowbit_scale_")}
     model = _model(family)
-    absmax = channel_absmax(model, CALIB)
+    absmax = channel_absmax(model, CALIB, runner=OrtRunner)
     assert sorted(absmax) == sorted(fx_absmax)
     SmoothQuantScales(absmax, alpha=0.5)(model)
     onnx_scales = {n: const_array(v) for n, v in model.graph.initializers.items()
@@ -283,7 +286,8 @@ def test_scales_agree_with_fx(family):
 
 def test_missing_calibration_and_bad_options():
     model = _model("llama")
-    absmax = {k: v for k, v in channel_absmax(model, CALIB).items() if "layers.1" not in k}
+    absmax = {k: v for k, v in channel_absmax(model, CALIB, runner=OrtRunner).items()
+              if "layers.1" not in k}
     report = SmoothQuantScales(absmax)(model)
     assert len(report.done) == 2
     assert any("no calibrated absmax" in why for _, why in report.refused)

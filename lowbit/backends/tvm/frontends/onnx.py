@@ -1,0 +1,166 @@
+"""A QDQ ONNX model -> Relax IRModule with lowbit's integer kernels, weights kept as parameters.
+
+    read     ModelProto | .onnx path | onnx_ir.Model (``lowbit.load_onnx``) -> ModelProto;
+             INT4 / UINT4 initializers widened to INT8 / UINT8 (same values: TVM reads no
+             4-bit data), int64 and one-element initializers turned into Constant nodes
+             (shapes, indices, per-tensor qparams: the importer must see them as constants,
+             e.g. an Expand whose shape is a parameter gets an unknown shape)
+    import   ``relax.frontend.onnx.from_onnx(keep_params_in_input=True)`` with static input
+             shapes (the model's, or those of ``example_inputs``)
+    lower    LowerQDQMatMul (onnx_qdq.py): W8A8 and PEG QDQ MatMuls -> int8 kernels; every
+             other q/dq stays Relax's float quantize/dequantize
+
+Refused with ``CompileError``: blocked DequantizeLinear (int4 group-wise W4A16: TVM 0.27 does
+not import it; compile the FX graph), and dynamic quantization (DynamicQuantizeLinear,
+MatMulInteger, ...: compile the float model, or quantize statically).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+from tvm import relax
+
+from lowbit.backends.tvm.frontends import ImportedModel
+from lowbit.backends.tvm.frontends.onnx_qdq import lower_qdq_matmul
+from lowbit.errors import CompileError, ConfigError
+
+__all__ = ["import_onnx", "is_onnx"]
+
+DYNAMIC_OPS = {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "QLinearMatMul",
+               "QLinearConv", "MatMulNBits", "DynamicQuantizeMatMul", "QLinearAdd"}
+
+
+def is_onnx(x: Any) -> bool:
+    """Whether ``compile`` should take ``x`` as an ONNX model (proto, path or onnx_ir)."""
+    if isinstance(x, onnx.ModelProto):
+        return True
+    if isinstance(x, (str, os.PathLike)):
+        return True  # a path: read_model says clearly when it is not ONNX
+    return type(x).__module__.startswith("onnx_ir") and hasattr(x, "graph")
+
+
+# ---- read --------------------------------------------------------------------------------------
+def read_model(x: Any) -> onnx.ModelProto:
+    """A fresh ModelProto (the caller's model is never modified)."""
+    if isinstance(x, onnx.ModelProto):
+        proto = onnx.ModelProto()
+        proto.CopyFrom(x)
+        return proto
+    if isinstance(x, (str, os.PathLike)):
+        path = pathlib.Path(x)
+        if not path.is_file():
+            raise ConfigError(f"compile: {path}: no such file (expected an .onnx model)")
+        try:
+            return onnx.load(str(path))
+        except Exception as e:  # protobuf DecodeError and friends: all mean "not ONNX"
+            raise ConfigError(f"compile: {path} is not a readable ONNX model "
+                              f"({type(e).__name__}: {e})") from e
+    import onnx_ir as ir
+
+    proto = ir.to_proto(x)
+    base = next((v.const_value.base_dir for v in x.graph.initializers.values()
+                 if isinstance(v.const_value, ir.ExternalTensor)), None)
+    if base is not None:
+        onnx.external_data_helper.load_external_data_for_model(proto, str(base))
+    return proto
+
+
+def _check_ops(proto: onnx.ModelProto) -> None:
+    for node in proto.graph.node:
+        if node.op_type == "DequantizeLinear" and any(
+                a.name == "block_size" and a.i != 0 for a in node.attribute):
+            raise CompileError(
+                f"node {node.name or node.output[0]}: blocked (group-wise) DequantizeLinear, "
+                f"as in int4 W4A16 exports, does not import into TVM 0.27's ONNX frontend; "
+                f"compile the quantized FX graph instead (lowbit.compile(qgm)), which lowers "
+                f"it to the int4 kernel")
+        if node.op_type in DYNAMIC_OPS:
+            raise CompileError(
+                f"node {node.name or node.output[0]}: {node.op_type} (dynamic or operator-form "
+                f"quantization) is not lowered by the TVM backend; compile the float model, "
+                f"or quantize statically into QDQ form (lowbit.export_onnx, or onnxruntime's "
+                f"quantize_static with QuantFormat.QDQ)")
+
+
+def _prepare_initializers(graph: onnx.GraphProto) -> None:
+    """Widen 4-bit initializers to 8 bits; make int64 and one-element ones Constant nodes."""
+    keep, consts = [], []
+    widen = {onnx.TensorProto.INT4: np.int8, onnx.TensorProto.UINT4: np.uint8}
+    for t in graph.initializer:
+        arr = numpy_helper.to_array(t)
+        if t.data_type in widen:
+            t = numpy_helper.from_array(arr.astype(widen[t.data_type]), t.name)
+        if arr.dtype == np.int64 or arr.size <= 1:
+            consts.append(helper.make_node("Constant", [], [t.name], value=t))
+        else:
+            keep.append(t)
+    names = {t.name for t in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in names]  # old models list weights too
+    del graph.initializer[:], graph.input[:]
+    graph.initializer.extend(keep)
+    graph.input.extend(inputs)
+    nodes = consts + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _shapes(graph: onnx.GraphProto, example_inputs: Any) -> tuple[dict, dict]:
+    """Static input shapes (name -> list) and the example as {name: array}."""
+    specs = [(i.name, [d.dim_value if d.HasField("dim_value") else None
+                       for d in i.type.tensor_type.shape.dim]) for i in graph.input]
+    names = [n for n, _ in specs]
+    if example_inputs is None:
+        dynamic = [f"{n}{['?' if d is None else d for d in s]}" for n, s in specs
+                   if any(d is None or d <= 0 for d in s)]
+        if dynamic:
+            raise ConfigError(f"the ONNX model has dynamic input shapes ({', '.join(dynamic)}) "
+                              f"and TVM compiles static ones: pass example_inputs= (a dict "
+                              f"name -> array, or a tuple in input order {names})")
+        return {n: s for n, s in specs}, {}
+    if isinstance(example_inputs, Mapping):
+        ex = dict(example_inputs)
+    elif isinstance(example_inputs, Sequence) and not isinstance(example_inputs, str):
+        if len(example_inputs) != len(names):
+            raise ConfigError(f"example_inputs: {len(example_inputs)} value(s) for the model's "
+                              f"{len(names)} input(s) {names}")
+        ex = dict(zip(names, example_inputs))
+    else:
+        raise ConfigError(f"example_inputs for an ONNX model must be a dict name -> array or a "
+                          f"tuple in input order, got {type(example_inputs).__name__}")
+    unknown, missing = set(ex) - set(names), [n for n in names if n not in ex]
+    if unknown or missing:
+        raise ConfigError(f"example_inputs do not match the model's inputs {names}: missing "
+                          f"{missing}, unexpected {sorted(unknown)}")
+    return {n: list(np.shape(ex[n])) for n in names}, ex
+
+
+# ---- entry -------------------------------------------------------------------------------------
+def import_onnx(model: Any, example_inputs: Any = None, *, int8: bool = True
+                ) -> tuple[ImportedModel, list[tuple[str, str]]]:
+    """Read, import and lower an ONNX model (module docstring); returns the imported model
+    and the lowering log."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    proto = read_model(model)
+    _check_ops(proto)
+    _prepare_initializers(proto.graph)
+    shape_dict, example = _shapes(proto.graph, example_inputs)
+    input_names = list(shape_dict)
+    try:
+        mod = from_onnx(proto, shape_dict=shape_dict, keep_params_in_input=True,
+                        sanitize_input_names=False)
+    except Exception as e:  # the importer raises many kinds
+        msg = str(e).strip().splitlines()
+        raise CompileError(f"TVM's ONNX importer refused the model: {type(e).__name__}: "
+                           f"{msg[-1] if msg else ''}") from e
+    mod, params = relax.frontend.detach_params(mod)
+    mod, values, log = lower_qdq_matmul(mod, list(params.get("main", [])), int8=int8)
+    outputs = [o.name for o in proto.graph.output]
+    return ImportedModel(mod, values, input_names, outputs, ((), example)), log

@@ -1,0 +1,301 @@
+"""lowbit's integer kernels on CUDA: TIR launch shells around hand-written device functions.
+
+The kernels of defs.py (``linear_u8s8``, ``linear_w4a16``) are compute definitions; their
+CUDA implementations in the kernel registry (registry.py, applied by the ``LowbitKernel``
+schedule rule) replace each by a TIR PrimFunc with the same parameters whose body launches a
+grid and calls one device function of ``cuda_kernels.cu``::
+
+    linear_u8s8 [M, K] x [Np/16, K/4, 16, 4]   ->  lowbit_gemm_u8s8_{128x128|64x64}
+        tensor cores (mma.sync m16n8k32 u8.s8.s32), cp.async pipeline; K % 16 == 0
+    linear_w4a16, M <= 4                      ->  lowbit_w4a16_init (y = bias), then
+        lowbit_w4a16_gemv_{1,2,4}: split-K GEMV, dequantization fused, fp32 atomics
+    linear_w4a16, M > 4                       ->  lowbit_w4a16_gemm (64x64 SIMT tiles, weights
+        decoded into shared memory)
+
+The .cu file is put in front of the CUDA source TVM generates (the ``tvm_callback_cuda_postproc``
+hook, registered while a lowbit CUDA build runs), so nvcc compiles everything into one cubin.
+Shapes are static: M, N, K and the group size are constants of each shell. A shape a device
+function cannot take (K % 16 for int8, N % 8 for int4) is declined: the plain TIR definition
+then goes to the dlight GPU rules (correct, slower).
+
+The same weight layouts as on CPU (lowering/pack.py), so legalization is target-independent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from pathlib import Path
+
+import tvm
+import tvm_ffi
+from tvm.script import tirx as T
+
+from lowbit.backends.tvm.kernels import registry
+from lowbit.backends.tvm.kernels.registry import KERNEL_ATTR
+
+__all__ = ["CUDA_SOURCE", "cuda_source_hook", "kernel_configs", "read_config_table",
+           "shell_u8s8", "shell_w4a16"]
+
+CUDA_SOURCE = Path(__file__).with_name("cuda_kernels.cu")
+NUM_SMS = 132          # H100 SXM; only steers tile and split-K choices
+GEMV_MAX_M = 4
+CONFIG_TABLE = "cuda_kernels.json"   # in a tuning database folder (scripts/gpu_tune.py)
+
+# Candidate configurations of the hand-written kernels (what scripts/gpu_tune.py times):
+#   u8s8:  "<BM>x<BN>_<WM>x<WN>_s<STAGES>[_k<BK>]": CTA tile, warps along M and N, cp.async
+#          stages, bytes of k per stage (64 without the suffix)
+#   gemv:  "v<VEC>_u<UNROLL>_w<WARPS_PER_SM>": bytes per thread and row, rows of loads in
+#          flight, split-K aimed at that many warps per SM
+U8S8_CONFIGS = ("64x64_2x2_s4", "128x64_2x2_s4", "64x128_2x2_s4", "128x128_2x4_s3",
+                "128x128_2x2_s4", "128x128_2x4_s4", "128x192_2x4_s3", "128x256_2x4_s3",
+                "256x128_4x2_s3", "128x256_2x4_s4",
+                # 128-byte k tiles (half the barriers per k)
+                "64x64_2x2_s4_k128", "128x64_2x2_s3_k128", "128x64_2x2_s4_k128",
+                "64x128_2x2_s3_k128", "128x128_2x2_s3_k128", "64x64_2x2_s6_k128",
+                # 8 warps on 128-byte k tiles (more warps per SM to hide latency)
+                "128x64_4x2_s3_k128", "128x128_4x2_s3_k128", "128x128_2x4_s3_k128",
+                "64x128_2x4_s4_k128", "256x64_4x2_s3_k128", "128x64_4x2_s4_k128")
+GEMV_CONFIGS = ("v8_u8_w16", "v16_u4_w16", "v16_u8_w16", "v16_u4_w32", "v16_u8_w32",
+                "v8_u8_w32", "v16_u8_w8", "v8_u8_w64", "v16_u8_w64", "v8_u16_w32")
+
+
+@functools.cache
+def _source() -> str:
+    return CUDA_SOURCE.read_text()
+
+
+CALLED: set[str] = set()  # device functions the last CUDA builds called (tests read it)
+
+_U8S8_RE = r"lowbit_gemm_u8s8_(\d+)x(\d+)_(\d+)x(\d+)_s(\d+)(?:_k(\d+))?"
+_GEMV_RE = r"lowbit_w4a16_gemv_(\d)_v(\d+)_u(\d+)"
+
+
+def _wrappers(code: str) -> str:
+    """One device function per kernel configuration the generated code calls (template
+    instances of cuda_kernels.cu; noinline: each is compiled once however many shells call it)."""
+    import re
+
+    out = []
+    for name in sorted(set(re.findall(rf"\b({_U8S8_RE})\(", code)), key=str):
+        name, bm, bn, wm, wn, st, bk = name
+        out.append(
+            f"__device__ __noinline__ int {name}(const unsigned char* x, const signed char* w, "
+            f"const int* corr, const float* scale, const float* bias, float* y, "
+            f"unsigned char* smem, int M, int N, int K) {{ return lowbit_gemm_u8s8_impl<{bm}, "
+            f"{bn}, {wm}, {wn}, {st}, {bk or 64}>(x, w, corr, scale, bias, y, smem, M, N, K); }}")
+    for name in sorted(set(re.findall(rf"\b({_GEMV_RE})\(", code)), key=str):
+        name, mr, vec, unroll = name
+        out.append(
+            f"__device__ __noinline__ int {name}(const float* x, const unsigned char* w, "
+            f"const float* s, float* y, int N, int K, int g, int gpb) {{ return "
+            f"lowbit_w4a16_gemv_impl<{mr}, {vec}, {unroll}>(x, w, s, y, N, K, g, gpb); }}")
+    return "\n".join(out)
+
+
+def _postproc(code, target=None):
+    import re
+
+    code = str(code)
+    CALLED.update(re.findall(r"\b(lowbit_(?:gemm_u8s8|w4a16)_\w+?)\(", code))
+    if "lowbit_" in code and "LOWBIT_CUDA_KERNELS" not in code:
+        code = _source() + "\n" + _wrappers(code) + "\n" + code
+    return code
+
+
+@contextlib.contextmanager
+def cuda_source_hook():
+    """Register the hook that prepends cuda_kernels.cu to TVM's generated CUDA source."""
+    name = "tvm_callback_cuda_postproc"
+    old = tvm.get_global_func(name, allow_missing=True)
+    tvm.register_global_func(name, _postproc, override=True)
+    try:
+        yield
+    finally:
+        if old is not None:
+            tvm.register_global_func(name, old, override=True)
+        else:
+            tvm_ffi.remove_global_func(name)
+
+
+# ---- tuned configurations (a table in the tuning database folder) ---------------------------
+_TABLE: dict = {}      # key -> entry, set by kernel_configs() during a build
+
+
+def config_key(kind: str, shape, target) -> str:
+    """``u8s8|M,N,K|sm_90`` / ``w4a16|M,N,K,group|sm_90``: the workload and the target arch."""
+    arch = str(target.attrs["arch"]) if target is not None and "arch" in target.attrs else "sm_90"
+    return f"{kind}|{','.join(str(int(v)) for v in shape)}|{arch}"
+
+
+def read_config_table(folder) -> dict:
+    path = Path(folder) / CONFIG_TABLE
+    if not path.is_file():
+        return {}
+    import json
+
+    return json.loads(path.read_text())
+
+
+@contextlib.contextmanager
+def kernel_configs(table: dict | None):
+    """Use ``table`` (read_config_table) for the kernel configurations of the builds inside."""
+    global _TABLE
+    old, _TABLE = _TABLE, dict(table or {})
+    try:
+        yield
+    finally:
+        _TABLE = old
+
+
+def _tuned(kind: str, shape, target, allowed) -> str | None:
+    entry = _TABLE.get(config_key(kind, shape, target))
+    cfg = entry.get("config") if isinstance(entry, dict) else None
+    return cfg if cfg in allowed else None
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _parse_u8s8(cfg: str) -> tuple[int, int, int, int, int, int]:
+    tile, warps, st, *bk = cfg.split("_")
+    bm, bn = map(int, tile.split("x"))
+    wm, wn = map(int, warps.split("x"))
+    return bm, bn, wm, wn, int(st[1:]), int(bk[0][1:]) if bk else 64
+
+
+def default_u8s8(m: int, n: int, k: int) -> str:
+    """The configuration without a tuned record: the best of scripts/gpu_tune.py's H100 sweep
+    by shape class (docs/gpu.md)."""
+    # H100 sweeps of 2026-11-22 (docs/gpu.md): 128-byte k tiles win almost everywhere; 64x64
+    # (4 warps) until the grid holds ~4.5 such tiles per SM, then 128x64
+    if _cdiv(m, 64) * _cdiv(n, 64) >= 600:
+        return "128x64_2x2_s3_k128"
+    return "64x64_2x2_s4_k128"
+
+
+def shell_u8s8(m: int, n: int, k: int, config: str | None = None, target=None
+               ) -> tvm.tirx.PrimFunc:
+    """The CUDA linear_u8s8 for x [m, k], w packed [Np/16, K/4, 16, 4] (see module docstring).
+    ``config``: one of U8S8_CONFIGS (default: the tuned table, else default_u8s8)."""
+    if k % 16:
+        raise ValueError(f"CUDA linear_u8s8 needs K % 16 == 0, got K={k}")
+    cfg = config or _tuned("u8s8", (m, n, k), target, U8S8_CONFIGS) or default_u8s8(m, n, k)
+    bm, bn, wm, wn, stages, bk = _parse_u8s8(cfg)
+    n_pad = _cdiv(n, 16) * 16
+    threads = wm * wn * 32
+    smem = stages * (bm + bn) * bk
+    fn = f"lowbit_gemm_u8s8_{cfg}"
+    gx, gy = _cdiv(n, bn), _cdiv(m, bm)
+
+    @T.prim_func
+    def main(x: T.Buffer((m, k), "uint8"), w: T.Buffer((n_pad // 16, k // 4, 16, 4), "int8"),
+             corr: T.Buffer((n,), "int32"), scale: T.Buffer((n,), "float32"),
+             bias: T.Buffer((n,), "float32"), y: T.Buffer((m, n), "float32")):
+        T.func_attr({"tirx.noalias": True})
+        bx = T.launch_thread("blockIdx.x", gx)  # noqa: F841
+        by = T.launch_thread("blockIdx.y", gy)  # noqa: F841
+        tx = T.launch_thread("threadIdx.x", threads)  # noqa: F841
+        sm = T.alloc_buffer((smem,), "uint8", scope="shared.dyn")
+        T.evaluate(T.call_extern("int32", fn, x.data, w.data, corr.data, scale.data, bias.data,
+                                 y.data, sm.data, m, n, k))
+
+    return main.with_attr(KERNEL_ATTR, "linear_u8s8").with_attr("lowbit.config", cfg)
+
+
+def _split_k(n: int, groups: int, tile: int = 256, warps_per_sm: int = 16) -> int:
+    """Groups of rows per block for the GEMV: about ``warps_per_sm`` warps per SM in all, 4 per
+    block."""
+    tiles = _cdiv(n, tile)
+    warps_per_tile = min(groups, max(1, _cdiv(warps_per_sm * NUM_SMS, tiles)))
+    blocks_per_tile = _cdiv(warps_per_tile, 4)
+    return _cdiv(groups, blocks_per_tile)
+
+
+def default_gemv(m: int, n: int, k: int, group: int) -> str:
+    # H100 sweep (docs/gpu.md): 8-byte loads with ~32 warps per SM up to 16384x8192, 16-byte
+    # loads with ~32 warps per SM above ~100 MB of weights
+    if m == 1 and n % 16 == 0 and n * k // 2 >= 100 * 2**20:
+        return "v16_u8_w32"
+    return "v8_u8_w32"
+
+
+def shell_w4a16(m: int, n: int, k: int, group: int, config: str | None = None, target=None
+                ) -> tvm.tirx.PrimFunc:
+    """The CUDA linear_w4a16 for x [m, k], w [K/2, N] two nibbles a byte, scale [K/g, N]."""
+    if n % 8:
+        raise ValueError(f"CUDA linear_w4a16 needs N % 8 == 0, got N={n}")
+
+    if m <= GEMV_MAX_M:
+        mr = next(r for r in (1, 2, 4) if r >= m)
+        if mr != m:
+            raise ValueError(f"CUDA int4 GEMV takes M in (1, 2, 4), got M={m}")
+        allowed = [c for c in GEMV_CONFIGS if n % int(c.split("_")[0][1:]) == 0]
+        cfg = (config or _tuned("w4a16", (m, n, k, group), target, allowed)
+               or default_gemv(m, n, k, group))
+        vec, unroll, wps = (int(p[1:]) for p in cfg.split("_"))
+        if n % vec:
+            raise ValueError(f"GEMV config {cfg} needs N % {vec} == 0, got N={n}")
+        tile = 32 * vec
+        gpb = _split_k(n, k // group, tile, wps)
+        gx, gy = _cdiv(n, tile), _cdiv(k // group, gpb)
+        init_blocks = _cdiv(m * n, 256)
+        fn = f"lowbit_w4a16_gemv_{mr}_v{vec}_u{unroll}"
+
+        @T.prim_func
+        def main(x: T.Buffer((m, k), "float32"), w: T.Buffer((k // 2, n), "uint8"),
+                 scale: T.Buffer((k // group, n), "float32"), bias: T.Buffer((n,), "float32"),
+                 y: T.Buffer((m, n), "float32")):
+            T.func_attr({"tirx.noalias": True})
+            with T.launch_thread("blockIdx.x", init_blocks):
+                with T.launch_thread("threadIdx.x", 256):
+                    T.evaluate(T.call_extern("int32", "lowbit_w4a16_init", bias.data, y.data,
+                                             m, n))
+            with T.launch_thread("blockIdx.x", gx), T.launch_thread("blockIdx.y", gy):
+                with T.launch_thread("threadIdx.x", 128):
+                    T.evaluate(T.call_extern("int32", fn, x.data, w.data, scale.data,
+                                             y.data, n, k, group, gpb))
+
+        return main.with_attr(KERNEL_ATTR, "linear_w4a16").with_attr("lowbit.config", cfg)
+
+    gx, gy = _cdiv(n, 64), _cdiv(m, 64)
+
+    @T.prim_func
+    def gemm(x: T.Buffer((m, k), "float32"), w: T.Buffer((k // 2, n), "uint8"),
+             scale: T.Buffer((k // group, n), "float32"), bias: T.Buffer((n,), "float32"),
+             y: T.Buffer((m, n), "float32")):
+        T.func_attr({"tirx.noalias": True})
+        bx = T.launch_thread("blockIdx.x", gx)  # noqa: F841
+        by = T.launch_thread("blockIdx.y", gy)  # noqa: F841
+        tx = T.launch_thread("threadIdx.x", 256)  # noqa: F841
+        T.evaluate(T.call_extern("int32", "lowbit_w4a16_gemm", x.data, w.data, scale.data,
+                                 bias.data, y.data, m, n, k, group))
+
+    return gemm.with_attr(KERNEL_ATTR, "linear_w4a16")
+
+
+def arg_shapes(func: tvm.tirx.PrimFunc) -> list[list[int]]:
+    """The static shapes of a PrimFunc's buffer parameters."""
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    return [[int(d) for d in a.shape] for a in ArgInfo.from_prim_func(func)]
+
+
+def _u8s8_on_cuda(func: tvm.tirx.PrimFunc, target) -> tvm.s_tir.Schedule:
+    """The registry implementation of ``linear_u8s8`` on CUDA: its shell (ValueError for a
+    shape the device function cannot take: the kernel then goes to dlight)."""
+    shapes = arg_shapes(func)
+    (m, k), n = shapes[0], shapes[2][0]
+    return tvm.s_tir.Schedule(shell_u8s8(m, n, k, target=target))
+
+
+def _w4a16_on_cuda(func: tvm.tirx.PrimFunc, target) -> tvm.s_tir.Schedule:
+    """The registry implementation of ``linear_w4a16`` on CUDA (see ``_u8s8_on_cuda``)."""
+    shapes = arg_shapes(func)
+    (m, k), (_, n) = shapes[0], shapes[1]
+    return tvm.s_tir.Schedule(shell_w4a16(m, n, k, k // shapes[2][0], target=target))
+
+
+registry.register("linear_u8s8", "cuda", _u8s8_on_cuda)
+registry.register("linear_w4a16", "cuda", _w4a16_on_cuda)

@@ -1,0 +1,118 @@
+"""The CUDA pipeline: the stages of ``lowbit.compile`` for NVIDIA GPUs (same names as cpu.py),
+compiling to sm_XX machine code on a machine without a GPU.
+
+    fx_passes       LegalizeQuantLinear without requantizing epilogues (CPU kernels only)
+    ONNX_INT8       False: QDQ ONNX files keep float q/dq math on CUDA
+    kernel_family   "u8s8/cuda (<arch>: tensor-core mma)"
+    prepare         the shared Relax passes (common.py)
+    schedule        the kernel configurations timed on a GPU (scripts/gpu_tune.py), read from
+                    the tuning database folder (no MetaSchedule on CUDA: TVM-NOTES.md), then
+                    the CUDA rule set (schedules/cuda.py: lowbit's device kernels, dlight)
+    lower_passes    TVM's CUDA dataflow-lowering and finalization passes
+    build           device code compiled by nvcc (``TVM_CUDA_COMPILE_MODE=nvcc``) to a cubin
+                    for the target's arch, with kernels/cuda_kernels.cu in front of it
+
+Without a GPU, TVM's CUDA runtime library does not load (no libcuda.so.1) and TVM silently
+embeds CUDA source instead of machine code; ``cuda_env.load_cuda_backend(allow_stub=True)``
+loads it against a stub driver first, so the exported library holds an sm_90 cubin
+(``fatbin_arches`` reads it back). Weights are parameters (never constants of the library).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+
+import tvm
+from tvm.relax.backend.cuda import pipeline as cuda_pipeline
+
+from lowbit.backends.tvm.cuda_env import load_cuda_backend
+from lowbit.backends.tvm.kernels.cuda import cuda_source_hook, kernel_configs, read_config_table
+from lowbit.backends.tvm.lowering.legalize import LegalizeQuantLinear
+from lowbit.backends.tvm.pipelines.common import prepare, prepare_passes
+from lowbit.backends.tvm.schedules.base import apply_rules, prim_funcs
+from lowbit.backends.tvm.schedules.cuda import default_rules
+
+__all__ = ["NAME", "ONNX_INT8", "build", "build_kernel", "fatbin_arches", "fx_passes",
+           "kernel_family", "lower_passes", "prepare", "prepare_passes", "schedule"]
+
+NAME = "cuda"
+ONNX_INT8 = False
+
+
+def fx_passes(int8: bool, int4: bool) -> list:
+    """FX passes from a quantized graph to the ``lowbit::`` kernel ops (lowering/)."""
+    return [LegalizeQuantLinear(int8=int8, int4=int4, requant=False)]
+
+
+def kernel_family(target: tvm.target.Target) -> tuple[str | None, str]:
+    return f"u8s8/cuda ({target.attrs.get('arch', '?')}: tensor-core mma)", ""
+
+
+def schedule(mod: tvm.IRModule, target: tvm.target.Target, tune=None, *, progress: bool = True
+             ) -> tuple[tvm.IRModule, list[str]]:
+    """Schedule every PrimFunc with the CUDA rules, the device kernels with the configurations
+    of ``tune.db``'s table when tuning; returns the module and the tuned kernels used (none:
+    configurations are not kernels)."""
+    configs = read_config_table(tune.db) if tune is not None else None
+    with kernel_configs(configs) if configs is not None else contextlib.nullcontext():
+        mod = apply_rules(mod, target, default_rules())
+    bare = [n for n, f in prim_funcs(mod).items() if "tirx.is_scheduled" not in f.attrs]
+    if bare:  # a GPU kernel without thread bindings does not build
+        raise RuntimeError(f"no CUDA schedule for kernel(s): {', '.join(bare)}")
+    return mod, []
+
+
+def lower_passes(target: tvm.target.Target) -> list:
+    return cuda_pipeline.dataflow_lower_passes(target) + cuda_pipeline.finalize_passes(target)
+
+
+@contextlib.contextmanager
+def _env(**values: str):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def build(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.runtime.Executable:
+    """Compile a scheduled module to a Relax VM executable with sm_XX machine code."""
+    load_cuda_backend(allow_stub=True)
+    passes = tvm.transform.Sequential(lower_passes(target))
+    with _env(TVM_CUDA_COMPILE_MODE="nvcc"), cuda_source_hook(), target:
+        return tvm.compile(mod, target, relax_pipeline=passes)
+
+
+def fatbin_arches(path: str | os.PathLike) -> list[str]:
+    """The sm_XX architectures of the CUDA machine code embedded in an exported library
+    (``[]``: none, e.g. CUDA source or PTX only). Reads the ELF images in the file: each cubin
+    is an ELF whose ``e_flags`` carry the arch; cuobjdump is not needed."""
+    data = open(path, "rb").read()
+    arches = set()
+    for m in re.finditer(rb"\x7fELF\x02\x01\x01", data):
+        head = data[m.start():m.start() + 64]
+        if len(head) < 64:
+            continue
+        e_machine = int.from_bytes(head[18:20], "little")
+        if e_machine != 190:  # EM_CUDA
+            continue
+        flags = int.from_bytes(head[48:52], "little")
+        # CUDA 12+ cubins: arch in bits 8..15 of e_flags; older ones: the low byte
+        sm = (flags >> 8) & 0xFF if (flags >> 8) & 0xFF else flags & 0xFF
+        arches.add(f"sm_{sm}")
+    return sorted(arches)
+
+
+def build_kernel(func: tvm.tirx.PrimFunc, target: tvm.target.Target) -> tvm.runtime.Module:
+    """Compile one scheduled (or shell) PrimFunc alone, as ``main`` (kernel tests, benchmarks)."""
+    load_cuda_backend(allow_stub=True)
+    mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+    with _env(TVM_CUDA_COMPILE_MODE="nvcc"), cuda_source_hook(), target:
+        return tvm.compile(mod, target)
