@@ -18,6 +18,8 @@ made the family's channel order, ``x' = x[..., p]``, exactly (indexing):
 
 so the function is unchanged (up to the order of float sums) and PEG's groups are contiguous
 runs of channels, as a group-wise integer GEMM wants them.
+The parameters are permuted by ``lowbit.passes.peg_permute.fold`` (written once over the graph
+view, shared with the ONNX pass); discovery, observers and gathers are FX's own.
 
 Handles: nn.Linear and HF Conv1D weights, fused LayerNorm / RMSNorm and HF's decomposed
 RMSNorm (``x * rsqrt(mean(x ** 2, -1) + eps) * (1 + w)``, casts and ``type_as`` around it),
@@ -38,18 +40,43 @@ import torch
 from torch import fx
 
 from lowbit.passes.fx.fold_channel_scales import linear_weight
-from lowbit.passes.fx.graph_utils import aten, is_op, shape_of, tensor_of
+from lowbit.passes.fx.graph_utils import aten, is_op, shape_of, strip_casts
 from lowbit.passes.fx.insert_fake_quant import fake_quant_nodes
 from lowbit.passes.fx.peg_family import NORMS, Family, bias_of, discover
 from lowbit.passes.infra import Pass
+from lowbit.passes.peg_permute import FoldPlan, fold
+from lowbit.passes.peg_permute import order as family_order
 from lowbit.passes.reports import PegReport  # re-exported
-from lowbit.quant import peg
+from lowbit.passes.view.fx import FxView
 
 __all__ = ["PegPermute", "PegReport"]
 
 
 def _fq(gm, n):
     return gm.get_submodule(n.target)
+
+
+def _plan(gm: fx.GraphModule, fam: Family) -> FoldPlan:
+    """The family's parameters by name: producers' rows, channel vectors and embedding tables,
+    consumers' columns (``lowbit.passes.peg_permute``)."""
+    rows, vectors, columns = [], [], []
+    for n in fam.members:
+        kind = fam.sources.get(n)
+        if kind == "linear":
+            w, layout = linear_weight(gm, n)
+            rows.append((str(w.target), layout))
+            vectors += [b for b in bias_of(n) if isinstance(b, fx.Node)]
+        elif kind == "embedding":
+            vectors.append(n.args[0])
+        elif kind == "param":
+            vectors.append(n)
+        elif is_op(n, *NORMS):
+            vectors += [a for a in n.args[2:4] if isinstance(a, fx.Node)]
+    for u in fam.sinks:
+        w, layout = linear_weight(gm, u)
+        columns.append((str(w.target), layout))
+    names = tuple(str(strip_casts(a).target) for a in vectors)
+    return FoldPlan(tuple(rows), names, tuple(columns))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,41 +113,9 @@ class PegPermute(Pass):
 
     def _apply(self, gm: fx.GraphModule, fam: Family) -> dict:
         pegs = [_fq(gm, n) for n in fam.quantizers() if _fq(gm, n).is_peg]
-        p = peg.shared_order([fq.observer.range() for fq in pegs
-                              if fq.spec.granularity.permute])
-        inv = peg.inverse(p)
-        touched, tied_done = 0, set()
-
-        def put(attr: fx.Node, fn) -> None:
-            nonlocal touched
-            t = tensor_of(gm, attr)
-            if id(t) in fam.tied:      # a tied table: E[:, p] serves both ends, once
-                if id(t) in tied_done:
-                    return
-                tied_done.add(id(t))
-            t.copy_(fn(t.detach()))
-            touched += 1
-
-        with torch.no_grad():
-            for n in fam.members:
-                kind = fam.sources.get(n)
-                if kind == "linear":
-                    w, layout = linear_weight(gm, n)
-                    put(w, lambda t, lay=layout: peg.permute_out(t, p, lay))
-                    for b in bias_of(n):
-                        if isinstance(b, fx.Node):
-                            put(b, lambda t: peg.permute_vector(t, p))
-                elif kind == "embedding":
-                    put(n.args[0], lambda t: peg.permute_table(t, p))
-                elif kind == "param":
-                    put(n, lambda t: peg.permute_vector(t, p))
-                elif is_op(n, *NORMS):
-                    for a in n.args[2:4]:
-                        if isinstance(a, fx.Node):
-                            put(a, lambda t: peg.permute_vector(t, p))
-            for u in fam.sinks:
-                w, layout = linear_weight(gm, u)
-                put(w, lambda t, lay=layout: peg.permute_in(t, p, lay))
+        p, inv = family_order([fq.observer.range() for fq in pegs
+                               if fq.spec.granularity.permute])
+        touched = fold(FxView(gm), _plan(gm, fam), p)
         for fq in (_fq(gm, n) for n in fam.quantizers()):
             obs = fq.observer
             if fq.is_peg:

@@ -20,7 +20,9 @@ order, ``x' = x[..., p]``, exactly::
     elsewhere   an explicit Gather(x, index, axis=-1), counted with its reason
 
 so the function is unchanged (up to the order of float sums) and each PEG site's groups are
-contiguous runs of channels, as ``linear_u8s8_peg`` wants them. The calibrated per-channel
+contiguous runs of channels, as ``linear_u8s8_peg`` wants them. The initializers are permuted by
+``lowbit.passes.peg_permute.fold`` (written once over the graph view, shared with the FX
+pass); discovery, the ranges, copies and gathers are ONNX's own. The calibrated per-channel
 ranges of the family's PEG sites are permuted alike; ``peg_orders`` gives the grouping order
 ``lowbit.quant.peg.spec_qparams`` then uses (identity for permuted sites, ``argsort(p)`` for
 PEG sites of the family that group in place).
@@ -49,7 +51,10 @@ from lowbit.passes.onnx.edit import add_initializer
 from lowbit.passes.onnx.fold_channel_scales import linear_weight
 from lowbit.passes.onnx.graph_utils import const_array, data_users, is_op
 from lowbit.passes.onnx.peg_family import Family
+from lowbit.passes.peg_permute import FoldPlan, fold
+from lowbit.passes.peg_permute import order as family_order
 from lowbit.passes.reports import PegReport
+from lowbit.passes.view.onnx import OnnxView
 from lowbit.quant import peg
 
 __all__ = ["DONE_KEY", "PegPermute", "peg_orders"]
@@ -57,8 +62,19 @@ __all__ = ["DONE_KEY", "PegPermute", "peg_orders"]
 DONE_KEY = "lowbit.peg_permuted"
 
 
-def _set(value: ir.Value, array: np.ndarray) -> None:
-    value.const_value = ir.Tensor(np.ascontiguousarray(array), name=value.name)
+def _plan(fam: Family) -> FoldPlan:
+    """The family's initializers by name: producers' rows (+ Gemm bias), the members'
+    channel vectors and tables, the consumers' columns (``lowbit.passes.peg_permute``)."""
+    rows, vectors = [], []
+    for n in fam.producers:
+        w, layout = linear_weight(n)
+        rows.append((w.name, layout))
+        if is_op(n, "Gemm") and len(n.inputs) > 2 and n.inputs[2] is not None:
+            vectors.append(n.inputs[2].name)
+    vectors += [a.name for a in fam.params]
+    columns = [(w.name, layout) for w, layout in
+               (linear_weight(n) for n in fam.sinks if n not in fam.tied_sinks)]
+    return FoldPlan(tuple(rows), tuple(vectors), tuple(columns))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,24 +112,9 @@ class PegPermute(Pass):
         return report
 
     def _apply(self, graph: ir.Graph, fam: Family, pegs: list) -> dict:
-        p = peg.shared_order([self.ranges[s.name] for s in pegs if s.spec.granularity.permute])
-        inv, touched = peg.inverse(p), 0
-
-        def put(v: ir.Value, fn) -> None:
-            nonlocal touched
-            _set(v, fn(const_array(v)))
-            touched += 1
-
-        for n in fam.producers:
-            w, layout = linear_weight(n)
-            put(w, lambda a, lay=layout: peg.permute_out(a, p, lay))
-            if is_op(n, "Gemm") and len(n.inputs) > 2 and n.inputs[2] is not None:
-                put(n.inputs[2], lambda a: peg.permute_vector(a, p))
-        for a in fam.params:
-            put(a, lambda arr: peg.permute_vector(arr, p))
-        for n in (n for n in fam.sinks if n not in fam.tied_sinks):
-            w, layout = linear_weight(n)
-            put(w, lambda a, lay=layout: peg.permute_in(a, p, lay))
+        p, inv = family_order([self.ranges[s.name] for s in pegs
+                               if s.spec.granularity.permute])
+        touched = fold(OnnxView(graph), _plan(fam), p)
         for a, readers in fam.copies.items():
             arr = peg.permute_vector(const_array(a), p)
             copy = add_initializer(graph, f"{a.name}_peg", arr, a.dtype)

@@ -248,3 +248,36 @@ class GraphView(abc.ABC):
     @abc.abstractmethod
     def remove(self, node: Node) -> None:
         """Remove ``node``, which nothing reads any more."""
+
+    # ---- channel scales (FoldChannelScales, SmoothQuantScales) -------------------------------
+    @abc.abstractmethod
+    def describe(self, node: Node) -> str:
+        """``name (op)`` for messages: the node's name and its IR op (FX target, ONNX type)."""
+
+    @abc.abstractmethod
+    def value_name(self, value: Value) -> str:
+        """The name of ``value`` in the graph (FX: its node's name)."""
+
+    @abc.abstractmethod
+    def is_fake_quant(self, node: Node | None) -> bool:
+        """An activation quantizer of a prepared graph (FX ``FakeQuantize`` calls; ONNX has
+        no prepared stage: always False)."""
+
+    @abc.abstractmethod
+    def keeps_last_axis(self, node: Node | None) -> Value | None:
+        """The input whose data ``node`` moves or re-types with its last axis unchanged
+        (checked on the shapes), else None."""
+
+    @abc.abstractmethod
+    def linear_operands(self, node: Node) -> tuple[Value, str, str] | str:
+        """(activation, weight parameter name, layout "out_in" | "in_out") of a linear whose
+        weight is a float parameter that may be rewritten, or why ``node`` is not one."""
+
+    @abc.abstractmethod
+    def linear_at(self, node: Node | None) -> LinearRef | None:
+        """The linear whose output (bias included) ``node`` produces, when its weight and
+        bias are parameters that may be rewritten (``linear_operands``)."""
+
+    @abc.abstractmethod
+    def param_pinned(self, name: str) -> bool:
+        """Parameter ``name`` is also a graph input or output (a rewrite would show)."""

@@ -44,6 +44,7 @@ from lowbit.passes.view.fx_graph import (
     is_split,
     is_transparent,
     linear_input,
+    linear_operands,
     match_rmsnorm,
     numel,
     param_name,
@@ -56,7 +57,7 @@ from lowbit.passes.view.fx_graph import (
     tensor_of,
 )
 
-__all__ = ["FxView", "all_norms"]
+__all__ = ["LINEARS", "FxView", "all_norms", "linear_weight"]
 
 _CANON = {
     aten.matmul.default: "matmul", aten.bmm.default: "matmul",
@@ -285,6 +286,53 @@ class FxView(GraphView):
 
     def remove(self, node):
         self.gm.graph.erase_node(node)
+
+    # ---- channel scales ----------------------------------------------------------------------
+    def describe(self, node):
+        return f"{node.name} ({node.target})"
+
+    def value_name(self, value):
+        return value.name
+
+    def is_fake_quant(self, node):
+        return is_fake_quant(node)
+
+    def keeps_last_axis(self, node):
+        if not (is_transparent(node) or is_op(node, *CASTS)):
+            return None
+        src = node.args[0]
+        last = (shape_of(node) or (None,))[-1]
+        return src if isinstance(src, fx.Node) and (shape_of(src) or (None,))[-1] == last \
+            else None
+
+    def linear_operands(self, node):
+        if not is_op(node, *LINEARS):
+            return "not a linear"
+        if (w := linear_weight(self.gm, node)) is None:
+            return "its weight is not a parameter"
+        return linear_input(node), str(w[0].target), w[1]
+
+    def linear_at(self, node):
+        ref = self.linear(node) if is_op(node, *LINEARS) else None
+        if not isinstance(ref, LinearRef) or linear_weight(self.gm, node) is None:
+            return None
+        bias = node.args[0] if node.target == aten.addmm.default else (
+            node.args[2] if node.target == aten.linear.default and len(node.args) > 2 else None)
+        return ref if bias is None or ref.bias is not None else None
+
+    def param_pinned(self, name):
+        return False
+
+LINEARS = (aten.linear.default, aten.addmm.default, aten.mm.default, aten.matmul.default)
+
+
+def linear_weight(gm: fx.GraphModule, node: fx.Node) -> tuple[fx.Node, str] | None:
+    """(get_attr of the weight, layout "out_in" | "in_out") of a linear node; the weight may
+    sit behind casts or a weight fake-quant node."""
+    w = strip_casts(node.args[linear_operands(node)[1]])
+    if not isinstance(w, fx.Node) or w.op != "get_attr" or tensor_of(gm, w) is None:
+        return None
+    return w, "out_in" if node.target == aten.linear.default else "in_out"
 
 
 def _readers(node: fx.Node) -> list[fx.Node]:

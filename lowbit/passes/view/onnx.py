@@ -56,7 +56,7 @@ from lowbit.passes.view.onnx_graph import (
 from lowbit.passes.view.onnx_match import act_kind, is_residual_add, match_norm, rope_source
 from lowbit.passes.view.onnx_names import owner_name
 
-__all__ = ["OnnxView"]
+__all__ = ["OnnxView", "linear_weight"]
 
 log = logging.getLogger("lowbit.passes.onnx")
 
@@ -307,6 +307,61 @@ class OnnxView(GraphView):
 
     def remove(self, node):
         self.graph.remove(node, safe=True)
+
+    # ---- channel scales ----------------------------------------------------------------------
+    def describe(self, node):
+        return f"{node.name} ({node.op_type})"
+
+    def value_name(self, value):
+        return value.name
+
+    def is_fake_quant(self, node):
+        return False
+
+    def keeps_last_axis(self, node):
+        if not is_op(node, *_KEEP_LAST):
+            return None
+        a, b = shape_of(node.inputs[0]), shape_of(node.outputs[0])
+        ok = a and b and isinstance(a[-1], int) and a[-1] == b[-1]
+        return node.inputs[0] if ok else None
+
+    def linear_operands(self, node):
+        w = linear_weight(node)
+        return w if isinstance(w, str) else (node.inputs[0], w[0].name, w[1])
+
+    def linear_at(self, node):
+        mm = node if is_op(node, "MatMul", "Gemm") else None
+        if is_op(node, "Add") and len(node.inputs) == 2:      # MatMul + bias Add
+            mm = next((producer(v) for v in node.inputs if is_op(producer(v), "MatMul")), None)
+        ref = self.linear(mm) if mm is not None else None
+        if not isinstance(ref, LinearRef) or isinstance(linear_weight(mm), str) \
+                or self.linear_out(ref) is not node.outputs[0]:
+            return None
+        if is_op(mm, "Gemm") and len(mm.inputs) > 2 and mm.inputs[2] is not None and (
+                ref.bias is None or len(self.graph.initializers[ref.bias].shape) != 1):
+            return None
+        return ref
+
+    def param_pinned(self, name):
+        value = self.graph.initializers[name]
+        return value.is_graph_input() or value.is_graph_output()
+
+_KEEP_LAST = ("Reshape", "Cast", "Identity", "Squeeze", "Unsqueeze")   # checked on shapes
+
+
+def linear_weight(node: ir.Node) -> tuple[ir.Value, str] | str:
+    """(weight initializer, layout "out_in" | "in_out") of a MatMul / Gemm, or why not."""
+    if is_op(node, "Gemm") and node.attributes.get_int("transA", 0):
+        return f"{node.name} is a Gemm with transA=1"
+    src = weight_source(node, 1) if is_op(node, "MatMul", "Gemm") else None
+    if src is None or src.value is None:
+        return f"{node.name} ({node.op_type}) has no weight initializer"
+    if src.quantized:
+        return f"{src.value.name} is already quantized: fold channel scales before InsertQDQ"
+    if len(src.value.shape) != 2:
+        return f"{src.value.name} has rank {len(src.value.shape)}, not 2"
+    trans_b = is_op(node, "Gemm") and bool(node.attributes.get_int("transB", 0))
+    return src.value, "out_in" if src.transposed ^ trans_b else "in_out"
 
 
 def _readers(value: ir.Value) -> list[ir.Node]:
