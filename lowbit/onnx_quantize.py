@@ -115,7 +115,9 @@ class Calibrate(Pass):
 
         ranges = observe(model, static, self.batches, runner=OrtRunner, progress=self.progress)
         orders = {}
-        if (rep := PegPermute(tuple(static), ranges)(model)).modified:
+        rep = PegPermute(tuple(static), ranges)(model)
+        ranges = rep.ranges                  # those of the folded families' PEG sites permuted
+        if rep.modified:
             orders = peg_orders(rep, static)
             for fam in rep.families:
                 log.info("PEG permutation folded for %s: %d initializers, %d gather(s) left%s",

@@ -11,8 +11,9 @@ ranges of its permuted PEG sites) and the parameters its discovery found (``Fold
 
 A parameter is permuted once however many names it has (``GraphView.aliases``: a table tied
 between an embedding and the LM head of one family takes ``E[:, p]`` once, for both ends).
-What stays IR-specific: discovering the family (``fx/peg_family.py``, ``onnx/peg_family.py``),
-where the calibrated ranges live, and inserting gathers / copies (new ops and parameters).
+The family and its plan come from ``lowbit.passes.peg_family`` (``discover``, ``fold_plan``),
+also written once. What stays IR-specific: where the calibrated ranges live, and inserting
+gathers / copies (new ops and parameters).
 """
 
 from __future__ import annotations

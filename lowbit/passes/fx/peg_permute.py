@@ -18,8 +18,9 @@ made the family's channel order, ``x' = x[..., p]``, exactly (indexing):
 
 so the function is unchanged (up to the order of float sums) and PEG's groups are contiguous
 runs of channels, as a group-wise integer GEMM wants them.
-The parameters are permuted by ``lowbit.passes.peg_permute.fold`` (written once over the graph
-view, shared with the ONNX pass); discovery, observers and gathers are FX's own.
+The family is found by ``lowbit.passes.peg_family`` and its parameters permuted by
+``lowbit.passes.peg_permute.fold`` (both written once over the graph view, shared with the
+ONNX pass); the observers and the gathers are FX's own.
 
 Handles: nn.Linear and HF Conv1D weights, fused LayerNorm / RMSNorm and HF's decomposed
 RMSNorm (``x * rsqrt(mean(x ** 2, -1) + eps) * (1 + w)``, casts and ``type_as`` around it),
@@ -27,8 +28,9 @@ embeddings (scaled by a constant or not), a tied LM head, the BERT pooler (a sel
 sequence axis). Falls back to an explicit gather, with the reason in ``PegReport.gathers``: a
 reader that is not a linear, a channel-wise op or an order-free read (the graph output itself:
 the model returns the stream in the user's order), and a parameter read elsewhere (tied to a
-reader outside the family). Skips on purpose: PEG quantizers without ``permute`` (they group
-channels in place) and quantizers already folded (a second run reports ``modified=False``).
+reader outside the family: the parameter itself is gathered, ``E[:, p]`` at run time).
+Skips on purpose: PEG quantizers without ``permute`` (they group channels in place) and
+quantizers already folded (a second run reports ``modified=False``).
 Refuses: a graph whose quantizers are already frozen (fold between calibrate and freeze).
 """
 
@@ -39,44 +41,20 @@ import dataclasses
 import torch
 from torch import fx
 
-from lowbit.passes.fx.fold_channel_scales import linear_weight
-from lowbit.passes.fx.graph_utils import aten, is_op, shape_of, strip_casts
+from lowbit.passes.fx.graph_utils import aten, shape_of, tensor_of
 from lowbit.passes.fx.insert_fake_quant import fake_quant_nodes
-from lowbit.passes.fx.peg_family import NORMS, Family, bias_of, discover
+from lowbit.passes.fx.peg_family import Family, discover
 from lowbit.passes.infra import Pass
-from lowbit.passes.peg_permute import FoldPlan, fold
+from lowbit.passes.peg_family import fold_plan
+from lowbit.passes.peg_permute import fold
 from lowbit.passes.peg_permute import order as family_order
 from lowbit.passes.reports import PegReport  # re-exported
-from lowbit.passes.view.fx import FxView
 
 __all__ = ["PegPermute", "PegReport"]
 
 
 def _fq(gm, n):
     return gm.get_submodule(n.target)
-
-
-def _plan(gm: fx.GraphModule, fam: Family) -> FoldPlan:
-    """The family's parameters by name: producers' rows, channel vectors and embedding tables,
-    consumers' columns (``lowbit.passes.peg_permute``)."""
-    rows, vectors, columns = [], [], []
-    for n in fam.members:
-        kind = fam.sources.get(n)
-        if kind == "linear":
-            w, layout = linear_weight(gm, n)
-            rows.append((str(w.target), layout))
-            vectors += [b for b in bias_of(n) if isinstance(b, fx.Node)]
-        elif kind == "embedding":
-            vectors.append(n.args[0])
-        elif kind == "param":
-            vectors.append(n)
-        elif is_op(n, *NORMS):
-            vectors += [a for a in n.args[2:4] if isinstance(a, fx.Node)]
-    for u in fam.sinks:
-        w, layout = linear_weight(gm, u)
-        columns.append((str(w.target), layout))
-    names = tuple(str(strip_casts(a).target) for a in vectors)
-    return FoldPlan(tuple(rows), names, tuple(columns))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +80,7 @@ class PegPermute(Pass):
         for seed in self._seeds(gm):
             if seed in done:
                 continue
-            fam = discover(gm, seed)
+            fam = discover(gm, seed)     # a fresh view: the last family changed the graph
             done |= set(fam.quantizers())
             report.families.append(self._apply(gm, fam))
             report.modified = True
@@ -115,7 +93,7 @@ class PegPermute(Pass):
         pegs = [_fq(gm, n) for n in fam.quantizers() if _fq(gm, n).is_peg]
         p, inv = family_order([fq.observer.range() for fq in pegs
                                if fq.spec.granularity.permute])
-        touched = fold(FxView(gm), _plan(gm, fam), p)
+        touched = fold(fam.view, fold_plan(fam), p)
         for fq in (_fq(gm, n) for n in fam.quantizers()):
             obs = fq.observer
             if fq.is_peg:
@@ -125,11 +103,13 @@ class PegPermute(Pass):
         for src, readers in fam.gather_in.items():
             self._gather(gm, src, p, [r for r, _ in readers], "in")
             gathers += [(f"{src.name} -> {r.name}", why) for r, why in readers]
+        output = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
         for src, readers in fam.gather_out.items():
+            readers = [(r if r is not None else output, why) for r, why in readers]
             self._gather(gm, src, inv, [r for r, _ in readers], "out")
             gathers += [(f"{src.name} -> {r.name}", why) for r, why in readers]
         return {"sites": [fq.site for fq in pegs], "channels": fam.c, "order": p,
-                "params": touched, "members": len(fam.members), "gathers": gathers}
+                "params": touched, "members": len(fam.nodes), "gathers": gathers}
 
     @staticmethod
     def _gather(gm, src: fx.Node, index: torch.Tensor, readers: list, kind: str) -> None:
@@ -138,11 +118,11 @@ class PegPermute(Pass):
             i += 1
         name = name if not i else f"{name}_{i}"
         gm.register_buffer(name, index.clone())
-        shape = shape_of(src)
+        rank = len(shape_of(src) or tensor_of(gm, src).shape)      # a get_attr: its tensor
         with gm.graph.inserting_after(src):
             idx = gm.graph.get_attr(name)
         with gm.graph.inserting_after(idx):
-            g = gm.graph.call_function(aten.index_select.default, (src, len(shape) - 1, idx))
+            g = gm.graph.call_function(aten.index_select.default, (src, rank - 1, idx))
         if "val" in src.meta:
             g.meta["val"] = src.meta["val"]
         g.meta["lowbit_peg_gather"] = kind

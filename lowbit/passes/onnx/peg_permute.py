@@ -20,10 +20,12 @@ order, ``x' = x[..., p]``, exactly::
     elsewhere   an explicit Gather(x, index, axis=-1), counted with its reason
 
 so the function is unchanged (up to the order of float sums) and each PEG site's groups are
-contiguous runs of channels, as ``linear_u8s8_peg`` wants them. The initializers are permuted by
-``lowbit.passes.peg_permute.fold`` (written once over the graph view, shared with the FX
-pass); discovery, the ranges, copies and gathers are ONNX's own. The calibrated per-channel
-ranges of the family's PEG sites are permuted alike; ``peg_orders`` gives the grouping order
+contiguous runs of channels, as ``linear_u8s8_peg`` wants them. The family is found by
+``lowbit.passes.peg_family`` and its initializers permuted by ``lowbit.passes.peg_permute.fold``
+(both written once over the graph view, shared with the FX pass); the ranges, copies and
+gathers are ONNX's own. The pass leaves its ``sites`` and ``ranges`` as they are: the report
+(``OnnxPegReport``) carries the ranges with those of the family's PEG sites permuted alike, and
+the sites with the value each now quantizes; ``peg_orders`` gives the grouping order
 ``lowbit.quant.peg.spec_qparams`` then uses (identity for permuted sites, ``argsort(p)`` for
 PEG sites of the family that group in place).
 
@@ -48,40 +50,35 @@ import torch
 from lowbit.config import PerEmbeddingGroup
 from lowbit.passes.infra import Pass
 from lowbit.passes.onnx.edit import add_initializer
-from lowbit.passes.onnx.fold_channel_scales import linear_weight
-from lowbit.passes.onnx.graph_utils import const_array, data_users, is_op
+from lowbit.passes.onnx.graph_utils import const_array, data_users
 from lowbit.passes.onnx.peg_family import Family
-from lowbit.passes.peg_permute import FoldPlan, fold
+from lowbit.passes.peg_family import fold_plan
+from lowbit.passes.peg_permute import fold
 from lowbit.passes.peg_permute import order as family_order
 from lowbit.passes.reports import PegReport
-from lowbit.passes.view.onnx import OnnxView
 from lowbit.quant import peg
 
-__all__ = ["DONE_KEY", "PegPermute", "peg_orders"]
+__all__ = ["DONE_KEY", "OnnxPegReport", "PegPermute", "peg_orders"]
 
 DONE_KEY = "lowbit.peg_permuted"
 
 
-def _plan(fam: Family) -> FoldPlan:
-    """The family's initializers by name: producers' rows (+ Gemm bias), the members'
-    channel vectors and tables, the consumers' columns (``lowbit.passes.peg_permute``)."""
-    rows, vectors = [], []
-    for n in fam.producers:
-        w, layout = linear_weight(n)
-        rows.append((w.name, layout))
-        if is_op(n, "Gemm") and len(n.inputs) > 2 and n.inputs[2] is not None:
-            vectors.append(n.inputs[2].name)
-    vectors += [a.name for a in fam.params]
-    columns = [(w.name, layout) for w, layout in
-               (linear_weight(n) for n in fam.sinks if n not in fam.tied_sinks)]
-    return FoldPlan(tuple(rows), tuple(vectors), tuple(columns))
+@dataclasses.dataclass
+class OnnxPegReport(PegReport):
+    """``PegReport`` plus what the caller quantizes next: ``ranges`` (every site's, those of
+    the folded families' PEG sites permuted by their family's ``p``) and ``sites`` (as given,
+    a site whose value got a gather now naming the gather's output)."""
+
+    ranges: dict = dataclasses.field(default_factory=dict)
+    sites: tuple = ()
 
 
 @dataclasses.dataclass(frozen=True)
 class PegPermute(Pass):
     """Fold PEG permutations (module docstring) for ``sites`` (``Plan.static()``) whose
-    per-channel calibrated ``ranges`` (``{site name: (lo, hi)}``, changed in place for the
-    family's PEG sites) come from ``observe``; returns a ``PegReport``."""
+    per-channel calibrated ``ranges`` (``{site name: (lo, hi)}``) come from ``observe``;
+    returns an ``OnnxPegReport`` (the permuted ranges are its ``ranges``: the pass changes
+    neither ``ranges`` nor ``sites``)."""
 
     in_place = True
 
@@ -93,47 +90,48 @@ class PegPermute(Pass):
         return [s for s in self.sites if isinstance(s.spec.granularity, PerEmbeddingGroup)
                 and s.spec.granularity.permute and s.name not in done]
 
-    def call(self, model: ir.Model) -> PegReport:
-        report, covered = PegReport(model, False), set()
-        seeds = self._seeds(model)
-        for seed in seeds:
+    def call(self, model: ir.Model) -> OnnxPegReport:
+        report = OnnxPegReport(model, False, ranges=dict(self.ranges), sites=self.sites)
+        covered: set = set()
+        for seed in self._seeds(model):
             if seed.name in covered:
                 continue
-            fam = Family(seed.value)
+            fam = Family(seed.value, model.graph)
             fam.settle_params()
-            pegs = [s for s in self.sites if isinstance(s.spec.granularity, PerEmbeddingGroup)
+            pegs = [s for s in report.sites if isinstance(s.spec.granularity, PerEmbeddingGroup)
                     and s.value in fam.values]
             covered |= {s.name for s in pegs}
-            report.families.append(self._apply(model.graph, fam, pegs))
+            report.families.append(self._apply(model.graph, fam, pegs, report))
             report.modified = True
         if report.modified:
             done = json.loads(model.metadata_props.get(DONE_KEY, "[]"))
             model.metadata_props[DONE_KEY] = json.dumps(sorted({*done, *covered}))
         return report
 
-    def _apply(self, graph: ir.Graph, fam: Family, pegs: list) -> dict:
-        p, inv = family_order([self.ranges[s.name] for s in pegs
-                               if s.spec.granularity.permute])
-        touched = fold(OnnxView(graph), _plan(fam), p)
-        for a, readers in fam.copies.items():
+    @staticmethod
+    def _apply(graph: ir.Graph, fam: Family, pegs: list, report: OnnxPegReport) -> dict:
+        ranges = report.ranges
+        p, inv = family_order([ranges[s.name] for s in pegs if s.spec.granularity.permute])
+        touched = fold(fam.view, fold_plan(fam), p)
+        for name, reads in fam.copies.items():
+            a = graph.initializers[name]
             arr = peg.permute_vector(const_array(a), p)
-            copy = add_initializer(graph, f"{a.name}_peg", arr, a.dtype)
-            for r in readers:
-                _rewire(r, a, copy)
+            copy = add_initializer(graph, f"{name}_peg", arr, a.dtype)
+            for value, r in reads:
+                _rewire(r, value, copy)
             touched += 1
         for s in pegs:
-            lo, hi = self.ranges[s.name]
-            self.ranges[s.name] = (lo[p], hi[p])
+            lo, hi = ranges[s.name]
+            ranges[s.name] = (lo[p], hi[p])
         gathers = []
         for v, readers in fam.gather_in.items():
             g = _gather(graph, v, p, f"lowbit_peg_in_{v.name}")
             for r, _ in readers:
                 for u in [r] if r is not None else [u for u in data_users(v)
-                                                    if u in fam.nodes or u in fam.sinks]:
+                                                    if u in fam.node_set or u in fam.sinks]:
                     _rewire(u, v, g)
-            for s in self.sites:
-                if s.value is v:
-                    s.value = g
+            report.sites = tuple(dataclasses.replace(s, value=g) if s.value is v else s
+                                 for s in report.sites)
             gathers += [(f"{v.name} -> {r.name if r else 'family'}", why) for r, why in readers]
         for v, readers in fam.gather_out.items():
             g = _gather(graph, v, inv, f"lowbit_peg_out_{v.name}")

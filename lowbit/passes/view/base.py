@@ -281,3 +281,37 @@ class GraphView(abc.ABC):
     @abc.abstractmethod
     def param_pinned(self, name: str) -> bool:
         """Parameter ``name`` is also a graph input or output (a rewrite would show)."""
+
+    # ---- channel families (PEG permutation: ``lowbit.passes.peg_family``) --------------------
+    @abc.abstractmethod
+    def channel_inputs(self, node: Node, c: int) -> list[Value] | None:
+        """The inputs of ``node`` carrying the C channels of its output's last axis (parameters
+        included), when ``node`` acts on that axis channel by channel (elementwise maps,
+        binary ops with a broadcast operand, norms over it, casts, moves and picks keeping
+        it, quantizers, an embedding lookup: its table); None for any other op."""
+
+    @abc.abstractmethod
+    def order_free(self, value: Value, node: Node) -> bool:
+        """``node`` reads ``value`` without depending on the order of its last axis (a
+        reduction over it, a dtype-only read)."""
+
+    @abc.abstractmethod
+    def linear_bias(self, node: Node) -> list[Value]:
+        """The bias a linear op adds itself (FX ``linear`` / ``addmm``, ONNX ``Gemm``)."""
+
+    @abc.abstractmethod
+    def is_graph_input(self, value: Value) -> bool:
+        """``value`` is an input of the graph (FX placeholder)."""
+
+    def broadcast_operands(self, operands: list[Value], c: int) -> list[Value] | None:
+        """The operands of an elementwise op that carry C channels last, when every other one
+        broadcasts on that axis (last dim 1, or a scalar); None when one does not or its
+        shape is unknown."""
+        out = []
+        for a in operands:
+            shape = self.shape(a)
+            if shape is None or (shape and shape[-1] not in (c, 1)):
+                return None
+            if shape and shape[-1] == c:
+                out.append(a)
+        return out

@@ -26,6 +26,7 @@ import torch
 from torch import fx
 
 from lowbit.passes.patterns import EmbeddingRef, LinearRef, NormRef
+from lowbit.passes.view import fx_channels
 from lowbit.passes.view.base import Fused, GraphView
 from lowbit.passes.view.fx_graph import (
     CASTS,
@@ -322,6 +323,13 @@ class FxView(GraphView):
 
     def param_pinned(self, name):
         return False
+
+    # ---- channel families (the ATen op vocabulary: ``fx_channels``) ------------------------------
+    channel_inputs = fx_channels.channel_inputs
+    order_free = fx_channels.order_free
+    linear_bias = fx_channels.linear_bias
+    is_graph_input = fx_channels.is_graph_input
+
 
 LINEARS = (aten.linear.default, aten.addmm.default, aten.mm.default, aten.matmul.default)
 

@@ -30,6 +30,7 @@ import numpy as np
 import onnx_ir as ir
 
 from lowbit.passes.patterns import EmbeddingRef, LinearRef, NormRef
+from lowbit.passes.view import onnx_channels
 from lowbit.passes.view.base import Fused, GraphView, Refused
 from lowbit.passes.view.onnx_graph import (
     ancestors,
@@ -40,7 +41,10 @@ from lowbit.passes.view.onnx_graph import (
     data_input,
     data_users,
     descendants,
+    index_kind,
+    index_root,
     is_op,
+    is_parameter,
     is_scalar_scale,
     is_split,
     is_transparent,
@@ -216,11 +220,11 @@ class OnnxView(GraphView):
             return None
         self._claimed.add(src.value)
         rows, dim = (int(d) for d in src.value.shape)
-        role = _index_kind(node.inputs[1])
+        role = index_kind(node.inputs[1])
         return EmbeddingRef(node, self._name(src.value, node), src.value.name, role, rows, dim)
 
     def index_input(self, ref):
-        return _index_root(ref.node.inputs[1]).name or ""
+        return index_root(ref.node.inputs[1]).name or ""
 
     def split_source(self, node):
         return split_source(node) if is_split(node) else None
@@ -269,7 +273,7 @@ class OnnxView(GraphView):
         out = []
         for value in self.graph.initializers.values():
             users = data_users(value)
-            if users and value not in self._claimed and _is_parameter(value):
+            if users and value not in self._claimed and is_parameter(value):
                 ops = ", ".join(sorted({u.op_type for u in users}))
                 why = f"parameter {value.name} read by {ops}, which spotting does not recognise"
                 out.append((value.name, why))
@@ -346,6 +350,13 @@ class OnnxView(GraphView):
         value = self.graph.initializers[name]
         return value.is_graph_input() or value.is_graph_output()
 
+    # ---- channel families (the ONNX op vocabulary: ``onnx_channels``) ----------------------------
+    channel_inputs = onnx_channels.channel_inputs
+    order_free = onnx_channels.order_free
+    linear_bias = onnx_channels.linear_bias
+    is_graph_input = onnx_channels.is_graph_input
+
+
 _KEEP_LAST = ("Reshape", "Cast", "Identity", "Squeeze", "Unsqueeze")   # checked on shapes
 
 
@@ -374,34 +385,3 @@ def _readers(value: ir.Value) -> list[ir.Node]:
 def _last_dim(value: ir.Value | None) -> int:
     shape = shape_of(value)
     return shape[-1] if shape and isinstance(shape[-1], int) else 0
-
-
-def _is_parameter(value: ir.Value) -> bool:
-    kind = value.metadata_props.get("pkg.torch.export.graph_signature.InputSpec.kind")
-    t = value.const_value
-    return (t is not None and value.dtype is not None and value.dtype.is_floating_point()
-            and (len(t.shape) >= 2 or kind == "PARAMETER"))
-
-
-def _index_root(idx: ir.Value) -> ir.Value:
-    """Back from an embedding index through moves, slices and ``+ c`` offsets."""
-    while (p := producer(idx)) is not None and (
-            is_transparent(p) or is_split(p) or is_op(p, "Slice") or (
-            is_op(p, "Add", "Sub") and const_array(p.inputs[1]) is not None)):
-        idx = p.inputs[0]
-    return idx
-
-
-def _index_kind(idx: ir.Value) -> str:
-    root = _index_root(idx)
-    if root.is_graph_input():
-        return "input"
-    node = root
-    while is_op(p := producer(node), "Add", "Sub", "Mul", "Cast") or is_transparent(p):
-        node = p.inputs[0]
-    if is_op(producer(root), "Range") or is_op(producer(node), "CumSum"):
-        return "embedding.position"
-    arr = const_array(root)
-    if arr is not None and arr.size > 1 and bool((arr != arr.flatten()[0]).any()):
-        return "embedding.position"
-    return "embedding.token_type"

@@ -27,9 +27,10 @@ import onnx_ir as ir
 
 __all__ = [
     "ORDER", "QSITE_KEY", "SHAPE_OPS", "WeightSource", "ancestors", "back", "bias_add",
-    "const_array", "consumers", "data_input", "data_users", "descendants", "is_const", "is_op",
-    "is_quantized", "is_scalar_scale", "is_split", "is_transparent", "linear_output", "number",
-    "order", "param_of", "producer", "quant_source", "shape_of", "split_source", "weight_source",
+    "const_array", "consumers", "data_input", "data_users", "descendants", "index_kind",
+    "index_root", "is_const", "is_op", "is_parameter", "is_quantized", "is_scalar_scale",
+    "is_split", "is_transparent", "linear_output", "number", "order", "param_of", "producer",
+    "quant_source", "shape_of", "split_source", "weight_source",
 ]
 
 ORDER = "lowbit.order"
@@ -305,3 +306,37 @@ def param_of(value: ir.Value | None) -> ir.Value | None:
             return None
         value = p.inputs[0]
     return value
+
+
+# ---- what spotting reads off initializers and indices ----------------------------------
+def is_parameter(value: ir.Value) -> bool:
+    """A float initializer that is a model parameter (2-D or up, or marked so by torch)."""
+    kind = value.metadata_props.get("pkg.torch.export.graph_signature.InputSpec.kind")
+    t = value.const_value
+    return (t is not None and value.dtype is not None and value.dtype.is_floating_point()
+            and (len(t.shape) >= 2 or kind == "PARAMETER"))
+
+
+def index_root(idx: ir.Value) -> ir.Value:
+    """Back from an embedding index through moves, slices and ``+ c`` offsets."""
+    while (p := producer(idx)) is not None and (
+            is_transparent(p) or is_split(p) or is_op(p, "Slice") or (
+            is_op(p, "Add", "Sub") and const_array(p.inputs[1]) is not None)):
+        idx = p.inputs[0]
+    return idx
+
+
+def index_kind(idx: ir.Value) -> str:
+    """What indexes an embedding: "input", "embedding.position" or "embedding.token_type"."""
+    root = index_root(idx)
+    if root.is_graph_input():
+        return "input"
+    node = root
+    while is_op(p := producer(node), "Add", "Sub", "Mul", "Cast") or is_transparent(p):
+        node = p.inputs[0]
+    if is_op(producer(root), "Range") or is_op(producer(node), "CumSum"):
+        return "embedding.position"
+    arr = const_array(root)
+    if arr is not None and arr.size > 1 and bool((arr != arr.flatten()[0]).any()):
+        return "embedding.position"
+    return "embedding.token_type"

@@ -73,11 +73,16 @@ def test_exact_and_gathers(name, gathers):
 
 
 def test_ranges_permuted_and_idempotent():
+    """The permuted ranges come back in the report; the pass leaves the dict it was given (and
+    its sites) as they were."""
     model, _, static, ranges, before, report = _permuted("bert")
     p = report.families[0]["order"]
     assert sorted(p.tolist()) == list(range(64)) and p.tolist() != list(range(64))
+    assert report.sites == tuple(static)
     for s in static:
-        lo, hi = ranges[s.name]
+        for given, kept in zip(ranges[s.name], before[s.name]):     # the input: unchanged
+            assert np.array_equal(given.numpy(), kept.numpy())
+        lo, hi = report.ranges[s.name]
         if s.name in report.families[0]["sites"]:
             assert np.array_equal(lo.numpy(), before[s.name][0][p].numpy())
             assert np.array_equal(hi.numpy(), before[s.name][1][p].numpy())
