@@ -25,7 +25,7 @@ tvm_w8a8_tuned, tvm_w8a8_full_tuned, tvm_w8a8_peg_tuned (with MetaSchedule, ``--
 the kernels the database ``--db`` has no record of; a second run tunes nothing; PEG is
 W8A8_FULL's tensor set with PEG K=6 at the FFN input, FFN output and residual sums), and
 tvm_onnx_peg_tuned (the same PEG recipe applied to the fp32 ONNX export by
-``lowbit.quantize_onnx``, permutation folded there, and that QDQ file compiled and tuned).
+``lowbit.quantize`` on the ONNX file, permutation folded there, and that QDQ file compiled and tuned).
 
 Each variant runs in its own process (TVM's and onnxruntime's thread pools spin after a call
 and would slow whatever runs next in the same process), warms up, then times ``--iters`` calls
@@ -144,14 +144,14 @@ def worker(variant: str, args) -> dict:
               "tvm_w8a8_full_tuned": recipes.W8A8_FULL, "tvm_w8a8_peg_tuned": recipes.W8A8_PEG,
               "tvm_onnx_peg_tuned": recipes.W8A8_PEG}[variant]
     if variant.startswith("tvm_onnx"):      # the float export, quantized as ONNX, compiled
+        from lowbit import quantize as quantize_any
         from lowbit.backends.onnxruntime import export_onnx
-        from lowbit.passes.onnx import quantize_onnx
 
         folder = tempfile.mkdtemp()
         path = export_onnx(gm, os.path.join(folder, "model.onnx"))
         graph = os.path.join(folder, "model.qdq.onnx")
-        quantize_onnx(path, recipe, [{k: v.numpy() for k, v in b.items()} for b in calib],
-                      out=graph, progress=False)
+        quantize_any(path, recipe, [{k: v.numpy() for k, v in b.items()} for b in calib],
+                     out=graph, progress=False)
         recipe = None                       # no FX graph to compare with
     else:
         graph = gm if recipe is None else quantize(gm, recipe, calibration=calib,
