@@ -15,7 +15,7 @@ from lowbit.roles import LINEAR_ROLES
 __all__ = [
     "PerTensor", "PerChannel", "PerGroup", "PerToken", "PerEmbeddingGroup", "Granularity",
     "MinMax", "MovingAverage", "Percentile", "MSE", "Observer",
-    "QuantSpec", "Recipe",
+    "QuantSpec", "BCQ", "WeightSpec", "Recipe",
 ]
 
 
@@ -181,6 +181,43 @@ class QuantSpec:
             " dynamic" if self.dynamic else "")
 
 
+@dataclasses.dataclass(frozen=True)
+class BCQ:
+    """Binary-coding quantization of linear weights (``lowbit.quant.bcq``):
+    ``W ~= sum_{i<bits} alpha_i B_i (+ offset)``, ``B_i in {-1, +1}``, one alpha per output row
+    and ``group`` input columns (``None``: one per row). A weight format, not a uniform grid:
+    it goes in ``Recipe.weight`` of a weight-only recipe (``recipes.W3_BCQ``, ``W4_BCQ``).
+
+    ``iters`` alternating refinement rounds after the greedy fit (0: greedy only); ``offset``
+    adds a per-(row, group) offset term (``uniform_as_bcq`` needs it; plain BCQ does not).
+    """
+
+    bits: int = 3
+    group: int | None = 128
+    iters: int = 15
+    offset: bool = False
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.bits, int) and not isinstance(self.bits, bool)
+               and 1 <= self.bits <= 4, "BCQ.bits", f"must be an int in 1..4, got {self.bits!r}")
+        _check(self.group is None or (isinstance(self.group, int)
+                                      and not isinstance(self.group, bool) and self.group >= 8
+                                      and self.group % 8 == 0),
+               "BCQ.group", f"must be None (per row) or an int >= 8 and a multiple of 8 (bit "
+               f"planes pack 8 per byte), got {self.group!r}")
+        _check(isinstance(self.iters, int) and not isinstance(self.iters, bool)
+               and self.iters >= 0, "BCQ.iters", f"must be an int >= 0, got {self.iters!r}")
+        _check(isinstance(self.offset, bool), "BCQ.offset",
+               f"must be a bool, got {self.offset!r}")
+
+    def short(self) -> str:
+        g = "per row" if self.group is None else f"group {self.group}"
+        return f"BCQ q{self.bits} {g}" + (" +offset" if self.offset else "")
+
+
+WeightSpec = Union[QuantSpec, BCQ]
+
+
 # Tensor sites a recipe can quantize besides linear inputs and weights.
 SITES = ("linear_input", "residual", "attn.o.output", "ffn.out.output", "attn.matmul",
          "embedding")
@@ -191,7 +228,8 @@ class Recipe:
     """What to quantize and how.
 
     Args:
-        weight: spec for linear weights (None: weights stay float).
+        weight: spec for linear weights (None: weights stay float), a ``QuantSpec`` (uniform
+            grid) or a ``BCQ`` (binary codes; weight-only recipes).
         activation: spec for linear inputs (None: weight-only).
         roles: which linears (TransformerMap roles, see lowbit.roles.LINEAR_ROLES).
         sites: extra activation tensors for fully-integer pipelines: "residual" (residual-stream
@@ -206,7 +244,7 @@ class Recipe:
     """
 
     name: str
-    weight: QuantSpec | None
+    weight: WeightSpec | None
     activation: QuantSpec | None
     roles: tuple[str, ...] = ("attn.q", "attn.k", "attn.v", "attn.qkv", "attn.o",
                               "ffn.in", "ffn.gate", "ffn.out")
@@ -228,7 +266,13 @@ class Recipe:
                    f"entries must be non-empty strings, got {g!r}")
         _check(not (self.sites and self.activation is None and self.sites_activation is None),
                f"Recipe {self.name!r}.sites", "extra sites need an activation spec")
-        if self.weight is not None:
+        if isinstance(self.weight, BCQ):
+            _check(self.activation is None and not self.sites and not self.activation_overrides,
+                   f"Recipe {self.name!r}.weight", "BCQ weights are weight-only: activation, "
+                   "sites and activation_overrides must be empty")
+        elif self.weight is not None:
+            _check(isinstance(self.weight, QuantSpec), f"Recipe {self.name!r}.weight",
+                   f"must be a QuantSpec or a BCQ, got {type(self.weight).__name__}")
             _check(not self.weight.dynamic, f"Recipe {self.name!r}.weight",
                    "weights are quantized once; dynamic=True is for activations")
             _check(not isinstance(self.weight.granularity, (PerToken, PerEmbeddingGroup)),

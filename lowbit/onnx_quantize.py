@@ -15,6 +15,10 @@ The pipeline runs on a copy of the model (a given ``onnx_ir.Model`` is never cha
    ranges;
 3. ``InsertQDQ(recipe, qparams)``: integer weights + DequantizeLinear, activation QDQ.
 
+A BCQ recipe (``recipes.W3_BCQ``) runs ``UpgradeOpset`` then ``QuantizeBCQ``: each linear
+becomes a ``lowbit.BCQLinear`` node whose decomposition the model carries as a local function
+(``lowbit.passes.onnx.bcq``), so onnxruntime runs it.
+
 The ``PipelineReport`` (per stage: modified, time) is logged at DEBUG on ``lowbit.passes``
 and kept in the returned model's ``meta["lowbit_pipeline"]`` (in memory, not in the file).
 Tensors the recipe would quantize but that cannot be (a weight computed in the graph, a graph
@@ -40,9 +44,10 @@ from typing import Any
 
 import onnx_ir as ir
 
-from lowbit.config import Recipe
+from lowbit.config import BCQ, Recipe
 from lowbit.errors import CalibrationError, ConfigError
 from lowbit.passes.infra import Pass, PassResult, Pipeline
+from lowbit.passes.onnx.bcq import QuantizeBCQ
 from lowbit.passes.onnx.calibrate import observe
 from lowbit.passes.onnx.calibrate import qparams as calibrate_qparams
 from lowbit.passes.onnx.insert_qdq import QDQ_OPSET, InsertQDQ, Plan, plan_sites
@@ -154,13 +159,15 @@ def quantize_onnx(model: ir.Model | str | os.PathLike, recipe: Recipe | str,
         model = load_onnx(model)
         external = has_external_data(model)
     calibrated = _Calibrated()
-    pipeline = Pipeline([UpgradeOpset(QDQ_OPSET),
-                         Calibrate(recipe, calibration, calibrated, progress),
-                         InsertQDQ(recipe, calibrated.qparams)],
-                        name=f"quantize (ONNX, {recipe.name})")
+    if isinstance(recipe.weight, BCQ):       # weight-only binary codes: no calibration
+        passes = [UpgradeOpset(QDQ_OPSET), QuantizeBCQ(recipe, progress)]
+    else:
+        passes = [UpgradeOpset(QDQ_OPSET), Calibrate(recipe, calibration, calibrated, progress),
+                  InsertQDQ(recipe, calibrated.qparams)]
+    pipeline = Pipeline(passes, name=f"quantize (ONNX, {recipe.name})")
     model = pipeline(model).graph
     model.meta["lowbit_pipeline"] = pipeline.report
-    skipped = calibrated.plan.skipped
+    skipped = calibrated.plan.skipped if calibrated.plan is not None else []
     for name, why in skipped:
         log.warning("not quantized: %s: %s", name, why)
     model.metadata_props["lowbit.recipe"] = recipe.name

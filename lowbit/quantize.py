@@ -6,7 +6,9 @@
 
 On FX the steps are ``prepare -> calibrate -> freeze -> convert``, also callable one by one
 (QAT trains between ``freeze`` and ``convert``); ``quantize`` runs them as one ``Pipeline`` of
-passes: ``InsertFakeQuant``, ``Calibrate``, ``Freeze``, ``ConvertToQDQ``. ONNX inputs go to
+passes: ``InsertFakeQuant``, ``Calibrate``, ``Freeze``, ``ConvertToQDQ``. A BCQ recipe
+(``recipes.W3_BCQ``: binary-coded weights, float activations) runs ``QuantizeBCQ`` instead:
+each linear becomes one ``lowbit::bcq_linear``, no calibration. ONNX inputs go to
 ``lowbit.onnx_quantize`` (``UpgradeOpset``, ``Calibrate`` in onnxruntime, ``InsertQDQ``).
 
 The user's model is copied first; nothing of theirs is mutated. Calibration takes any
@@ -28,8 +30,9 @@ from typing import Any
 import torch
 from torch import fx
 
-from lowbit.config import Recipe
+from lowbit.config import BCQ, Recipe
 from lowbit.errors import CalibrationError, ConfigError
+from lowbit.passes.fx.bcq import QuantizeBCQ
 from lowbit.passes.fx.convert_qdq import ConvertToQDQ
 from lowbit.passes.fx.insert_fake_quant import InsertFakeQuant, fake_quant_nodes
 from lowbit.passes.infra import Pass, PassResult, Pipeline
@@ -159,8 +162,12 @@ class Freeze(Pass):
 def _quantize_fx(gm: fx.GraphModule, recipe: Recipe, calibration: Iterable[Any] | None,
                  progress: bool) -> fx.GraphModule:
     """The FX pipeline on ``gm`` itself (the caller copied it)."""
-    pipeline = Pipeline([InsertFakeQuant(recipe), Calibrate(calibration, progress, recipe.name),
-                         Freeze(), ConvertToQDQ()], name=f"quantize (FX, {recipe.name})")
+    if isinstance(recipe.weight, BCQ):       # weight-only binary codes: no calibration
+        passes = [QuantizeBCQ(recipe, progress)]
+    else:
+        passes = [InsertFakeQuant(recipe), Calibrate(calibration, progress, recipe.name),
+                  Freeze(), ConvertToQDQ()]
+    pipeline = Pipeline(passes, name=f"quantize (FX, {recipe.name})")
     qgm = pipeline(gm).graph
     qgm.meta["lowbit_pipeline"] = pipeline.report
     return qgm

@@ -9,6 +9,8 @@ Activations: unsigned affine per tensor (u8, as VNNI wants u8 x s8), or signed p
 | W4A16_G128   | i4 per group of 128   | float                               | -                  |
 | W4A8         | i4 per channel        | u8 per tensor, static               | -                  |
 | W8A8_PEG     | i8 per channel        | u8 per tensor; PEG (K=6, permuted) at FFN input, FFN output, residual sums | as W8A8_FULL |
+| W3_BCQ       | BCQ, 3 planes, alpha per row and 128 inputs | float                 | -                  |
+| W4_BCQ       | BCQ, 4 planes, alpha per row and 128 inputs | float                 | -                  |
 
 W8A8_PEG's six groups need a hidden size divisible by 6 (BERT-base 768, MiniLM 384); other
 models get a ConfigError naming both numbers: ``peg_recipe(groups=K)`` picks another K.
@@ -17,6 +19,7 @@ models get a ConfigError naming both numbers: ``peg_recipe(groups=K)`` picks ano
 from __future__ import annotations
 
 from lowbit.config import (
+    BCQ,
     PerChannel,
     PerEmbeddingGroup,
     PerGroup,
@@ -26,7 +29,8 @@ from lowbit.config import (
     Recipe,
 )
 
-__all__ = ["BUILTIN", "PEG_ROLES", "W4A8", "W4A16_G128", "W8A8", "W8A8_DYNAMIC", "W8A8_FULL", "W8A8_PEG", "get", "peg_recipe"]
+__all__ = ["BUILTIN", "PEG_ROLES", "W3_BCQ", "W4A8", "W4A16_G128", "W4_BCQ", "W8A8",
+           "W8A8_DYNAMIC", "W8A8_FULL", "W8A8_PEG", "get", "peg_recipe"]
 
 _W8 = QuantSpec(bits=8, symmetric=True, granularity=PerChannel(axis=0))
 _W4 = QuantSpec(bits=4, symmetric=True, granularity=PerChannel(axis=0))
@@ -58,7 +62,12 @@ def peg_recipe(groups: int = 6, permute: bool = True, roles: tuple[str, ...] = P
 
 W8A8_PEG = peg_recipe(6, True, name="W8A8_PEG")
 
-BUILTIN = {r.name: r for r in (W8A8, W8A8_FULL, W8A8_DYNAMIC, W4A16_G128, W4A8, W8A8_PEG)}
+# BCQ (Kwon et al., 2022): binary-coded weights, float activations (lowbit.quant.bcq).
+W3_BCQ = Recipe("W3_BCQ", weight=BCQ(bits=3, group=128), activation=None)
+W4_BCQ = Recipe("W4_BCQ", weight=BCQ(bits=4, group=128), activation=None)
+
+BUILTIN = {r.name: r for r in (W8A8, W8A8_FULL, W8A8_DYNAMIC, W4A16_G128, W4A8, W8A8_PEG,
+                               W3_BCQ, W4_BCQ)}
 
 
 def get(name: str) -> Recipe:

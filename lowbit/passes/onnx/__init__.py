@@ -8,6 +8,7 @@
 that calibrates in onnxruntime; the names here still work, deprecated, for one release.)
 """
 
+from lowbit.passes.onnx.bcq import QuantizeBCQ
 from lowbit.passes.onnx.calibrate import calibrate
 from lowbit.passes.onnx.fold_channel_scales import FoldChannelScales
 from lowbit.passes.onnx.insert_qdq import InsertQDQ, Plan, Site, plan_sites
@@ -16,6 +17,7 @@ from lowbit.passes.onnx.smoothquant import SmoothQuantScales, channel_absmax, sm
 from lowbit.passes.onnx.spot import find_transformer
 
 __all__ = [
+    "QuantizeBCQ",
     "FoldChannelScales",
     "InsertQDQ",
     "OnnxModelError",
