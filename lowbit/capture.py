@@ -18,7 +18,7 @@ import torch.fx
 
 from lowbit.errors import CaptureError
 
-__all__ = ["capture"]
+__all__ = ["capture", "to_device"]
 
 log = logging.getLogger("lowbit.capture")
 
@@ -120,4 +120,30 @@ def capture(
     # Kept so later stages (ONNX export, compile) can re-trace without asking again.
     gm.meta["lowbit_example_inputs"] = (args, kwargs)
     gm.meta["lowbit_dynamic_shapes"] = dynamic_shapes
+    return gm
+
+
+def _on(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.device):
+        return device
+    if isinstance(value, (list, tuple)):
+        return type(value)(_on(v, device) for v in value)
+    return value
+
+
+def to_device(gm: torch.fx.GraphModule, device: str | torch.device, *,
+              inplace: bool = False) -> torch.fx.GraphModule:
+    """A captured graph on ``device`` (e.g. "cuda"): its parameters and buffers moved, and the
+    devices torch.export recorded in the graph (``arange(..., device=cpu)``, ``to(cpu)``, the
+    metadata asserts) rewritten, so ``gm.to("cuda")`` alone is not enough. A copy unless
+    ``inplace``."""
+    import copy
+
+    device = torch.device(device)
+    gm = gm if inplace else copy.deepcopy(gm)
+    gm.to(device)
+    for node in gm.graph.nodes:
+        node.args = _on(node.args, device)
+        node.kwargs = {k: _on(v, device) for k, v in node.kwargs.items()}
+    gm.recompile()
     return gm
