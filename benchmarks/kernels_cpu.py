@@ -3,8 +3,10 @@
 
 0. The W8A8 GEMM (``linear_u8s8``, exact u8 x s8 -> s32) for every instruction set of the
    registry this host can execute (isa/: AVX-512 VNNI, AVX-VNNI, AVX-512BW, AVX2, each built
-   for its example CPU), against torch's fp32 matmul on the same shapes and threads (GOP/s
-   counts 2 M N K).
+   for its example CPU, with the weight dtype its compiled modules use: int16, pre-widened,
+   for the pair form), against torch's fp32 matmul on the same shapes and threads (GOP/s
+   counts 2 M N K). The pair-form sets also run with s8 weights widened per block in the
+   inner loop (the "s8 w" columns: what they ran before the weights were pre-widened).
 1. int4 weight-only GEMV (M=1, group 128) against this machine's measured memory bandwidth:
    effective bandwidth = bytes the kernel must read (packed int4 weights + fp32 group scales)
    / median time, with weights far larger than the last-level cache. Bandwidth is measured in
@@ -65,9 +67,11 @@ def _gemm_per_isa(args) -> None:
     from lowbit.backends.tvm.kernels.isa import ISAS, example_target, host_runs
 
     torch.set_num_threads(args.threads)
+    cols = [(i, w) for i in ISAS for w in ((i.weight_dtype, "int8") if i.pairs else ("int8",))]
     print("\n| W8A8 GEMM M x N x K | torch fp32 ms | "
-          + " | ".join(f"{i.name} ms (GOP/s)" for i in ISAS) + " |")
-    print("|---|---|" + "---|" * len(ISAS))
+          + " | ".join(f"{i.name}{' s8 w' if i.pairs and w == 'int8' else ''} ms (GOP/s)"
+                       for i, w in cols) + " |")
+    print("|---|---|" + "---|" * len(cols))
     for m, n, k in GEMM_SHAPES:
         a, b = torch.randn(m, k), torch.randn(k, n)
         ts = []
@@ -77,12 +81,12 @@ def _gemm_per_isa(args) -> None:
                 a @ b
             ts.append((time.perf_counter() - t0) / 10)
         cells = [f"{sorted(ts)[len(ts) // 2] * 1e3:.3f}"]
-        for isa in ISAS:
+        for isa, w_dtype in cols:
             target = example_target(isa, args.threads)
             if not host_runs(target):
                 cells.append("(host cannot run)")
                 continue
-            func = kernels.linear_u8s8(m, n, k)
+            func = kernels.linear_u8s8(m, n, k, w_dtype=w_dtype)
             sched = kernels.default_schedule(func, target).mod["main"]
             assert check_schedule(func, sched, target).ok
             t = time_kernels([sched], target, repeat=args.repeat, number=10)[0]
@@ -101,6 +105,7 @@ def main(argv=None) -> int:
 
     from lowbit.backends.tvm import kernels
     from lowbit.backends.tvm.check import check_schedule, time_kernels
+    from lowbit.backends.tvm.kernels.cpu import for_target
     from lowbit.backends.tvm.kernels.isa import isa_of
     from lowbit.backends.tvm.kernels.peg import linear_u8s8_peg
     from lowbit.backends.tvm.target import host_target, resolve_target
@@ -132,8 +137,9 @@ def main(argv=None) -> int:
     print(f"\n| W8A8 GEMM M x N x K | plain ms | PEG (G={args.groups}) ms | PEG / plain |")
     print("|---|---|---|---|")
     for m, n, k in ((128, 768, 768), (128, 3072, 768), (128, 768, 3072)):
-        plain = kernels.default_schedule(kernels.linear_u8s8(m, n, k), target).mod["main"]
-        pf = linear_u8s8_peg(m, n, k, args.groups)
+        plain = kernels.default_schedule(for_target(kernels.linear_u8s8(m, n, k), target),
+                                         target).mod["main"]
+        pf = for_target(linear_u8s8_peg(m, n, k, args.groups), target)
         peg = kernels.default_schedule(pf, target).mod["main"]
         assert check_schedule(pf, peg, target).ok
         tp, tg = [], []

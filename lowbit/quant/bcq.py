@@ -275,11 +275,12 @@ def pack_planes(planes_i8: torch.Tensor) -> torch.Tensor:
     if k % 8:
         raise ConfigError(f"pack_planes: K={k} is not a multiple of 8")
     bits = (planes_i8 > 0).to(torch.int32).reshape(q, n, k // 8, 8)
-    return (bits << torch.arange(8, dtype=torch.int32)).sum(-1).to(torch.uint8)
+    return (bits << torch.arange(8, dtype=torch.int32, device=bits.device)).sum(-1).to(torch.uint8)
 
 
 def unpack_planes(packed_u8: torch.Tensor) -> torch.Tensor:
     """Inverse of ``pack_planes``: uint8 [q, N, K/8] -> int8 [q, N, K] in {-1, +1}."""
     q, n, kb = packed_u8.shape
-    bits = (packed_u8.to(torch.int32).unsqueeze(-1) >> torch.arange(8, dtype=torch.int32)) & 1
+    bits = (packed_u8.to(torch.int32).unsqueeze(-1)
+            >> torch.arange(8, dtype=torch.int32, device=packed_u8.device)) & 1
     return (bits * 2 - 1).reshape(q, n, kb * 8).to(torch.int8)

@@ -50,7 +50,7 @@ def random_args(func: tvm.tirx.PrimFunc, seed: int = 0) -> list[np.ndarray]:
         shape, dt = [int(s) for s in info.shape], str(info.dtype)
         if dt == "uint8":
             a = rng.integers(0, 256, shape)
-        elif dt == "int8":
+        elif dt in ("int8", "int16"):       # int16: pre-widened s8 weights (kernels/isa/madd.py)
             a = rng.integers(-127, 128, shape)
         elif dt == "int32":
             a = rng.integers(-1000, 1000, shape)

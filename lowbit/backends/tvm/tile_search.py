@@ -4,8 +4,9 @@ MetaSchedule cannot tensorize ``vpmaddwd``'s pair sums (the kernel's reduction h
 factored first, which its search space does not do), so for AVX2 and AVX-512BW targets the
 u8 x s8 kernels are tuned by timing the hand schedule (kernels/cpu.py, peg.py) at every
 register tile ``MI x NT*16`` of the instruction set's preferences that divides the kernel and
-fits the register file, side by side on the same inputs (check.time_kernels), and keeping the
-fastest::
+fits the register file (int16 weights, what compiled modules use on these targets, leave more
+registers to accumulators than s8 ones: ``REG_BUDGET``), side by side on the same inputs
+(check.time_kernels), and keeping the fastest::
 
     tile = argmin_{(mi, nt) in prefs, mi | M, nt | N/16, mi * nt * regs <= budget} t(mi, nt)
 
@@ -26,14 +27,18 @@ import tvm_ffi
 from tvm import s_tir
 
 from lowbit.backends.tvm import kernels
+from lowbit.backends.tvm.kernels.defs import weight_dtype
 from lowbit.backends.tvm.kernels.isa import Isa, isa_of
 
 __all__ = ["TileRecords", "applies", "candidates", "scheduled", "search"]
 
-# accumulator registers a tile may take: 16 ymm / 32 zmm, minus the widened weights of the
-# tile's column blocks, a broadcast and a product. A 16-column block of pair sums is 32 int32:
-# 4 ymm (AVX2) or 2 zmm (AVX-512BW); beyond these budgets LLVM spills (seen in the asm).
-REG_BUDGET = {"avx2": (8, 4), "avx512bw": (24, 2)}
+# (accumulator registers a tile may take, registers per 16-column block of accumulators) by
+# instruction set and weight dtype: 16 ymm / 32 zmm, minus a broadcast and a product, and for
+# s8 weights the widened copies of the tile's column blocks (int16 weights, what compiled
+# modules use, are read from memory). A 16-column block of pair sums is 32 int32: 4 ymm (AVX2)
+# or 2 zmm (AVX-512BW); beyond these budgets LLVM spills (seen in the asm).
+REG_BUDGET = {("avx2", "int8"): (8, 4), ("avx2", "int16"): (12, 4),
+              ("avx512bw", "int8"): (24, 2), ("avx512bw", "int16"): (28, 2)}
 
 
 def applies(func: tvm.tirx.PrimFunc, target) -> bool:
@@ -54,7 +59,7 @@ def _extents(func: tvm.tirx.PrimFunc) -> tuple[int, int]:
 
 def candidates(func: tvm.tirx.PrimFunc, isa: Isa) -> list[tuple[int, int]]:
     m, n_pad = _extents(func)
-    budget, per_block = REG_BUDGET.get(isa.name, (12, 4))
+    budget, per_block = REG_BUDGET.get((isa.name, weight_dtype(func)), (12, 4))
     return [(mi, nt) for mi in isa.mi_prefs for nt in isa.nt_prefs
             if m % mi == 0 and (n_pad // 16) % nt == 0 and mi * nt * per_block <= budget]
 

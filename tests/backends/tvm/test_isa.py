@@ -9,6 +9,13 @@ match the int64 numpy reference exactly, on worst-case values: u8 255 against s8
 this host cannot execute are built and checked for their instruction only: running them would
 die with SIGILL; the lowered graph they come from is the same for every family (one weight
 layout, pack.py), and its integers are checked against torch on every host (test_compile.py).
+
+Kernels are built as the CPU pipeline gives them to each family (``for_target``): the pair
+form (AVX2, AVX-512BW) reads its weights pre-widened to int16 (isa/madd.py), so its kernels
+must hold no per-block widening (``vpmovsxbw``), and its worst case is checked both with
+int16 weights and with s8 weights (the per-block widening a directly built kernel still
+takes). ``widen_weights`` (pipelines/cpu.py) is checked on a Relax module: the cast of the s8
+parameter is lifted into ``main_transform_params`` and the module is exact end to end.
 """
 
 import numpy as np
@@ -16,7 +23,8 @@ import pytest
 import torch
 import tvm
 
-from lowbit.backends.tvm import kernels
+from lowbit.backends.tvm import kernels, tile_search
+from lowbit.backends.tvm.kernels.cpu import for_target
 from lowbit.backends.tvm.kernels.isa import (
     ISAS,
     example_target,
@@ -24,8 +32,8 @@ from lowbit.backends.tvm.kernels.isa import (
     isa_of,
     target_features,
 )
-from lowbit.backends.tvm.lowering.pack import pack_vnni
 from lowbit.backends.tvm.kernels.peg import linear_u8s8_peg
+from lowbit.backends.tvm.lowering.pack import pack_vnni
 from lowbit.backends.tvm.target import host_mattr, resolve_target
 
 ISA_IDS = [i.name for i in ISAS]
@@ -41,11 +49,12 @@ def _worst_case(m, n, k):
     return x, w
 
 
-def _kinds():
+def _kinds(target):
+    """Every int8 kernel kind, with the weight dtype ``target``'s pipeline gives it."""
     return {
-        "linear_u8s8": kernels.linear_u8s8(M, N, K),
-        "linear_u8s8_q": kernels.linear_u8s8_q(M, N, K, "gelu"),
-        "linear_u8s8_peg": linear_u8s8_peg(M, N, K, 4),
+        "linear_u8s8": for_target(kernels.linear_u8s8(M, N, K), target),
+        "linear_u8s8_q": for_target(kernels.linear_u8s8_q(M, N, K, "gelu"), target),
+        "linear_u8s8_peg": for_target(linear_u8s8_peg(M, N, K, 4), target),
     }
 
 
@@ -70,24 +79,33 @@ def _asm(lib) -> str:
 def test_kernel_builds_with_its_instruction(isa, kind):
     target = example_target(isa)
     assert isa_of(target) is isa
-    asm = _asm(_build(_kinds()[kind], target))
+    func = _kinds(target)[kind]
+    assert str(func.params[1].dtype) == isa.weight_dtype
+    asm = _asm(_build(func, target))
     assert isa.mnemonic in asm, f"{kind} for {isa.name}: no {isa.mnemonic} in the machine code"
+    if isa.pairs:                  # weights pre-widened: no sign extension left in the kernel
+        assert isa.weight_dtype == "int16" and "vpmovsxbw" not in asm
     if isa.name == "avx_vnni":     # 256-bit only: VEX-encoded, no zmm anywhere
         assert "zmm" not in asm
     if isa.name == "avx2":
         assert "zmm" not in asm and "vpdpbusd" not in asm and "vpmaddubsw" not in asm
 
 
-@pytest.mark.parametrize("isa", ISAS, ids=ISA_IDS)
-def test_kernel_exact_on_worst_case_values(isa):
+WEIGHTS = [(i, dt) for i in ISAS for dt in dict.fromkeys((i.weight_dtype, "int8"))]
+
+
+@pytest.mark.parametrize("isa,w_dtype", WEIGHTS, ids=[f"{i.name}-{dt}" for i, dt in WEIGHTS])
+def test_kernel_exact_on_worst_case_values(isa, w_dtype):
+    """The packed weight as the family's pipeline gives it (int16 for the pair form), and as
+    s8 bytes (what a directly built kernel may pass; the pair form widens it per block)."""
     target = example_target(isa)
     if not host_runs(target):
         pytest.skip(f"this host cannot execute {isa.title} code (built and checked in "
                     f"test_kernel_builds_with_its_instruction)")
     x, w = _worst_case(M, N, K)
-    args = [x, pack_vnni(torch.from_numpy(w)).numpy(), np.zeros(N, np.int32),
+    args = [x, pack_vnni(torch.from_numpy(w)).numpy().astype(w_dtype), np.zeros(N, np.int32),
             np.ones(N, np.float32), np.zeros(N, np.float32), np.zeros((M, N), np.float32)]
-    lib = _build(kernels.linear_u8s8(M, N, K), target)
+    lib = _build(kernels.linear_u8s8(M, N, K, w_dtype=w_dtype), target)
     dev = [tvm.runtime.tensor(a) for a in args]
     lib["main"](*dev)
     want = x.astype(np.int64) @ w.astype(np.int64).T
@@ -103,9 +121,57 @@ def test_kernel_matches_reference(isa, kind):
     target = example_target(isa)
     if not host_runs(target):
         pytest.skip(f"this host cannot execute {isa.title} code")
-    func = _kinds()[kind]
+    func = _kinds(target)[kind]
     result = check_schedule(func, kernels.default_schedule(func, target).mod["main"], target)
     assert result.ok, result.detail
+
+
+def _relax_module():
+    """``main(x, w_i8, corr, scale, bias)`` calling ``linear_u8s8``; all but x parameters."""
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((M, K), "uint8"))
+    params = [relax.Var("w", relax.TensorType((N // 16, K // 4, 16, 4), "int8")),
+              relax.Var("corr", relax.TensorType((N,), "int32")),
+              relax.Var("scale", relax.TensorType((N,), "float32")),
+              relax.Var("bias", relax.TensorType((N,), "float32"))]
+    with bb.function("main", [x, *params], attrs={"num_input": 1}):
+        with bb.dataflow():
+            gv = bb.add_func(kernels.linear_u8s8(M, N, K), "lowbit_linear_u8s8")
+            y = bb.emit_output(bb.emit(relax.call_tir(gv, [x, *params],
+                                                      relax.TensorType((M, N), "float32"))))
+        bb.emit_func_output(y)
+    return bb.get()
+
+
+@pytest.mark.parametrize("isa", ISAS, ids=ISA_IDS)
+def test_pipeline_widens_weights_once_at_load(isa):
+    """The CPU pipeline retypes the kernel to the family's weight dtype; the int16 cast of the
+    s8 parameter runs in ``main_transform_params`` (once, at load), never in ``main``; the
+    module is exact on worst-case values where the host runs it."""
+    from lowbit.backends.tvm.pipelines import cpu
+
+    target = example_target(isa)
+    mod = cpu.prepare(_relax_module(), target)
+    kernel = next(f for gv, f in mod.functions_items() if gv.name_hint == "lowbit_linear_u8s8")
+    assert str(kernel.params[1].dtype) == isa.weight_dtype
+    main = mod["main"].script()
+    assert "astype" not in main and "cast" not in main        # main calls the kernel only
+    if isa.weight_dtype != "int8":                             # the cast runs at load
+        assert "cast" in mod["main_transform_params"].script()
+        assert tile_search.candidates(kernel, isa)            # the tile search takes it too
+    if not host_runs(target):
+        return
+    ex = cpu.build(cpu.schedule(mod, target, progress=False)[0], target)
+    vm = tvm.relax.VirtualMachine(ex, tvm.cpu())
+    x, w = _worst_case(M, N, K)
+    raw = [pack_vnni(torch.from_numpy(w)).numpy(), np.zeros(N, np.int32),
+           np.ones(N, np.float32), np.zeros(N, np.float32)]
+    params = vm["main_transform_params"]([tvm.runtime.tensor(a) for a in raw])
+    assert isa.weight_dtype in {str(p.dtype) for p in params}
+    got = vm["main"](tvm.runtime.tensor(x), *params).numpy()
+    np.testing.assert_array_equal(got.astype(np.int64), x.astype(np.int64) @ w.astype(np.int64).T)
 
 
 @pytest.mark.parametrize("name,family", [("x86-64-v3", "avx2"), ("znver3", "avx2"),

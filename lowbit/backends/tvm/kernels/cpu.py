@@ -4,7 +4,10 @@ u8 x s8 block products are tensorized with the target's instruction set (isa/).
 ``linear_u8s8`` / ``linear_u8s8_q``: register tile of MI rows x NT*16 columns (the instruction
 set's preferences), the 16x4 inner block tensorized (``vpdpbusd`` or the exact ``vpmaddwd``
 pair form), accumulator tile local, epilogue (and requantization) fused per tile, tiles
-parallel (column blocks outer so consecutive tiles share weights).
+parallel (column blocks outer so consecutive tiles share weights). The packed weight should
+have the instruction set's ``weight_dtype`` (int16 for the pair form: pre-widened,
+isa/madd.py); ``for_target`` gives a kernel that dtype, as the CPU pipeline does for a whole
+module (pipelines/cpu.py). The pair form also takes s8 weights (widened per block: slower).
 
 ``linear_w4a16``: a [K, NJ] strip of dequantized weights is decoded once per column strip
 into a local buffer and reused by every row; for M <= SMALL_M (decode) the nibbles are
@@ -25,10 +28,11 @@ from tvm.s_tir.dlight.base import get_extent
 from tvm.target import Target
 
 from lowbit.backends.tvm.kernels import registry
+from lowbit.backends.tvm.kernels.defs import weight_dtype, with_weight_dtype
 from lowbit.backends.tvm.kernels.isa import Isa, isa_of
 
-__all__ = ["INT8_KINDS", "SCHEDULES", "divisor", "factor_pairs", "register", "tensorize_tile",
-           "tile_sizes", "write_back"]
+__all__ = ["INT8_KINDS", "SCHEDULES", "divisor", "factor_pairs", "for_target", "register",
+           "tensorize_tile", "tile_sizes", "write_back"]
 
 
 def divisor(extent: int, prefs) -> int:
@@ -54,7 +58,7 @@ def tensorize_tile(sch: s_tir.Schedule, main, kb, rows, cols, isa: Isa) -> None:
     loops end with ``kb, rows (MI), cols (NT*16), block lanes``: the 16x4 block product
     becomes ``isa``'s intrinsic, NT column blocks and MI rows are unrolled, the accumulator
     tile is initialised before ``kb``."""
-    intrin = isa.register()
+    intrin = isa.register(weight_dtype(sch.mod["main"]))
     jt, ji = sch.split(cols, [None, 16])
     init = sch.decompose_reduction(main, kb)
     sch.vectorize(sch.get_loops(init)[-1])
@@ -183,9 +187,21 @@ SCHEDULES: dict = {}      # kind -> schedule(sch, isa): the CPU hand schedules
 INT8_KINDS: set[str] = set()   # kinds that need an Isa (u8 x s8 products)
 
 
+def for_target(func: tirx.PrimFunc, target: Target) -> tirx.PrimFunc:
+    """``func`` as ``target``'s pipeline hands it to the schedules: an int8 kernel's packed
+    weight in the dtype of the target's instruction set (int16 on pair-form targets); any
+    other kernel, or a target without an instruction set, unchanged."""
+    isa = isa_of(target)
+    if isa is None or registry.kernel_kind(func) not in INT8_KINDS:
+        return func
+    return with_weight_dtype(func, isa.weight_dtype)
+
+
 def _on_cpu(kind: str, func: tirx.PrimFunc, target: Target) -> s_tir.Schedule | None:
     """The registry implementation of ``kind`` on LLVM targets: its hand schedule with the
-    target's instruction set; None (declined) for int8 kinds on a CPU without one."""
+    target's instruction set; None (declined) for int8 kinds on a CPU without one. The block
+    intrinsic is the one over the kernel's weight dtype (``Isa.register``: a dot-form set
+    refuses int16 weights with a ValueError)."""
     isa = isa_of(target)
     if kind in INT8_KINDS and isa is None:
         return None

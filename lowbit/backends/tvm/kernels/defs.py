@@ -27,6 +27,12 @@ is the u8 input of the next)::
 where ``oq = [1 / out_scale, out_zero_point]`` (fp32, as ``quantized_decomposed`` computes it)
 and ``act`` is none, gelu (erf form, TVM's fast_erf polynomial), gelu_tanh or relu.
 
+The u8 x s8 kernels take their packed weight as ``w_dtype`` "int8" (what the frontends emit)
+or "int16" (the same s8 values and layout, pre-widened: what the pair-form instruction sets
+read, isa/madd.py); ``with_weight_dtype`` rebuilds an emitted kernel for the other dtype (its
+shapes and options read back from the kernel), so the CPU pipeline can retype the kernels of a
+lowered graph for its target without a second definition.
+
 Every kernel carries ``lowbit.kernel`` (its registry key, registry.py) and ``op_pattern =
 kOpaque`` so Relax FuseOps leaves it whole. How a target runs it is in cpu.py (x86 hand
 schedules over isa/) and cuda.py (device functions); the PEG kernel is in peg.py.
@@ -34,12 +40,16 @@ schedules over isa/) and cuda.py (device functions); the PEG kernel is in peg.py
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from tvm import te, tirx
 
-from lowbit.backends.tvm.kernels.registry import finish
+from lowbit.backends.tvm.kernels.isa.base import WEIGHT_DTYPES
+from lowbit.backends.tvm.kernels.registry import finish, kernel_kind
 
 __all__ = ["ACTIVATIONS", "SMALL_M", "block_dot", "linear_u8s8", "linear_u8s8_q",
-           "linear_w4a16"]
+           "linear_w4a16", "param_shape", "register_retype", "weight_dtype", "weight_placeholder",
+           "with_weight_dtype"]
 
 SMALL_M = 4  # W4A16 with at most this many rows takes the two-level (GEMV) form
 ACTIVATIONS = ("none", "gelu", "gelu_tanh", "relu")
@@ -55,13 +65,22 @@ def block_dot(x: te.Tensor, w: te.Tensor, i, j, kb0, blocks: int):
                   * w[j // 16, kb0 + kb, j % 16, q].astype("int32"), axis=[kb, q])
 
 
-def _u8s8_gemm(m: int, n: int, k: int):
+def weight_placeholder(n_pad: int, k: int, w_dtype: str) -> te.Tensor:
+    """The packed weight ``[N/16, K/4, 16, 4]`` of a u8 x s8 kernel, s8 values held as
+    ``w_dtype`` (module docstring)."""
+    if w_dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"weight dtype must be one of {WEIGHT_DTYPES}, got {w_dtype!r}")
+    return te.placeholder((n_pad // 16, k // 4, 16, 4), w_dtype,
+                          name="w_i8" if w_dtype == "int8" else "w_i16")
+
+
+def _u8s8_gemm(m: int, n: int, k: int, w_dtype: str = "int8"):
     """Placeholders and the fp32 output stage shared by the two W8A8 kernels."""
     if k % 4:
         raise ValueError(f"linear_u8s8 needs K % 4 == 0, got K={k}")
     n_pad = -(-n // 16) * 16
     x = te.placeholder((m, k), "uint8", name="x_u8")
-    w = te.placeholder((n_pad // 16, k // 4, 16, 4), "int8", name="w_i8")
+    w = weight_placeholder(n_pad, k, w_dtype)
     corr = te.placeholder((n,), "int32", name="corr_i32")
     scale = te.placeholder((n,), "float32", name="scale_f32")
     bias = te.placeholder((n,), "float32", name="bias_f32")
@@ -74,9 +93,9 @@ def _u8s8_gemm(m: int, n: int, k: int):
     return [x, w, corr, scale, bias], y
 
 
-def linear_u8s8(m: int, n: int, k: int) -> tirx.PrimFunc:
+def linear_u8s8(m: int, n: int, k: int, w_dtype: str = "int8") -> tirx.PrimFunc:
     """The W8A8 linear for x [m, k] and a weight [n, k] (see module docstring)."""
-    inputs, y = _u8s8_gemm(m, n, k)
+    inputs, y = _u8s8_gemm(m, n, k, w_dtype)
     return finish(te.create_prim_func([*inputs, y]), "linear_u8s8")
 
 
@@ -101,11 +120,11 @@ def _activation(y: te.Tensor, act: str) -> te.Tensor:
 
 
 def linear_u8s8_q(m: int, n: int, k: int, act: str = "none", qmin: int = 0,
-                  qmax: int = 255) -> tirx.PrimFunc:
+                  qmax: int = 255, w_dtype: str = "int8") -> tirx.PrimFunc:
     """The W8A8 linear with a fused activation and requantization to u8 (module docstring)."""
     if not 0 <= qmin <= qmax <= 255:
         raise ValueError(f"linear_u8s8_q needs a u8 grid, got [{qmin}, {qmax}]")
-    inputs, y = _u8s8_gemm(m, n, k)
+    inputs, y = _u8s8_gemm(m, n, k, w_dtype)
     z = _activation(y, act)
     oq = te.placeholder((2,), "float32", name="oq_f32")
     lo, hi = tirx.const(float(qmin), "float32"), tirx.const(float(qmax), "float32")
@@ -167,3 +186,47 @@ def _w4a16_gemv(x, w, scale, bias, m, n, k, group) -> tirx.PrimFunc:
     y = te.compute((m, n), lambda i, j: part[i, j] + bias[j], name="y_f32")
     return finish(te.create_prim_func([x, w, scale, bias, y]), "linear_w4a16")
 
+
+
+def param_shape(func: tirx.PrimFunc, i: int) -> tuple[int, ...]:
+    """The static shape of a kernel's ``i``-th parameter (a TE-built kernel's params carry
+    their buffer's shape and dtype in TVM 0.27)."""
+    return tuple(int(d) for d in func.params[i].shape)
+
+
+def weight_dtype(func: tirx.PrimFunc) -> str:
+    """The dtype of a u8 x s8 kernel's packed weight (its second parameter)."""
+    return str(func.params[1].dtype)
+
+
+_RETYPE: dict[str, Callable[[tirx.PrimFunc, str], tirx.PrimFunc]] = {}
+
+
+def register_retype(kind: str, remake: Callable[[tirx.PrimFunc, str], tirx.PrimFunc]) -> None:
+    """How to rebuild a kernel of ``kind`` with another weight dtype: ``remake(func,
+    w_dtype)``, reading shapes and options from ``func`` (peg.py registers its kernel)."""
+    _RETYPE[kind] = remake
+
+
+def with_weight_dtype(func: tirx.PrimFunc, w_dtype: str) -> tirx.PrimFunc:
+    """The u8 x s8 kernel ``func`` with its packed weight as ``w_dtype`` (same definition,
+    shapes, options and attributes; ``func`` itself if it already is)."""
+    if weight_dtype(func) == w_dtype:
+        return func
+    kind = kernel_kind(func)
+    if kind not in _RETYPE:
+        raise ValueError(f"kernel {kind!r} has no weight dtype to change")
+    out = _RETYPE[kind](func, w_dtype)
+    extra = {k: v for k, v in func.attrs.items() if k not in out.attrs}
+    return out.with_attrs(extra) if extra else out
+
+
+def _m_n_k(func: tirx.PrimFunc) -> tuple[int, int, int]:
+    (m, k), n = param_shape(func, 0), param_shape(func, 2)[-1]    # x [M, K], corr [..., N]
+    return m, n, k
+
+
+register_retype("linear_u8s8", lambda f, dt: linear_u8s8(*_m_n_k(f), w_dtype=dt))
+register_retype("linear_u8s8_q", lambda f, dt: linear_u8s8_q(
+    *_m_n_k(f), str(f.attrs["lowbit.act"]), int(f.attrs["lowbit.qmin"]),
+    int(f.attrs["lowbit.qmax"]), w_dtype=dt))

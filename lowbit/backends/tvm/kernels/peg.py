@@ -22,22 +22,29 @@ from tvm import s_tir, te, tirx
 from tvm.s_tir.dlight.base import get_extent
 
 from lowbit.backends.tvm.kernels import cpu
-from lowbit.backends.tvm.kernels.defs import block_dot
+from lowbit.backends.tvm.kernels.defs import (
+    block_dot,
+    param_shape,
+    register_retype,
+    weight_placeholder,
+)
 from lowbit.backends.tvm.kernels.isa import Isa
 from lowbit.backends.tvm.kernels.registry import finish, register_reference
 
 __all__ = ["linear_u8s8_peg", "reference_linear_u8s8_peg"]
 
 
-def linear_u8s8_peg(m: int, n: int, k: int, groups: int) -> tirx.PrimFunc:
-    """The PEG W8A8 linear for x [m, k] in ``groups`` contiguous channel groups."""
+def linear_u8s8_peg(m: int, n: int, k: int, groups: int, w_dtype: str = "int8"
+                    ) -> tirx.PrimFunc:
+    """The PEG W8A8 linear for x [m, k] in ``groups`` contiguous channel groups (the packed
+    weight's s8 values held as ``w_dtype``: defs.py)."""
     if groups < 1 or k % groups or (k // groups) % 4:
         raise ValueError(f"linear_u8s8_peg needs K / groups to be a multiple of 4, got K={k}, "
                          f"groups={groups}")
     kg = k // groups
     n_pad = -(-n // 16) * 16
     x = te.placeholder((m, k), "uint8", name="x_u8")
-    w = te.placeholder((n_pad // 16, k // 4, 16, 4), "int8", name="w_i8")
+    w = weight_placeholder(n_pad, k, w_dtype)
     corr = te.placeholder((groups, n), "int32", name="corr_i32")
     scale = te.placeholder((groups, n), "float32", name="scale_f32")
     bias = te.placeholder((n,), "float32", name="bias_f32")
@@ -103,5 +110,11 @@ def reference_linear_u8s8_peg(x_u8, w_i8, corr_i32, scale_f32, bias_f32):
     return (y + bias_f32).astype(np.float32)
 
 
+def _retype(func: tirx.PrimFunc, w_dtype: str) -> tirx.PrimFunc:
+    (m, k), (groups, n) = param_shape(func, 0), param_shape(func, 2)    # x [M, K], corr [G, N]
+    return linear_u8s8_peg(m, n, k, groups, w_dtype)
+
+
 cpu.register("linear_u8s8_peg", _schedule)
+register_retype("linear_u8s8_peg", _retype)
 register_reference("linear_u8s8_peg", reference_linear_u8s8_peg)

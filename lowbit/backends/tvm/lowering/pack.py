@@ -6,7 +6,11 @@ same layout, so a lowered graph does not depend on the target)::
 
     w_i8 [N, K]  ->  packed [Np/16, K/4, 16, 4],  packed[a, b, c, d] = w[16 a + c, 4 b + d]
 
-N is zero-padded to Np (a multiple of 16); K must be a multiple of 4. With the weight in plain
+N is zero-padded to Np (a multiple of 16); K must be a multiple of 4. The pair-form
+instruction sets (AVX2, AVX-512BW: kernels/isa/madd.py) read this same layout with every value
+sign-extended to int16 (128 bytes per 16x4 block); that copy is not made here but by the CPU
+pipeline when the module is loaded (pipelines/cpu.py ``widen_weights``), so what is packed and
+saved stays s8 for every target. With the weight in plain
 [N, K] layout the tensorized kernel was fast and wrong (TVM-NOTES.md): the 16x4 block that one
 instruction reads must be 64 contiguous bytes.
 

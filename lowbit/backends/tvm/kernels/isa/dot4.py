@@ -79,7 +79,9 @@ _ymm = _impl(8, "llvm.x86.avx512.vpdpbusd.256")
 _registered: set[str] = set()
 
 
-def _register(name: str, impl) -> str:
+def _register(name: str, impl, w_dtype: str | None = None) -> str:
+    if w_dtype not in (None, "int8"):
+        raise ValueError(f"{name}: the dot form reads the packed s8 weights, not {w_dtype}")
     if name not in _registered:
         TensorIntrin.register(name, _desc, impl, override=True)
         _registered.add(name)
@@ -103,7 +105,7 @@ AVX512_VNNI = Isa(
     # 8 x 3 blocks = 24 zmm accumulators + 3 weight blocks + 1 broadcast (32 zmm)
     mi_prefs=(8, 6, 4, 3, 2, 1), nt_prefs=(3, 4, 2, 1),
     mnemonic="vpdpbusd", example_mcpu="cascadelake",
-    register=lambda: _register(ZMM_INTRIN, _zmm))
+    register=lambda w_dtype=None: _register(ZMM_INTRIN, _zmm, w_dtype))
 
 AVX_VNNI = Isa(
     name="avx_vnni", title="AVX-VNNI", features=("avxvnni",),
@@ -111,4 +113,4 @@ AVX_VNNI = Isa(
     # a 16-column block is 2 ymm accumulators: 6 x 1 (12) + 2 weight halves + 1 broadcast
     mi_prefs=(6, 4, 3, 2, 1), nt_prefs=(1,),
     mnemonic="vpdpbusd", example_mcpu="alderlake",
-    register=lambda: _register(YMM_INTRIN, _ymm))
+    register=lambda w_dtype=None: _register(YMM_INTRIN, _ymm, w_dtype))
