@@ -9,6 +9,10 @@ scales, Transpose folding into weight DequantizeLinears, real INT4 / UINT4 weigh
 (no QuantizeLinear on a constant; weight DequantizeLinears read initializers; ``onnx.checker``
 with ``full_check``) and written atomically (``lowbit.passes.onnx.save_onnx``).
 
+BCQ graphs (``lowbit::bcq_linear``, from a BCQ recipe) export each layer as the custom-domain
+node ``lowbit.BCQLinear`` with its decomposition as a model-local function
+(``lowbit.passes.onnx.bcq``), the form the ONNX BCQ pass writes; onnxruntime runs it as is.
+
 Run the file with ``lowbit.backends.onnxruntime.OrtRunner``.
 """
 
@@ -26,6 +30,7 @@ import onnx_ir as ir
 import torch
 
 from lowbit.errors import ConfigError, OnnxExportError
+from lowbit.passes.onnx.bcq import BCQ_DOMAIN, bcq_function, bcq_nodes
 from lowbit.passes.onnx.edit import dq_nodes
 from lowbit.passes.onnx.graph_utils import const_array
 from lowbit.passes.onnx.load import save_onnx
@@ -102,6 +107,10 @@ def export_onnx(qgm: torch.nn.Module, path: str | os.PathLike, example_inputs: A
                               f"{type(e).__name__}:\n    {reason}") from e
     model = program.model
     graph = model.graph
+    if bcq_nodes(graph):        # lowbit::bcq_linear ops: the file carries their decomposition
+        fn = bcq_function(int(model.opset_imports.get("", opset)))
+        model.functions[fn.identifier()] = fn
+        model.opset_imports[BCQ_DOMAIN] = 1
     folded, transposed, packed = (cleanup(model).count for cleanup in QDQ_CLEANUP)
     _check_weight_dqs(graph)
     log.info("export_onnx: %d DequantizeLinear, %d QuantizeLinear; folded %d Cast(s) and %d "

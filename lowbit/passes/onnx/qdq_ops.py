@@ -43,10 +43,14 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import onnx
 import onnx_ir as ir
+import onnxscript
 import torch
 import torch.ao.quantization.fx._decomposed  # registers quantized_decomposed ops
 from onnxscript.onnx_opset import opset21 as op
+
+import lowbit.quant.bcq_linear  # noqa: F401  registers lowbit::bcq_linear
 
 __all__ = [
     "QMAX_KEY", "QMIN_KEY", "TRANSLATIONS", "choose_qparams_per_token",
@@ -242,3 +246,28 @@ TRANSLATIONS = {
     qd.choose_qparams_symmetric.tensor: choose_qparams_symmetric_tensor,
 }
 """quantized_decomposed op -> ONNX translation, passed as ``custom_translation_table``."""
+
+
+# ---- lowbit::bcq_linear -> lowbit.BCQLinear (passes/onnx/bcq.py holds its decomposition) ----
+_P = onnx.defs.OpSchema.FormalParameter
+_BCQ_LINEAR = onnxscript.values.Op(
+    onnxscript.values.Opset("lowbit", 1), "BCQLinear",
+    onnx.defs.OpSchema("BCQLinear", "lowbit", 1, inputs=[
+        _P("X", "tensor(float)"), _P("Planes", "tensor(uint8)"), _P("Alpha", "tensor(float)"),
+        _P("Offset", "tensor(float)"), _P("Bias", "tensor(float)")],
+        outputs=[_P("Y", "tensor(float)")]))
+
+
+def bcq_linear(x, planes_u8, alpha_f32, offset_f32=None, bias_f32=None):
+    """``lowbit::bcq_linear`` as the custom-domain node ``lowbit.BCQLinear`` with every input
+    present (zeros for a missing offset [N, G] / bias [N]); ``export_onnx`` adds the node's
+    decomposition (``lowbit.passes.onnx.bcq.bcq_function``) to the model."""
+    zero = op.Constant(value=ir.tensor(np.zeros(1, np.float32)))
+    if offset_f32 is None:
+        offset_f32 = op.Expand(zero, op.Shape(alpha_f32, start=0, end=2))
+    if bias_f32 is None:
+        bias_f32 = op.Expand(zero, op.Shape(alpha_f32, start=0, end=1))
+    return _BCQ_LINEAR(x, planes_u8, alpha_f32, offset_f32, bias_f32)
+
+
+TRANSLATIONS[torch.ops.lowbit.bcq_linear.default] = bcq_linear

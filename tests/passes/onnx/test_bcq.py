@@ -149,3 +149,16 @@ def test_group_not_dividing_k_names_the_layer():
     recipe = RECIPE.replace(weight=BCQ(bits=3, group=48))        # K = 64 and 128
     with pytest.raises(ConfigError, match=r"encoder\.layer\.0\..*group=48"):
         _fx(tiny_bert(), recipe)
+
+
+def test_export_onnx_of_a_bcq_graph(tmp_path):
+    """FX -> ONNX: ``lowbit.export_onnx`` writes each bcq_linear as lowbit.BCQLinear (with the
+    decomposition function), and onnxruntime agrees with the FX graph."""
+    qgm = _fx(tiny_bert(), RECIPE.replace(weight=BCQ(bits=3, group=32)))
+    path = lowbit.export_onnx(qgm, tmp_path / "bcq_fx.onnx")
+    model = ir.load(path)
+    assert sum(n.op_type == BCQ_OP and n.domain == BCQ_DOMAIN for n in model.graph) == 12
+    assert (BCQ_DOMAIN, BCQ_OP, "") in model.functions
+    y = OrtRunner(path)(**{k: v.numpy() for k, v in inputs().items()})[0]
+    y_fx = _hidden(qgm(**inputs()))
+    assert np.abs(y - y_fx).max() / np.abs(y_fx).max() <= AGREE_RTOL
