@@ -29,7 +29,7 @@ from lowbit.config import (
     Recipe,
 )
 
-__all__ = ["BUILTIN", "PEG_ROLES", "W3_BCQ", "W4A8", "W4A16_G128", "W4_BCQ", "W8A8",
+__all__ = ["BUILTIN", "PEG_ROLES", "UNIFORM", "W3_BCQ", "W4A8", "W4A16_G128", "W4_BCQ", "W8A8",
            "W8A8_DYNAMIC", "W8A8_FULL", "W8A8_PEG", "get", "peg_recipe"]
 
 _W8 = QuantSpec(bits=8, symmetric=True, granularity=PerChannel(axis=0))
@@ -68,6 +68,8 @@ W4_BCQ = Recipe("W4_BCQ", weight=BCQ(bits=4, group=128), activation=None)
 
 BUILTIN = {r.name: r for r in (W8A8, W8A8_FULL, W8A8_DYNAMIC, W4A16_G128, W4A8, W8A8_PEG,
                                W3_BCQ, W4_BCQ)}
+# the recipes on a uniform integer grid (q/dq ops), without the BCQ ones (bit planes)
+UNIFORM = {n: r for n, r in BUILTIN.items() if not isinstance(r.weight, BCQ)}
 
 
 def get(name: str) -> Recipe:

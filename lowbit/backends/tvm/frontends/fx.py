@@ -6,6 +6,8 @@ stock importer does not know:
 
     lowbit::linear_u8s8[_q|_peg], linear_w4a16   -> call_tir of the integer kernel (kernels/),
                                                     rows flattened to [M, K] around it
+    lowbit::bcq_linear                          ->  the same, BCQ operands repacked for the
+                                                    bit-plane kernel (lowering/bcq.py)
     quantized_decomposed q/dq left in the graph ->  the same math in Relax ops (float
                                                     fake-quant: ``clip(round(x * (1/s)) + z)``,
                                                     ``(q - z) * s``), so nothing is refused
@@ -29,6 +31,7 @@ from tvm import relax
 from lowbit.backends.tvm import kernels
 from lowbit.backends.tvm.frontends import ImportedModel
 from lowbit.backends.tvm.lowering import ops  # noqa: F401  (registers the lowbit:: ops)
+from lowbit.backends.tvm.lowering.bcq import emit_bcq_linear
 from lowbit.errors import CompileError
 
 __all__ = ["CompileError", "ImportedModel", "import_graph"]
@@ -100,6 +103,14 @@ def _linear_w4a16(node: fx.Node, imp) -> relax.Var:
     group = 2 * k2 // _static_shape(scale, "linear_w4a16 scale")[0]
     return _rows(imp, node, x, n, "linear_w4a16", (group,),
                  lambda m, n_, k: kernels.linear_w4a16(m, n_, k, group), [w, scale, bias])
+
+
+def _bcq_linear(node: fx.Node, imp) -> relax.Var:
+    """``lowbit::bcq_linear`` -> the BCQ kernel, its operands repacked by Relax ops on the
+    parameters (lowering/bcq.py; lifted to ``main_transform_params``)."""
+    x, planes, alpha, offset, bias = (None if a is None else imp.env[a] for a in node.args)
+    return emit_bcq_linear(imp.block_builder, x, planes, alpha, offset, bias,
+                           imp.__dict__.setdefault("_lowbit_kernels", {}))
 
 
 def _f32(v: float) -> relax.Constant:
@@ -186,6 +197,7 @@ CONVERTERS = {
     "linear_u8s8_peg.default": _linear_u8s8_peg,
     "quantize_per_channel.default": _quantize_per_channel,
     "linear_w4a16.default": _linear_w4a16,
+    "bcq_linear.default": _bcq_linear,
     "quantize_per_tensor.default": _quantize_per_tensor,
     "dequantize_per_tensor.default": _dequantize_per_tensor,
     "dequantize_per_channel.default": _dequantize_per_channel,

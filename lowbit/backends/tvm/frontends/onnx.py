@@ -6,7 +6,8 @@
              (shapes, indices, per-tensor qparams: the importer must see them as constants,
              e.g. an Expand whose shape is a parameter gets an unknown shape)
     import   ``relax.frontend.onnx.from_onnx(keep_params_in_input=True)`` with static input
-             shapes (the model's, or those of ``example_inputs``)
+             shapes (the model's, or those of ``example_inputs``); ``lowbit.BCQLinear``
+             nodes become the BCQ bit-plane kernel (lowering/bcq.py)
     lower    LowerQDQMatMul (onnx_qdq.py): W8A8 and PEG QDQ MatMuls -> int8 kernels; every
              other q/dq stays Relax's float quantize/dequantize
 
@@ -17,6 +18,7 @@ MatMulInteger, ...: compile the float model, or quantize statically).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 from collections.abc import Mapping, Sequence
@@ -29,6 +31,7 @@ from tvm import relax
 
 from lowbit.backends.tvm.frontends import ImportedModel
 from lowbit.backends.tvm.frontends.onnx_qdq import lower_qdq_matmul
+from lowbit.backends.tvm.lowering.bcq import emit_bcq_linear
 from lowbit.errors import CompileError, ConfigError
 
 __all__ = ["import_onnx", "is_onnx"]
@@ -141,6 +144,42 @@ def _shapes(graph: onnx.GraphProto, example_inputs: Any) -> tuple[dict, dict]:
     return {n: list(np.shape(ex[n])) for n in names}, ex
 
 
+def _zeros(v: relax.Expr, params) -> bool:
+    """Whether ``v`` is an initializer holding only zeros (the importer's ``params``)."""
+    values = params[1]
+    if isinstance(v, relax.Var) and v.name in values:
+        arr = values[v.name][1]
+        return not np.any(arr.numpy() if hasattr(arr, "numpy") else arr)
+    return isinstance(v, relax.Constant) and not np.any(v.data.numpy())
+
+
+@contextlib.contextmanager
+def _lowbit_ops():
+    """TVM 0.27's ``from_onnx`` takes no custom converters: while it runs, its converter table
+    also maps ``lowbit.BCQLinear`` (X, Planes, Alpha, Offset, Bias) to the BCQ kernel; an
+    all-zero Offset (the export writes one where the fit has none) is dropped, so the kernel
+    does not stream it."""
+    from tvm.relax.frontend.onnx import onnx_frontend as fe
+
+    table, kernels = fe._get_convert_map, {}
+
+    def convert(bb, inputs, _attr, params):
+        x, planes, alpha, offset, bias = (inputs[i] for i in range(5))
+        offset = None if _zeros(offset, params) else offset
+        return emit_bcq_linear(bb, x, planes, alpha, offset, bias, kernels)
+
+    class BCQLinear:
+        @staticmethod
+        def get_converter(_opset):
+            return convert
+
+    fe._get_convert_map = lambda: {**table(), "BCQLinear": BCQLinear}
+    try:
+        yield
+    finally:
+        fe._get_convert_map = table
+
+
 # ---- entry -------------------------------------------------------------------------------------
 def import_onnx(model: Any, example_inputs: Any = None, *, int8: bool = True
                 ) -> tuple[ImportedModel, list[tuple[str, str]]]:
@@ -154,8 +193,9 @@ def import_onnx(model: Any, example_inputs: Any = None, *, int8: bool = True
     shape_dict, example = _shapes(proto.graph, example_inputs)
     input_names = list(shape_dict)
     try:
-        mod = from_onnx(proto, shape_dict=shape_dict, keep_params_in_input=True,
-                        sanitize_input_names=False)
+        with _lowbit_ops():
+            mod = from_onnx(proto, shape_dict=shape_dict, keep_params_in_input=True,
+                            sanitize_input_names=False)
     except Exception as e:  # the importer raises many kinds
         msg = str(e).strip().splitlines()
         raise CompileError(f"TVM's ONNX importer refused the model: {type(e).__name__}: "

@@ -7,6 +7,8 @@
     cpu.py          CPU (llvm) implementations: hand schedules over an instruction set
     isa/            the instruction sets those schedules are tensorized with (x86: VNNI,
                     AVX-VNNI, AVX-512BW, AVX2); one file + one entry per new set
+    bcq.py          the BCQ bit-plane linear (bcq_linear): definition, table-lookup and
+                    bit-plane GEMV, strip-decoding GEMM, reference
     peg.py          the PEG group-wise GEMM (linear_u8s8_peg): definition, CPU schedule,
                     reference
     cuda.py, .cu    CUDA implementations: launch shells around hand-written device functions
@@ -16,7 +18,8 @@ with ``registry.finish``), a ``registry.register(kind, target_kind, impl)`` per 
 numpy reference; adding a target: one module registering its implementations.
 """
 
-from lowbit.backends.tvm.kernels import cpu, cuda, peg, references  # noqa: F401  (register)
+from lowbit.backends.tvm.kernels import bcq, cpu, cuda, peg, references  # noqa: F401  (register)
+from lowbit.backends.tvm.kernels.bcq import bcq_linear, reference_bcq_linear
 from lowbit.backends.tvm.kernels.cpu import INT8_KINDS, SCHEDULES
 from lowbit.backends.tvm.kernels.defs import (
     ACTIVATIONS,
@@ -43,7 +46,7 @@ from lowbit.backends.tvm.kernels.registry import (
 )
 
 __all__ = ["ACTIVATIONS", "INT8_KINDS", "KERNEL_ATTR", "OPAQUE", "REFERENCES", "SCHEDULES",
-           "SMALL_M", "default_schedule", "finish", "kernel_kind", "linear_u8s8",
+           "SMALL_M", "bcq_linear", "default_schedule", "finish", "kernel_kind", "linear_u8s8",
            "linear_u8s8_peg", "linear_u8s8_q", "linear_w4a16", "reference_activation",
-           "reference_linear_u8s8", "reference_linear_u8s8_peg", "reference_linear_u8s8_q",
-           "reference_linear_w4a16", "reference_options"]
+           "reference_bcq_linear", "reference_linear_u8s8", "reference_linear_u8s8_peg",
+           "reference_linear_u8s8_q", "reference_linear_w4a16", "reference_options"]
