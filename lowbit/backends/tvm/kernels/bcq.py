@@ -47,11 +47,11 @@ from __future__ import annotations
 
 import numpy as np
 from tvm import s_tir, te, tirx
-from tvm.s_tir.dlight.base import get_extent
 from tvm.script import tirx as T
 from tvm.target import Target
 
 from lowbit.backends.tvm.kernels import registry
+from lowbit.backends.tvm.kernels.cpu import schedule_strip_gemm
 from lowbit.backends.tvm.kernels.registry import finish, register_reference
 
 __all__ = ["GEMV_FORMS", "GEMV_MAX_M", "PREFETCH_STEPS", "bcq_gemv", "bcq_linear",
@@ -262,38 +262,10 @@ def bcq_gemv(m: int, n: int, k: int, q: int, group: int, offset: bool, width: in
 
 
 # ---- GEMM: decode a column strip once, register-tiled fp32 GEMM over it ------------------------
-def _divisor(extent: int, prefs) -> int:
-    return next((p for p in prefs if extent % p == 0), 1)
-
-
 def schedule_gemm(sch: s_tir.Schedule) -> s_tir.Schedule:
-    """Per parallel strip of NJ columns: decode the [K, NJ] strip of W' once (vectorized over
-    columns), then an MI x NJ register tile for every row tile, k unrolled by KU."""
-    wdq, mm, out = (sch.get_sblock(b) for b in ("w_f32", "mm_f32", "y_f32"))
-    i, j, r = sch.get_loops(mm)
-    m, n, k = (get_extent(sch, lp) for lp in (i, j, r))
-    mi = _divisor(m, (6, 4, 3, 2, 1))
-    nj = _divisor(n, (32, 16, 8, 4, 2, 1))
-    ku = _divisor(k, (4, 2, 1))
-    io, ii = sch.split(i, [None, mi])
-    jo, ji = sch.split(j, [None, nj])
-    ro, ri = sch.split(r, [None, ku])
-    sch.reorder(jo, io, ro, ri, ii, ji)
-    sch.parallel(jo)
-    acc = sch.cache_write(mm, 0, "local")
-    sch.reverse_compute_at(acc, io, preserve_unit_loops=True)
-    sch.unroll(ii)
-    sch.unroll(ri)
-    if nj > 1:
-        sch.vectorize(ji)
-    sch.compute_at(wdq, jo, preserve_unit_loops=True)
-    sch.vectorize(sch.get_loops(wdq)[-1])
-    sch.reverse_compute_at(out, jo, preserve_unit_loops=True)
-    init = sch.decompose_reduction(mm, ro)
-    sch.vectorize(sch.get_loops(init)[-1])
-    sch.vectorize(sch.get_loops(acc)[-1])
-    sch.vectorize(sch.get_loops(out)[-1])
-    return sch
+    """Per parallel strip of NJ columns: decode the [K, NJ] strip of W' once, then an MI x NJ
+    register tile for every row tile (the W4A16 GEMM's schedule: ``cpu.schedule_strip_gemm``)."""
+    return schedule_strip_gemm(sch)
 
 
 def has_avx512(target: Target) -> bool:

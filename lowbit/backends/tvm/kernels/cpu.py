@@ -32,7 +32,7 @@ from lowbit.backends.tvm.kernels.defs import weight_dtype, with_weight_dtype
 from lowbit.backends.tvm.kernels.isa import Isa, isa_of
 
 __all__ = ["INT8_KINDS", "SCHEDULES", "divisor", "factor_pairs", "for_target", "register",
-           "tensorize_tile", "tile_sizes", "write_back"]
+           "schedule_strip_gemm", "tensorize_tile", "tile_sizes", "write_back"]
 
 
 def divisor(extent: int, prefs) -> int:
@@ -156,6 +156,14 @@ def _schedule_w4a16(sch: s_tir.Schedule) -> s_tir.Schedule:
     if any(b.name_hint == "acc_f32" for b in map(sch.get, sch.get_child_blocks(
             sch.get_sblock("root")))):
         return _schedule_w4a16_gemv(sch)
+    return schedule_strip_gemm(sch)
+
+
+def schedule_strip_gemm(sch: s_tir.Schedule) -> s_tir.Schedule:
+    """A GEMM whose weight is decoded by block ``w_f32`` into fp32 (W4A16, BCQ): per parallel
+    strip of NJ columns the [K, NJ] strip is decoded once (vectorized over columns), then an
+    MI x NJ register tile (block ``mm_f32``) runs for every row tile, k unrolled by KU; the
+    output block ``y_f32`` follows per strip."""
     wdq, mm, out = (sch.get_sblock(b) for b in ("w_f32", "mm_f32", "y_f32"))
     i, j, r = sch.get_loops(mm)
     m, n, k = (get_extent(sch, lp) for lp in (i, j, r))
