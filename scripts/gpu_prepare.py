@@ -7,6 +7,8 @@ Writes into ``--out`` (git-ignored, carried to the GPU machine):
     tvm_rt.tar.gz        the tvm package without its compiler library (runtime only)
     whl/                 the cp312 apache-tvm-ffi wheel (put there by hand: see docs/gpu.md)
     kernels/*.so         one CUDA module per kernel shape (``main``), kernels.json lists them
+    bcq/*.so             the BCQ LUT GEMV per shape (``main``), bcq.json lists them
+                         (checked and timed by scripts/gpu_check_bcq.py)
     models/<name>_b<B>/  saved CompiledModules (sm_90) + io_b<B>.npz: inputs, the CPU TVM
                          module's output, the FX fake-quant output and torch fp32
     models/params_<name>.bin   shared by every batch size of one model (saved once)
@@ -40,6 +42,13 @@ INT4_GEMV = [(768, 768), (3072, 768), (768, 3072), (4096, 4096), (8192, 8192), (
              (28672, 8192), (8192, 28672)]
 INT4_CHECK = [(1, 768, 768, 128), (2, 4096, 4096, 128), (4, 384, 1536, 32), (100, 384, 384, 128),
               (4096, 1536, 384, 128)]
+# BCQ LUT GEMV (kernels/cuda.py shell_bcq): (M, N, K, q, group, offset); "bench" rows are timed
+BCQ_BENCH = [(1, 4096, 4096, q, 128, False) for q in (3, 4)] + \
+    [(1, 8192, 28672, q, 128, False) for q in (3, 4)]
+BCQ_CHECK = [(2, 4096, 4096, 3, 128, True), (4, 100, 256, 2, 32, True),
+             (3, 384, 1536, 4, 1536, False), (1, 1024, 1024, 1, 8, True)]
+BCQ_SWEEP = [{"kc": kc, "warps": w, "prefetch": pf} for kc in (512, 1024, 2048)
+             for w in (4, 8) for pf in (False, True)]     # timed on the BCQ_BENCH shapes
 BATCHES = (1, 8, 32)
 SEQ = 128
 
@@ -96,6 +105,31 @@ def _kernels(out: Path, tgt) -> None:
         add("w4a16", "bench", (1, n, k, 128), shell_w4a16(1, n, k, 128))
     (folder / "kernels.json").write_text(json.dumps(index, indent=1))
     print(f"{len(index)} kernel modules")
+
+
+def bcq_kernels(out: Path) -> None:
+    """One CUDA module per BCQ GEMV shape (``main``) in out/bcq, listed in bcq.json."""
+    from lowbit.backends.tvm.kernels.bcq import block_width
+    from lowbit.backends.tvm.kernels.cuda import shell_bcq
+    from lowbit.backends.tvm.pipelines.cuda import build_kernel
+    from lowbit.backends.tvm.target import cuda_target
+
+    folder, tgt, index = out / "bcq", cuda_target(), []
+    folder.mkdir(parents=True, exist_ok=True)
+    jobs = [("check", c, {"prefetch": pf}) for c in BCQ_CHECK for pf in (False, True)]
+    jobs += [("bench", c, {}) for c in BCQ_BENCH]                   # the default configuration
+    jobs += [("sweep", c, v) for c in BCQ_BENCH for v in BCQ_SWEEP]
+    for role, (m, n, k, q, g, off), opts in jobs:
+        func = shell_bcq(m, n, k, q, g, off, block_width(n), **opts)
+        cfg = str(func.attrs["lowbit.config"])
+        name = f"bcq_{m}_{n}_{k}_q{q}_g{g}_o{int(off)}_{cfg}"
+        if any(e["file"] == f"{name}.so" for e in index):
+            continue
+        build_kernel(func, tgt).export_library(str(folder / f"{name}.so"))
+        index.append({"role": role, "shape": [m, n, k, q, g, int(off)],
+                      "width": block_width(n), "file": f"{name}.so", "config": cfg})
+    (folder / "bcq.json").write_text(json.dumps(index, indent=1))
+    print(f"{len(index)} BCQ kernel modules")
 
 
 def _bert_base_layer():
@@ -214,7 +248,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(REPO / ".gpu_bundle"))
     p.add_argument("--models", default="minilm,bert_base_layer")
-    p.add_argument("--skip", default="", help="comma list of: bundle, kernels, models")
+    p.add_argument("--skip", default="", help="comma list of: bundle, kernels, models, bcq")
     p.add_argument("--db", default=None, help="tuning database folder with cuda_kernels.json "
                    "(scripts/gpu_tune.py record)")
     args = p.parse_args()
@@ -225,6 +259,8 @@ def main() -> None:
         bundle(out)
     if "kernels" not in skip:
         kernels(out, args.db)
+    if "bcq" not in skip:
+        bcq_kernels(out)
     if "models" not in skip:
         models(out, [m for m in args.models.split(",") if m], args.db)
 

@@ -11,6 +11,9 @@ grid and calls one device function of ``cuda_kernels.cu``::
         lowbit_w4a16_gemv_{1,2,4}: split-K GEMV, dequantization fused, fp32 atomics
     linear_w4a16, M > 4                       ->  lowbit_w4a16_gemm (64x64 SIMT tiles, weights
         decoded into shared memory)
+    bcq_linear, M <= 4, g % 8 == 0            ->  lowbit_w4a16_init (y = bias), then
+        lowbit_bcq_gemv_{1..4}: LUT-GEMM (16-entry tables of signed sums in shared memory, one
+        bank per lane), split-K over chunks of inputs, fp32 atomics; larger M: dlight
 
 The .cu file is put in front of the CUDA source TVM generates (the ``tvm_callback_cuda_postproc``
 hook, registered while a lowbit CUDA build runs), so nvcc compiles everything into one cubin.
@@ -35,7 +38,7 @@ from lowbit.backends.tvm.kernels import registry
 from lowbit.backends.tvm.kernels.registry import KERNEL_ATTR
 
 __all__ = ["CUDA_SOURCE", "cuda_source_hook", "kernel_configs", "read_config_table",
-           "shell_u8s8", "shell_w4a16"]
+           "shell_bcq", "shell_u8s8", "shell_w4a16"]
 
 CUDA_SOURCE = Path(__file__).with_name("cuda_kernels.cu")
 NUM_SMS = 132          # H100 SXM; only steers tile and split-K choices
@@ -69,6 +72,7 @@ CALLED: set[str] = set()  # device functions the last CUDA builds called (tests 
 
 _U8S8_RE = r"lowbit_gemm_u8s8_(\d+)x(\d+)_(\d+)x(\d+)_s(\d+)(?:_k(\d+))?"
 _GEMV_RE = r"lowbit_w4a16_gemv_(\d)_v(\d+)_u(\d+)"
+_BCQ_RE = r"lowbit_bcq_gemv_(\d)_q(\d)_c(\d+)_o(\d)_p(\d)"
 
 
 def _wrappers(code: str) -> str:
@@ -90,6 +94,14 @@ def _wrappers(code: str) -> str:
             f"__device__ __noinline__ int {name}(const float* x, const unsigned char* w, "
             f"const float* s, float* y, int N, int K, int g, int gpb) {{ return "
             f"lowbit_w4a16_gemv_impl<{mr}, {vec}, {unroll}>(x, w, s, y, N, K, g, gpb); }}")
+    for name in sorted(set(re.findall(rf"\b({_BCQ_RE})\(", code)), key=str):
+        name, mr, q, cols, off, pf = name
+        out.append(
+            f"__device__ __noinline__ int {name}(const float* x, const unsigned char* p, "
+            f"const float* a, const float* o, float* y, unsigned char* lut, int N, int NP, "
+            f"int K, int g, int W, int KC) {{ return lowbit_bcq_gemv_impl<{mr}, {q}, {cols}, "
+            f"{'true' if off == '1' else 'false'}, {'true' if pf == '1' else 'false'}>(x, p, a, "
+            f"o, y, reinterpret_cast<float*>(lut), N, NP, K, g, W, KC); }}")
     return "\n".join(out)
 
 
@@ -97,7 +109,7 @@ def _postproc(code, target=None):
     import re
 
     code = str(code)
-    CALLED.update(re.findall(r"\b(lowbit_(?:gemm_u8s8|w4a16)_\w+?)\(", code))
+    CALLED.update(re.findall(r"\b(lowbit_(?:gemm_u8s8|w4a16|bcq_gemv)_\w+?)\(", code))
     if "lowbit_" in code and "LOWBIT_CUDA_KERNELS" not in code:
         code = _source() + "\n" + _wrappers(code) + "\n" + code
     return code
@@ -275,6 +287,74 @@ def shell_w4a16(m: int, n: int, k: int, group: int, config: str | None = None, t
     return gemm.with_attr(KERNEL_ATTR, "linear_w4a16")
 
 
+BCQ_GEMV_MAX_M = 4
+
+
+def bcq_chunk(m: int, n_pad: int, k: int, cols: int, warps: int = 4) -> int:
+    """Inputs per block (KC) of the BCQ GEMV: 512 (256 for K <= 256). H200 sweep (docs/gpu.md,
+    M = 1, group 128, 4096x4096 and 8192x28672, q = 3 and 4): 512 is the fastest chunk on
+    8192x28672 and within 0.0012 ms of the fastest on 4096x4096; 1024 is 8-40% and 2048 up
+    to 2.5x slower (fewer blocks, longer table builds). ``n_pad``, ``cols``, ``warps``: kept
+    for choosing by shape later."""
+    del n_pad, cols, warps
+    return 256 if k <= 256 else min(512, max(256, 3072 // m // 256 * 256))
+
+
+def shell_bcq(m: int, n: int, k: int, q: int, group: int, offset: bool, width: int,
+              kc: int | None = None, warps: int = 4, prefetch: bool = False
+              ) -> tvm.tirx.PrimFunc:
+    """The CUDA bcq_linear (kernels/bcq.py layout) for M <= 4: y = bias, then the LUT GEMV
+    (``kc`` inputs and ``warps`` x 16 or 32 columns per block; ``prefetch``: double-buffered
+    plane loads, off by default: 136 instead of 78 registers for q = 3, up to 38% slower on
+    the H200 sweep)."""
+    if not 1 <= m <= BCQ_GEMV_MAX_M:
+        raise ValueError(f"CUDA BCQ GEMV takes M <= {BCQ_GEMV_MAX_M}, got M={m}")
+    if k % 8 or group % 8 or k % group or width % 16 or not 1 <= q <= 8:
+        raise ValueError(f"CUDA BCQ GEMV needs K % 8 == 0 and g % 8 == 0, got K={k}, g={group}")
+    n_pad = _cdiv(n, width) * width
+    nb, ng = n_pad // width, k // group
+    cols = 32 if width % 32 == 0 else 16
+    kc = kc or bcq_chunk(m, n_pad, k, cols, warps)
+    if kc % 256 or warps not in (1, 2, 4, 8, 16):
+        raise ValueError(f"BCQ GEMV: chunk must be a multiple of 256 and warps a power of two "
+                         f"up to 16, got {kc}, {warps}")
+    gx, gy = _cdiv(n_pad, warps * cols), _cdiv(k, kc)
+    smem = m * (kc // 256) * 4096
+    init_blocks = _cdiv(m * n, 256)
+    fn = f"lowbit_bcq_gemv_{m}_q{q}_c{cols}_o{int(offset)}_p{int(prefetch)}"
+    threads = 32 * warps
+
+    @T.macro
+    def body(x, planes, alpha, off, bias, y):
+        with T.launch_thread("blockIdx.x", init_blocks), T.launch_thread("threadIdx.x", 256):
+            T.evaluate(T.call_extern("int32", "lowbit_w4a16_init", bias.data, y.data, m, n))
+        with (T.launch_thread("blockIdx.x", gx), T.launch_thread("blockIdx.y", gy),
+              T.launch_thread("threadIdx.x", threads)):
+            lut = T.alloc_buffer((smem,), "uint8", scope="shared.dyn")
+            T.evaluate(T.call_extern("int32", fn, x.data, planes.data, alpha.data, off.data,
+                                     y.data, lut.data, n, n_pad, k, group, width, kc))
+
+    if offset:
+        @T.prim_func
+        def main(x_f32: T.Buffer((m, k), "float32"),
+                 planes_u8: T.Buffer((nb, k // 8, q, width), "uint8"),
+                 alpha_f32: T.Buffer((nb, ng, q, width), "float32"),
+                 offset_f32: T.Buffer((nb, ng, width), "float32"),
+                 bias_f32: T.Buffer((n,), "float32"), y_f32: T.Buffer((m, n), "float32")):
+            T.func_attr({"tirx.noalias": True})
+            body(x_f32, planes_u8, alpha_f32, offset_f32, bias_f32, y_f32)
+    else:
+        @T.prim_func
+        def main(x_f32: T.Buffer((m, k), "float32"),
+                 planes_u8: T.Buffer((nb, k // 8, q, width), "uint8"),
+                 alpha_f32: T.Buffer((nb, ng, q, width), "float32"),
+                 bias_f32: T.Buffer((n,), "float32"), y_f32: T.Buffer((m, n), "float32")):
+            T.func_attr({"tirx.noalias": True})
+            body(x_f32, planes_u8, alpha_f32, x_f32, bias_f32, y_f32)   # offset unused
+    return (main.with_attr(KERNEL_ATTR, "bcq_linear")
+            .with_attr("lowbit.config", f"c{cols}_kc{kc}_w{warps}_p{int(prefetch)}"))
+
+
 def arg_shapes(func: tvm.tirx.PrimFunc) -> list[list[int]]:
     """The static shapes of a PrimFunc's buffer parameters."""
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
@@ -297,5 +377,18 @@ def _w4a16_on_cuda(func: tvm.tirx.PrimFunc, target) -> tvm.s_tir.Schedule:
     return tvm.s_tir.Schedule(shell_w4a16(m, n, k, k // shapes[2][0], target=target))
 
 
+def _bcq_on_cuda(func: tvm.tirx.PrimFunc, target) -> tvm.s_tir.Schedule | None:
+    """The registry implementation of ``bcq_linear`` on CUDA: the LUT GEMV for M <= 4 and
+    groups of whole plane bytes; None (dlight's rules) otherwise."""
+    shapes = arg_shapes(func)
+    (m, k), (_, _, q, width), n = shapes[0], shapes[1], shapes[-1][1]
+    ng, offset = shapes[2][1], len(shapes) == 6
+    group = k // ng
+    if m > BCQ_GEMV_MAX_M or group % 8 or k % 8:
+        return None
+    return tvm.s_tir.Schedule(shell_bcq(m, n, k, q, group, offset, width))
+
+
 registry.register("linear_u8s8", "cuda", _u8s8_on_cuda)
+registry.register("bcq_linear", "cuda", _bcq_on_cuda)
 registry.register("linear_w4a16", "cuda", _w4a16_on_cuda)

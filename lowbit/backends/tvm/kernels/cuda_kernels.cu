@@ -316,4 +316,145 @@ __device__ int lowbit_w4a16_gemm(const float* __restrict__ x, const unsigned cha
   }
   return 0;
 }
+
+// ---- BCQ (binary-coding quantization) weight-only GEMV, LUT-GEMM style --------------------------
+// lowbit_bcq_gemv_<MR>_q<Q>_c<COLS>_o<OFF>_p<PF>: y[m, n] += sum_k x[m, k] W'[n, k] for M = MR <= 4 rows,
+//   W'[n, k] = sum_i alpha[n, k / g, i] B_i[n, k] (+ offset[n, k / g]), kernel layout (kernels/bcq.py)
+//   planes [N/W, K/8, Q, W] u8, alpha [N/W, G, Q, W] f32, offset [N/W, G, W] f32.
+// Block: a chunk of KC inputs (blockIdx.y) x 4 warps of COLS columns each (blockIdx.x). Per chunk
+// the block builds in shared memory, per row m and per 4 inputs, the 16-entry table of every
+// signed sum T[e] = sum_{j<4} (bit j of e ? +x : -x)[4 k4 + j] (LUT-GEMM). Lane L of a warp takes
+// the plane bytes of input byte k8 = 32 j + L (j: step), so the tables are stored
+// T[m][j][nibble][e][L]: each lane reads its own bank (no bank conflicts whatever the bytes).
+// Per byte and plane: two lookups, one FMA with the plane's alpha (+ offset * sum of 8 x).
+// At the end the COLS x MR sums are reduced across the 32 lanes (recursive halving shuffles)
+// and added to y with fp32 atomics (y set to the bias by lowbit_w4a16_init first).
+// PF: the plane bytes of the next step are loaded before this step's lookups (double buffer).
+// Needs K % 8 == 0, g % 8 == 0, COLS dividing W.
+// recursive halving of a[0 .. 2 O) over lanes: lane L keeps the half selected by L & O,
+// adds its partner's (shfl_xor O); after O = 1 it holds the sum of column L % (2 O_first)
+template <int O>
+__device__ __forceinline__ void lowbit_halve(float* a, int lane) {
+  const bool up = (lane & O) != 0;
+#pragma unroll
+  for (int i = 0; i < O; ++i) {
+    float keep = up ? a[i + O] : a[i];
+    float send = up ? a[i] : a[i + O];
+    a[i] = keep + __shfl_xor_sync(0xffffffffu, send, O);
+  }
+  if constexpr (O > 1) lowbit_halve<O / 2>(a, lane);
+}
+
+template <int MR, int Q, int COLS, bool OFF, bool PF>
+__device__ __forceinline__ int lowbit_bcq_gemv_impl(
+    const float* __restrict__ x, const unsigned char* __restrict__ planes,
+    const float* __restrict__ alpha, const float* __restrict__ offset, float* __restrict__ y,
+    float* __restrict__ lut, int N, int NP, int K, int group, int W, int KC) {
+  static_assert(COLS == 16 || COLS == 32, "COLS: 16 or 32 columns per warp");
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nthreads = blockDim.x;
+  const int KB = K >> 3, G = K / group, NBLK = NP / W;
+  const int k0 = blockIdx.y * KC, kend = min(K, k0 + KC);
+  const int steps = (KC + 255) >> 8;
+  // ---- tables: MR * steps * 2 * 16 * 32 floats; one unit = the 16 entries of 4 inputs for
+  // one lane (one float4 of x, 16 conflict-free stores)
+  const int units = MR * steps * 64;
+  for (int u = threadIdx.x; u < units; u += nthreads) {
+    const int L = u & 31, s = (u >> 5) & 1, j = (u >> 6) % steps, m = (u >> 6) / steps;
+    const int k = k0 + (j * 32 + L) * 8 + s * 4;
+    float4 xx = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (k < kend) xx = __ldg(reinterpret_cast<const float4*>(x + (size_t)m * K + k));
+    const float lo[4] = {-xx.x - xx.y, xx.x - xx.y, -xx.x + xx.y, xx.x + xx.y};
+    const float hi[4] = {-xx.z - xx.w, xx.z - xx.w, -xx.z + xx.w, xx.z + xx.w};
+    float* dst = lut + (size_t)((m * steps + j) * 2 + s) * 512 + L;
+#pragma unroll
+    for (int e = 0; e < 16; ++e) dst[e * 32] = (k < kend) ? lo[e & 3] + hi[e >> 2] : 0.f;
+  }
+  __syncthreads();
+  const int n0 = (blockIdx.x * (nthreads >> 5) + warp) * COLS;   // first column of this warp
+  if (n0 >= NP) return 0;
+  const int b = n0 / W, l0 = n0 % W;
+  float acc[MR][COLS];
+#pragma unroll
+  for (int m = 0; m < MR; ++m)
+#pragma unroll
+    for (int c = 0; c < COLS; ++c) acc[m][c] = 0.f;
+  uint4 pv[Q][COLS / 16], nx[Q][COLS / 16];
+  auto load_planes = [&](uint4 (&dst)[Q][COLS / 16], int k8) {
+    const unsigned char* pp = planes + ((size_t)b * KB + k8) * Q * W + l0;
+#pragma unroll
+    for (int i = 0; i < Q; ++i)
+#pragma unroll
+      for (int h = 0; h < COLS / 16; ++h)
+        dst[i][h] = __ldg(reinterpret_cast<const uint4*>(pp + i * W + h * 16));
+  };
+  if (PF && (k0 >> 3) + lane < (kend >> 3)) load_planes(nx, (k0 >> 3) + lane);
+  for (int j = 0; j < steps; ++j) {
+    const int k8 = (k0 >> 3) + j * 32 + lane;
+    if (k8 * 8 >= kend) break;      // lanes only: no __syncwarp inside the loop
+    const int g = (k8 * 8) / group;
+    if constexpr (PF) {
+#pragma unroll
+      for (int i = 0; i < Q; ++i)
+#pragma unroll
+        for (int h = 0; h < COLS / 16; ++h) pv[i][h] = nx[i][h];
+      if ((k8 + 32) * 8 < kend && j + 1 < steps) load_planes(nx, k8 + 32);   // next step's bytes
+    } else {
+      load_planes(pv, k8);
+    }
+    const float* t0 = lut + (size_t)j * 1024 + lane;          // + m * steps * 1024
+    const float* ap = alpha + ((size_t)b * G + g) * Q * W + l0;
+#pragma unroll
+    for (int i = 0; i < Q; ++i) {
+#pragma unroll
+      for (int h = 0; h < COLS / 16; ++h) {
+        unsigned wv[4] = {pv[i][h].x, pv[i][h].y, pv[i][h].z, pv[i][h].w};
+#pragma unroll
+        for (int q4 = 0; q4 < 4; ++q4) {
+          float4 a4 = __ldg(reinterpret_cast<const float4*>(ap + i * W + h * 16 + q4 * 4));
+          float av[4] = {a4.x, a4.y, a4.z, a4.w};
+#pragma unroll
+          for (int c = 0; c < 4; ++c) {
+            unsigned byte = (wv[q4] >> (8 * c)) & 0xFFu;
+            const int col = h * 16 + q4 * 4 + c;
+#pragma unroll
+            for (int m = 0; m < MR; ++m) {
+              const float* tm = t0 + (size_t)m * steps * 1024;
+              float v = tm[(byte & 15u) << 5] + tm[512 + ((byte >> 4) << 5)];
+              acc[m][col] = fmaf(av[c], v, acc[m][col]);
+            }
+          }
+        }
+      }
+    }
+    if constexpr (OFF) {
+      const float* op = offset + ((size_t)b * G + g) * W + l0;
+#pragma unroll
+      for (int m = 0; m < MR; ++m) {
+        const float* tm = t0 + (size_t)m * steps * 1024;
+        float xs = tm[15 << 5] + tm[512 + (15 << 5)];      // sum of the lane's 8 inputs
+#pragma unroll
+        for (int q4 = 0; q4 < COLS / 4; ++q4) {
+          float4 o4 = __ldg(reinterpret_cast<const float4*>(op + q4 * 4));
+          acc[m][q4 * 4 + 0] = fmaf(o4.x, xs, acc[m][q4 * 4 + 0]);
+          acc[m][q4 * 4 + 1] = fmaf(o4.y, xs, acc[m][q4 * 4 + 1]);
+          acc[m][q4 * 4 + 2] = fmaf(o4.z, xs, acc[m][q4 * 4 + 2]);
+          acc[m][q4 * 4 + 3] = fmaf(o4.w, xs, acc[m][q4 * 4 + 3]);
+        }
+      }
+    }
+  }
+  // ---- reduce over the 32 lanes: recursive halving, then lane L holds column L % COLS
+#pragma unroll
+  for (int m = 0; m < MR; ++m) {
+    lowbit_halve<COLS / 2>(acc[m], lane);
+    if (COLS == 16) acc[m][0] += __shfl_xor_sync(0xffffffffu, acc[m][0], 16);
+    const int n = b * W + l0 + (lane & (COLS - 1));
+    if (lane < COLS && n < N) atomicAdd(y + (size_t)m * N + n, acc[m][0]);
+  }
+  (void)NBLK;
+  return 0;
+}
+
+// Device functions lowbit_bcq_gemv_<MR>_q<Q>_c<COLS>_o<OFF>_p<PF>(x, planes, alpha, offset, y, lut, N,
+// NP, K, group, W, KC) are generated by cuda_kernels.py for the configurations a build calls.
 #endif  // LOWBIT_CUDA_KERNELS
