@@ -185,7 +185,8 @@ class QuantSpec:
 class BCQ:
     """Binary-coding quantization of linear weights (``lowbit.quant.bcq``):
     ``W ~= sum_{i<bits} alpha_i B_i (+ offset)``, ``B_i in {-1, +1}``, one alpha per output row
-    and ``group`` input columns (``None``: one per row). A weight format, not a uniform grid:
+    and ``group`` input columns (``None``: one per row; a group >= a layer's input dimension
+    also gives that layer one per row). A weight format, not a uniform grid:
     it goes in ``Recipe.weight`` of a weight-only recipe (``recipes.W3_BCQ``, ``W4_BCQ``).
 
     ``iters`` alternating refinement rounds after the greedy fit (0: greedy only); ``offset``
