@@ -78,7 +78,9 @@ def test_tvm_bcq_module_agrees_with_fx(minilm, recipe, tmp_path, capsys):
     q = quantize(gm, recipe, progress=False)
     with torch.no_grad():
         fx = q(**test).last_hidden_state.numpy()
-    got = np.asarray(compile(q, progress=False)(**test)[0])
+    mod = compile(q, progress=False)
+    assert [k for _, k in mod.meta["lowering"]].count("bcq_linear") == 36
+    got = np.asarray(mod(**test)[0])
     rel = float(np.abs(got - fx).max() / np.abs(fx).max())
     # the same model through ONNX: lowbit.BCQLinear nodes -> the same kernel
     from lowbit.export.onnx import export_onnx

@@ -92,13 +92,15 @@ def lowering_summary(lowering: list, family: str | None) -> str:
     kinds = collections.Counter(k for _, k in lowering)
     n_int8 = sum(kinds[k] for k in INT8_KINDS)
     fp32 = collections.Counter(k for _, k in lowering
-                               if k not in INT8_KINDS and k != "linear_w4a16")
+                               if k not in INT8_KINDS and k not in ("linear_w4a16", "bcq_linear"))
     why = "; ".join(f"{c} x {reason}" for reason, c in fp32.most_common())
     return (f"lowering: {n_int8} int8 linear(s)"
             + (f" on {family}" if n_int8 else "")
             + f" ({kinds['linear_u8s8_q']} with a requantizing epilogue, "
               f"{kinds['linear_u8s8_peg']} PEG group GEMM), {kinds['linear_w4a16']} int4 "
-              f"linear(s), {sum(fp32.values())} fp32 linear(s)" + (f" [{why}]" if why else ""))
+              f"linear(s), " + (f"{kinds['bcq_linear']} BCQ bit-plane linear(s), "
+                                if kinds["bcq_linear"] else "")
+            + f"{sum(fp32.values())} fp32 linear(s)" + (f" [{why}]" if why else ""))
 
 
 def _say(progress: bool, msg: str) -> None:

@@ -62,6 +62,7 @@ from lowbit.backends.tvm.lowering.ops import (
     LINEAR_W4A16,
 )
 from lowbit.backends.tvm.lowering.pack import VNNI_K, pack_int4, pack_vnni
+from lowbit.quant.bcq_linear import BCQ_LINEAR
 from lowbit.backends.tvm.lowering.peg import plan_peg
 from lowbit.passes.infra import Pass, PassResult
 
@@ -104,6 +105,9 @@ class LegalizeQuantLinear(Pass):
         shifted: dict[fx.Node, fx.Node] = {}
         changed = 0
         for node in list(gm.graph.nodes):
+            if _is(node, BCQ_LINEAR):           # BCQ layers: their own kernel (kernels/bcq.py)
+                log.append((node.name, "bcq_linear"))
+                continue
             if not _is(node, torch.ops.aten.linear.default):
                 continue
             x, w = node.args[0], node.args[1]
