@@ -30,7 +30,6 @@ on dev): common values for each method, stated above.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import pathlib

@@ -13,7 +13,7 @@ and the median forward time of each (5 runs, one process).
 from __future__ import annotations
 
 import argparse
-import statistics
+import functools
 import sys
 import time
 
@@ -24,16 +24,7 @@ import lowbit
 from lowbit.config import BCQ, Recipe
 from lowbit.data import shared_data_dir
 from lowbit.models import load_gemma
-
-
-def _median_ms(fn, runs: int = 5) -> float:
-    fn()
-    ts = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(ts)
+from lowbit.timing import measure
 
 
 def main(argv=None) -> int:
@@ -62,14 +53,14 @@ def main(argv=None) -> int:
         got = np.asarray(mod(x)[0])
         rel = float(np.abs(got - fx).max() / np.abs(fx).max())
         same = float((got.argmax(-1) == fx.argmax(-1)).mean())
-        bcq_kinds = sum("bcq" in str(k) for k in getattr(mod, "meta", {}).get("kernels", []))
+        bcq_layers = [k for _, k in mod.meta["lowering"]].count("bcq_linear")
         with torch.no_grad():
-            fx_ms = _median_ms(lambda: q(x))
-        tvm_ms = _median_ms(lambda: mod(x))
+            fx_ms = measure(functools.partial(q, x), iters=5, warmup=1).median_ms
+        tvm_ms = measure(functools.partial(mod, x), iters=5, warmup=1).median_ms
         print(f"{recipe.name}: compiled in {t_compile:.0f} s; TVM vs FX logits max relative "
               f"{rel:.2e}, next-token argmax equal {same:.1%}; forward FX {fx_ms:.0f} ms, "
               f"TVM {tvm_ms:.0f} ms ({args.ctx} tokens, {args.threads} threads)"
-              + (f"; {bcq_kinds} bcq kernels" if bcq_kinds else ""), flush=True)
+              f"; {bcq_layers} BCQ layers", flush=True)
     return 0
 
 
