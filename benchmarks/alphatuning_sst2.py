@@ -3,7 +3,8 @@
 
     python benchmarks/alphatuning_sst2.py [--bits 4,3] [--epochs 1] [--batch 32] [--seq 64]
         [--device cpu|cuda] [--variants fp_full,fp_head,lora,bcq_head,alpha_first,alpha_all]
-        [--n-train N] [--json out.json] [--doc docs/accuracy.md]
+        [--n-train N] [--val N --alpha-lrs 3e-4,1e-3,3e-3] [--json out.json]
+        [--doc docs/accuracy.md]
 
 Every variant is the same classifier: MiniLM -> mean over unmasked tokens -> Linear(384, 2),
 trained with cross-entropy on ``sst2_train.tsv`` (``--n-train`` sentences, default all 67,349)
@@ -25,6 +26,11 @@ captured FX graph of ``lowbit.quantize`` (``lowbit::bcq_linear`` ops), moved to 
 ``lowbit.capture.to_device``. Trainable parameter counts are reported per variant, and the
 ratio of full fine-tuning's count to each. The learning rates are fixed in advance (no search
 on dev): common values for each method, stated above.
+
+Learning-rate search without looking at dev: ``--val N`` holds out N training sentences (a
+seeded random choice; the rest are trained on) and ``--alpha-lrs`` runs the AlphaTuning
+variants once per learning rate; the rate with the best held-out accuracy is marked "chosen"
+per variant and bit width, and dev accuracy is reported for every run.
 """
 
 from __future__ import annotations
@@ -124,7 +130,8 @@ def bcq_model(model, tok, bits: int, group: int | None, device):
     return to_device(qgm, device, inplace=True), fit_s, sum(errs) / len(errs)
 
 
-def run_variant(name: str, bits: int | None, args, tok, train: Data, dev: Data) -> dict:
+def run_variant(name: str, bits: int | None, args, tok, train: Data, dev: Data,
+                val: Data | None = None) -> dict:
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
     model, _ = load_minilm(quiet=True)
@@ -177,6 +184,10 @@ def run_variant(name: str, bits: int | None, args, tok, train: Data, dev: Data) 
             row["trainable"] = tuner.counts()["trainable"]
             fit = tuner.fit(loss_fn, train, train.collate, progress=True)
         row["planes_unchanged"] = planes_digest(encoder) == digest
+    if name.startswith("alpha_"):
+        row["alpha_lr"] = args.alpha_lr
+    if val is not None:
+        row["val_accuracy"] = round(100 * accuracy(logits, val), 2)
     row.update(dev_accuracy=round(100 * accuracy(logits, dev), 2),
                train_seconds=round(fit.seconds, 1),
                final_loss=round(sum(fit.losses[-50:]) / len(fit.losses[-50:]), 4),
@@ -191,15 +202,19 @@ def table(rows: list[dict], meta: dict) -> str:
              f"Run on {meta['device']} ({meta['host']}); torch {meta['torch']}; "
              f"{meta['n_train']} training sentences, {meta['epochs']} epoch(s) of batch "
              f"{meta['batch']} ({rows[0]['steps']} steps); dev: {meta['n_dev']} sentences. "
-             f"The learning rates are fixed in advance (benchmarks/alphatuning_sst2.py).", "",
-             "| variant | bits | alpha group | trainable params | full FT / trainable | "
-             "BCQ rel. error | dev acc % | train s |",
-             "|---|---|---|---|---|---|---|---|"]
+             + (f"Learning rates of the alpha_* rows chosen on {meta['n_val']} held-out "
+                f"training sentences (val), not on dev." if meta["n_val"] else
+                "The learning rates are fixed in advance (benchmarks/alphatuning_sst2.py)."), "",
+             "| variant | bits | alpha group | alpha lr | trainable params | full FT / trainable "
+             "| BCQ rel. error | val acc % | dev acc % | train s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        lr = f"{r['alpha_lr']:g}" + (" (chosen)" if r.get("chosen") else "") \
+            if "alpha_lr" in r else "-"
         lines.append(f"| {r['variant']} | {r['bits'] or 'fp32'} | {r.get('group', '-')} | "
-                     f"{r['trainable']:,} | {r['ratio_vs_full']:,}x | "
-                     f"{r.get('mean_rel_error', '-')} | {r['dev_accuracy']} | "
-                     f"{r['train_seconds']} |")
+                     f"{lr} | {r['trainable']:,} | {r['ratio_vs_full']:,}x | "
+                     f"{r.get('mean_rel_error', '-')} | {r.get('val_accuracy', '-')} | "
+                     f"{r['dev_accuracy']} | {r['train_seconds']} |")
     return "\n".join(lines)
 
 
@@ -212,6 +227,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--n-train", type=int, default=None)
     ap.add_argument("--alpha-lr", type=float, default=1e-4)
+    ap.add_argument("--alpha-lrs", default=None,
+                    help="comma list: run the alpha_* variants once per learning rate")
+    ap.add_argument("--val", type=int, default=0,
+                    help="hold out this many training sentences to choose --alpha-lrs on")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--json", type=pathlib.Path, default=None)
@@ -228,18 +247,40 @@ def main(argv=None) -> int:
     texts, labels = read_sst2("train")
     if args.n_train:
         texts, labels = texts[:args.n_train], labels[:args.n_train]
+    val = None
+    if args.val:
+        if not 0 < args.val < len(texts):
+            ap.error(f"--val must be in 1..{len(texts) - 1}, got {args.val}")
+        perm = torch.randperm(len(texts), generator=torch.Generator().manual_seed(args.seed))
+        held = set(perm[:args.val].tolist())
+        val = Data(tok, [t for i, t in enumerate(texts) if i in held],
+                   [y for i, y in enumerate(labels) if i in held], args.seq, args.device)
+        texts = [t for i, t in enumerate(texts) if i not in held]
+        labels = [y for i, y in enumerate(labels) if i not in held]
     train = Data(tok, texts, labels, args.seq, args.device)
     dev = Data(tok, *read_sst2("dev"), args.seq, args.device)
+    lrs = [float(v) for v in args.alpha_lrs.split(",")] if args.alpha_lrs else [args.alpha_lr]
     rows = []
     for v in variants:
         for b in ([None] if v in FP_VARIANTS else bits):
-            rows.append(run_variant(v, b, args, tok, train, dev))
-            if args.json:
-                write_atomic(args.json, json.dumps({"rows": rows}, indent=1))
+            for lr in (lrs if v.startswith("alpha_") else [args.alpha_lr]):
+                args.alpha_lr = lr
+                rows.append(run_variant(v, b, args, tok, train, dev, val))
+                if args.json:
+                    write_atomic(args.json, json.dumps({"rows": rows}, indent=1))
+    if val is not None:           # the learning rate chosen on the held-out split, per setting
+        best: dict = {}
+        for r in rows:
+            key = (r["variant"], r["bits"])
+            if key not in best or r["val_accuracy"] > best[key]["val_accuracy"]:
+                best[key] = r
+        for r in best.values():
+            r["chosen"] = True
     meta = {"command": "python benchmarks/alphatuning_sst2.py " + " ".join(argv or sys.argv[1:]),
             "device": torch.cuda.get_device_name() if args.device == "cuda" else "CPU",
             "host": platform.processor() or platform.machine(), "torch": torch.__version__,
-            "n_train": len(train), "n_dev": len(dev), "epochs": args.epochs, "batch": args.batch}
+            "n_train": len(train), "n_dev": len(dev), "n_val": len(val) if val else 0,
+            "epochs": args.epochs, "batch": args.batch}
     text = table(rows, meta)
     print(text)
     if args.json:
