@@ -36,6 +36,8 @@ from lowbit.passes.onnx.graph_utils import const_array
 from lowbit.passes.onnx.load import save_onnx
 from lowbit.passes.onnx.qdq_cleanup import QDQ_CLEANUP
 from lowbit.passes.onnx.qdq_ops import TRANSLATIONS
+from lowbit.passes.onnx.word_bits import add_word_bits_functions
+from lowbit.passes.onnx.word_ops import TRANSLATIONS as WORD_TRANSLATIONS
 
 __all__ = ["OnnxExportError", "export_onnx"]
 
@@ -99,7 +101,8 @@ def export_onnx(qgm: torch.nn.Module, path: str | os.PathLike, example_inputs: A
             warnings.filterwarnings("ignore", message=".*training mode.*")
             program = torch.onnx.export(
                 qgm, args, kwargs=kwargs or None, dynamo=True, opset_version=opset,
-                dynamic_shapes=dynamic_shapes, custom_translation_table=TRANSLATIONS,
+                dynamic_shapes=dynamic_shapes,
+                custom_translation_table=TRANSLATIONS | WORD_TRANSLATIONS,
                 optimize=True, verbose=False)
     except Exception as e:  # torch raises many types; all mean "could not export"
         reason = "\n    ".join(str(e).strip().splitlines()[:12]) or type(e).__name__
@@ -111,6 +114,7 @@ def export_onnx(qgm: torch.nn.Module, path: str | os.PathLike, example_inputs: A
         fn = bcq_function(int(model.opset_imports.get("", opset)))
         model.functions[fn.identifier()] = fn
         model.opset_imports[BCQ_DOMAIN] = 1
+    add_word_bits_functions(model)   # lowbit::tiered_* ops: likewise
     folded, transposed, packed = (cleanup(model).count for cleanup in QDQ_CLEANUP)
     _check_weight_dqs(graph)
     log.info("export_onnx: %d DequantizeLinear, %d QuantizeLinear; folded %d Cast(s) and %d "

@@ -20,10 +20,11 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from torch import fx, nn
+from torch import fx
 
 from lowbit.config import Recipe
 from lowbit.passes.bcq import BCQSite, bcq_spec, plan_bcq
+from lowbit.passes.fx.attach import attach, owner_of
 from lowbit.passes.infra import Pass, PassResult
 from lowbit.passes.view.fx_graph import linear_input
 from lowbit.quant.bcq import pack_planes
@@ -36,27 +37,6 @@ aten = torch.ops.aten
 
 def bcq_nodes(gm: fx.GraphModule) -> list[fx.Node]:
     return [n for n in gm.graph.nodes if n.op == "call_function" and n.target is BCQ_LINEAR]
-
-
-def _owner(gm: fx.GraphModule, dotted: str) -> tuple[nn.Module, str]:
-    path, _, attr = dotted.rpartition(".")
-    try:
-        return (gm.get_submodule(path) if path else gm), attr
-    except AttributeError:            # flat parameter names: keep the dotted name readable
-        return gm, dotted.replace(".", "_")
-
-
-def _attach(gm: fx.GraphModule, dotted: str, value: torch.Tensor, *, param: bool) -> str:
-    owner, attr = _owner(gm, dotted)
-    base, i = attr, 0
-    while hasattr(owner, attr):
-        i += 1
-        attr = f"{base}_{i}"
-    if param:
-        owner.register_parameter(attr, nn.Parameter(value, requires_grad=False))
-    else:
-        owner.register_buffer(attr, value)
-    return dotted.rpartition(".")[0] + "." + attr if owner is not gm else attr
 
 
 def _bias(node: fx.Node, n: int) -> tuple[fx.Node | None, fx.Node | None]:
@@ -79,9 +59,9 @@ def _rewrite(gm: fx.GraphModule, site: BCQSite) -> None:
     node, fit = site.ref.node, site.fit
     n = fit.shape[0]
     stem = site.ref.name
-    planes = _attach(gm, f"{stem}.bcq_planes", pack_planes(fit.planes_i8), param=False)
-    alpha = _attach(gm, f"{stem}.bcq_alpha", fit.alpha_f32.contiguous(), param=True)
-    offset = (_attach(gm, f"{stem}.bcq_offset", fit.offset_f32.contiguous(), param=True)
+    planes = attach(gm, f"{stem}.bcq_planes", pack_planes(fit.planes_i8), param=False)
+    alpha = attach(gm, f"{stem}.bcq_alpha", fit.alpha_f32.contiguous(), param=True)
+    offset = (attach(gm, f"{stem}.bcq_offset", fit.offset_f32.contiguous(), param=True)
               if fit.offset_f32 is not None else None)
     bias, add_after = _bias(node, n)
     g = gm.graph
@@ -102,7 +82,7 @@ def _rewrite(gm: fx.GraphModule, site: BCQSite) -> None:
         if not w.users:
             g.erase_node(w)
             if not any(x.op == "get_attr" and x.target == w.target for x in g.nodes):
-                owner, attr = _owner(gm, str(w.target))
+                owner, attr = owner_of(gm, str(w.target))
                 if attr in owner._parameters:
                     del owner._parameters[attr]
                 elif attr in owner._buffers:

@@ -36,7 +36,7 @@ from lowbit.config import Recipe
 from lowbit.errors import ConfigError
 from lowbit.passes.bcq import BCQSite, bcq_spec, plan_bcq
 from lowbit.passes.infra import Pass, PassResult
-from lowbit.passes.onnx.edit import add_initializer, drop_if_unused
+from lowbit.passes.onnx.edit import add_initializer, remove_dead
 from lowbit.quant.bcq import pack_planes
 
 __all__ = ["BCQ_DOMAIN", "BCQ_MIN_OPSET", "BCQ_OP", "QuantizeBCQ", "bcq_function", "bcq_nodes"]
@@ -99,24 +99,6 @@ def _default_opset(model: ir.Model) -> int:
     return int(model.opset_imports.get("", 0))
 
 
-def _remove_dead(graph: ir.Graph, node: ir.Node | None) -> None:
-    """Remove ``node`` when nothing reads its outputs, then its now-unread inputs' producers
-    (a Transpose of the weight) and initializers."""
-    if node is None or node.graph is not graph or any(
-            o.uses() or o.is_graph_output() for o in node.outputs):
-        return
-    inputs = list(node.inputs)
-    graph.remove(node, safe=True)
-    for v in inputs:
-        if v is None:
-            continue
-        producer = v.producer()
-        if producer is not None:
-            _remove_dead(graph, producer)
-        else:
-            drop_if_unused(graph, v)
-
-
 def _rewrite(model: ir.Model, site: BCQSite) -> None:
     graph, node, fit = model.graph, site.ref.node, site.fit
     n, groups = fit.shape[0], fit.groups
@@ -150,7 +132,7 @@ def _rewrite(model: ir.Model, site: BCQSite) -> None:
             if o is out:
                 outputs[i] = new.outputs[0]
         new.outputs[0].name, out.name = out.name, f"{out.name}_float"
-    _remove_dead(graph, out.producer())
+    remove_dead(graph, out.producer())
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-__all__ = ["add_initializer", "dq_nodes", "drop_if_unused"]
+__all__ = ["add_initializer", "dq_nodes", "drop_if_unused", "remove_dead"]
 
 
 def add_initializer(graph: ir.Graph, name: str, array: np.ndarray,
@@ -29,6 +29,24 @@ def drop_if_unused(graph: ir.Graph, value: ir.Value | None) -> None:
     if value is not None and value.is_initializer() and not value.uses() \
             and not value.is_graph_output():
         graph.initializers.pop(value.name)
+
+
+def remove_dead(graph: ir.Graph, node: ir.Node | None) -> None:
+    """Remove ``node`` when nothing reads its outputs, then its now-unread inputs' producers
+    (a Transpose of the weight, say) and initializers."""
+    if node is None or node.graph is not graph or any(
+            o.uses() or o.is_graph_output() for o in node.outputs):
+        return
+    inputs = list(node.inputs)
+    graph.remove(node, safe=True)
+    for v in inputs:
+        if v is None:
+            continue
+        producer = v.producer()
+        if producer is not None:
+            remove_dead(graph, producer)
+        else:
+            drop_if_unused(graph, v)
 
 
 def dq_nodes(graph: ir.Graph) -> list[ir.Node]:

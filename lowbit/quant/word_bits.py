@@ -1,0 +1,499 @@
+"""Per-word mixed-precision embeddings (Chung et al., EMNLP Findings 2020).
+
+Each row of a word-embedding table ``E`` [V, D] gets its own bit width from the frequency of its
+token: frequent words more bits. Tokens are ranked by ``(count descending, id ascending)`` and
+the ranking is cut into ``T`` tiers; tier ``t`` holds ``n_t`` consecutive ranks and is coded
+with ``bits[t]`` bits (``bits`` strictly descending, 1..4)::
+
+    n_t ~ V * r^t / sum_{j<T} r^j          (the paper's rule: bits = (b, b-1, ..., 1), T = b)
+    average code bits = sum_t n_t * bits[t] / V          (scales and the remap not included)
+
+``b = 4, r = 2`` gives sizes 1:2:4:8 of 15 and ``(4*1 + 3*2 + 2*4 + 1*8) / 15 = 26/15 ~ 1.73``
+bits. Rounding: the cumulative boundaries ``C_k = round(V * sum_{t<k} n_t / V)`` are rounded,
+not the sizes, so the rows sum to V, every size is within one row of its proportional share,
+and every boundary (hence the average) is monotone in ``r``.
+
+Unseen tokens. A token with count 0 has no evidence of use, so it belongs to the lowest tier:
+if the rule's lowest tier is smaller than the ``U`` unseen tokens, it is extended upward to the
+last ``U`` ranks, and the tiers above lose their lowest-ranked rows (``C_k <- min(C_k, V - U)``;
+the tier just above the lowest shrinks first). With this rule the average is non-increasing in
+``r`` and spans ``[bits[-1], (bits[0] (V - U) + bits[-1] U) / V]``: ``plan_for_budget`` solves
+for ``r`` by bisection on ``log r`` inside that range and refuses targets outside it.
+
+Each tier is a ``BCQWeight`` over its rows (ascending token id): per-row BCQ (``bcq.fit``, one
+alpha set per row, as the paper) or per-row asymmetric uniform written as BCQ
+(``bcq.uniform_as_bcq``). A lookup goes through the remap: token ``id`` is row ``row[id]`` of
+tier ``tier[id]``.
+
+The plan (``WordBitsPlan``) is plain data the user can inspect, edit (``with_tier``) and save
+as JSON together with the counts it came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+
+from lowbit.errors import ConfigError
+from lowbit.quant import bcq
+
+__all__ = [
+    "FORMAT",
+    "METHODS",
+    "TieredEmbedding",
+    "WordBitsPlan",
+    "feasible_range",
+    "frequency_blind",
+    "plan_by_rule",
+    "plan_for_budget",
+    "quantize_embedding",
+    "token_counts",
+]
+
+METHODS = ("bcq", "uniform")
+FORMAT = "lowbit.word_bits/1"
+SCALE_BYTES = 2         # alphas, offsets and uniform scales are counted as fp16
+REMAP_BYTES = 4         # one int32 per token: tier in the top 2 bits, row within tier below
+_LOG_R_SPAN = 60.0      # bisection on log r in [-60, 60]: e^-60 * V rounds to 0 rows
+_BISECT_STEPS = 200
+_FIT_CHUNK = 16384      # rows per bcq.fit call (per-row fits are independent; bounds memory)
+
+
+# ---- counting ------------------------------------------------------------------------------
+
+def token_counts(texts: Iterable[str], tokenizer, vocab_size: int, *, batch: int = 256,
+                 progress: bool = True) -> torch.Tensor:
+    """How often each token id occurs in ``texts``, int64 [vocab_size].
+
+    ``tokenizer`` is called as a Hugging Face tokenizer is,
+    ``tokenizer(list_of_texts, add_special_tokens=False)["input_ids"]`` (a list of id lists),
+    ``batch`` texts at a time; no special tokens (BOS/EOS) are counted. An id outside
+    ``0..vocab_size-1`` raises ConfigError (the tokenizer does not match the table)."""
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
+        raise ConfigError(f"token_counts: vocab_size must be an int >= 1, got {vocab_size!r}")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ConfigError(f"token_counts: batch must be an int >= 1, got {batch!r}")
+    counts = torch.zeros(vocab_size, dtype=torch.int64)
+    it, done, batches, t0 = iter(texts), 0, 0, time.perf_counter()
+    while chunk := list(itertools.islice(it, batch)):
+        ids = [torch.as_tensor(x, dtype=torch.int64)
+               for x in tokenizer(chunk, add_special_tokens=False)["input_ids"]]
+        flat = torch.cat(ids) if ids else torch.zeros(0, dtype=torch.int64)
+        if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= vocab_size):
+            bad = int(flat.max()) if int(flat.max()) >= vocab_size else int(flat.min())
+            raise ConfigError(f"token_counts: the tokenizer produced id {bad}, outside the "
+                              f"table's 0..{vocab_size - 1}: tokenizer and embedding differ")
+        counts += torch.bincount(flat, minlength=vocab_size)
+        done, batches = done + len(chunk), batches + 1
+        if progress and (sys.stderr.isatty() or batches % 100 == 0):
+            _progress(f"counting tokens: {done} text(s), {int(counts.sum())} tokens", t0)
+    if progress:
+        _progress(f"counted {done} text(s), {int(counts.sum())} tokens", t0)
+        _progress_end()
+    return counts
+
+
+def _progress(msg: str, t0: float) -> None:
+    """One status line on stderr: rewritten in place on a terminal, one line each in a log."""
+    tty = sys.stderr.isatty()
+    print(f"{chr(13) if tty else ''}[lowbit] {msg}, {time.perf_counter() - t0:.1f} s",
+          end="" if tty else "\n", file=sys.stderr, flush=True)
+
+
+def _progress_end() -> None:
+    if sys.stderr.isatty():
+        print(file=sys.stderr, flush=True)
+
+
+def _as_counts(counts, name: str) -> torch.Tensor:
+    """Validated counts: int64 [V], V >= 1, all >= 0."""
+    c = torch.as_tensor(counts)
+    if c.dim() != 1 or c.numel() < 1 or c.is_floating_point() or c.is_complex() \
+            or c.dtype == torch.bool:
+        raise ConfigError(f"{name}: counts must be a non-empty 1-D integer tensor [V], got "
+                          f"{c.dtype} of shape {tuple(c.shape)}")
+    c = c.to(torch.int64).cpu()
+    if (c < 0).any():
+        raise ConfigError(f"{name}: counts must be >= 0 (token {int((c < 0).nonzero()[0])} "
+                          f"has {int(c[(c < 0).nonzero()[0]])})")
+    return c
+
+
+# ---- the plan ------------------------------------------------------------------------------
+
+def _check_bits(bits, name: str) -> tuple[int, ...]:
+    try:
+        bits = tuple(bits)
+    except TypeError:
+        raise ConfigError(f"{name}: bits must be a sequence of ints, got {bits!r}") from None
+    if not bits or any(isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= bcq.MAX_BITS
+                       for b in bits):
+        raise ConfigError(f"{name}: bits must be one or more ints in 1..{bcq.MAX_BITS}, "
+                          f"got {bits!r}")
+    if any(a <= b for a, b in itertools.pairwise(bits)):
+        raise ConfigError(f"{name}: bits must be strictly descending (tier 0 = most frequent "
+                          f"words = most bits), got {bits!r}")
+    return bits
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class WordBitsPlan:
+    """Which bit width each token's embedding row gets.
+
+    ``bits[t]``: code bits of tier ``t`` (strictly descending; tier 0 = most frequent words);
+    ``tier`` int64 [V]: the tier of every token id; ``counts`` int64 [V] or None: the token
+    counts the plan came from (kept so the plan can be rebuilt and checked); ``method``:
+    "bcq" (per-row BCQ) or "uniform" (per-row asymmetric uniform, written as BCQ); ``r``: the
+    cluster ratio the plan was derived with (None for hand-made or edited plans). Any tier may
+    be empty. Plans are plain data: read ``tier``, edit with ``with_tier``, save as JSON."""
+
+    bits: tuple[int, ...]
+    tier: torch.Tensor
+    counts: torch.Tensor | None = None
+    method: str = "bcq"
+    r: float | None = None
+
+    def __post_init__(self) -> None:
+        name = "WordBitsPlan"
+        object.__setattr__(self, "bits", _check_bits(self.bits, name))
+        if self.method not in METHODS:
+            raise ConfigError(f"{name}: method must be one of {METHODS}, got {self.method!r}")
+        t = torch.as_tensor(self.tier)
+        if t.dim() != 1 or t.numel() < 1 or t.is_floating_point() or t.dtype == torch.bool:
+            raise ConfigError(f"{name}: tier must be a non-empty 1-D integer tensor [V], got "
+                              f"{t.dtype} of shape {tuple(t.shape)}")
+        t = t.to(torch.int64).cpu().contiguous()
+        if int(t.min()) < 0 or int(t.max()) >= len(self.bits):
+            raise ConfigError(f"{name}: tier values must lie in 0..{len(self.bits) - 1} (one "
+                              f"per entry of bits={self.bits}), got {int(t.min())}.."
+                              f"{int(t.max())}")
+        object.__setattr__(self, "tier", t)
+        if self.counts is not None:
+            c = _as_counts(self.counts, name)
+            if c.numel() != t.numel():
+                raise ConfigError(f"{name}: counts has {c.numel()} entries, tier has "
+                                  f"{t.numel()}: both are one per token id")
+            object.__setattr__(self, "counts", c)
+        if self.r is not None and not (isinstance(self.r, (int, float)) and self.r > 0
+                                       and math.isfinite(self.r)):
+            raise ConfigError(f"{name}: r must be a finite number > 0 or None, got {self.r!r}")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tier.numel()
+
+    @property
+    def tier_sizes(self) -> tuple[int, ...]:
+        return tuple(torch.bincount(self.tier, minlength=len(self.bits)).tolist())
+
+    @property
+    def average_bits(self) -> float:
+        """Code bits per element, ``sum_t n_t bits[t] / V`` (scales and remap excluded)."""
+        return sum(n * b for n, b in zip(self.tier_sizes, self.bits)) / self.vocab_size
+
+    def rows(self, t: int) -> torch.Tensor:
+        """Token ids of tier ``t``, ascending: the order of tier ``t``'s table rows."""
+        self._check_tier(t)
+        return (self.tier == t).nonzero().flatten()
+
+    def remap(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(tier, row)``, both int64 [V]: token ``id`` is row ``row[id]`` of tier
+        ``tier[id]``'s table (``rows(tier[id])[row[id]] == id``)."""
+        row = torch.empty_like(self.tier)
+        for t in range(len(self.bits)):
+            ids = self.rows(t)
+            row[ids] = torch.arange(ids.numel())
+        return self.tier.clone(), row
+
+    def with_tier(self, ids, t: int) -> WordBitsPlan:
+        """A copy with tokens ``ids`` (an int or a sequence of ints) moved to tier ``t``; this
+        plan is not changed. The copy's ``r`` is None: it no longer follows a rule."""
+        self._check_tier(t)
+        ids = torch.as_tensor(ids, dtype=torch.int64).flatten()
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
+            raise ConfigError(f"WordBitsPlan.with_tier: token ids must lie in 0.."
+                              f"{self.vocab_size - 1}, got {int(ids.min())}..{int(ids.max())}")
+        tier = self.tier.clone()
+        tier[ids] = t
+        return dataclasses.replace(self, tier=tier, r=None)
+
+    def _check_tier(self, t: int) -> None:
+        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < len(self.bits):
+            raise ConfigError(f"WordBitsPlan: tier {t!r} does not exist (tiers 0.."
+                              f"{len(self.bits) - 1} for bits={self.bits})")
+
+    def to_dict(self) -> dict:
+        """JSON-able: format tag, method, bits, r, tier and counts as lists of ints."""
+        return {"format": FORMAT, "method": self.method, "bits": list(self.bits), "r": self.r,
+                "tier": self.tier.tolist(),
+                "counts": None if self.counts is None else self.counts.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> WordBitsPlan:
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise ConfigError(f"WordBitsPlan.from_dict: not a {FORMAT} plan (format="
+                              f"{d.get('format') if isinstance(d, dict) else type(d).__name__!r})")
+        missing = {"method", "bits", "tier"} - d.keys()
+        if missing:
+            raise ConfigError(f"WordBitsPlan.from_dict: missing {sorted(missing)}")
+        counts = d.get("counts")
+        return cls(bits=tuple(d["bits"]), tier=torch.tensor(d["tier"], dtype=torch.int64),
+                   counts=None if counts is None else torch.tensor(counts, dtype=torch.int64),
+                   method=d["method"], r=d.get("r"))
+
+    def save(self, path: str | Path) -> None:
+        """Write ``to_dict()`` as JSON atomically (a temporary file, then ``os.replace``)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(self.to_dict(), f, separators=(",", ":"))
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: str | Path) -> WordBitsPlan:
+        try:
+            d = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"WordBitsPlan.load: cannot read a plan from {path}: {e}") from None
+        return cls.from_dict(d)
+
+
+# ---- allocation ----------------------------------------------------------------------------
+
+def _ranking(counts: torch.Tensor) -> torch.Tensor:
+    """Token ids by (count descending, id ascending): a stable descending sort."""
+    return torch.sort(counts, descending=True, stable=True).indices
+
+
+def _boundaries(v: int, unseen: int, tiers: int, log_r: float) -> list[int]:
+    """Cumulative rows ``[C_0 = 0, C_1, ..., C_T = V]``: ``C_k = round(V sum_{t<k} w_t)``,
+    ``w_t = r^t / sum_j r^j``, then ``C_k <- min(C_k, V - U)`` for ``k < T`` (unseen rule)."""
+    logs = [t * log_r for t in range(tiers)]
+    top = max(logs)
+    w = [math.exp(x - top) for x in logs]
+    total = sum(w)
+    out, acc = [0], 0.0
+    for k in range(1, tiers):
+        acc += w[k - 1]
+        out.append(min(math.floor(v * acc / total + 0.5), v - unseen))
+    return out + [v]
+
+
+def _average(bounds: list[int], bits: tuple[int, ...]) -> float:
+    v = bounds[-1]
+    return sum((hi - lo) * b for lo, hi, b in zip(bounds, bounds[1:], bits)) / v
+
+
+def _plan(counts: torch.Tensor, bits: tuple[int, ...], log_r: float, method: str
+          ) -> WordBitsPlan:
+    v, unseen = counts.numel(), int((counts == 0).sum())
+    bounds = _boundaries(v, unseen, len(bits), log_r)
+    tier_of_rank = torch.bucketize(torch.arange(v), torch.tensor(bounds[1:-1]), right=True)
+    tier = torch.empty(v, dtype=torch.int64)
+    tier[_ranking(counts)] = tier_of_rank
+    return WordBitsPlan(bits, tier, counts, method, math.exp(log_r))
+
+
+def plan_by_rule(counts, b: int = 4, r: float = 2.0, *, method: str = "bcq") -> WordBitsPlan:
+    """The paper's rule: ``b`` tiers with sizes proportional to ``r^i``, tier ``i`` coded with
+    ``b - i`` bits (module docstring), unseen tokens (count 0) all in the 1-bit tier.
+
+    ``counts``: int [V] token counts (``token_counts`` or the user's own)."""
+    if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= bcq.MAX_BITS:
+        raise ConfigError(f"plan_by_rule: b must be an int in 1..{bcq.MAX_BITS}, got {b!r}")
+    if isinstance(r, bool) or not isinstance(r, (int, float)) or not (math.isfinite(r) and r > 0):
+        raise ConfigError(f"plan_by_rule: r must be a finite number > 0, got {r!r}")
+    counts = _as_counts(counts, "plan_by_rule")
+    return _plan(counts, tuple(range(b, 0, -1)), math.log(r), method)
+
+
+def feasible_range(counts, bits: Sequence[int] = (4, 3, 2, 1)) -> tuple[float, float]:
+    """Average code bits reachable by ``plan_for_budget`` with these tier bits: from
+    ``bits[-1]`` (every row in the lowest tier) to ``(bits[0] (V - U) + bits[-1] U) / V``
+    (every seen token in the top tier, the ``U`` unseen ones in the lowest)."""
+    bits = _check_bits(bits, "feasible_range")
+    counts = _as_counts(counts, "feasible_range")
+    v, unseen = counts.numel(), int((counts == 0).sum())
+    return float(bits[-1]), (bits[0] * (v - unseen) + bits[-1] * unseen) / v
+
+
+def plan_for_budget(counts, avg_bits: float, bits: Sequence[int] = (4, 3, 2, 1), *,
+                    method: str = "bcq") -> WordBitsPlan:
+    """The rule's tiers with ``bits`` per tier and ``r`` solved so the average code bits is as
+    close to ``avg_bits`` as whole rows allow.
+
+    The average is non-increasing in ``r`` (module docstring), a step function that moves by at
+    most ``(bits[0] - bits[-1]) / V`` at a time, so bisection on ``log r`` in [-60, 60] ends at
+    a step that straddles the target, and the closer side is returned:
+    ``|average_bits - avg_bits| <= (bits[0] - bits[-1]) / V``. A target outside
+    ``feasible_range(counts, bits)`` raises ConfigError naming the range and the unseen count."""
+    bits = _check_bits(bits, "plan_for_budget")
+    counts = _as_counts(counts, "plan_for_budget")
+    if isinstance(avg_bits, bool) or not isinstance(avg_bits, (int, float)) \
+            or not math.isfinite(avg_bits):
+        raise ConfigError(f"plan_for_budget: avg_bits must be a finite number, got {avg_bits!r}")
+    lo_bits, hi_bits = feasible_range(counts, bits)
+    eps = 1e-9
+    if not lo_bits - eps <= avg_bits <= hi_bits + eps:
+        v, unseen = counts.numel(), int((counts == 0).sum())
+        raise ConfigError(
+            f"plan_for_budget: average {avg_bits:g} bits cannot be met with tiers bits={bits}: "
+            f"the feasible range is [{lo_bits:.4f}, {hi_bits:.4f}] ({unseen} of {v} tokens are "
+            f"unseen and must take the lowest tier's {bits[-1]} bit(s)); choose a target in "
+            f"that range, other tier bits, or counts from more text")
+    v, unseen = counts.numel(), int((counts == 0).sum())
+    lo, hi = -_LOG_R_SPAN, _LOG_R_SPAN         # average(lo) >= target > average(hi)
+    if _average(_boundaries(v, unseen, len(bits), hi), bits) >= avg_bits:
+        return _plan(counts, bits, hi, method)
+    for _ in range(_BISECT_STEPS):
+        mid = (lo + hi) / 2
+        if mid in (lo, hi):
+            break
+        if _average(_boundaries(v, unseen, len(bits), mid), bits) >= avg_bits:
+            lo = mid
+        else:
+            hi = mid
+    a_lo = _average(_boundaries(v, unseen, len(bits), lo), bits)
+    a_hi = _average(_boundaries(v, unseen, len(bits), hi), bits)
+    best = lo if abs(a_lo - avg_bits) <= abs(a_hi - avg_bits) else hi
+    return _plan(counts, bits, best, method)
+
+
+def frequency_blind(plan: WordBitsPlan, seed: int = 0) -> WordBitsPlan:
+    """A control: the same bits and tier sizes, tokens assigned to tiers by a seeded random
+    permutation instead of by frequency (``tier'[id] = tier[perm[id]]``). Counts are kept;
+    ``r`` is None. Unseen tokens land anywhere."""
+    perm = torch.randperm(plan.vocab_size, generator=torch.Generator().manual_seed(seed))
+    return dataclasses.replace(plan, tier=plan.tier[perm], r=None)
+
+
+# ---- the quantized table -------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TieredEmbedding:
+    """A quantized [V, D] table: ``tiers[t]`` is a per-row ``BCQWeight`` over the rows
+    ``plan.rows(t)`` (ascending token id) with ``plan.bits[t]`` planes."""
+
+    plan: WordBitsPlan
+    tiers: tuple[bcq.BCQWeight, ...]
+
+    def __post_init__(self) -> None:
+        tiers = tuple(self.tiers)
+        if len(tiers) != len(self.plan.bits):
+            raise ConfigError(f"TieredEmbedding: {len(tiers)} tier tables for "
+                              f"{len(self.plan.bits)} tiers")
+        dims = {w.shape[1] for w in tiers}
+        for t, (w, n, b) in enumerate(zip(tiers, self.plan.tier_sizes, self.plan.bits)):
+            if w.shape[0] != n or w.bits != b or w.groups != 1:
+                raise ConfigError(f"TieredEmbedding: tier {t} holds a {w.bits}-bit "
+                                  f"{w.shape} table with {w.groups} group(s) per row; the plan "
+                                  f"says {n} rows at {b} bits, one group per row")
+        if len(dims) != 1:
+            raise ConfigError(f"TieredEmbedding: tiers differ in width: {sorted(dims)}")
+        object.__setattr__(self, "tiers", tiers)
+
+    @property
+    def dim(self) -> int:
+        return self.tiers[0].shape[1]
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 [V, D] table: row ``id`` = tier ``tier[id]``'s row ``row[id]``."""
+        out = torch.empty(self.plan.vocab_size, self.dim)
+        for t, w in enumerate(self.tiers):
+            out[self.plan.rows(t)] = _dequantize_rows(w)
+        return out
+
+    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rows for token ``ids`` (any shape) through the remap, float32 [*ids.shape, D],
+        dequantizing only the rows asked for."""
+        ids = torch.as_tensor(ids, dtype=torch.int64)
+        tier, row = self.plan.remap()
+        flat = ids.flatten()
+        out = torch.empty(flat.numel(), self.dim)
+        for t, w in enumerate(self.tiers):
+            sel = (tier[flat] == t).nonzero().flatten()
+            if sel.numel():
+                out[sel] = _dequantize_rows(_take_rows(w, row[flat[sel]]))
+        return out.reshape(*ids.shape, self.dim)
+
+    def nbytes(self) -> dict[str, int]:
+        """Storage in bytes: ``planes`` (bits packed 8 per byte along each row, rows padded to
+        whole bytes), ``alpha`` (per row: ``bits`` alphas for "bcq", one scale for "uniform",
+        whose alphas are ``s 2^(i-1)``), ``offset`` (one per row where the fit has offsets),
+        all scale values counted as fp16 (2 bytes); ``remap`` (one int32 per token: tier and
+        row within tier; 0 when only one tier holds rows: its rows are in id order); ``total``."""
+        planes = alpha = offset = 0
+        for w in self.tiers:
+            n, k = w.shape
+            planes += w.bits * n * math.ceil(k / 8)
+            alpha += n * (w.bits if self.plan.method == "bcq" else 1) * SCALE_BYTES
+            offset += n * SCALE_BYTES if w.offset_f32 is not None else 0
+        used = sum(n > 0 for n in self.plan.tier_sizes)
+        remap = REMAP_BYTES * self.plan.vocab_size if used > 1 else 0
+        return {"planes": planes, "alpha": alpha, "offset": offset, "remap": remap,
+                "total": planes + alpha + offset + remap}
+
+
+def _take_rows(w: bcq.BCQWeight, rows) -> bcq.BCQWeight:
+    return bcq.BCQWeight(w.planes_i8[:, rows], w.alpha_f32[rows],
+                         None if w.offset_f32 is None else w.offset_f32[rows], w.group)
+
+
+def _dequantize_rows(w: bcq.BCQWeight, chunk: int = _FIT_CHUNK) -> torch.Tensor:
+    """``w.dequantize()`` in row chunks (a 4-bit [262144, 640] table would need 2.7 GB of
+    float planes at once)."""
+    n = w.shape[0]
+    if n <= chunk:
+        return w.dequantize()
+    return torch.cat([_take_rows(w, slice(i, i + chunk)).dequantize() for i in range(0, n, chunk)])
+
+
+def _fit_rows(w: torch.Tensor, bits: int, method: str, iters: int) -> bcq.BCQWeight:
+    """One tier's per-row fit, ``_FIT_CHUNK`` rows per call: each row's fit depends on that
+    row only, so chunking changes nothing but memory."""
+    parts = [bcq.fit(c, bits, None, iters) if method == "bcq" else bcq.uniform_as_bcq(c, bits)
+             for c in (w.split(_FIT_CHUNK) if w.shape[0] else [w])]
+    if len(parts) == 1:
+        return parts[0]
+    off = None if parts[0].offset_f32 is None else torch.cat([p.offset_f32 for p in parts])
+    return bcq.BCQWeight(torch.cat([p.planes_i8 for p in parts], 1),
+                         torch.cat([p.alpha_f32 for p in parts]), off, parts[0].group)
+
+
+def quantize_embedding(weight: torch.Tensor, plan: WordBitsPlan, *,
+                       iters: int = bcq.DEFAULT_ITERS, progress: bool = True
+                       ) -> TieredEmbedding:
+    """Quantize ``weight`` [V, D] tier by tier: tier ``t``'s rows (``plan.rows(t)``) with
+    ``bcq.fit(rows, bits[t], group=None, iters)`` ("bcq") or ``bcq.uniform_as_bcq(rows,
+    bits[t], group=None)`` ("uniform")."""
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 \
+            or weight.shape[0] != plan.vocab_size or not weight.is_floating_point():
+        raise ConfigError(f"quantize_embedding: weight must be a float [V={plan.vocab_size}, "
+                          f"D] table, got {getattr(weight, 'shape', type(weight).__name__)}")
+    weight = weight.detach().to(torch.float32)
+    tiers, t0 = [], time.perf_counter()
+    for t, (b, n) in enumerate(zip(plan.bits, plan.tier_sizes)):
+        if progress:
+            _progress(f"word bits ({plan.method}): tier {t + 1}/{len(plan.bits)} ({n} rows, "
+                      f"{b} bit(s))", t0)
+        tiers.append(_fit_rows(weight[plan.rows(t)], b, plan.method, iters))
+    if progress:
+        _progress(f"word bits ({plan.method}): {len(plan.bits)} tier(s), average "
+                  f"{plan.average_bits:.3f} bits, done", t0)
+        _progress_end()
+    return TieredEmbedding(plan, tuple(tiers))
