@@ -80,10 +80,9 @@ def main() -> None:
         del bits
         ms_t = None
         if any(e["role"] != "check" for e in entries):
-            wh, xh = w.half(), x.half()
+            wh16, xh = w.half(), x.half()
             del w
-            ms_t = gc.bench_ms(lambda xh=xh, wh=wh: xh @ wh.t(), iters=200)
-            del wh
+            ms_t = gc.bench_ms(lambda xh=xh, wh=wh16: xh @ wh.t(), iters=200)
         else:
             del w
         nbytes = sum(a.numel() * a.element_size() for a in kp)
@@ -104,6 +103,13 @@ def main() -> None:
                              "config": e["config"], "lowbit_ms": ms, "torch_fp16_ms": ms_t,
                              "speedup": ms_t / ms, "MB": nbytes / 1e6,
                              "GBps": nbytes / ms / 1e6, "of_copy": nbytes / ms / 1e6 / bw})
+        if ms_t is not None:    # torch timed again after lowbit's; the faster of the two counts
+            ms_t2 = gc.bench_ms(lambda xh=xh, wh=wh16: xh @ wh.t(), iters=200)
+            for r in rows:
+                if (r["M"], r["N"], r["K"], r["q"]) == (m, n, k, q):
+                    r["torch_fp16_ms"] = min(ms_t, ms_t2)
+                    r["speedup"] = r["torch_fp16_ms"] / r["lowbit_ms"]
+            del wh16
         torch.cuda.empty_cache()
     print(f"\n| M x N x K | q | config | weights MB | lowbit ms | torch fp16 ms | speedup | GB/s |"
           f" of copy {bw:.0f} GB/s |")

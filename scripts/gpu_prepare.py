@@ -43,12 +43,14 @@ INT4_GEMV = [(768, 768), (3072, 768), (768, 3072), (4096, 4096), (8192, 8192), (
 INT4_CHECK = [(1, 768, 768, 128), (2, 4096, 4096, 128), (4, 384, 1536, 32), (100, 384, 384, 128),
               (4096, 1536, 384, 128)]
 # BCQ LUT GEMV (kernels/cuda.py shell_bcq): (M, N, K, q, group, offset); "bench" rows are timed
-BCQ_BENCH = [(1, 4096, 4096, q, 128, False) for q in (3, 4)] + \
-    [(1, 8192, 28672, q, 128, False) for q in (3, 4)]
+BCQ_BENCH = [(1, n, k, q, 128, False) for n, k in ((4096, 4096), (4096, 14336), (8192, 28672))
+             for q in (3, 4)]
 BCQ_CHECK = [(2, 4096, 4096, 3, 128, True), (4, 100, 256, 2, 32, True),
-             (3, 384, 1536, 4, 1536, False), (1, 1024, 1024, 1, 8, True)]
-BCQ_SWEEP = [{"kc": kc, "warps": w, "prefetch": pf} for kc in (512, 1024, 2048)
-             for w in (4, 8) for pf in (False, True)]     # timed on the BCQ_BENCH shapes
+             (3, 384, 1536, 4, 1536, False), (1, 1024, 1024, 1, 8, True),
+             (1, 1000, 2304, 4, 128, False), (2, 512, 768, 3, 64, False),
+             (1, 384, 1536, 2, 1536, True)]
+BCQ_SWEEP = [{"table": 16, "kc": kc, "warps": w} for kc in (512, 1024)
+             for w in (4, 8)]                              # timed on the BCQ_BENCH shapes
 BATCHES = (1, 8, 32)
 SEQ = 128
 
@@ -116,7 +118,8 @@ def bcq_kernels(out: Path) -> None:
 
     folder, tgt, index = out / "bcq", cuda_target(), []
     folder.mkdir(parents=True, exist_ok=True)
-    jobs = [("check", c, {"prefetch": pf}) for c in BCQ_CHECK for pf in (False, True)]
+    jobs = [("check", c, {"table": 16, "prefetch": pf}) for c in BCQ_CHECK for pf in (False, True)]
+    jobs += [("check", c, {"table": 256}) for c in BCQ_CHECK if c[0] <= 2]
     jobs += [("bench", c, {}) for c in BCQ_BENCH]                   # the default configuration
     jobs += [("sweep", c, v) for c in BCQ_BENCH for v in BCQ_SWEEP]
     for role, (m, n, k, q, g, off), opts in jobs:

@@ -12,8 +12,10 @@ grid and calls one device function of ``cuda_kernels.cu``::
     linear_w4a16, M > 4                       ->  lowbit_w4a16_gemm (64x64 SIMT tiles, weights
         decoded into shared memory)
     bcq_linear, M <= 4, g % 8 == 0            ->  lowbit_w4a16_init (y = bias), then
-        lowbit_bcq_gemv_{1..4}: LUT-GEMM (16-entry tables of signed sums in shared memory, one
-        bank per lane), split-K over chunks of inputs, fp32 atomics; larger M: dlight
+        lowbit_bcq_t256_{1,2} (M <= 2, 64-column blocks: 256-entry tables, one lookup per
+        plane byte) or lowbit_bcq_gemv_{1..4} (16-entry tables): LUT-GEMM (tables of signed
+        sums in shared memory, one bank per lane), split-K over chunks of inputs, fp32
+        atomics; larger M: dlight
 
 The .cu file is put in front of the CUDA source TVM generates (the ``tvm_callback_cuda_postproc``
 hook, registered while a lowbit CUDA build runs), so nvcc compiles everything into one cubin.
@@ -73,6 +75,8 @@ CALLED: set[str] = set()  # device functions the last CUDA builds called (tests 
 _U8S8_RE = r"lowbit_gemm_u8s8_(\d+)x(\d+)_(\d+)x(\d+)_s(\d+)(?:_k(\d+))?"
 _GEMV_RE = r"lowbit_w4a16_gemv_(\d)_v(\d+)_u(\d+)"
 _BCQ_RE = r"lowbit_bcq_gemv_(\d)_q(\d)_c(\d+)_o(\d)_p(\d)"
+_T256_RE = r"lowbit_bcq_t256_(\d)_q(\d)_o(\d)"
+T256_MIN_BLOCKS = 3   # blocks per SM the 256-entry kernel is compiled for (<= 80 registers)
 
 
 def _wrappers(code: str) -> str:
@@ -102,16 +106,41 @@ def _wrappers(code: str) -> str:
             f"int K, int g, int W, int KC) {{ return lowbit_bcq_gemv_impl<{mr}, {q}, {cols}, "
             f"{'true' if off == '1' else 'false'}, {'true' if pf == '1' else 'false'}>(x, p, a, "
             f"o, y, reinterpret_cast<float*>(lut), N, NP, K, g, W, KC); }}")
+    for name in sorted(set(re.findall(rf"\b({_T256_RE})\(", code)), key=str):
+        name, mr, q, off = name
+        out.append(   # inlined: the calling kernel's launch bounds cap its registers
+            f"__device__ __forceinline__ int {name}(const float* x, const unsigned char* p, "
+            f"const float* a, const float* o, float* y, unsigned char* lut, int N, int NP, "
+            f"int K, int g, int W) {{ return lowbit_bcq_t256_impl<{mr}, {q}, "
+            f"{'true' if off == '1' else 'false'}>(x, p, a, o, y, lut, N, NP, K, g, W); }}")
     return "\n".join(out)
+
+
+def _t256_bounds(code: str) -> str:
+    """``__launch_bounds__(256, T256_MIN_BLOCKS)`` on the kernels that call a 256-entry BCQ
+    GEMV, declaration and definition (TVM writes the thread count only): on the H200
+    (docs/gpu.md) it runs 5% faster at 3 blocks per SM (80 registers) than at the 96
+    registers nvcc picks unbounded."""
+    import re
+
+    names = set()
+    for m in re.finditer(r"__global__ void __launch_bounds__\(256\) (\w+)\([^)]*\)\s*\{", code):
+        nxt = code.find("__global__", m.end())
+        if re.search(rf"\b{_T256_RE}\(", code[m.end():nxt if nxt >= 0 else len(code)]):
+            names.add(m.group(1))
+    for name in names:
+        code = code.replace(f"__launch_bounds__(256) {name}(",
+                            f"__launch_bounds__(256, {T256_MIN_BLOCKS}) {name}(")
+    return code
 
 
 def _postproc(code, target=None):
     import re
 
     code = str(code)
-    CALLED.update(re.findall(r"\b(lowbit_(?:gemm_u8s8|w4a16|bcq_gemv)_\w+?)\(", code))
+    CALLED.update(re.findall(r"\b(lowbit_(?:gemm_u8s8|w4a16|bcq_gemv|bcq_t256)_\w+?)\(", code))
     if "lowbit_" in code and "LOWBIT_CUDA_KERNELS" not in code:
-        code = _source() + "\n" + _wrappers(code) + "\n" + code
+        code = _source() + "\n" + _wrappers(code) + "\n" + _t256_bounds(code)
     return code
 
 
@@ -300,29 +329,50 @@ def bcq_chunk(m: int, n_pad: int, k: int, cols: int, warps: int = 4) -> int:
     return 256 if k <= 256 else min(512, max(256, 3072 // m // 256 * 256))
 
 
+T256_MAX_M = 2          # 64 KiB of 256-entry tables per row of x
+
+
 def shell_bcq(m: int, n: int, k: int, q: int, group: int, offset: bool, width: int,
-              kc: int | None = None, warps: int = 4, prefetch: bool = False
-              ) -> tvm.tirx.PrimFunc:
-    """The CUDA bcq_linear (kernels/bcq.py layout) for M <= 4: y = bias, then the LUT GEMV
-    (``kc`` inputs and ``warps`` x 16 or 32 columns per block; ``prefetch``: double-buffered
-    plane loads, off by default: 136 instead of 78 registers for q = 3, up to 38% slower on
-    the H200 sweep)."""
+              kc: int | None = None, warps: int | None = None, prefetch: bool = False,
+              table: int | None = None) -> tvm.tirx.PrimFunc:
+    """The CUDA bcq_linear (kernels/bcq.py layout) for M <= 4: y = bias, then the LUT GEMV.
+
+    ``table`` 256 (the default for M <= 2 on 64-column blocks): ``lowbit_bcq_t256``, 8 warps x
+    32 columns and 512 inputs per block, one lookup per plane byte; 16 (the default
+    otherwise): ``lowbit_bcq_gemv``, ``kc`` inputs and ``warps`` (4) x 16 or 32 columns per
+    block, ``prefetch``: double-buffered plane loads, off by default (136 instead of 78
+    registers for q = 3, up to 38% slower on the H200 sweep). H200, M = 1, 8192x28672:
+    the 256-entry kernel is 12-16% faster (docs/gpu.md)."""
     if not 1 <= m <= BCQ_GEMV_MAX_M:
         raise ValueError(f"CUDA BCQ GEMV takes M <= {BCQ_GEMV_MAX_M}, got M={m}")
     if k % 8 or group % 8 or k % group or width % 16 or not 1 <= q <= 8:
         raise ValueError(f"CUDA BCQ GEMV needs K % 8 == 0 and g % 8 == 0, got K={k}, g={group}")
+    if table is None:
+        table = 256 if m <= T256_MAX_M and width % 32 == 0 else 16
+    if table not in (16, 256) or (table == 256 and (m > T256_MAX_M or width % 32)):
+        raise ValueError(f"BCQ GEMV: table must be 16, or 256 for M <= {T256_MAX_M} on "
+                         f"64-column blocks; got {table} for M={m}, W={width}")
     n_pad = _cdiv(n, width) * width
     nb, ng = n_pad // width, k // group
     cols = 32 if width % 32 == 0 else 16
-    kc = kc or bcq_chunk(m, n_pad, k, cols, warps)
-    if kc % 256 or warps not in (1, 2, 4, 8, 16):
-        raise ValueError(f"BCQ GEMV: chunk must be a multiple of 256 and warps a power of two "
-                         f"up to 16, got {kc}, {warps}")
+    if table == 256:
+        kc, warps = 512, 8
+        smem = m * 65536
+        fn = f"lowbit_bcq_t256_{m}_q{q}_o{int(offset)}"
+        config = "t256_w8"
+    else:
+        warps = warps or 4
+        kc = kc or bcq_chunk(m, n_pad, k, cols, warps)
+        if kc % 256 or warps not in (1, 2, 4, 8, 16):
+            raise ValueError(f"BCQ GEMV: chunk must be a multiple of 256 and warps a power of "
+                             f"two up to 16, got {kc}, {warps}")
+        smem = m * (kc // 256) * 4096
+        fn = f"lowbit_bcq_gemv_{m}_q{q}_c{cols}_o{int(offset)}_p{int(prefetch)}"
+        config = f"c{cols}_kc{kc}_w{warps}_p{int(prefetch)}"
     gx, gy = _cdiv(n_pad, warps * cols), _cdiv(k, kc)
-    smem = m * (kc // 256) * 4096
     init_blocks = _cdiv(m * n, 256)
-    fn = f"lowbit_bcq_gemv_{m}_q{q}_c{cols}_o{int(offset)}_p{int(prefetch)}"
     threads = 32 * warps
+    extra = () if table == 256 else (kc,)
 
     @T.macro
     def body(x, planes, alpha, off, bias, y):
@@ -332,7 +382,7 @@ def shell_bcq(m: int, n: int, k: int, q: int, group: int, offset: bool, width: i
               T.launch_thread("threadIdx.x", threads)):
             lut = T.alloc_buffer((smem,), "uint8", scope="shared.dyn")
             T.evaluate(T.call_extern("int32", fn, x.data, planes.data, alpha.data, off.data,
-                                     y.data, lut.data, n, n_pad, k, group, width, kc))
+                                     y.data, lut.data, n, n_pad, k, group, width, *extra))
 
     if offset:
         @T.prim_func
@@ -352,7 +402,7 @@ def shell_bcq(m: int, n: int, k: int, q: int, group: int, offset: bool, width: i
             T.func_attr({"tirx.noalias": True})
             body(x_f32, planes_u8, alpha_f32, x_f32, bias_f32, y_f32)   # offset unused
     return (main.with_attr(KERNEL_ATTR, "bcq_linear")
-            .with_attr("lowbit.config", f"c{cols}_kc{kc}_w{warps}_p{int(prefetch)}"))
+            .with_attr("lowbit.config", config))
 
 
 def arg_shapes(func: tvm.tirx.PrimFunc) -> list[list[int]]:

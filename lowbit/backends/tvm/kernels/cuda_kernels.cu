@@ -455,6 +455,121 @@ __device__ __forceinline__ int lowbit_bcq_gemv_impl(
   return 0;
 }
 
+// lowbit_bcq_t256_<MR>_q<Q>_o<OFF>: the same GEMV for MR <= 2 rows with 256-entry tables, one
+// lookup per plane byte instead of two. Block: 8 warps x 32 columns, KC = 512 inputs (two steps
+// of 32 plane bytes per lane). Lane L of step j takes input byte k8 = 32 j + L and its table
+// T[m][e][j][L] = sum_{b<8} (bit b of e ? +x : -x)[8 k8 + b] (64 KiB per row m): the byte offset
+// of entry e is e*256 + j*128 + 4L, which one PRMT builds from the plane byte and the lane's
+// offset, so a plane byte costs PRMT + LDS + FFMA. Each lane reads only its own bank. Needs
+// W % 32 == 0 (64-column blocks), K % 8 == 0, g % 8 == 0; the table must be the only dynamic
+// shared memory of the launch (it is checked against the extern symbol).
+extern __shared__ __align__(16) unsigned char lowbit_dyn_smem[];
+
+template <int MR, int Q, bool OFF>
+__device__ __forceinline__ int lowbit_bcq_t256_impl(
+    const float* __restrict__ x, const unsigned char* __restrict__ planes,
+    const float* __restrict__ alpha, const float* __restrict__ offset, float* __restrict__ y,
+    const unsigned char* lut, int N, int NP, int K, int group, int W) {
+  static_assert(MR >= 1 && MR <= 2, "MR: 1 or 2 rows (64 KiB of tables per row)");
+  constexpr int COLS = 32, KC = 512;
+  if (lut != lowbit_dyn_smem) __trap();            // the offsets below assume the table at 0
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nthreads = blockDim.x;
+  const int KB = K >> 3, G = K / group;
+  const int k0 = blockIdx.y * KC, kend = min(K, k0 + KC);
+  // ---- tables: unit (m, j, L, quarter qq) = 16 low-nibble sums x 4 high-nibble sums
+  for (int u = threadIdx.x; u < MR * 2 * 32 * 4; u += nthreads) {
+    const int L = u & 31, qq = (u >> 5) & 3, j = (u >> 7) & 1, m = u >> 8;
+    const int k = k0 + (j * 32 + L) * 8;
+    float4 xa = make_float4(0.f, 0.f, 0.f, 0.f), xb = xa;
+    if (k < kend) {
+      xa = __ldg(reinterpret_cast<const float4*>(x + (size_t)m * K + k));
+      xb = __ldg(reinterpret_cast<const float4*>(x + (size_t)m * K + k + 4));
+    }
+    float lo[16];
+#pragma unroll
+    for (int e = 0; e < 16; ++e)
+      lo[e] = ((e & 1) ? xa.x : -xa.x) + ((e & 2) ? xa.y : -xa.y) + ((e & 4) ? xa.z : -xa.z) +
+              ((e & 8) ? xa.w : -xa.w);
+    float* dst = reinterpret_cast<float*>(lowbit_dyn_smem) + (size_t)m * 16384 + j * 32 + L;
+#pragma unroll
+    for (int h = 0; h < 4; ++h) {
+      const int eh = qq * 4 + h;
+      const float hv = ((eh & 1) ? xb.x : -xb.x) + ((eh & 2) ? xb.y : -xb.y) +
+                       ((eh & 4) ? xb.z : -xb.z) + ((eh & 8) ? xb.w : -xb.w);
+#pragma unroll
+      for (int l = 0; l < 16; ++l) dst[(eh * 16 + l) * 64] = lo[l] + hv;
+    }
+  }
+  __syncthreads();
+  const int n0 = (blockIdx.x * (nthreads >> 5) + warp) * COLS;
+  if (n0 >= NP) return 0;
+  const int b = n0 / W, l0 = n0 % W;
+  float acc[MR][COLS];
+#pragma unroll
+  for (int m = 0; m < MR; ++m)
+#pragma unroll
+    for (int c = 0; c < COLS; ++c) acc[m][c] = 0.f;
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+    const int k8 = (k0 >> 3) + j * 32 + lane;
+    if (k8 * 8 >= kend) break;      // lanes only: no __syncwarp inside the loop
+    const int g = (k8 * 8) / group;
+    const unsigned ofs = j * 128 + lane * 4;
+    uint4 pv[Q][2];
+    const unsigned char* pp = planes + ((size_t)b * KB + k8) * Q * W + l0;
+#pragma unroll
+    for (int i = 0; i < Q; ++i)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) pv[i][h] = __ldg(reinterpret_cast<const uint4*>(pp + i * W + h * 16));
+    const float* ap = alpha + ((size_t)b * G + g) * Q * W + l0;
+#pragma unroll
+    for (int i = 0; i < Q; ++i) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const unsigned wv[4] = {pv[i][h].x, pv[i][h].y, pv[i][h].z, pv[i][h].w};
+#pragma unroll
+        for (int q4 = 0; q4 < 4; ++q4) {
+          const float4 a4 = __ldg(reinterpret_cast<const float4*>(ap + i * W + h * 16 + q4 * 4));
+          const float av[4] = {a4.x, a4.y, a4.z, a4.w};
+#pragma unroll
+          for (int c = 0; c < 4; ++c) {
+            // byte 0 <- the lane's offset, byte 1 <- plane byte c, bytes 2, 3 <- 0
+            const unsigned off = __byte_perm(wv[q4], ofs, 0x5504u + 16u * c);
+            const int col = h * 16 + q4 * 4 + c;
+#pragma unroll
+            for (int m = 0; m < MR; ++m) {
+              const float v = *reinterpret_cast<const float*>(lowbit_dyn_smem + m * 65536 + off);
+              acc[m][col] = fmaf(av[c], v, acc[m][col]);
+            }
+          }
+        }
+      }
+    }
+    if constexpr (OFF) {
+      const float* op = offset + ((size_t)b * G + g) * W + l0;
+#pragma unroll
+      for (int m = 0; m < MR; ++m) {   // entry 255: the sum of the lane's 8 inputs
+        const float xs = *reinterpret_cast<const float*>(lowbit_dyn_smem + m * 65536 + 255 * 256 + ofs);
+#pragma unroll
+        for (int q4 = 0; q4 < COLS / 4; ++q4) {
+          const float4 o4 = __ldg(reinterpret_cast<const float4*>(op + q4 * 4));
+          acc[m][q4 * 4 + 0] = fmaf(o4.x, xs, acc[m][q4 * 4 + 0]);
+          acc[m][q4 * 4 + 1] = fmaf(o4.y, xs, acc[m][q4 * 4 + 1]);
+          acc[m][q4 * 4 + 2] = fmaf(o4.z, xs, acc[m][q4 * 4 + 2]);
+          acc[m][q4 * 4 + 3] = fmaf(o4.w, xs, acc[m][q4 * 4 + 3]);
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < MR; ++m) {
+    lowbit_halve<COLS / 2>(acc[m], lane);
+    const int n = b * W + l0 + lane;
+    if (n < N) atomicAdd(y + (size_t)m * N + n, acc[m][0]);
+  }
+  return 0;
+}
+
 // Device functions lowbit_bcq_gemv_<MR>_q<Q>_c<COLS>_o<OFF>_p<PF>(x, planes, alpha, offset, y, lut, N,
 // NP, K, group, W, KC) are generated by cuda_kernels.py for the configurations a build calls.
 #endif  // LOWBIT_CUDA_KERNELS
