@@ -7,8 +7,10 @@
                                             #       + decompositions (passes/onnx/word_bits.py)
 
 The word embedding is spotting's ``embedding.word`` (the largest table looked up by a graph
-input). Every op reading its parameter (all aliases: a tied ``lm_head.weight`` is one) is
-classified once, here:
+input). Every op reading its parameter is classified once, here: all aliases (a tied
+``lm_head.weight`` is one), and in ONNX every initializer holding the same values or their
+transpose (``view.tied_params``: torch.onnx.export folds ``Transpose(E)`` of a tied head into a
+second copy, which the rewrite then drops):
 
 * a lookup of the table (``view.embedding``)             -> tiered_embedding
 * a linear ``x @ E^T`` [D -> V] against it (``view.linear``, the tied LM head)
@@ -121,16 +123,18 @@ def plan_word_bits(graph, plan: WordBitsPlan | TieredEmbedding, *, head: str = "
     weight = (table.detach() if isinstance(table, torch.Tensor)
               else torch.from_numpy(np.array(table))).to(torch.float32)
     tiers = _tiers(plan, weight, emb, iters, progress)
-    names = set(view.aliases(emb.weight))
+    names = view.tied_params(emb.weight)      # name -> stored transposed
     v, d = weight.shape
     lookups, heads, kept = [], [], []
-    for node in view.param_readers(emb.weight):
+    readers = dict.fromkeys(n for name in names for n in view.param_readers(name))
+    for node in readers:
         ref = view.embedding(node)
-        if isinstance(ref, EmbeddingRef) and ref.weight in names:
+        if isinstance(ref, EmbeddingRef) and names.get(ref.weight) is False:
             lookups.append(node)
             continue
         ref = view.linear(node)
-        if (isinstance(ref, LinearRef) and ref.weight in names and ref.weight_layout == "out_in"
+        if (isinstance(ref, LinearRef) and ref.weight in names
+                and names[ref.weight] == (ref.weight_layout == "in_out")
                 and (ref.in_features, ref.out_features) == (d, v) and head != "float"):
             heads.append((ref, view.linear_out(ref)))
             continue

@@ -240,6 +240,11 @@ class GraphView(abc.ABC):
     def aliases(self, name: str) -> list[str]:
         """Every name the graph holds parameter ``name``'s tensor under (tied weights)."""
 
+    def tied_params(self, name: str) -> dict[str, bool]:
+        """``aliases(name)`` and, where an exporter stored a tied weight twice, every other
+        parameter holding the same values or (2-D) their transpose: name -> transposed."""
+        return dict.fromkeys(self.aliases(name), False)
+
     # ---- small rewrites ----------------------------------------------------------------------
     @abc.abstractmethod
     def replace_uses(self, old: Value, new: Value, readers: Iterable[Node] | None = None) -> None:

@@ -299,6 +299,22 @@ class OnnxView(GraphView):
     def aliases(self, name):
         return [name]
 
+    def tied_params(self, name):
+        """``name`` and the initializers equal to it or to its transpose: torch.onnx.export
+        constant-folds ``Transpose(E)`` of a tied LM head into a second copy of the table."""
+        ref = self.param(name)
+        out = {name: False}
+        for other, value in self.graph.initializers.items():
+            if other == name or value.const_value is None or value.shape is None:
+                continue
+            shape = tuple(value.shape)
+            if shape == ref.shape and np.array_equal(self.param(other), ref):
+                out[other] = False
+            elif ref.ndim == 2 and shape == ref.shape[::-1] \
+                    and np.array_equal(self.param(other), ref.T):
+                out[other] = True
+        return out
+
     # ---- small rewrites ----------------------------------------------------------------------
     def replace_uses(self, old, new, readers: Iterable | None = None):
         if readers is None:
