@@ -9,6 +9,8 @@ Writes into ``--out`` (git-ignored, carried to the GPU machine):
     kernels/*.so         one CUDA module per kernel shape (``main``), kernels.json lists them
     bcq/*.so             the BCQ LUT GEMV per shape (``main``), bcq.json lists them
                          (checked and timed by scripts/gpu_check_bcq.py)
+    words/*.so           the tiered LM head of per-word plans on Gemma's 262144 x 640 table,
+                         one BCQ GEMV per tier, and its W4A16 GEMV (scripts/gpu_check_words.py)
     models/<name>_b<B>/  saved CompiledModules (sm_90) + io_b<B>.npz: inputs, the CPU TVM
                          module's output, the FX fake-quant output and torch fp32
     models/params_<name>.bin   shared by every batch size of one model (saved once)
@@ -135,6 +137,45 @@ def bcq_kernels(out: Path) -> None:
     print(f"{len(index)} BCQ kernel modules")
 
 
+WORD_VOCAB, WORD_DIM = 262144, 640          # Gemma-3-270M's tied table
+
+
+def word_head_kernels(out: Path) -> None:
+    """The tiered LM head of per-word plans on Gemma's table (one BCQ GEMV per tier, alphas per
+    row) and the W4A16 GEMV of the same table, in out/words (scripts/gpu_check_words.py)."""
+    import torch
+
+    from lowbit.backends.tvm.kernels.bcq import block_width
+    from lowbit.backends.tvm.kernels.cuda import shell_bcq, shell_w4a16
+    from lowbit.backends.tvm.pipelines.cuda import build_kernel
+    from lowbit.backends.tvm.target import cuda_target
+    from lowbit.quant.word_bits import plan_by_rule, plan_for_budget
+
+    folder, tgt = out / "words", cuda_target()
+    folder.mkdir(parents=True, exist_ok=True)
+    counts = (10**7 / torch.arange(1, WORD_VOCAB + 1)).long() + 1   # Zipf, every id seen
+    plans = {"rule_b4_r2": plan_by_rule(counts, 4, 2.0),
+             **{f"budget_{b}": plan_for_budget(counts, b) for b in (1.5, 2.0, 2.5, 3.0)}}
+    index = {"vocab": WORD_VOCAB, "dim": WORD_DIM, "plans": {}, "w4a16": None}
+    for name, plan in plans.items():
+        tiers = []
+        for q, n in zip(plan.bits, plan.tier_sizes):
+            if n == 0:
+                continue
+            f = f"tier_{n}_q{q}.so"
+            if not (folder / f).exists():
+                func = shell_bcq(1, n, WORD_DIM, q, WORD_DIM, False, block_width(n))
+                build_kernel(func, tgt).export_library(str(folder / f))
+            tiers.append({"q": q, "n": n, "width": block_width(n), "file": f})
+        index["plans"][name] = {"average_bits": plan.average_bits, "tiers": tiers}
+    build_kernel(shell_w4a16(1, WORD_VOCAB, WORD_DIM, 128), tgt).export_library(
+        str(folder / "w4a16.so"))
+    index["w4a16"] = {"group": 128, "file": "w4a16.so"}
+    (folder / "words.json").write_text(json.dumps(index, indent=1))
+    print(f"{sum(len(p['tiers']) for p in index['plans'].values())} tier modules, "
+          f"{len(plans)} plans")
+
+
 def _bert_base_layer():
     import torch
     from transformers import BertConfig, BertModel
@@ -251,7 +292,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(REPO / ".gpu_bundle"))
     p.add_argument("--models", default="minilm,bert_base_layer")
-    p.add_argument("--skip", default="", help="comma list of: bundle, kernels, models, bcq")
+    p.add_argument("--skip", default="", help="comma list of: bundle, kernels, models, bcq, "
+                   "words")
     p.add_argument("--db", default=None, help="tuning database folder with cuda_kernels.json "
                    "(scripts/gpu_tune.py record)")
     args = p.parse_args()
@@ -264,6 +306,8 @@ def main() -> None:
         kernels(out, args.db)
     if "bcq" not in skip:
         bcq_kernels(out)
+    if "words" not in skip:
+        word_head_kernels(out)
     if "models" not in skip:
         models(out, [m for m in args.models.split(",") if m], args.db)
 
