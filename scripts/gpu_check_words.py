@@ -46,7 +46,7 @@ def main() -> None:
     # baselines on the full table
     wh = torch.randn(v, d, device="cuda", generator=g).half()
     xh = x.half()
-    ms_fp16 = gc.bench_ms(lambda: xh @ wh.t(), iters=200)
+    ms_fp16 = gc.bench_ms(lambda wh=wh: xh @ wh.t(), iters=200)
     del wh
     xw, w4, s4, b4 = gc.w4_inputs(1, v, d, index["w4a16"]["group"], g)
     f4 = tvm.runtime.load_module(str(folder / index["w4a16"]["file"]))["main"]
