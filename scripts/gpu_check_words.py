@@ -89,8 +89,8 @@ def main() -> None:
                      "tiers": [(t["q"], t["n"]) for t in plan["tiers"]], "MB": mb,
                      "tiers_ms": ms, "gather_ms": ms_gather, "w4a16_ms": ms_w4,
                      "w4a16_MB": w4_mb, "torch_fp16_ms": ms_fp16,
-                     "vs_w4a16": ms_w4 / (ms + ms_gather), "GBps": mb / ms * 1e3,
-                     "of_copy": mb / ms * 1e3 / bw})
+                     "vs_w4a16": ms_w4 / (ms + ms_gather), "GBps": mb / ms,
+                     "of_copy": mb / ms / bw})
     print(f"\ncopy {bw:.0f} GB/s; W4A16 (g128) {ms_w4:.4f} ms for {w4_mb:.1f} MB; torch fp16 "
           f"{ms_fp16:.4f} ms; gather {ms_gather:.4f} ms\n")
     print("| plan | avg bits | tiers (q: rows) | MB | tiers ms | + gather ms | W4A16 / tiered |"
