@@ -13,17 +13,37 @@ bits. Rounding: the cumulative boundaries ``C_k = round(V * sum_{t<k} n_t / V)``
 not the sizes, so the rows sum to V, every size is within one row of its proportional share,
 and every boundary (hence the average) is monotone in ``r``.
 
-Unseen tokens. A token with count 0 has no evidence of use, so it belongs to the lowest tier:
-if the rule's lowest tier is smaller than the ``U`` unseen tokens, it is extended upward to the
-last ``U`` ranks, and the tiers above lose their lowest-ranked rows (``C_k <- min(C_k, V - U)``;
-the tier just above the lowest shrinks first). With this rule the average is non-increasing in
-``r`` and spans ``[bits[-1], (bits[0] (V - U) + bits[-1] U) / V]``: ``plan_for_budget`` solves
-for ``r`` by bisection on ``log r`` inside that range and refuses targets outside it.
+Unseen tokens (``unseen=``). A token with count 0 has no evidence of use in the counting text.
 
-Each tier is a ``BCQWeight`` over its rows (ascending token id): per-row BCQ (``bcq.fit``, one
-alpha set per row, as the paper) or per-row asymmetric uniform written as BCQ
-(``bcq.uniform_as_bcq``). A lookup goes through the remap: token ``id`` is row ``row[id]`` of
-tier ``tier[id]``.
+* ``"lowest"`` (default; the paper's wording): all of them take the lowest tier. If the rule's
+  lowest tier is smaller than the ``U`` unseen tokens, it is extended upward to the last ``U``
+  ranks, and the tiers above lose their lowest-ranked rows (``C_k <- min(C_k, V - U)``; the
+  tier just above the lowest shrinks first). The average is then non-increasing in ``r`` and
+  spans ``[bits[-1], (bits[0] (V - U) + bits[-1] U) / V]``.
+* ``"rank"``: unseen tokens are ranked after the seen ones by id ascending (the ranking's own
+  tie rule) and the boundaries are not clamped, so a tier boundary may cut through them and
+  every average in ``[bits[-1], bits[0]]`` is reachable. This relies on the vocabulary being
+  ordered by usefulness, as SentencePiece vocabularies are (by piece score). Measured on
+  Gemma-3's 262,144-piece vocabulary (``benchmarks/gemma_word_bits.py``): of the ids unseen in
+  SST-2 train + Python's pydoc topics (241,405), the fraction that does occur in held-out
+  WikiText-2 falls with the id decile, 18.5%, 11.2%, 7.7%, 5.1%, 3.8%, 2.9%, 2.4%, 2.0%,
+  1.6%, 0.3%: a low unseen id is ~60x likelier to be used than a high one. With few counted
+  tokens (Gemma: 87.5% of ids unseen in 1.2M tokens) "lowest" leaves most averages
+  unreachable; "rank" does not.
+
+Either way the average is non-increasing in ``r``: ``plan_for_budget`` solves for ``r`` by
+bisection on ``log r`` inside the range and refuses targets outside it.
+
+Groups (``group=``). ``None``: one alpha set (and offset) per row, as the paper. An int ``g``
+(a multiple of 8 dividing D): one per ``g`` consecutive columns of a row, ``D / g`` per row,
+as llama.cpp's block formats (Q4_0: groups of 32). Average code bits counts the planes only;
+``TieredEmbedding.bits_per_element`` adds the fp16 scales (``16 * a / g`` bits for ``a``
+scale values per group: BCQ ``q`` alphas, uniform one scale and one offset) and the remap, so
+tables can be compared at equal bytes.
+
+Each tier is a ``BCQWeight`` over its rows (ascending token id): BCQ (``bcq.fit``) or
+asymmetric uniform written as BCQ (``bcq.uniform_as_bcq``), per row or per ``group``. A
+lookup goes through the remap: token ``id`` is row ``row[id]`` of tier ``tier[id]``.
 
 The plan (``WordBitsPlan``) is plain data the user can inspect, edit (``with_tier``) and save
 as JSON together with the counts it came from.
@@ -50,6 +70,7 @@ from lowbit.quant import bcq
 __all__ = [
     "FORMAT",
     "METHODS",
+    "UNSEEN",
     "TieredEmbedding",
     "WordBitsPlan",
     "feasible_range",
@@ -61,6 +82,7 @@ __all__ = [
 ]
 
 METHODS = ("bcq", "uniform")
+UNSEEN = ("lowest", "rank")     # where unseen tokens go (module docstring)
 FORMAT = "lowbit.word_bits/1"
 SCALE_BYTES = 2         # alphas, offsets and uniform scales are counted as fp16
 REMAP_BYTES = 4         # one int32 per token: tier in the top 2 bits, row within tier below
@@ -146,6 +168,21 @@ def _check_bits(bits, name: str) -> tuple[int, ...]:
     return bits
 
 
+def _check_group(group, name: str) -> None:
+    """None, or an int >= 8 that is a multiple of 8 (planes pack 8 columns per byte, so a
+    group never splits a byte); that it divides D is checked where D is known."""
+    if group is not None and (isinstance(group, bool) or not isinstance(group, int)
+                              or group < 8 or group % 8):
+        raise ConfigError(f"{name}: group must be None (one alpha set per row) or a positive "
+                          f"multiple of 8 (columns per alpha set), got {group!r}")
+
+
+def _check_unseen(unseen, name: str) -> str:
+    if unseen not in UNSEEN:
+        raise ConfigError(f"{name}: unseen must be one of {UNSEEN}, got {unseen!r}")
+    return unseen
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class WordBitsPlan:
     """Which bit width each token's embedding row gets.
@@ -153,15 +190,20 @@ class WordBitsPlan:
     ``bits[t]``: code bits of tier ``t`` (strictly descending; tier 0 = most frequent words);
     ``tier`` int64 [V]: the tier of every token id; ``counts`` int64 [V] or None: the token
     counts the plan came from (kept so the plan can be rebuilt and checked); ``method``:
-    "bcq" (per-row BCQ) or "uniform" (per-row asymmetric uniform, written as BCQ); ``r``: the
-    cluster ratio the plan was derived with (None for hand-made or edited plans). Any tier may
-    be empty. Plans are plain data: read ``tier``, edit with ``with_tier``, save as JSON."""
+    "bcq" (BCQ) or "uniform" (asymmetric uniform, written as BCQ); ``r``: the
+    cluster ratio the plan was derived with (None for hand-made or edited plans); ``group``:
+    columns per alpha set along D (None: one per row; else a multiple of 8 that must divide D);
+    ``unseen``: the unseen-token rule the plan was derived with ("lowest" or "rank"; None for
+    hand-made or edited plans). Any tier may be empty. Plans are plain data: read ``tier``,
+    edit with ``with_tier``, save as JSON."""
 
     bits: tuple[int, ...]
     tier: torch.Tensor
     counts: torch.Tensor | None = None
     method: str = "bcq"
     r: float | None = None
+    group: int | None = None
+    unseen: str | None = None
 
     def __post_init__(self) -> None:
         name = "WordBitsPlan"
@@ -187,6 +229,10 @@ class WordBitsPlan:
         if self.r is not None and not (isinstance(self.r, (int, float)) and self.r > 0
                                        and math.isfinite(self.r)):
             raise ConfigError(f"{name}: r must be a finite number > 0 or None, got {self.r!r}")
+        _check_group(self.group, name)
+        if self.unseen is not None and self.unseen not in UNSEEN:
+            raise ConfigError(f"{name}: unseen must be one of {UNSEEN} or None, got "
+                              f"{self.unseen!r}")
 
     @property
     def vocab_size(self) -> int:
@@ -217,7 +263,8 @@ class WordBitsPlan:
 
     def with_tier(self, ids, t: int) -> WordBitsPlan:
         """A copy with tokens ``ids`` (an int or a sequence of ints) moved to tier ``t``; this
-        plan is not changed. The copy's ``r`` is None: it no longer follows a rule."""
+        plan is not changed. The copy's ``r`` and ``unseen`` are None: it no longer follows a
+        rule."""
         self._check_tier(t)
         ids = torch.as_tensor(ids, dtype=torch.int64).flatten()
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
@@ -225,7 +272,7 @@ class WordBitsPlan:
                               f"{self.vocab_size - 1}, got {int(ids.min())}..{int(ids.max())}")
         tier = self.tier.clone()
         tier[ids] = t
-        return dataclasses.replace(self, tier=tier, r=None)
+        return dataclasses.replace(self, tier=tier, r=None, unseen=None)
 
     def _check_tier(self, t: int) -> None:
         if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < len(self.bits):
@@ -233,13 +280,18 @@ class WordBitsPlan:
                               f"{len(self.bits) - 1} for bits={self.bits})")
 
     def to_dict(self) -> dict:
-        """JSON-able: format tag, method, bits, r, tier and counts as lists of ints."""
-        return {"format": FORMAT, "method": self.method, "bits": list(self.bits), "r": self.r,
+        """JSON-able: format tag, method, group, bits, r, unseen, tier and counts as lists of
+        ints."""
+        return {"format": FORMAT, "method": self.method, "group": self.group,
+                "bits": list(self.bits), "r": self.r, "unseen": self.unseen,
                 "tier": self.tier.tolist(),
                 "counts": None if self.counts is None else self.counts.tolist()}
 
     @classmethod
     def from_dict(cls, d: dict) -> WordBitsPlan:
+        """Inverse of ``to_dict``. Plans written before ``group`` and ``unseen`` existed load
+        with ``group=None`` (per row, what they were fitted with) and, where they carry an
+        ``r`` (derived by the rule), ``unseen="lowest"`` (the only rule there was)."""
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise ConfigError(f"WordBitsPlan.from_dict: not a {FORMAT} plan (format="
                               f"{d.get('format') if isinstance(d, dict) else type(d).__name__!r})")
@@ -249,7 +301,8 @@ class WordBitsPlan:
         counts = d.get("counts")
         return cls(bits=tuple(d["bits"]), tier=torch.tensor(d["tier"], dtype=torch.int64),
                    counts=None if counts is None else torch.tensor(counts, dtype=torch.int64),
-                   method=d["method"], r=d.get("r"))
+                   method=d["method"], r=d.get("r"), group=d.get("group"),
+                   unseen=d.get("unseen", "lowest" if d.get("r") is not None else None))
 
     def save(self, path: str | Path) -> None:
         """Write ``to_dict()`` as JSON atomically (a temporary file, then ``os.replace``)."""
@@ -282,7 +335,8 @@ def _ranking(counts: torch.Tensor) -> torch.Tensor:
 
 def _boundaries(v: int, unseen: int, tiers: int, log_r: float) -> list[int]:
     """Cumulative rows ``[C_0 = 0, C_1, ..., C_T = V]``: ``C_k = round(V sum_{t<k} w_t)``,
-    ``w_t = r^t / sum_j r^j``, then ``C_k <- min(C_k, V - U)`` for ``k < T`` (unseen rule)."""
+    ``w_t = r^t / sum_j r^j``, then ``C_k <- min(C_k, V - U)`` for ``k < T`` (the "lowest"
+    unseen rule; ``unseen=0`` for "rank": nothing clamped)."""
     logs = [t * log_r for t in range(tiers)]
     top = max(logs)
     w = [math.exp(x - top) for x in logs]
@@ -299,41 +353,55 @@ def _average(bounds: list[int], bits: tuple[int, ...]) -> float:
     return sum((hi - lo) * b for lo, hi, b in zip(bounds, bounds[1:], bits)) / v
 
 
-def _plan(counts: torch.Tensor, bits: tuple[int, ...], log_r: float, method: str
-          ) -> WordBitsPlan:
-    v, unseen = counts.numel(), int((counts == 0).sum())
-    bounds = _boundaries(v, unseen, len(bits), log_r)
+def _clamped(counts: torch.Tensor, unseen: str) -> int:
+    """Rows the boundaries must leave to the lowest tier: the unseen count for "lowest", 0
+    for "rank" (unseen tokens are ranked by id after the seen ones and cut like them)."""
+    return int((counts == 0).sum()) if unseen == "lowest" else 0
+
+
+def _plan(counts: torch.Tensor, bits: tuple[int, ...], log_r: float, method: str,
+          group: int | None, unseen: str) -> WordBitsPlan:
+    v = counts.numel()
+    bounds = _boundaries(v, _clamped(counts, unseen), len(bits), log_r)
     tier_of_rank = torch.bucketize(torch.arange(v), torch.tensor(bounds[1:-1]), right=True)
     tier = torch.empty(v, dtype=torch.int64)
     tier[_ranking(counts)] = tier_of_rank
-    return WordBitsPlan(bits, tier, counts, method, math.exp(log_r))
+    return WordBitsPlan(bits, tier, counts, method, math.exp(log_r), group, unseen)
 
 
-def plan_by_rule(counts, b: int = 4, r: float = 2.0, *, method: str = "bcq") -> WordBitsPlan:
+def plan_by_rule(counts, b: int = 4, r: float = 2.0, *, method: str = "bcq",
+                 group: int | None = None, unseen: str = "lowest") -> WordBitsPlan:
     """The paper's rule: ``b`` tiers with sizes proportional to ``r^i``, tier ``i`` coded with
-    ``b - i`` bits (module docstring), unseen tokens (count 0) all in the 1-bit tier.
+    ``b - i`` bits (module docstring); unseen tokens (count 0) all in the 1-bit tier
+    (``unseen="lowest"``) or ranked by id after the seen ones (``"rank"``).
 
-    ``counts``: int [V] token counts (``token_counts`` or the user's own)."""
+    ``counts``: int [V] token counts (``token_counts`` or the user's own); ``method`` and
+    ``group``: how ``quantize_embedding`` fits the tiers (``WordBitsPlan``)."""
     if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= bcq.MAX_BITS:
         raise ConfigError(f"plan_by_rule: b must be an int in 1..{bcq.MAX_BITS}, got {b!r}")
     if isinstance(r, bool) or not isinstance(r, (int, float)) or not (math.isfinite(r) and r > 0):
         raise ConfigError(f"plan_by_rule: r must be a finite number > 0, got {r!r}")
+    _check_unseen(unseen, "plan_by_rule")
     counts = _as_counts(counts, "plan_by_rule")
-    return _plan(counts, tuple(range(b, 0, -1)), math.log(r), method)
+    return _plan(counts, tuple(range(b, 0, -1)), math.log(r), method, group, unseen)
 
 
-def feasible_range(counts, bits: Sequence[int] = (4, 3, 2, 1)) -> tuple[float, float]:
+def feasible_range(counts, bits: Sequence[int] = (4, 3, 2, 1), *, unseen: str = "lowest"
+                   ) -> tuple[float, float]:
     """Average code bits reachable by ``plan_for_budget`` with these tier bits: from
     ``bits[-1]`` (every row in the lowest tier) to ``(bits[0] (V - U) + bits[-1] U) / V``
-    (every seen token in the top tier, the ``U`` unseen ones in the lowest)."""
+    (every seen token in the top tier, the ``U`` unseen ones in the lowest) with
+    ``unseen="lowest"``, to ``bits[0]`` with ``"rank"``."""
     bits = _check_bits(bits, "feasible_range")
+    _check_unseen(unseen, "feasible_range")
     counts = _as_counts(counts, "feasible_range")
-    v, unseen = counts.numel(), int((counts == 0).sum())
-    return float(bits[-1]), (bits[0] * (v - unseen) + bits[-1] * unseen) / v
+    v, clamped = counts.numel(), _clamped(counts, unseen)
+    return float(bits[-1]), (bits[0] * (v - clamped) + bits[-1] * clamped) / v
 
 
 def plan_for_budget(counts, avg_bits: float, bits: Sequence[int] = (4, 3, 2, 1), *,
-                    method: str = "bcq") -> WordBitsPlan:
+                    method: str = "bcq", group: int | None = None, unseen: str = "lowest"
+                    ) -> WordBitsPlan:
     """The rule's tiers with ``bits`` per tier and ``r`` solved so the average code bits is as
     close to ``avg_bits`` as whole rows allow.
 
@@ -341,53 +409,59 @@ def plan_for_budget(counts, avg_bits: float, bits: Sequence[int] = (4, 3, 2, 1),
     most ``(bits[0] - bits[-1]) / V`` at a time, so bisection on ``log r`` in [-60, 60] ends at
     a step that straddles the target, and the closer side is returned:
     ``|average_bits - avg_bits| <= (bits[0] - bits[-1]) / V``. A target outside
-    ``feasible_range(counts, bits)`` raises ConfigError naming the range and the unseen count."""
+    ``feasible_range(counts, bits, unseen=unseen)`` raises ConfigError naming the range (and,
+    for ``unseen="lowest"``, the unseen count)."""
     bits = _check_bits(bits, "plan_for_budget")
+    _check_unseen(unseen, "plan_for_budget")
     counts = _as_counts(counts, "plan_for_budget")
     if isinstance(avg_bits, bool) or not isinstance(avg_bits, (int, float)) \
             or not math.isfinite(avg_bits):
         raise ConfigError(f"plan_for_budget: avg_bits must be a finite number, got {avg_bits!r}")
-    lo_bits, hi_bits = feasible_range(counts, bits)
+    lo_bits, hi_bits = feasible_range(counts, bits, unseen=unseen)
+    v, clamped = counts.numel(), _clamped(counts, unseen)
     eps = 1e-9
     if not lo_bits - eps <= avg_bits <= hi_bits + eps:
-        v, unseen = counts.numel(), int((counts == 0).sum())
+        why = (f"{clamped} of {v} tokens are unseen and must take the lowest tier's "
+               f"{bits[-1]} bit(s); choose a target in that range, other tier bits, counts "
+               f"from more text, or unseen='rank'" if clamped else
+               "choose a target in that range or other tier bits")
         raise ConfigError(
             f"plan_for_budget: average {avg_bits:g} bits cannot be met with tiers bits={bits}: "
-            f"the feasible range is [{lo_bits:.4f}, {hi_bits:.4f}] ({unseen} of {v} tokens are "
-            f"unseen and must take the lowest tier's {bits[-1]} bit(s)); choose a target in "
-            f"that range, other tier bits, or counts from more text")
-    v, unseen = counts.numel(), int((counts == 0).sum())
+            f"the feasible range is [{lo_bits:.4f}, {hi_bits:.4f}] ({why})")
+    def plan(log_r: float) -> WordBitsPlan:
+        return _plan(counts, bits, log_r, method, group, unseen)
+
     lo, hi = -_LOG_R_SPAN, _LOG_R_SPAN         # average(lo) >= target > average(hi)
-    if _average(_boundaries(v, unseen, len(bits), hi), bits) >= avg_bits:
-        return _plan(counts, bits, hi, method)
+    if _average(_boundaries(v, clamped, len(bits), hi), bits) >= avg_bits:
+        return plan(hi)
     for _ in range(_BISECT_STEPS):
         mid = (lo + hi) / 2
         if mid in (lo, hi):
             break
-        if _average(_boundaries(v, unseen, len(bits), mid), bits) >= avg_bits:
+        if _average(_boundaries(v, clamped, len(bits), mid), bits) >= avg_bits:
             lo = mid
         else:
             hi = mid
-    a_lo = _average(_boundaries(v, unseen, len(bits), lo), bits)
-    a_hi = _average(_boundaries(v, unseen, len(bits), hi), bits)
-    best = lo if abs(a_lo - avg_bits) <= abs(a_hi - avg_bits) else hi
-    return _plan(counts, bits, best, method)
+    a_lo = _average(_boundaries(v, clamped, len(bits), lo), bits)
+    a_hi = _average(_boundaries(v, clamped, len(bits), hi), bits)
+    return plan(lo if abs(a_lo - avg_bits) <= abs(a_hi - avg_bits) else hi)
 
 
 def frequency_blind(plan: WordBitsPlan, seed: int = 0) -> WordBitsPlan:
     """A control: the same bits and tier sizes, tokens assigned to tiers by a seeded random
-    permutation instead of by frequency (``tier'[id] = tier[perm[id]]``). Counts are kept;
-    ``r`` is None. Unseen tokens land anywhere."""
+    permutation instead of by frequency (``tier'[id] = tier[perm[id]]``). Counts, method and
+    group are kept; ``r`` and ``unseen`` are None. Unseen tokens land anywhere."""
     perm = torch.randperm(plan.vocab_size, generator=torch.Generator().manual_seed(seed))
-    return dataclasses.replace(plan, tier=plan.tier[perm], r=None)
+    return dataclasses.replace(plan, tier=plan.tier[perm], r=None, unseen=None)
 
 
 # ---- the quantized table -------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class TieredEmbedding:
-    """A quantized [V, D] table: ``tiers[t]`` is a per-row ``BCQWeight`` over the rows
-    ``plan.rows(t)`` (ascending token id) with ``plan.bits[t]`` planes."""
+    """A quantized [V, D] table: ``tiers[t]`` is a ``BCQWeight`` over the rows
+    ``plan.rows(t)`` (ascending token id) with ``plan.bits[t]`` planes and ``plan.group``
+    columns per alpha set (one set per row when the plan's group is None)."""
 
     plan: WordBitsPlan
     tiers: tuple[bcq.BCQWeight, ...]
@@ -398,13 +472,15 @@ class TieredEmbedding:
             raise ConfigError(f"TieredEmbedding: {len(tiers)} tier tables for "
                               f"{len(self.plan.bits)} tiers")
         dims = {w.shape[1] for w in tiers}
-        for t, (w, n, b) in enumerate(zip(tiers, self.plan.tier_sizes, self.plan.bits)):
-            if w.shape[0] != n or w.bits != b or w.groups != 1:
-                raise ConfigError(f"TieredEmbedding: tier {t} holds a {w.bits}-bit "
-                                  f"{w.shape} table with {w.groups} group(s) per row; the plan "
-                                  f"says {n} rows at {b} bits, one group per row")
         if len(dims) != 1:
             raise ConfigError(f"TieredEmbedding: tiers differ in width: {sorted(dims)}")
+        d = dims.pop()
+        g = d if self.plan.group is None else self.plan.group
+        for t, (w, n, b) in enumerate(zip(tiers, self.plan.tier_sizes, self.plan.bits)):
+            if w.shape[0] != n or w.bits != b or w.group != g:
+                raise ConfigError(f"TieredEmbedding: tier {t} holds a {w.bits}-bit "
+                                  f"{w.shape} table with {w.groups} group(s) of {w.group} per "
+                                  f"row; the plan says {n} rows at {b} bits, groups of {g}")
         object.__setattr__(self, "tiers", tiers)
 
     @property
@@ -433,20 +509,30 @@ class TieredEmbedding:
 
     def nbytes(self) -> dict[str, int]:
         """Storage in bytes: ``planes`` (bits packed 8 per byte along each row, rows padded to
-        whole bytes), ``alpha`` (per row: ``bits`` alphas for "bcq", one scale for "uniform",
-        whose alphas are ``s 2^(i-1)``), ``offset`` (one per row where the fit has offsets),
-        all scale values counted as fp16 (2 bytes); ``remap`` (one int32 per token: tier and
-        row within tier; 0 when only one tier holds rows: its rows are in id order); ``total``."""
+        whole bytes), ``alpha`` (per row and group, ``D / group`` groups per row: ``bits``
+        alphas for "bcq", one scale for "uniform", whose alphas are ``s 2^(i-1)``), ``offset``
+        (one per row and group where the fit has offsets), all scale values counted as fp16
+        (2 bytes); ``remap`` (one int32 per token: tier and row within tier; 0 when only one
+        tier holds rows: its rows are in id order); ``total``."""
         planes = alpha = offset = 0
         for w in self.tiers:
             n, k = w.shape
             planes += w.bits * n * math.ceil(k / 8)
-            alpha += n * (w.bits if self.plan.method == "bcq" else 1) * SCALE_BYTES
-            offset += n * SCALE_BYTES if w.offset_f32 is not None else 0
+            alpha += n * w.groups * (w.bits if self.plan.method == "bcq" else 1) * SCALE_BYTES
+            offset += n * w.groups * SCALE_BYTES if w.offset_f32 is not None else 0
         used = sum(n > 0 for n in self.plan.tier_sizes)
         remap = REMAP_BYTES * self.plan.vocab_size if used > 1 else 0
         return {"planes": planes, "alpha": alpha, "offset": offset, "remap": remap,
                 "total": planes + alpha + offset + remap}
+
+    def bits_per_element(self) -> dict[str, float]:
+        """Storage per table element (``V * D`` of them) in bits: ``code`` (the plan's average
+        code bits), ``scales`` (+ fp16 alphas and offsets), ``total`` (+ the remap): the
+        honest figure for comparing tables of different groups at equal bytes."""
+        nb, elems = self.nbytes(), self.plan.vocab_size * self.dim
+        scales = nb["planes"] + nb["alpha"] + nb["offset"]
+        return {"code": self.plan.average_bits, "scales": 8 * scales / elems,
+                "total": 8 * nb["total"] / elems}
 
 
 def _take_rows(w: bcq.BCQWeight, rows) -> bcq.BCQWeight:
@@ -463,10 +549,12 @@ def _dequantize_rows(w: bcq.BCQWeight, chunk: int = _FIT_CHUNK) -> torch.Tensor:
     return torch.cat([_take_rows(w, slice(i, i + chunk)).dequantize() for i in range(0, n, chunk)])
 
 
-def _fit_rows(w: torch.Tensor, bits: int, method: str, iters: int) -> bcq.BCQWeight:
-    """One tier's per-row fit, ``_FIT_CHUNK`` rows per call: each row's fit depends on that
-    row only, so chunking changes nothing but memory."""
-    parts = [bcq.fit(c, bits, None, iters) if method == "bcq" else bcq.uniform_as_bcq(c, bits)
+def _fit_rows(w: torch.Tensor, bits: int, method: str, group: int | None, iters: int
+              ) -> bcq.BCQWeight:
+    """One tier's fit, ``_FIT_CHUNK`` rows per call: each row's fit depends on that row only,
+    so chunking changes nothing but memory."""
+    parts = [bcq.fit(c, bits, group, iters) if method == "bcq"
+             else bcq.uniform_as_bcq(c, bits, group)
              for c in (w.split(_FIT_CHUNK) if w.shape[0] else [w])]
     if len(parts) == 1:
         return parts[0]
@@ -479,21 +567,28 @@ def quantize_embedding(weight: torch.Tensor, plan: WordBitsPlan, *,
                        iters: int = bcq.DEFAULT_ITERS, progress: bool = True
                        ) -> TieredEmbedding:
     """Quantize ``weight`` [V, D] tier by tier: tier ``t``'s rows (``plan.rows(t)``) with
-    ``bcq.fit(rows, bits[t], group=None, iters)`` ("bcq") or ``bcq.uniform_as_bcq(rows,
-    bits[t], group=None)`` ("uniform")."""
+    ``bcq.fit(rows, bits[t], plan.group, iters)`` ("bcq") or ``bcq.uniform_as_bcq(rows,
+    bits[t], plan.group)`` ("uniform"); ``plan.group`` must divide D."""
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2 \
             or weight.shape[0] != plan.vocab_size or not weight.is_floating_point():
         raise ConfigError(f"quantize_embedding: weight must be a float [V={plan.vocab_size}, "
                           f"D] table, got {getattr(weight, 'shape', type(weight).__name__)}")
+    if plan.group is not None and weight.shape[1] % plan.group:
+        raise ConfigError(f"quantize_embedding: the plan's group={plan.group} does not divide "
+                          f"the table's width D={weight.shape[1]}")
     weight = weight.detach().to(torch.float32)
     tiers, t0 = [], time.perf_counter()
     for t, (b, n) in enumerate(zip(plan.bits, plan.tier_sizes)):
         if progress:
-            _progress(f"word bits ({plan.method}): tier {t + 1}/{len(plan.bits)} ({n} rows, "
+            _progress(f"word bits ({plan.method}{_group_note(plan)}): tier {t + 1}/{len(plan.bits)} ({n} rows, "
                       f"{b} bit(s))", t0)
-        tiers.append(_fit_rows(weight[plan.rows(t)], b, plan.method, iters))
+        tiers.append(_fit_rows(weight[plan.rows(t)], b, plan.method, plan.group, iters))
     if progress:
-        _progress(f"word bits ({plan.method}): {len(plan.bits)} tier(s), average "
+        _progress(f"word bits ({plan.method}{_group_note(plan)}): {len(plan.bits)} tier(s), average "
                   f"{plan.average_bits:.3f} bits, done", t0)
         _progress_end()
     return TieredEmbedding(plan, tuple(tiers))
+
+
+def _group_note(plan: WordBitsPlan) -> str:
+    return "" if plan.group is None else f", groups of {plan.group}"

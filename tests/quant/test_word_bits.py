@@ -1,5 +1,6 @@
 """lowbit.quant.word_bits: token counting, the (b, r) rule and budget mode, the unseen-token
-rule, remap exactness, per-tier fits, the plan as data (edit, JSON, save/load), config errors.
+rules ("lowest", "rank"), groups within a row, remap exactness, per-tier fits, the plan as data
+(edit, JSON, save/load), config errors.
 
 Tolerances: exact equality where the same float32 ops run on the same rows (a tier's table is
 ``bcq.fit`` of exactly those rows); FP32_TOL where only the batch of rows differs (chunked vs
@@ -8,6 +9,7 @@ whole-table fits: batched least squares may round differently in the last bit).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 
@@ -343,3 +345,151 @@ def test_bad_tables_are_refused():
         TieredEmbedding(plan, emb.tiers[:1])
     with pytest.raises(ConfigError, match="the plan says"):
         TieredEmbedding(plan, emb.tiers[::-1])
+
+
+# ---- unseen="rank" ----------------------------------------------------------------------------
+
+def test_rank_cuts_through_unseen_tokens_by_id():
+    counts = _zipf_counts(600, unseen=450)            # "lowest" would clamp: (40, 80, 30, 450)
+    plan = plan_by_rule(counts, b=4, r=2.0, unseen="rank")
+    assert plan.tier_sizes == (40, 80, 160, 320) and plan.unseen == "rank"   # the rule's own
+    _assert_frequency_order(plan)
+    unseen_ids = (counts == 0).nonzero().flatten()          # ascending id
+    tiers = plan.tier[unseen_ids]
+    assert set(tiers.tolist()) == {2, 3}                    # a boundary runs through them
+    assert torch.equal(tiers, tiers.sort().values)          # tier index non-decreasing in id
+    lowest_seen_tier = int(plan.tier[counts > 0].max())
+    assert lowest_seen_tier <= int(tiers.min())             # every seen token ranks above
+
+
+def test_rank_without_unseen_tokens_is_the_lowest_rule():
+    counts = _zipf_counts(500, unseen=0)
+    for target in (1.7, 2.6):
+        a = plan_for_budget(counts, target)
+        b = plan_for_budget(counts, target, unseen="rank")
+        assert torch.equal(a.tier, b.tier) and (a.unseen, b.unseen) == ("lowest", "rank")
+
+
+@pytest.mark.parametrize("target", [1.5, 2.5, 3.0, 3.9, 4.0])
+def test_rank_reaches_every_average_up_to_the_top_tier(target):
+    counts = _zipf_counts(3000, unseen=2600)
+    assert feasible_range(counts, unseen="rank") == (1.0, 4.0)
+    assert feasible_range(counts)[1] == pytest.approx((4 * 400 + 2600) / 3000)   # "lowest"
+    plan = plan_for_budget(counts, target, unseen="rank", method="uniform", group=8)
+    assert abs(plan.average_bits - target) <= 3 / 3000
+    assert (plan.method, plan.group, plan.unseen) == ("uniform", 8, "rank")
+    _assert_frequency_order(plan)
+    with pytest.raises(ConfigError, match=r"\[1\.0000, 1\.4000\].*unseen='rank'"):
+        plan_for_budget(counts, target)                     # "lowest" cannot
+
+
+def test_rank_range_ends_and_bad_unseen():
+    counts = _zipf_counts(300, unseen=200)
+    assert plan_for_budget(counts, 4.0, (4, 2), unseen="rank").tier_sizes == (300, 0)
+    assert plan_for_budget(counts, 2.0, (4, 2), unseen="rank").tier_sizes == (0, 300)
+    with pytest.raises(ConfigError, match=r"\[2\.0000, 4\.0000\] \(choose a target"):
+        plan_for_budget(counts, 4.5, (4, 2), unseen="rank")
+    for call in (lambda: plan_by_rule(counts, unseen="first"),
+                 lambda: plan_for_budget(counts, 2.0, unseen=None),
+                 lambda: feasible_range(counts, unseen="highest")):
+        with pytest.raises(ConfigError, match="unseen must be one of"):
+            call()
+    with pytest.raises(ConfigError, match="unseen must be one of"):
+        WordBitsPlan((2, 1), torch.tensor([0, 1]), unseen="rnak")
+
+
+def test_edits_and_controls_forget_the_rule():
+    plan = plan_by_rule(_zipf_counts(300, unseen=200), b=3, unseen="rank", group=8)
+    assert (plan.with_tier([1], 0).unseen, plan.with_tier([1], 0).r) == (None, None)
+    blind = frequency_blind(plan)
+    assert (blind.unseen, blind.r, blind.group, blind.method) == (None, None, 8, "bcq")
+
+
+# ---- groups within a row ----------------------------------------------------------------------
+
+def test_group_and_unseen_round_trip_and_old_plans_load():
+    plan = plan_for_budget(_zipf_counts(400, unseen=300), 2.5, method="uniform", group=16,
+                           unseen="rank")
+    d = json.loads(json.dumps(plan.to_dict()))
+    back = WordBitsPlan.from_dict(d)
+    assert (back.group, back.unseen, back.method, back.r) == (16, "rank", "uniform", plan.r)
+    assert torch.equal(back.tier, plan.tier)
+    old = {k: v for k, v in d.items() if k not in ("group", "unseen")}   # before both existed
+    assert (WordBitsPlan.from_dict(old).group, WordBitsPlan.from_dict(old).unseen) == \
+        (None, "lowest")
+    hand = WordBitsPlan((2, 1), torch.tensor([0, 1, 1])).to_dict()
+    del hand["group"], hand["unseen"]
+    assert WordBitsPlan.from_dict(hand).unseen is None                  # no r: not a rule
+
+
+@pytest.mark.parametrize("group", [0, 4, 12, -8, True, 8.0, "32"])
+def test_bad_groups_are_refused(group):
+    with pytest.raises(ConfigError, match="group must be None"):
+        WordBitsPlan((2, 1), torch.tensor([0, 1]), group=group)
+    with pytest.raises(ConfigError, match="group must be None"):
+        plan_by_rule(torch.arange(10), b=2, group=group)
+
+
+def test_group_must_divide_the_width():
+    plan = plan_by_rule(torch.arange(30, 0, -1), b=2, group=24)
+    with pytest.raises(ConfigError, match="group=24 does not divide the table's width D=32"):
+        quantize_embedding(torch.randn(30, 32), plan, progress=False)
+
+
+@pytest.mark.parametrize("method", ["bcq", "uniform"])
+def test_grouped_tiers_are_the_grouped_fit_of_their_rows(method):
+    w = _embedding(240, 32, seed=5)
+    plan = plan_by_rule(_zipf_counts(240, unseen=40), b=4, r=1.5, method=method, group=8)
+    emb = quantize_embedding(w, plan, iters=3, progress=False)
+    fit = bcq.fit if method == "bcq" else (lambda x, b, g, iters=0: bcq.uniform_as_bcq(x, b, g))
+    for t, b in enumerate(plan.bits):
+        want = fit(w[plan.rows(t)], b, 8, iters=3)
+        got = emb.tiers[t]
+        assert (got.group, got.groups) == (8, 4) and got.alpha_f32.shape[1:] == (4, b)
+        assert torch.equal(got.dequantize(), want.dequantize())
+    table = emb.dequantize()
+    ids = torch.tensor([[0, 239, 5], [5, 17, 100]])
+    assert torch.equal(emb.lookup(ids), table[ids])
+    per_row = quantize_embedding(w, dataclasses.replace(plan, group=None), iters=3,
+                                 progress=False)
+    err = lambda e: float((e.dequantize() - w).norm())
+    assert err(emb) < err(per_row)                                  # finer scales, less error
+
+
+def test_group_none_is_the_per_row_table_exactly():
+    w = _embedding(120, 16, seed=6)
+    counts = _zipf_counts(120, unseen=20)
+    a = quantize_embedding(w, plan_by_rule(counts, b=3), iters=3, progress=False)
+    b = quantize_embedding(w, plan_by_rule(counts, b=3, group=16), iters=3, progress=False)
+    for x, y in zip(a.tiers, b.tiers):            # group = D: the same fit, G = 1
+        assert x.groups == y.groups == 1
+        assert torch.equal(x.planes_i8, y.planes_i8) and torch.equal(x.alpha_f32, y.alpha_f32)
+
+
+def test_grouped_nbytes_and_bits_per_element():
+    plan = plan_by_rule(torch.arange(30, 0, -1), b=4, r=2.0, group=8)   # sizes 2, 4, 8, 16
+    w = _embedding(30, 32)
+    emb = quantize_embedding(w, plan, iters=1, progress=False)
+    coded = 4 * 2 + 3 * 4 + 2 * 8 + 1 * 16                             # plane rows
+    nb = emb.nbytes()
+    assert nb == {"planes": coded * 4, "alpha": coded * 4 * 2, "offset": 0, "remap": 30 * 4,
+                  "total": coded * 12 + 120}
+    bpe = emb.bits_per_element()
+    assert bpe["code"] == pytest.approx(coded / 30)
+    assert bpe["scales"] == pytest.approx(coded / 30 * (1 + 16 / 8))    # + one fp16 alpha / 8
+    assert bpe["total"] == pytest.approx(bpe["scales"] + 32 / 32)       # + an int32 per row
+    uni = WordBitsPlan((3,), torch.zeros(30, dtype=torch.int64), method="uniform", group=16)
+    ue = quantize_embedding(w, uni, progress=False)
+    assert ue.nbytes() == {"planes": 3 * 30 * 4, "alpha": 30 * 2 * 2, "offset": 30 * 2 * 2,
+                           "remap": 0, "total": 360 + 240}
+    assert ue.bits_per_element() == pytest.approx(
+        {"code": 3.0, "scales": 3 + 2 * 16 / 16, "total": 3 + 2 * 16 / 16})
+
+
+def test_tiers_of_another_group_are_refused():
+    counts = torch.arange(30, 0, -1)
+    w = torch.randn(30, 16)
+    grouped = quantize_embedding(w, plan_by_rule(counts, b=2, group=8), iters=1,
+                                 progress=False)
+    with pytest.raises(ConfigError, match="groups of 16"):
+        TieredEmbedding(plan_by_rule(counts, b=2), grouped.tiers)
