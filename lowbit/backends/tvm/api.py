@@ -30,11 +30,13 @@ from lowbit.backends.tvm.frontends.fx import import_graph
 from lowbit.backends.tvm.frontends.onnx import import_onnx, is_onnx
 from lowbit.backends.tvm.input_bounds import input_bounds
 from lowbit.backends.tvm.lowering.legalize import LOWERING_META
+from lowbit.backends.tvm.lowering.word_bits import KINDS as TIERED_KINDS
 from lowbit.backends.tvm.pipelines import pipeline_for
 from lowbit.backends.tvm.runtime import CompiledModule
 from lowbit.backends.tvm.target import required_cpu_flags, resolve_target
 from lowbit.backends.tvm.tune import Tune
 from lowbit.errors import ConfigError
+from lowbit.passes.fx.word_bits import word_bits_nodes
 
 __all__ = ["Tune", "compile"]
 
@@ -81,18 +83,20 @@ def _import_fx(graph: Any, example_inputs: Any, passes: list):
     gm = copy.deepcopy(graph)
     for p in passes:
         p(gm)
-    return import_graph(gm, example), list(gm.meta.get(LOWERING_META, []))
+    tiered = [(n.name, n.target.__name__.split(".")[0]) for n in word_bits_nodes(gm)]
+    return import_graph(gm, example), list(gm.meta.get(LOWERING_META, [])) + tiered
 
 
 INT8_KINDS = ("linear_u8s8", "linear_u8s8_q", "linear_u8s8_peg")
 
 
 def lowering_summary(lowering: list, family: str | None) -> str:
-    """One line: how many linears got which kernel, fp32 ones with their reasons."""
+    """One line: how many linears got which kernel, fp32 ones with their reasons, and the
+    per-word mixed-precision word table's lookups and tied heads."""
     kinds = collections.Counter(k for _, k in lowering)
     n_int8 = sum(kinds[k] for k in INT8_KINDS)
-    fp32 = collections.Counter(k for _, k in lowering
-                               if k not in INT8_KINDS and k not in ("linear_w4a16", "bcq_linear"))
+    fp32 = collections.Counter(k for _, k in lowering if k not in INT8_KINDS
+                               and k not in ("linear_w4a16", "bcq_linear", *TIERED_KINDS))
     why = "; ".join(f"{c} x {reason}" for reason, c in fp32.most_common())
     return (f"lowering: {n_int8} int8 linear(s)"
             + (f" on {family}" if n_int8 else "")
@@ -100,7 +104,10 @@ def lowering_summary(lowering: list, family: str | None) -> str:
               f"{kinds['linear_u8s8_peg']} PEG group GEMM), {kinds['linear_w4a16']} int4 "
               f"linear(s), " + (f"{kinds['bcq_linear']} BCQ bit-plane linear(s), "
                                 if kinds["bcq_linear"] else "")
-            + f"{sum(fp32.values())} fp32 linear(s)" + (f" [{why}]" if why else ""))
+            + f"{sum(fp32.values())} fp32 linear(s)" + (f" [{why}]" if why else "")
+            + (f"; per-word word table: {kinds['tiered_embedding']} tiered lookup(s), "
+               f"{kinds['tiered_linear']} tiered LM head(s)"
+               if any(kinds[k] for k in TIERED_KINDS) else ""))
 
 
 def _say(progress: bool, msg: str) -> None:

@@ -8,6 +8,9 @@ stock importer does not know:
                                                     rows flattened to [M, K] around it
     lowbit::bcq_linear                          ->  the same, BCQ operands repacked for the
                                                     bit-plane kernel (lowering/bcq.py)
+    lowbit::tiered_embedding, tiered_linear     ->  the per-word gather kernel, one BCQ kernel
+                                                    per tier for the tied head
+                                                    (lowering/word_bits.py)
     quantized_decomposed q/dq left in the graph ->  the same math in Relax ops (float
                                                     fake-quant: ``clip(round(x * (1/s)) + z)``,
                                                     ``(q - z) * s``), so nothing is refused
@@ -32,6 +35,11 @@ from lowbit.backends.tvm import kernels
 from lowbit.backends.tvm.frontends import ImportedModel
 from lowbit.backends.tvm.lowering import ops  # noqa: F401  (registers the lowbit:: ops)
 from lowbit.backends.tvm.lowering.bcq import emit_bcq_linear
+from lowbit.backends.tvm.lowering.word_bits import (
+    emit_tiered_embedding,
+    emit_tiered_linear,
+    tiers_of,
+)
 from lowbit.errors import CompileError
 
 __all__ = ["CompileError", "ImportedModel", "import_graph"]
@@ -111,6 +119,30 @@ def _bcq_linear(node: fx.Node, imp) -> relax.Var:
     x, planes, alpha, offset, bias = (None if a is None else imp.env[a] for a in node.args)
     return emit_bcq_linear(imp.block_builder, x, planes, alpha, offset, bias,
                            imp.__dict__.setdefault("_lowbit_kernels", {}))
+
+
+def _tiered(node: fx.Node, imp):
+    """(first operand, pos, non-empty tiers, D, kernel cache, what) of a tiered op."""
+    first, pos = imp.env[node.args[0]], imp.env[node.args[1]]
+    planes, alpha, offset = ([imp.env[a] for a in arg] for arg in node.args[2:5])
+    what = f"{node.target.__name__.split('.')[0]} ({node.name})"
+    tiers, d = tiers_of(pos, planes, alpha, offset, what)
+    return first, pos, tiers, d, imp.__dict__.setdefault("_lowbit_kernels", {}), what
+
+
+def _tiered_embedding(node: fx.Node, imp) -> relax.Var:
+    """``lowbit::tiered_embedding`` -> the per-word gather kernel (lowering/word_bits.py)."""
+    ids, pos, tiers, d, cache, what = _tiered(node, imp)
+    return emit_tiered_embedding(imp.block_builder, ids, pos, tiers, d, cache, what)
+
+
+def _tiered_linear(node: fx.Node, imp) -> relax.Var:
+    """``lowbit::tiered_linear`` -> one BCQ kernel per tier, concatenated and gathered into
+    vocabulary order (lowering/word_bits.py)."""
+    x, pos, tiers, d, cache, what = _tiered(node, imp)
+    bias = node.args[5] if len(node.args) > 5 else node.kwargs.get("bias")
+    return emit_tiered_linear(imp.block_builder, x, pos, tiers, d,
+                              None if bias is None else imp.env[bias], cache, what)
 
 
 def _f32(v: float) -> relax.Constant:
@@ -198,6 +230,8 @@ CONVERTERS = {
     "quantize_per_channel.default": _quantize_per_channel,
     "linear_w4a16.default": _linear_w4a16,
     "bcq_linear.default": _bcq_linear,
+    "tiered_embedding.default": _tiered_embedding,
+    "tiered_linear.default": _tiered_linear,
     "quantize_per_tensor.default": _quantize_per_tensor,
     "dequantize_per_tensor.default": _dequantize_per_tensor,
     "dequantize_per_channel.default": _dequantize_per_channel,

@@ -7,7 +7,9 @@
              e.g. an Expand whose shape is a parameter gets an unknown shape)
     import   ``relax.frontend.onnx.from_onnx(keep_params_in_input=True)`` with static input
              shapes (the model's, or those of ``example_inputs``); ``lowbit.BCQLinear``
-             nodes become the BCQ bit-plane kernel (lowering/bcq.py)
+             nodes become the BCQ bit-plane kernel (lowering/bcq.py),
+             ``lowbit.TieredEmbedding`` the per-word gather kernel and ``lowbit.TieredLinear``
+             one BCQ kernel per tier (lowering/word_bits.py)
     lower    LowerQDQMatMul (onnx_qdq.py): W8A8 and PEG QDQ MatMuls -> int8 kernels; every
              other q/dq stays Relax's float quantize/dequantize
 
@@ -26,16 +28,24 @@ from typing import Any
 
 import numpy as np
 import onnx
+import tvm
 from onnx import helper, numpy_helper
 from tvm import relax
 
 from lowbit.backends.tvm.frontends import ImportedModel
 from lowbit.backends.tvm.frontends.onnx_qdq import lower_qdq_matmul
 from lowbit.backends.tvm.lowering.bcq import emit_bcq_linear
+from lowbit.backends.tvm.lowering.word_bits import (
+    emit_tiered_embedding,
+    emit_tiered_linear,
+    tiers_of,
+)
 from lowbit.errors import CompileError, ConfigError
 
 __all__ = ["import_onnx", "is_onnx"]
 
+TIERED_OPS = {"TieredEmbedding": "tiered_embedding", "TieredLinear": "tiered_linear"}  # -> log
+TIER_INPUTS = 3 * 4     # P, A, O per tier for the ONNX form's 4 tiers (passes/onnx/word_bits.py)
 DYNAMIC_OPS = {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "QLinearMatMul",
                "QLinearConv", "MatMulNBits", "DynamicQuantizeMatMul", "QLinearAdd"}
 
@@ -150,30 +160,59 @@ def _zeros(v: relax.Expr, params) -> bool:
     if isinstance(v, relax.Var) and v.name in values:
         arr = values[v.name][1]
         return not np.any(arr.numpy() if hasattr(arr, "numpy") else arr)
-    return isinstance(v, relax.Constant) and not np.any(v.data.numpy())
+    return isinstance(v, tvm.ir.GenericConst) and not np.any(v.value.numpy())
+
+
+def _converter(convert) -> type:
+    """A converter-table entry (what ``_get_convert_map`` lists) for ``convert``."""
+    class Op:
+        @staticmethod
+        def get_converter(_opset):
+            return convert
+
+    return Op
+
+
+def _tiered(inputs, attr, params, op_type: str):
+    """(first input, pos, non-empty tiers, D, what) of a ``lowbit.Tiered*`` node (inputs:
+    first, Pos, then P, A, O per tier, passes/onnx/word_bits.py); all-zero offsets dropped."""
+    what = f"lowbit.{op_type} ({attr['tvm_custom']['name']})"
+    ops = [inputs[i] for i in range(2 + TIER_INPUTS)]
+    offsets = [None if _zeros(o, params) else o for o in ops[4::3]]
+    tiers, d = tiers_of(ops[1], ops[2::3], ops[3::3], offsets, what)
+    return ops[0], ops[1], tiers, d, what
 
 
 @contextlib.contextmanager
 def _lowbit_ops():
     """TVM 0.27's ``from_onnx`` takes no custom converters: while it runs, its converter table
-    also maps ``lowbit.BCQLinear`` (X, Planes, Alpha, Offset, Bias) to the BCQ kernel; an
-    all-zero Offset (the export writes one where the fit has none) is dropped, so the kernel
-    does not stream it."""
+    also maps ``lowbit.BCQLinear`` (X, Planes, Alpha, Offset, Bias) to the BCQ kernel,
+    ``lowbit.TieredEmbedding`` (Ids, Pos, P0, A0, O0, .., O3) to the per-word gather kernel
+    and ``lowbit.TieredLinear`` (X, Pos, P0, .., O3, Bias) to one BCQ kernel per tier; an
+    all-zero Offset or Bias (the exports write them where the fit has none) is dropped, so
+    no kernel streams it."""
     from tvm.relax.frontend.onnx import onnx_frontend as fe
 
     table, kernels = fe._get_convert_map, {}
 
-    def convert(bb, inputs, _attr, params):
+    def bcq_linear(bb, inputs, _attr, params):
         x, planes, alpha, offset, bias = (inputs[i] for i in range(5))
         offset = None if _zeros(offset, params) else offset
         return emit_bcq_linear(bb, x, planes, alpha, offset, bias, kernels)
 
-    class BCQLinear:
-        @staticmethod
-        def get_converter(_opset):
-            return convert
+    def tiered_embedding(bb, inputs, attr, params):
+        ids, pos, tiers, d, what = _tiered(inputs, attr, params, "TieredEmbedding")
+        return emit_tiered_embedding(bb, ids, pos, tiers, d, kernels, what)
 
-    fe._get_convert_map = lambda: {**table(), "BCQLinear": BCQLinear}
+    def tiered_linear(bb, inputs, attr, params):
+        x, pos, tiers, d, what = _tiered(inputs, attr, params, "TieredLinear")
+        bias = inputs[2 + TIER_INPUTS]
+        bias = None if bias is None or _zeros(bias, params) else bias
+        return emit_tiered_linear(bb, x, pos, tiers, d, bias, kernels, what)
+
+    fe._get_convert_map = lambda: {**table(), "BCQLinear": _converter(bcq_linear),
+                                   "TieredEmbedding": _converter(tiered_embedding),
+                                   "TieredLinear": _converter(tiered_linear)}
     try:
         yield
     finally:
@@ -196,11 +235,15 @@ def import_onnx(model: Any, example_inputs: Any = None, *, int8: bool = True
         with _lowbit_ops():
             mod = from_onnx(proto, shape_dict=shape_dict, keep_params_in_input=True,
                             sanitize_input_names=False)
+    except CompileError:    # a lowbit converter's own (names the node)
+        raise
     except Exception as e:  # the importer raises many kinds
         msg = str(e).strip().splitlines()
         raise CompileError(f"TVM's ONNX importer refused the model: {type(e).__name__}: "
                            f"{msg[-1] if msg else ''}") from e
     mod, params = relax.frontend.detach_params(mod)
     mod, values, log = lower_qdq_matmul(mod, list(params.get("main", [])), int8=int8)
+    log += [(n.name or n.output[0], TIERED_OPS[n.op_type]) for n in proto.graph.node
+            if n.domain == "lowbit" and n.op_type in TIERED_OPS]
     outputs = [o.name for o in proto.graph.output]
     return ImportedModel(mod, values, input_names, outputs, ((), example)), log
