@@ -104,6 +104,10 @@ def _tiers(plan, weight: torch.Tensor, emb: EmbeddingRef, iters: int, progress: 
     if d % 8:
         raise ConfigError(f"QuantizeWordBits: the word embedding {emb.name} is {d} wide; bit "
                           f"planes pack 8 columns per byte, so D must be a multiple of 8")
+    group = (plan.plan if isinstance(plan, TieredEmbedding) else plan).group
+    if group not in (None, d):
+        raise ConfigError(f"QuantizeWordBits: the plan has alpha groups of {group} columns; the "
+                          f"tiered ops take one alpha set per row so far (group=None)")
     if isinstance(plan, TieredEmbedding):
         if plan.dim != d:
             raise ConfigError(f"QuantizeWordBits: the TieredEmbedding is {plan.dim} wide, the "

@@ -221,3 +221,11 @@ def test_no_embedding_and_bad_width_and_options():
         FxWordBits(_plan(), head="untied")
     with pytest.raises(ConfigError, match="WordBitsPlan"):
         FxWordBits({"bits": [4, 2]})
+
+
+def test_grouped_plan_is_refused():
+    import dataclasses
+
+    gm = lowbit.capture(_gpt2(), _inputs())
+    with pytest.raises(ConfigError, match="alpha groups of 16 columns"):
+        FxWordBits(dataclasses.replace(_plan(), group=16), progress=False)(gm)
