@@ -41,6 +41,7 @@ from lowbit.backends.tvm.api import lowering_summary
 from lowbit.backends.tvm.frontends.fx import import_graph
 from lowbit.backends.tvm.kernels import word_bits as gather
 from lowbit.backends.tvm.lowering.word_bits import tiers_of
+from lowbit.backends.tvm.runtime import RuntimeInputError
 from lowbit.backends.tvm.target import host_target
 from lowbit.errors import CompileError
 from lowbit.passes.fx.word_bits import QuantizeWordBits as FxWordBits
@@ -223,6 +224,24 @@ def test_gather_kernel_clamps_out_of_range_ids():
     want = tiered_embedding(torch.from_numpy(ids.clip(0, 299)), ops["pos"], ops["planes"],
                             ops["alpha"], ops["offset"])
     _close(_run(func, arrays), want.numpy(), GATHER_RTOL)
+
+
+@pytest.mark.parametrize("frontend", ["fx", "onnx"])
+def test_module_refuses_out_of_range_ids(frontend):
+    mod = _fx_module() if frontend == "fx" else _onnx_module()
+    bounds = mod.meta["input_bounds"]["input_ids"]
+    assert (bounds["min"], bounds["max"]) == (0, VOCAB - 1) and bounds["table"].endswith(POS)
+    feeds = {k: v.numpy() for k, v in _inputs().items()}
+    for bad in (VOCAB, -1, 2**33):
+        ids = feeds["input_ids"].copy()
+        ids[0, 3] = bad
+        with pytest.raises(RuntimeInputError, match=rf"input 'input_ids': value {bad} at "
+                                                    rf"position \[0, 3\].*\[0, {VOCAB - 1}\]"):
+            mod(**{**feeds, "input_ids": ids})
+    ids = feeds["input_ids"].copy()
+    ids[0, :2] = [0, VOCAB - 1]                        # the edges run
+    _close(_logits(mod(**{**feeds, "input_ids": ids})), _eager(torch.from_numpy(ids)),
+           LOGITS_RTOL)
 
 
 # ---- errors --------------------------------------------------------------------------------------

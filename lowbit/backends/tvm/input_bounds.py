@@ -24,7 +24,11 @@ Result, per input (by the Relax parameter name, as in ``meta["inputs"]``)::
     {"input_ids": {"min": 0, "max": 30521, "table": "p_embeddings_word_embeddings_weight"}}
 
 Handled: the gathers above in ``main``'s bindings (takes in modes "wrap", "clip", "nan" cannot
-leave their table and are skipped). Not bounded, with a ``UnsafeIndexWarning`` naming them:
+leave their table and are skipped), and each ``call_tir`` of a kernel declaring its index
+operands (``KERNEL_INDEX_ATTR`` on the PrimFunc: ``[[index arg, table arg, table axis], ..]``;
+the per-word gather of kernels/word_bits.py clamps its ids and declares them so they are
+checked all the same): an index arg into an axis of extent n is bounded to ``[0, n - 1]``.
+Not bounded, with a ``UnsafeIndexWarning`` naming them:
 indices computed from an input by arithmetic (RoBERTa's ``cumsum(mask) + pad`` position ids),
 tables of unknown extent; such models still run unchecked. Control flow (``relax.If``) and
 gathers inside called Relax functions are not searched (the importers emit neither).
@@ -38,7 +42,9 @@ import numpy as np
 import tvm
 from tvm import relax
 
-__all__ = ["UnsafeIndexWarning", "input_bounds"]
+__all__ = ["KERNEL_INDEX_ATTR", "UnsafeIndexWarning", "input_bounds"]
+
+KERNEL_INDEX_ATTR = "lowbit.index_operands"     # kernels/word_bits.py INDEX_OPERANDS
 
 # ops whose output values all come from their first argument (or its tuple fields)
 _PRESERVING = {"relax.reshape", "relax.expand_dims", "relax.squeeze", "relax.permute_dims",
@@ -103,13 +109,30 @@ def _gathers(call: relax.Call, value_of) -> list[tuple[relax.Expr, int | None, s
     return []
 
 
+def _kernel_gathers(call: relax.Call, mod: tvm.IRModule | None
+                    ) -> list[tuple[relax.Expr, int | None, str]]:
+    """``_gathers`` of a ``call_tir`` whose kernel declares its index operands."""
+    if mod is None or _op(call) != "relax.call_tir" or not isinstance(call.args[1], relax.Tuple):
+        return []
+    func = dict(mod.functions_items()).get(call.args[0])
+    if not isinstance(func, tvm.tirx.PrimFunc) or KERNEL_INDEX_ATTR not in func.attrs:
+        return []
+    args, out = list(call.args[1].fields), []
+    for idx, tbl, axis in ((int(a) for a in e) for e in func.attrs[KERNEL_INDEX_ATTR]):
+        shape = _static(getattr(args[tbl].ty, "shape", None))
+        n = shape[axis] if shape is not None and -len(shape) <= axis < len(shape) else None
+        out.append((args[idx], n, _describe(args[tbl])))
+    return out
+
+
 class _Walk:
     """Dataflow over ``main``'s bindings: ``exact[v] = (input, wrap, lo, hi)`` when every value
     of ``v`` is a value of that input (``wrap``: the extent negatives were wrapped by, or 0;
     ``[lo, hi]``: the values that pass the casts on the way unchanged), ``deps[v]`` the inputs
     ``v`` depends on in any way."""
 
-    def __init__(self, func: relax.Function, num_inputs: int):
+    def __init__(self, func: relax.Function, num_inputs: int, mod: tvm.IRModule | None = None):
+        self.mod = mod
         self.params = list(func.params[:num_inputs])
         self.exact: dict = {p: (str(p.name), 0, -np.inf, np.inf) for p in self.params}
         self.deps: dict = {p: frozenset([str(p.name)]) for p in self.params}
@@ -138,7 +161,8 @@ class _Walk:
         if src is not None:
             self.exact[var] = src
         if _op(value) is not None:
-            for idx, n, table in _gathers(value, self.value_of):
+            for idx, n, table in (_gathers(value, self.value_of)
+                                  + _kernel_gathers(value, self.mod)):
                 self.gather(idx, n, table, value.op.name)
 
     def follow(self, value):
@@ -234,7 +258,7 @@ def _int_const(e) -> int | None:
 def input_bounds(mod: tvm.IRModule, num_inputs: int) -> dict[str, dict]:
     """``{input name: {"min", "max", "table"}}`` for the first ``num_inputs`` parameters of
     ``mod["main"]`` that drive gathers (module docstring); warns about gathers it cannot bound."""
-    walk = _Walk(mod["main"], num_inputs)
+    walk = _Walk(mod["main"], num_inputs, mod)
     for what in walk.unsafe:
         warnings.warn(f"{what}: not checked at the module boundary; out-of-range values read "
                       f"outside the table", UnsafeIndexWarning, stacklevel=2)

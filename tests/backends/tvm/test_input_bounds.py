@@ -95,6 +95,23 @@ def test_other_axis_intersection_and_index_tensor():
                    "j": {"min": 0, "max": 2, "table": "v"}}
 
 
+def test_kernel_declared_index_operands():
+    """A ``call_tir`` of a kernel with ``KERNEL_INDEX_ATTR`` (the per-word gather, kernels/
+    word_bits.py): its declared index argument is bounded by the table argument's axis."""
+    from lowbit.backends.tvm.kernels.word_bits import tiered_embedding
+
+    ids, pos = _tensor("ids", (2, 3), "int64"), _tensor("pos", (30,), "int32")
+    tier = [_tensor("p0", (2, 30, 1), "uint8"), _tensor("a0", (30, 1, 2))]
+
+    def body(bb, ids, pos, p0, a0):
+        gv = bb.add_func(tiered_embedding(6, 8, [(2, 30, False)]), "gather")
+        flat = bb.emit(relax.op.reshape(ids, (6,)))
+        return relax.call_tir(gv, [flat, pos, p0, a0], relax.TensorType((6, 8), "float32"))
+
+    assert _bounds(_build([ids, pos, *tier], body), 1) == {
+        "ids": {"min": 0, "max": 29, "table": "pos"}}
+
+
 def test_onnx_negative_wrapping():
     """``where(idx < 0, idx + n, idx)`` (TVM's ONNX Gather) allows [-n, n - 1]."""
     ids, w = _tensor("ids", (2, 3), "int64"), _tensor("w", (10, 4))
