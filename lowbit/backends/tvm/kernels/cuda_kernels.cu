@@ -345,6 +345,20 @@ __device__ __forceinline__ void lowbit_halve(float* a, int lane) {
   if constexpr (O > 1) lowbit_halve<O / 2>(a, lane);
 }
 
+// acc[c] += offset[c] * xs for the COLS columns of one row (the offset term of both BCQ GEMVs)
+template <int COLS>
+__device__ __forceinline__ void lowbit_bcq_offset(float* acc, const float* __restrict__ op,
+                                                  float xs) {
+#pragma unroll
+  for (int q4 = 0; q4 < COLS / 4; ++q4) {
+    const float4 o4 = __ldg(reinterpret_cast<const float4*>(op + q4 * 4));
+    acc[q4 * 4 + 0] = fmaf(o4.x, xs, acc[q4 * 4 + 0]);
+    acc[q4 * 4 + 1] = fmaf(o4.y, xs, acc[q4 * 4 + 1]);
+    acc[q4 * 4 + 2] = fmaf(o4.z, xs, acc[q4 * 4 + 2]);
+    acc[q4 * 4 + 3] = fmaf(o4.w, xs, acc[q4 * 4 + 3]);
+  }
+}
+
 template <int MR, int Q, int COLS, bool OFF, bool PF>
 __device__ __forceinline__ int lowbit_bcq_gemv_impl(
     const float* __restrict__ x, const unsigned char* __restrict__ planes,
@@ -432,14 +446,7 @@ __device__ __forceinline__ int lowbit_bcq_gemv_impl(
       for (int m = 0; m < MR; ++m) {
         const float* tm = t0 + (size_t)m * steps * 1024;
         float xs = tm[15 << 5] + tm[512 + (15 << 5)];      // sum of the lane's 8 inputs
-#pragma unroll
-        for (int q4 = 0; q4 < COLS / 4; ++q4) {
-          float4 o4 = __ldg(reinterpret_cast<const float4*>(op + q4 * 4));
-          acc[m][q4 * 4 + 0] = fmaf(o4.x, xs, acc[m][q4 * 4 + 0]);
-          acc[m][q4 * 4 + 1] = fmaf(o4.y, xs, acc[m][q4 * 4 + 1]);
-          acc[m][q4 * 4 + 2] = fmaf(o4.z, xs, acc[m][q4 * 4 + 2]);
-          acc[m][q4 * 4 + 3] = fmaf(o4.w, xs, acc[m][q4 * 4 + 3]);
-        }
+        lowbit_bcq_offset<COLS>(acc[m], op, xs);
       }
     }
   }
@@ -550,14 +557,7 @@ __device__ __forceinline__ int lowbit_bcq_t256_impl(
 #pragma unroll
       for (int m = 0; m < MR; ++m) {   // entry 255: the sum of the lane's 8 inputs
         const float xs = *reinterpret_cast<const float*>(lowbit_dyn_smem + m * 65536 + 255 * 256 + ofs);
-#pragma unroll
-        for (int q4 = 0; q4 < COLS / 4; ++q4) {
-          const float4 o4 = __ldg(reinterpret_cast<const float4*>(op + q4 * 4));
-          acc[m][q4 * 4 + 0] = fmaf(o4.x, xs, acc[m][q4 * 4 + 0]);
-          acc[m][q4 * 4 + 1] = fmaf(o4.y, xs, acc[m][q4 * 4 + 1]);
-          acc[m][q4 * 4 + 2] = fmaf(o4.z, xs, acc[m][q4 * 4 + 2]);
-          acc[m][q4 * 4 + 3] = fmaf(o4.w, xs, acc[m][q4 * 4 + 3]);
-        }
+        lowbit_bcq_offset<COLS>(acc[m], op, xs);
       }
     }
   }
