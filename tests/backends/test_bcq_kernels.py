@@ -244,7 +244,9 @@ def test_onnx_bcqlinear_matches_onnxruntime(tiny_bert, tmp_path, offset):
         weight=BCQ(bits=3, group=32, iters=2, offset=offset)))
     assert sum(n.op_type == "BCQLinear" for n in model.graph) == 6
     ir.save(model, tmp_path / "tiny_bcq.onnx")
-    names = [gv.name_hint for gv in import_onnx(model)[0].mod.get_global_vars()]
+    imported, log = import_onnx(model)
+    assert [k for _, k in log].count("bcq_linear") == 6, log     # named in the lowering log
+    names = [gv.name_hint for gv in imported.mod.get_global_vars()]
     bcq_kernels = [n for n in names if n.startswith("lowbit_bcq_linear_")]
     assert bcq_kernels and all(n.endswith(f"_{int(offset)}") for n in bcq_kernels)
     feed = {k: v.numpy() for k, v in batch.items()}

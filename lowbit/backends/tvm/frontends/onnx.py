@@ -44,7 +44,9 @@ from lowbit.errors import CompileError, ConfigError
 
 __all__ = ["import_onnx", "is_onnx"]
 
-TIERED_OPS = {"TieredEmbedding": "tiered_embedding", "TieredLinear": "tiered_linear"}  # -> log
+# lowbit-domain nodes whose kernel the lowering log names (the QDQ ones log themselves)
+LOGGED_OPS = {"BCQLinear": "bcq_linear", "TieredEmbedding": "tiered_embedding",
+              "TieredLinear": "tiered_linear"}
 TIER_INPUTS = 3 * 4     # P, A, O per tier for the ONNX form's 4 tiers (passes/onnx/word_bits.py)
 DYNAMIC_OPS = {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "QLinearMatMul",
                "QLinearConv", "MatMulNBits", "DynamicQuantizeMatMul", "QLinearAdd"}
@@ -243,7 +245,7 @@ def import_onnx(model: Any, example_inputs: Any = None, *, int8: bool = True
                            f"{msg[-1] if msg else ''}") from e
     mod, params = relax.frontend.detach_params(mod)
     mod, values, log = lower_qdq_matmul(mod, list(params.get("main", [])), int8=int8)
-    log += [(n.name or n.output[0], TIERED_OPS[n.op_type]) for n in proto.graph.node
-            if n.domain == "lowbit" and n.op_type in TIERED_OPS]
+    log += [(n.name or n.output[0], LOGGED_OPS[n.op_type]) for n in proto.graph.node
+            if n.domain == "lowbit" and n.op_type in LOGGED_OPS]
     outputs = [o.name for o in proto.graph.output]
     return ImportedModel(mod, values, input_names, outputs, ((), example)), log
