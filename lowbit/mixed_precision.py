@@ -1,0 +1,246 @@
+"""``lowbit.search_precision``: a mixed-precision, partly pruned plan for a captured graph under
+a size budget (issue 17's integer-program baseline, ModelOpt ``auto_quantize`` style).
+
+    plan = search_precision(gm, Budget(avg_bits=4.25), calibration=batches,
+                            granularity=(PerHead(), PerNeurons(64)))
+    print(plan.summary()); plan.save("plan.json")
+
+    table = sensitivity_table(gm, calibration=batches)          # scored once,
+    plans = [plan_for_budget(table, Budget(avg_bits=b)) for b in (3, 4, 5)]   # solved per budget
+
+1. subgroups: the linears' row blocks (``lowbit.passes.subgroups``);
+2. Fisher ``F = E[g^2]`` of each weight over the calibration batches, ``g`` the gradient of
+   ``loss_fn(outputs, batch)`` (a task / LM loss, e.g. ``lm_loss``) or, by default, of the
+   output-distillation surrogate ``sum(r * f) / sqrt(n)``, ``r ~ N(0, I)`` drawn per batch and
+   output (``lowbit.search.sensitivity`` derives it);
+3. sensitivity ``0.5 * sum F (W - Q_c(W))^2`` per subgroup and candidate, real bytes per
+   candidate (``lowbit.search.cost``);
+4. the integer program (``lowbit.search.ilp``, HiGHS): least total sensitivity within budget.
+
+The graph is not modified (gradients go to ``torch.autograd.grad``; requires_grad flags are
+restored). Applying the plan to the graph is a later pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import fx
+from torch.utils import _pytree
+
+from lowbit.errors import CalibrationError, ConfigError
+from lowbit.passes.subgroups import DEFAULT_ROLES, list_subgroups
+from lowbit.search.cost import total_bytes
+from lowbit.search.ilp import Budget, solve
+from lowbit.search.plan import PlanEntry, PrecisionPlan
+from lowbit.search.sensitivity import FisherAccumulator, candidate_scores
+from lowbit.search.space import Candidate, SearchSpace, Subgroup, WholeLinear
+
+__all__ = ["SensitivityTable", "fisher", "lm_loss", "plan_for_budget", "search_precision",
+           "sensitivity_table"]
+
+LossFn = Callable[[Any, Any], torch.Tensor]
+
+
+def lm_loss(outputs: Any, batch: Any) -> torch.Tensor:
+    """Next-token cross-entropy of a causal LM: logits (the first output) against the batch's
+    ``labels`` or, without them, its ``input_ids`` shifted by one."""
+    logits = outputs["logits"] if isinstance(outputs, dict) else _pytree.tree_leaves(outputs)[0]
+    if not isinstance(batch, dict) or not ({"labels", "input_ids"} & set(batch)):
+        raise ConfigError("lm_loss needs batches as dicts with 'input_ids' (or 'labels')")
+    labels = batch.get("labels", batch.get("input_ids"))
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1),
+        ignore_index=-100)
+
+
+def _run(gm: torch.nn.Module, batch: Any) -> Any:
+    if isinstance(batch, dict):
+        return gm(**batch)
+    if isinstance(batch, (tuple, list)):
+        return gm(*batch)
+    return gm(batch)
+
+
+def _distillation(outputs: Any, gen: torch.Generator) -> torch.Tensor:
+    """``sum_o sum(r_o * o) / sqrt(numel(o))`` over the float outputs (module docstring)."""
+    total = None
+    for o in _pytree.tree_leaves(outputs):
+        if isinstance(o, torch.Tensor) and o.is_floating_point() and o.requires_grad:
+            r = torch.randn(o.shape, generator=gen, dtype=torch.float32).to(o.device, o.dtype)
+            term = (r * o).sum() / o.numel() ** 0.5
+            total = term if total is None else total + term
+    if total is None:
+        raise ConfigError("search_precision: no graph output depends on the searched weights "
+                          "(give loss_fn=)")
+    return total
+
+
+def _say(progress: bool, msg: str, t0: float, end: bool = False) -> None:
+    if progress:
+        tty = sys.stderr.isatty()
+        print(f"{chr(13) if tty else ''}[lowbit] {msg}, {time.perf_counter() - t0:.1f} s",
+              end="\n" if end or not tty else "", file=sys.stderr, flush=True)
+
+
+def fisher(gm: torch.nn.Module, weights: list[str], batches: Iterable[Any],
+           loss_fn: LossFn | None = None, *, seed: int = 0, progress: bool = True
+           ) -> FisherAccumulator:
+    """Mean squared gradients of ``weights`` (parameter names of ``gm``) over ``batches``
+    (``FisherAccumulator``); other parameters' requires_grad is off meanwhile, then restored."""
+    params = dict(gm.named_parameters())
+    missing = [w for w in weights if w not in params]
+    if missing:
+        raise ConfigError(f"search_precision: weights {missing[:3]} are not parameters of the "
+                          f"graph (constants cannot take gradients)")
+    acc, gen, t0 = FisherAccumulator(), torch.Generator().manual_seed(seed), time.perf_counter()
+    flags = {n: p.requires_grad for n, p in params.items()}
+    try:
+        for n, p in params.items():
+            p.requires_grad_(n in weights)
+        for i, batch in enumerate(batches):
+            out = _run(gm, batch)
+            loss = _distillation(out, gen) if loss_fn is None else loss_fn(out, batch)
+            if not torch.isfinite(loss.detach()):
+                raise CalibrationError(f"batch {i}: the loss is {loss.detach().item()} (NaN or "
+                                       f"inf: check that batch)")
+            grads = torch.autograd.grad(loss, [params[w] for w in weights], allow_unused=True)
+            acc.add(dict(zip(weights, grads)), i)
+            if progress and (sys.stderr.isatty() or (i + 1) % 50 == 0):
+                _say(progress, f"sensitivity: gradients of {i + 1} batch(es)", t0)
+    finally:
+        for n, p in params.items():
+            p.requires_grad_(flags[n])
+    if acc.batches == 0:
+        raise CalibrationError("calibration data is empty: the sensitivity needs at least one "
+                               "batch")
+    _say(progress, f"sensitivity: gradients of {acc.batches} batch(es)", t0, end=True)
+    return acc
+
+
+def _as_out_in(t: torch.Tensor, sg: Subgroup) -> torch.Tensor:
+    t = t.detach().to(torch.float32)
+    return t if sg.layout == "out_in" else t.t()
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SensitivityTable:
+    """What the integer program needs, computed once for any number of budgets: per subgroup
+    (rows) and candidate (columns) the sensitivity and the stored bytes."""
+
+    subgroups: tuple[Subgroup, ...]
+    candidates: tuple[Candidate, ...]
+    space: SearchSpace
+    sensitivity: np.ndarray
+    nbytes: np.ndarray
+    info: dict
+
+    @property
+    def elements(self) -> int:
+        return sum(sg.elements for sg in self.subgroups)
+
+
+def sensitivity_table(gm: fx.GraphModule, *, calibration: Iterable[Any],
+                      granularity=None, space: SearchSpace | None = None,
+                      loss_fn: LossFn | None = None, roles: tuple[str, ...] = DEFAULT_ROLES,
+                      ignore: tuple[str, ...] = (), seed: int = 0, progress: bool = True
+                      ) -> SensitivityTable:
+    """Steps 1-3 of the module docstring (arguments as ``search_precision``)."""
+    if not isinstance(gm, fx.GraphModule):
+        raise ConfigError(f"search_precision takes a captured fx.GraphModule (lowbit.capture), "
+                          f"got {type(gm).__name__}")
+    granularity = WholeLinear() if granularity is None else granularity
+    space = SearchSpace() if space is None else space
+    subgroups = list_subgroups(gm, granularity, roles=roles, ignore=ignore)
+    for sg in subgroups:
+        space.check_width(sg.in_features, sg.linear)
+    weights = list(dict.fromkeys(sg.weight for sg in subgroups))
+    acc = fisher(gm, weights, calibration, loss_fn, seed=seed, progress=progress)
+    cands = space.candidates()
+    params = dict(gm.named_parameters())
+    sens = np.empty((len(subgroups), len(cands)))
+    t0 = time.perf_counter()
+    for j, w in enumerate(weights):
+        idx = [i for i, sg in enumerate(subgroups) if sg.weight == w]
+        sg = subgroups[idx[0]]
+        sens[idx] = candidate_scores(_as_out_in(params[w], sg), _as_out_in(acc.fisher(w), sg),
+                                     [subgroups[i].rows for i in idx], cands, space, sg.linear)
+        _say(progress and (sys.stderr.isatty() or j + 1 == len(weights)),
+             f"sensitivity: {len(cands)} candidates x {j + 1}/{len(weights)} linears", t0,
+             end=j + 1 == len(weights))
+    nbytes = np.array([[total_bytes(sg.rows[1] - sg.rows[0], sg.in_features, c, space)
+                        for c in cands] for sg in subgroups], dtype=np.int64)
+    info = {"batches": acc.batches, "granularity": repr(granularity),
+            "loss": "distillation" if loss_fn is None else getattr(loss_fn, "__name__", "loss_fn")}
+    return SensitivityTable(tuple(subgroups), cands, space, sens, nbytes, info)
+
+
+def plan_for_budget(table: SensitivityTable, budget: Budget | int, *, progress: bool = True
+                    ) -> PrecisionPlan:
+    """Step 4: the integer program on ``table`` under ``budget``; the plan it chooses."""
+    if isinstance(budget, int) and not isinstance(budget, bool):
+        budget = Budget(bytes=budget)
+    if not isinstance(budget, Budget):
+        raise ConfigError(f"budget must be a lowbit.search.Budget or an int of bytes, got "
+                          f"{budget!r} (average bits: Budget(avg_bits=...))")
+    subgroups, cands, sens = table.subgroups, table.candidates, table.sensitivity
+    limit = budget.to_bytes(table.elements)
+    ties: dict[str, list[int]] = {}
+    for i, sg in enumerate(subgroups):
+        if sg.tie is not None:
+            ties.setdefault(sg.tie, []).append(i)
+    pruned = np.array([[c.pruned for c in cands]] * len(subgroups))
+    t0 = time.perf_counter()
+    sol = solve(sens, table.nbytes, limit, pruned=pruned,
+                ties=[t for t in ties.values() if len(t) > 1])
+    _say(progress, f"integer program: {sol.variables} binaries, {len(subgroups)} subgroups, "
+                   f"HiGHS {sol.seconds * 1e3:.0f} ms, {sol.bytes:,} of {limit:,} bytes", t0,
+         end=True)
+    entries = tuple(
+        PlanEntry(sg.linear, sg.role, sg.rows, sg.in_features, sg.out_features, c.code, c.bits,
+                  c.pruned, sg.tie, float(sens[i, col]))
+        for i, (sg, col) in enumerate(zip(subgroups, sol.choice)) for c in [cands[col]])
+    info = {"method": "taylor+ilp", "solver": "highs", "solve_seconds": sol.seconds,
+            "binaries": sol.variables, "sensitivity": sol.sensitivity, **table.info}
+    return PrecisionPlan(entries, table.space, limit, info)
+
+
+def search_precision(gm: fx.GraphModule, budget: Budget | int, *,
+                     calibration: Iterable[Any], granularity=None,
+                     space: SearchSpace | None = None, loss_fn: LossFn | None = None,
+                     roles: tuple[str, ...] = DEFAULT_ROLES, ignore: tuple[str, ...] = (),
+                     seed: int = 0, progress: bool = True) -> PrecisionPlan:
+    """The plan of least estimated loss increase within ``budget`` (module docstring);
+    ``plan_for_budget(sensitivity_table(gm, ...), budget)``, which several budgets can share.
+
+    Args:
+        gm: a captured graph (``lowbit.capture``), float; not modified.
+        budget: ``Budget(bytes=...)`` or ``Budget(avg_bits=...)`` over the searched weights'
+            elements (scales and zero points count), or an int number of bytes.
+        calibration: batches as ``gm`` takes them (dict, tuple or one tensor).
+        granularity: ``WholeLinear()`` (None: the default), ``PerHead()``,
+            ``PerNeurons(size)`` or a tuple of them.
+        space: the candidates and how they are stored (None: ``SearchSpace()``).
+        loss_fn: ``loss_fn(outputs, batch) -> scalar`` (``lm_loss``, a task loss); None: the
+            output-distillation estimate.
+        roles, ignore: which linears (as recipes pick them).
+        seed: of the distillation estimate's random projections.
+
+    Raises:
+        ConfigError: an infeasible budget (the message gives the smallest feasible size), a
+            granularity or group that does not divide a linear.
+        CalibrationError: no batches, or NaN/inf in a batch's loss or gradients (named).
+    """
+    if not isinstance(budget, (Budget, int)) or isinstance(budget, bool):
+        raise ConfigError(f"budget must be a lowbit.search.Budget or an int of bytes, got "
+                          f"{budget!r} (average bits: Budget(avg_bits=...))")
+    table = sensitivity_table(gm, calibration=calibration, granularity=granularity, space=space,
+                              loss_fn=loss_fn, roles=roles, ignore=ignore, seed=seed,
+                              progress=progress)
+    return plan_for_budget(table, budget, progress=progress)

@@ -1,0 +1,22 @@
+"""Automatic mixed-precision search, the numerics: candidates and subgroups (``space``), their
+real stored bytes (``cost``), second-order sensitivity (``sensitivity``), the integer program
+(``ilp``, HiGHS) and the plan it yields (``plan``). No graph here (import-linter contract in
+pyproject.toml): ``lowbit.mixed_precision.search_precision`` walks the graph and calls these.
+"""
+
+from lowbit.search.cost import candidate_bytes
+from lowbit.search.ilp import Budget, Solution, solve
+from lowbit.search.plan import PlanEntry, PrecisionPlan
+from lowbit.search.space import (
+    Candidate,
+    PerHead,
+    PerNeurons,
+    SearchSpace,
+    Subgroup,
+    WholeLinear,
+    dequantized,
+)
+
+__all__ = ["Budget", "Candidate", "PerHead", "PerNeurons", "PlanEntry", "PrecisionPlan",
+           "SearchSpace", "Solution", "Subgroup", "WholeLinear", "candidate_bytes",
+           "dequantized", "solve"]

@@ -1,0 +1,241 @@
+"""The precision plan: what the search chose for every subgroup, as plain data the user can
+read, edit and save.
+
+    plan.summary()                          # a text table, one line per linear
+    plan.save("plan.json"); plan = PrecisionPlan.load("plan.json")      # atomic JSON
+    plan = plan.edit("encoder.layer.0.attention.self.query[0:32]", code="pruned", bits=0)
+
+Every construction (search, ``load``, ``edit``, the constructor) validates: each entry a valid
+candidate (``space.Candidate``) whose format fits its linear's width, ``pruned`` agreeing with
+the code, the entries of a linear covering its rows exactly once, tied entries pruned alike. A
+ConfigError names the entry (index and ``linear[a:b]``). Bytes and average bits come from
+``lowbit.search.cost`` with the plan's ``SearchSpace`` (its storage settings).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from lowbit.errors import ConfigError
+from lowbit.search.cost import total_bytes
+from lowbit.search.space import Candidate, SearchSpace
+
+__all__ = ["PlanEntry", "PrecisionPlan"]
+
+_FIELDS = ("linear", "role", "rows", "in_features", "out_features", "code", "bits", "pruned")
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanEntry:
+    """Rows ``rows[0]:rows[1]`` of linear ``linear`` ([out_features, in_features]) stored as
+    ``code`` at ``bits`` (``pruned``: removed). ``sensitivity``: the search's estimate for
+    this choice (None once edited)."""
+
+    linear: str
+    role: str
+    rows: tuple[int, int]
+    in_features: int
+    out_features: int
+    code: str
+    bits: int
+    pruned: bool = False
+    tie: str | None = None
+    sensitivity: float | None = None
+
+    @property
+    def name(self) -> str:
+        a, b = self.rows
+        return self.linear if (a, b) == (0, self.out_features) else f"{self.linear}[{a}:{b}]"
+
+    @property
+    def candidate(self) -> Candidate:
+        return Candidate(self.code, self.bits)
+
+    @property
+    def elements(self) -> int:
+        return (self.rows[1] - self.rows[0]) * self.in_features
+
+    def _check(self, i: int, space: SearchSpace) -> None:
+        r = self.rows
+        span = f"[{r[0]}:{r[1]}]" if isinstance(r, tuple) and len(r) == 2 else f" rows={r!r}"
+        where = f"PrecisionPlan entry {i} ({self.linear}{span})"
+
+        def ints(*v: object) -> bool:
+            return all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+
+        if not isinstance(self.linear, str) or not self.linear:
+            raise ConfigError(f"{where}: linear must be a non-empty name")
+        if not (isinstance(self.rows, tuple) and len(self.rows) == 2 and ints(*self.rows)
+                and ints(self.in_features, self.out_features) and self.in_features >= 1
+                and 0 <= self.rows[0] < self.rows[1] <= self.out_features):
+            raise ConfigError(f"{where}: rows must be (a, b) with 0 <= a < b <= out_features="
+                              f"{self.out_features!r}, in_features >= 1 ({self.in_features!r})")
+        try:
+            cand = self.candidate
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        if self.pruned != cand.pruned:
+            raise ConfigError(f"{where}: pruned={self.pruned!r} but code={self.code!r}, "
+                              f"bits={self.bits!r} (pruning is code 'pruned', bits 0)")
+        k, g = self.in_features, space.group
+        if cand.code in ("uniform", "bcq") and not space.per_row(k) and k % g:
+            raise ConfigError(f"{where}: the plan's group={g} does not divide in_features={k}")
+        if cand.code == "bcq" and k % 8:
+            raise ConfigError(f"{where}: BCQ needs in_features % 8 == 0, got {k}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PrecisionPlan:
+    """Entries (one per subgroup, in graph order), the search space they were chosen in (its
+    storage settings price them), the budget (bytes) and ``info`` (how the search ran)."""
+
+    entries: tuple[PlanEntry, ...]
+    space: SearchSpace = dataclasses.field(default_factory=SearchSpace)
+    budget_bytes: int | None = None
+    info: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "entries", tuple(self.entries))
+        if not self.entries:
+            raise ConfigError("PrecisionPlan: no entries")
+        spans: dict[str, list] = collections.defaultdict(list)
+        tied: dict[str, set] = collections.defaultdict(set)
+        for i, e in enumerate(self.entries):
+            if not isinstance(e, PlanEntry):
+                raise ConfigError(f"PrecisionPlan entry {i}: not a PlanEntry ({e!r})")
+            e._check(i, self.space)
+            spans[e.linear].append((e.rows, e.in_features, e.out_features, i))
+            if e.tie is not None:
+                tied[e.tie].add(e.pruned)
+        for linear, rows in spans.items():
+            if len({(k, n) for _, k, n, _ in rows}) > 1:
+                raise ConfigError(f"PrecisionPlan: the entries of {linear} disagree on its "
+                                  f"shape: {sorted({(n, k) for _, k, n, _ in rows})}")
+            at = 0
+            for (a, b), _, n, i in sorted(rows):
+                if a != at:
+                    what = "overlap" if a < at else f"leave rows {at}:{a} uncovered"
+                    raise ConfigError(f"PrecisionPlan entry {i} ({linear}[{a}:{b}]): the "
+                                      f"entries of {linear} {what}")
+                at = b
+            if at != n:
+                raise ConfigError(f"PrecisionPlan: the entries of {linear} cover rows 0:{at} "
+                                  f"of {n}")
+        for tie, states in tied.items():
+            if len(states) > 1:
+                names = [e.name for e in self.entries if e.tie == tie]
+                raise ConfigError(f"PrecisionPlan: tie {tie!r} ({', '.join(names)}) is pruned "
+                                  f"in part: its entries are pruned together or not at all")
+
+    # ---- sizes ------------------------------------------------------------------------------
+    def entry_bytes(self, e: PlanEntry) -> int:
+        return total_bytes(e.rows[1] - e.rows[0], e.in_features, e.candidate, self.space)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.entry_bytes(e) for e in self.entries)
+
+    @property
+    def elements(self) -> int:
+        return sum(e.elements for e in self.entries)
+
+    @property
+    def average_bits(self) -> float:
+        """Stored bits per weight element, scales and zero points included."""
+        return 8 * self.total_bytes / self.elements
+
+    # ---- editing ----------------------------------------------------------------------------
+    def edit(self, key: int | str, *, code: str, bits: int) -> PrecisionPlan:
+        """A new plan with entry ``key`` (index or ``PlanEntry.name``) set to ``code``/``bits``.
+        Where that prunes or un-prunes a tied entry, its whole tie gets the same choice."""
+        idx = key if isinstance(key, int) else next(
+            (i for i, e in enumerate(self.entries) if e.name == key), None)
+        if idx is None or not 0 <= idx < len(self.entries):
+            raise ConfigError(f"PrecisionPlan.edit: no entry {key!r}")
+        old = self.entries[idx]
+        whole_tie = old.tie is not None and old.pruned != (code == "pruned")
+        entries = tuple(
+            dataclasses.replace(e, code=code, bits=bits, pruned=code == "pruned",
+                                sensitivity=None)
+            if i == idx or (whole_tie and e.tie == old.tie) else e
+            for i, e in enumerate(self.entries))
+        return dataclasses.replace(self, entries=entries)
+
+    # ---- JSON -------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        entries = [{**dataclasses.asdict(e), "rows": list(e.rows)} for e in self.entries]
+        return {"format": "lowbit.precision_plan/1", "space": self.space.to_dict(),
+                "budget_bytes": self.budget_bytes, "total_bytes": self.total_bytes,
+                "average_bits": round(self.average_bits, 6), "info": self.info,
+                "entries": entries}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PrecisionPlan:
+        if not isinstance(d, dict) or not isinstance(d.get("entries"), list):
+            raise ConfigError("PrecisionPlan.from_dict: expected an object with 'entries'")
+        names = {f.name for f in dataclasses.fields(PlanEntry)}
+        entries = []
+        for i, e in enumerate(d["entries"]):
+            missing = set(_FIELDS) - set(e) if isinstance(e, dict) else set(_FIELDS)
+            if missing or set(e) - names:
+                raise ConfigError(f"PrecisionPlan entry {i}: missing {sorted(missing)} or "
+                                  f"unknown {sorted(set(e) - names) if isinstance(e, dict) else e}")
+            rows = e["rows"]
+            entries.append(PlanEntry(**{**e, "rows": tuple(rows) if isinstance(rows, list)
+                                        else rows}))
+        return cls(tuple(entries), SearchSpace.from_dict(d.get("space", {})),
+                   d.get("budget_bytes"), d.get("info", {}))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write ``to_dict()`` as JSON atomically (a temporary sibling, then ``os.replace``)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(self.to_dict(), f, indent=1)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> PrecisionPlan:
+        try:
+            d = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"PrecisionPlan.load: cannot read a plan from {path}: {e}") from None
+        return cls.from_dict(d)
+
+    # ---- printing ---------------------------------------------------------------------------
+    def summary(self) -> str:
+        """One line per linear: shape, choices (count per format), bytes, bits per weight."""
+        sym = self.space.symmetric
+        by = collections.OrderedDict()
+        for e in self.entries:
+            by.setdefault(e.linear, []).append(e)
+        budget = "" if self.budget_bytes is None else f" (budget {self.budget_bytes:,})"
+        head = (f"PrecisionPlan: {len(by)} linears, {len(self.entries)} subgroups, "
+                f"{self.total_bytes:,} bytes{budget}, {self.average_bits:.3f} bits/weight, "
+                f"{sum(e.pruned for e in self.entries)} pruned")
+        columns = (f"  {'linear':<44} {'role':<8} {'shape':>10}  {'choices':<30} {'bytes':>10} "
+                   f"{'bits':>6}")
+        out = [head, columns]
+        for linear, es in by.items():
+            counts = collections.Counter(e.candidate.label(sym) for e in es)
+            choices = ", ".join(f"{c} x{n}" if n > 1 else c for c, n in counts.most_common())
+            nbytes, elems = sum(self.entry_bytes(e) for e in es), sum(e.elements for e in es)
+            shape = f"{es[0].out_features}x{es[0].in_features}"
+            out.append(f"  {linear[-44:]:<44} {es[0].role:<8} {shape:>10}  {choices:<30} "
+                       f"{nbytes:>10,} {8 * nbytes / elems:>6.2f}")
+        totals = collections.Counter()
+        for e in self.entries:
+            totals[e.candidate.label(sym)] += e.elements
+        share = ", ".join(f"{c} {100 * n / self.elements:.1f}%" for c, n in totals.most_common())
+        out.append(f"  weights by format: {share}")
+        return "\n".join(out)
