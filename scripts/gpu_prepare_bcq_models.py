@@ -7,6 +7,8 @@ scripts/gpu_check_bcq_models.py on the GPU machine (issues 15 and 16, end to end
 - ``minilm_w3_{fx,onnx}_b1``: the real all-MiniLM-L6-v2 (word embedding cut to the rows the test
   sentences use, as scripts/gpu_prepare.py does, to fit the transfer limit) with W3_BCQ,
   compiled from the FX graph and from its ONNX export; reference: the FX graph's output.
+- ``tiny_gemma_{ctx16,m1}`` (only when asked): a 2-layer Gemma-3 with random weights, a per-word
+  table on Zipf counts and W3_BCQ: the kernels of the real model in a few MB.
 - ``gemma_ctx<ctx>`` and ``gemma_m1``: Gemma-3-270M with the per-word table of ``--word-plan``
   (a per-row ``WordBitsPlan`` JSON, e.g. one benchmarks/gemma_word_bits.py saved; the tied LM
   head reads the same tiers) and W3_BCQ on every decoder linear; one wikitext-2 window of
@@ -130,6 +132,39 @@ def gemma(folder: Path, index: list, plan_path: Path, ctx: int, iters: int) -> N
         del mod, q, gm
 
 
+def tiny_gemma(folder: Path, index: list) -> None:
+    """A 2-layer Gemma-3 (random weights, vocabulary 4096) with a per-word table on Zipf counts
+    (tiers 4/3/2 bits, the tied head reads them) and W3_BCQ: the same kernels as the real one
+    (every tier of the head at N >= 256) in a few MB."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    import lowbit
+    from lowbit.quant.word_bits import plan_for_budget
+
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(vocab_size=4096, hidden_size=640, intermediate_size=1024,
+                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
+                           head_dim=256, sliding_window=512)
+    lm = Gemma3ForCausalLM(cfg).eval()
+    counts = (10**6 / torch.arange(1, 4097)).long() + 1
+    plan = plan_for_budget(counts, 2.5, (4, 3, 2))
+    g = torch.Generator().manual_seed(1)
+    for tag, x in {"ctx16": torch.randint(0, 4096, (1, 16), generator=g),
+                   "m1": torch.tensor([[2]])}.items():
+        gm = lowbit.capture(lm, (x,))
+        with torch.no_grad():
+            fp = gm(x)[0].numpy()
+        q = lowbit.quantize(lowbit.quantize_words(gm, plan, progress=False),
+                            lowbit.recipes.W3_BCQ, progress=False)
+        with torch.no_grad():
+            fx = q(x)[0].numpy()
+        io = {"in_input_ids": x.numpy(), "fx_tail": fx[0, -KEEP_ROWS:],
+              "fx_argmax": fx[0].argmax(-1), "fp_argmax": fp[0].argmax(-1)}
+        _save(lowbit.compile(q, target="cuda", progress=False), folder, f"tiny_gemma_{tag}",
+              "tiny_gemma", io, index, torch_config=json.loads(cfg.to_json_string()))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(REPO / ".gpu_bundle" / "bcq_models"))
@@ -142,9 +177,9 @@ def main() -> None:
     folder = Path(args.out)
     folder.mkdir(parents=True, exist_ok=True)
     index_file = folder / "index.json"
-    index = [e for e in json.loads(index_file.read_text()) if e["model"].split("_")[0]
-             not in args.models.split(",")] if index_file.exists() else []
     which = args.models.split(",")
+    index = [e for e in json.loads(index_file.read_text()) if e["model"].rsplit("_w3", 1)[0]
+             not in which] if index_file.exists() else []
     if "minilm" in which:
         tmp = folder / "_onnx"
         tmp.mkdir(exist_ok=True)
@@ -152,6 +187,8 @@ def main() -> None:
         shutil.rmtree(tmp)
     if "gemma" in which:
         gemma(folder, index, args.word_plan, args.ctx, args.iters)
+    if "tiny_gemma" in which:
+        tiny_gemma(folder, index)
     index_file.write_text(json.dumps(index, indent=1))
     log(f"{len(index)} modules in {folder}")
 

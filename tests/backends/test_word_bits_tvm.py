@@ -5,18 +5,24 @@ hidden 64) gets a mixed table: tiers of 4, 3, 2 and 1 bits, tiers 0 and 3 fitted
 (with offsets), tier 1 BCQ (none), tier 2 empty (its tokens moved to tier 1), so the lowering
 drops a tier and the kernels see both operand forms.
 
-- structure: the FX import holds one gather kernel over the three non-empty tiers and one
-  ``bcq_linear`` kernel per tier for the head; the lowering log and summary name both layers;
-- numbers: the module compiled for the CPU from FX and from ONNX (the ONNX pass on the float
-  export: ``lowbit.TieredEmbedding`` / ``TieredLinear`` with a padded empty fourth tier)
-  agrees with the FX graph in eager torch within LOGITS_RTOL;
-- the gather kernel alone against ``lowbit::tiered_embedding`` for random ids and the first and
-  last id of every tier, int64 and int32 ids, with the registered CPU schedule;
+- structure: the FX import holds one gather kernel over the three non-empty tiers (reading
+  them in the BCQ kernel's column blocks) and one ``bcq_linear`` kernel per tier for the head;
+  the lowering log and summary name both layers;
+- the tied table is held once: the parameters the compiled module passes to ``main`` (after
+  ``main_transform_params``) hold each tier's planes, alphas and offsets once, in the kernel
+  layout, and nothing in the op layout (FX and ONNX);
+- numbers: the module compiled for the CPU (this host, and AVX2 ``x86-64-v3``) from FX and
+  from ONNX (the ONNX pass on the float export: ``lowbit.TieredEmbedding`` / ``TieredLinear``
+  with a padded empty fourth tier) agrees with the FX graph in eager torch within LOGITS_RTOL;
+  so do the untied heads (``head="separate"``, "float"), which hold the planes once too;
+- the gather kernel alone, in both operand layouts (the op's, the BCQ kernel's), against
+  ``lowbit::tiered_embedding`` for random ids and the first and last id of every tier, int64
+  and int32 ids, with the registered CPU schedule;
 - ids outside [0, V): the kernel clamps them (the nearest valid id's row, no read outside a
   buffer), the compiled module refuses them before the call (``RuntimeInputError`` naming
   the input, the value and the range: the kernel declares its ids to input_bounds.py);
-- CUDA, compile only (needs nvcc): the model builds for sm_90 with a BCQ GEMV per tier in
-  its cubin and the gather kernel scheduled by dlight.
+- CUDA: the gather's registered schedule binds blocks and threads; compile only (needs nvcc):
+  the model builds for sm_90 with a BCQ GEMV per tier in its cubin.
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ from lowbit.backends.tvm import kernels
 from lowbit.backends.tvm.api import lowering_summary
 from lowbit.backends.tvm.frontends.fx import import_graph
 from lowbit.backends.tvm.kernels import word_bits as gather
+from lowbit.backends.tvm.kernels.bcq import block_width
+from lowbit.backends.tvm.lowering.bcq import pack_bcq
 from lowbit.backends.tvm.lowering.word_bits import tiers_of
 from lowbit.backends.tvm.runtime import RuntimeInputError
 from lowbit.backends.tvm.target import host_target
@@ -111,8 +119,8 @@ def _fx(batch: int = 1, seq: int = 8):
 
 
 @functools.cache
-def _fx_module():
-    return lowbit.compile(_fx(), target="cpu", progress=False)
+def _fx_module(target: str = "cpu"):
+    return lowbit.compile(_fx(), target=target, progress=False)
 
 
 @functools.cache
@@ -144,8 +152,39 @@ def test_fx_import_has_one_gather_and_a_bcq_kernel_per_tier():
     assert sizes[2] == 0
     assert [[int(x) for x in t] for t in gathers[0].attrs["lowbit.tiers"]] == [
         [4, sizes[0], 1], [3, sizes[1], 0], [1, sizes[3], 1]]
+    assert [int(w) for w in gathers[0].attrs["lowbit.widths"]] == [
+        block_width(n) for n in sizes if n]          # the head kernel's column blocks
     groups = sorted(int(f.attrs["lowbit.offset"]) for k, f in kinds if k == "bcq_linear")
     assert groups == [0, 1, 1]                       # offsets of the uniform tiers only
+
+
+def _tier_tensors(te: wb.TieredEmbedding) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(op layout, kernel layout): every non-empty tier's planes, alpha (, offset)."""
+    ops, op_layout, kernel_layout = tiered_operands(te), [], []
+    for p, a, o in zip(ops["planes"], ops["alpha"], ops["offset"]):
+        if a.shape[0]:
+            op_layout += [p, a, *([o] if o.numel() else [])]
+            kernel_layout += pack_bcq(p, a, o if o.numel() else None, None)[:-1]   # no bias
+    return [t.numpy() for t in op_layout], [t.numpy() for t in kernel_layout]
+
+
+@pytest.mark.parametrize("frontend", ["fx", "onnx"])
+def test_tied_table_is_held_once(frontend):
+    """What ``main`` reads every call (the parameters after ``main_transform_params``): each
+    tier operand once, in the kernel layout, that the lookup and the tied head share."""
+    mod = _fx_module() if frontend == "fx" else _onnx_module()
+    mod._ready()                                     # runs main_transform_params
+    params = [p.numpy() for p in mod._params]
+    op_layout, kernel_layout = _tier_tensors(_table())
+
+    def copies(t: np.ndarray) -> int:
+        return sum(p.shape == t.shape and p.dtype == t.dtype and np.array_equal(p, t)
+                   for p in params)
+
+    assert [copies(t) for t in kernel_layout] == [1] * len(kernel_layout)
+    assert [copies(t) for t in op_layout] == [0] * len(op_layout)
+    planes = sum(t.nbytes for t in kernel_layout if t.dtype == np.uint8)
+    assert sum(p.nbytes for p in params if p.dtype == np.uint8) == planes   # all uint8: planes
 
 
 def test_lowering_log_and_summary_name_the_layers():
@@ -156,9 +195,25 @@ def test_lowering_log_and_summary_name_the_layers():
 
 
 # ---- numbers -----------------------------------------------------------------------------------
-def test_fx_module_agrees_with_eager():
-    got = _fx_module()(**{k: v.numpy() for k, v in _inputs().items()})
+@pytest.mark.parametrize("target", ["cpu", "x86-64-v3"])
+def test_fx_module_agrees_with_eager(target):
+    got = _fx_module(target)(**{k: v.numpy() for k, v in _inputs().items()})
     _close(_logits(got), _eager(), LOGITS_RTOL)
+
+
+@pytest.mark.parametrize("head", ["separate", "float"])
+def test_untied_heads_agree_and_hold_the_planes_once(head):
+    """``head="separate"`` (own alphas and offsets, the planes and pos shared) and "float":
+    the lookup still reads the kernel layout, the planes are held once, logits as in FX."""
+    gm = lowbit.capture(_gpt2(), _inputs())
+    assert FxWordBits(_table(), head=head, progress=False)(gm).modified
+    mod = lowbit.compile(gm, target="cpu", progress=False)
+    with torch.no_grad():
+        want = _logits(gm(**_inputs()))
+    _close(_logits(mod(**{k: v.numpy() for k, v in _inputs().items()})), want, LOGITS_RTOL)
+    planes = [t for t in _tier_tensors(_table())[1] if t.dtype == np.uint8]
+    assert sum(p.numpy().nbytes for p in mod._params if str(p.dtype) == "uint8") == sum(
+        t.nbytes for t in planes)
 
 
 def test_onnx_module_agrees_with_fx():
@@ -174,17 +229,23 @@ def _small_table() -> wb.TieredEmbedding:
     return _mixed(torch.randn(300, 48, generator=torch.Generator().manual_seed(3)), seed=4)
 
 
-def _gather_case(ids: np.ndarray):
-    """(table, gather kernel, its input arrays) for the standalone mixed table, ids [M]."""
+def _gather_case(ids: np.ndarray, layout: str):
+    """(table, gather kernel, its input arrays) for the standalone mixed table, ids [M], the
+    tiers in the op's ``layout`` ("op") or the BCQ kernel's column blocks ("blocks")."""
     te = _small_table()
     ops = tiered_operands(te)
     arrays = [ids, ops["pos"].numpy()]
-    config = []
+    config, widths = [], []
     for p, a, o in zip(ops["planes"], ops["alpha"], ops["offset"]):
         if a.shape[0]:
             config.append((a.shape[2], a.shape[0], o.numel() > 0))
-            arrays += [p.numpy(), a.numpy(), *([o.numpy()] if o.numel() else [])]
-    func = gather.tiered_embedding(len(ids), 48, config, str(ids.dtype))
+            widths.append((16, 64)[len(widths) % 2])      # both widths: W = 64 for n >= 256
+            tier = [p, a, *([o] if o.numel() else [])] if layout == "op" else pack_bcq(
+                p, a, o if o.numel() else None, None, widths[-1])[:-1]
+            arrays += [t.numpy() for t in tier]
+    assert [n % w for (_, n, _), w in zip(config, widths)] == [4, 56, 0]   # padded blocks
+    func = gather.tiered_embedding(len(ids), 48, config, str(ids.dtype),
+                                   widths if layout == "blocks" else None)
     return te, func, arrays
 
 
@@ -202,24 +263,26 @@ def _run(func, arrays, d: int = 48) -> np.ndarray:
     return args[-1].numpy()
 
 
+@pytest.mark.parametrize("layout", ["op", "blocks"])
 @pytest.mark.parametrize("dtype", ["int64", "int32"])
 @pytest.mark.parametrize("m", [3, 200])
-def test_gather_kernel_matches_the_op(dtype, m):
+def test_gather_kernel_matches_the_op(dtype, m, layout):
     te = _small_table()
     edges = [int(i) for t in range(len(te.plan.bits)) if te.plan.tier_sizes[t]
              for i in te.plan.rows(t)[[0, -1]]]
     ids = torch.randint(0, 300, (m,), generator=torch.Generator().manual_seed(m))
     ids[:len(edges)] = torch.tensor(edges)[:m]
-    _, func, arrays = _gather_case(ids.numpy().astype(dtype))
+    _, func, arrays = _gather_case(ids.numpy().astype(dtype), layout)
     ops = tiered_operands(te)
     want = tiered_embedding(ids, ops["pos"], ops["planes"], ops["alpha"], ops["offset"])
     _close(_run(func, arrays), want.numpy(), GATHER_RTOL)
 
 
 # ---- ids outside [0, V) --------------------------------------------------------------------------
-def test_gather_kernel_clamps_out_of_range_ids():
+@pytest.mark.parametrize("layout", ["op", "blocks"])
+def test_gather_kernel_clamps_out_of_range_ids(layout):
     ids = np.array([-1, 300, 299, 0, -2**40, 2**40, 300 + 7, 5], np.int64)
-    te, func, arrays = _gather_case(ids)
+    te, func, arrays = _gather_case(ids, layout)
     ops = tiered_operands(te)
     want = tiered_embedding(torch.from_numpy(ids.clip(0, 299)), ops["pos"], ops["planes"],
                             ops["alpha"], ops["offset"])
@@ -267,6 +330,19 @@ def test_bad_operands_name_the_node_and_shapes():
 
 
 # ---- CUDA ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("m", [1, 200])
+def test_gather_on_cuda_binds_blocks_and_threads(m):
+    """One thread per lookup and plane byte, ``CUDA_THREADS`` per block (no GPU needed)."""
+    _, func, _ = _gather_case(np.zeros(m, np.int64), "blocks")
+    sch = kernels.default_schedule(func, tvm.target.Target({"kind": "cuda", "arch": "sm_90"}))
+    assert sch is not None
+    script = sch.mod["main"].script()
+    blocks = -(-m * 48 // 8 // gather.CUDA_THREADS)
+    assert f'T.thread_binding({blocks}, thread="blockIdx.x")' in script
+    assert f'T.thread_binding({gather.CUDA_THREADS}, thread="threadIdx.x")' in script
+    assert 'scope="local"' in script                 # the row index, once per thread
+
+
 @needs_nvcc
 def test_cuda_build_for_sm90(tmp_path):
     from lowbit.backends.tvm.kernels.cuda import CALLED

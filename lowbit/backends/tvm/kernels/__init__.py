@@ -11,6 +11,8 @@
                     bit-plane GEMV, strip-decoding GEMM, reference
     peg.py          the PEG group-wise GEMM (linear_u8s8_peg): definition, CPU schedule,
                     reference
+    word_bits.py    the per-word mixed-precision gather (tiered_embedding): definition, CPU
+                    and CUDA schedules
     cuda.py, .cu    CUDA implementations: launch shells around hand-written device functions
 
 Importing the package registers every implementation. Adding a kernel: its definition (marked
@@ -18,7 +20,14 @@ with ``registry.finish``), a ``registry.register(kind, target_kind, impl)`` per 
 numpy reference; adding a target: one module registering its implementations.
 """
 
-from lowbit.backends.tvm.kernels import bcq, cpu, cuda, peg, references  # noqa: F401  (register)
+from lowbit.backends.tvm.kernels import (  # noqa: F401  (register)
+    bcq,
+    cpu,
+    cuda,
+    peg,
+    references,
+    word_bits,
+)
 from lowbit.backends.tvm.kernels.bcq import bcq_linear, reference_bcq_linear
 from lowbit.backends.tvm.kernels.cpu import INT8_KINDS, SCHEDULES
 from lowbit.backends.tvm.kernels.defs import (

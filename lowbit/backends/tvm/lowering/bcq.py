@@ -96,15 +96,24 @@ def emit_bcq_linear(bb: relax.BlockBuilder, x: relax.Expr, planes: relax.Expr,
                     kernels: dict[str, relax.GlobalVar]) -> relax.Expr:
     """``bcq_linear(x, planes, alpha, offset, bias)`` as Relax: the operands repacked, x
     [.., K] as [M, K] rows, one kernel per shape added to ``bb`` (cached in ``kernels``)."""
-    shape = _static(x, "input")
+    k = _static(x, "input")[-1]
     (q, n, kb), groups = _static(planes, "planes"), _static(alpha, "alpha")[1]
-    k, m = shape[-1], math.prod(shape[:-1])
     if k != 8 * kb:
         raise CompileError(f"bcq_linear: input has {k} features, the planes hold K={8 * kb}")
-    name = f"lowbit_bcq_linear_{m}_{n}_{k}_{q}_{groups}_{int(offset is not None)}"
-    if name not in kernels:
-        kernels[name] = bb.add_func(bcq_linear(m, n, k, q, k // groups, offset is not None), name)
     args = emit_pack_bcq(bb, planes, alpha, offset, bias, (q, n, k, groups))
+    return emit_bcq_call(bb, x, args, q, n, groups, offset is not None, kernels)
+
+
+def emit_bcq_call(bb: relax.BlockBuilder, x: relax.Expr, packed: list, q: int, n: int,
+                  groups: int, offset: bool, kernels: dict) -> relax.Expr:
+    """The kernel call on operands already in the kernel layout (``packed``: planes, alpha(,
+    offset), bias, as ``emit_pack_bcq`` returns them): x [.., K] as [M, K] rows -> [.., N];
+    one kernel per shape added to ``bb`` (cached in ``kernels``)."""
+    shape = _static(x, "input")
+    k, m = shape[-1], math.prod(shape[:-1])
+    name = f"lowbit_bcq_linear_{m}_{n}_{k}_{q}_{groups}_{int(offset)}"
+    if name not in kernels:
+        kernels[name] = bb.add_func(bcq_linear(m, n, k, q, k // groups, offset), name)
     x2 = bb.emit(relax.op.reshape(x, (m, k)))
-    y = bb.emit(relax.call_tir(kernels[name], [x2, *args], relax.TensorType((m, n), "float32")))
+    y = bb.emit(relax.call_tir(kernels[name], [x2, *packed], relax.TensorType((m, n), "float32")))
     return bb.emit(relax.op.reshape(y, (*shape[:-1], n)))

@@ -62,9 +62,9 @@ from lowbit.backends.tvm.lowering.ops import (
     LINEAR_W4A16,
 )
 from lowbit.backends.tvm.lowering.pack import VNNI_K, pack_int4, pack_vnni
-from lowbit.quant.bcq_linear import BCQ_LINEAR
 from lowbit.backends.tvm.lowering.peg import plan_peg
 from lowbit.passes.infra import Pass, PassResult
+from lowbit.quant.bcq_linear import BCQ_LINEAR
 
 __all__ = ["LOWERING_META", "LegalizeQuantLinear", "buffer_value"]
 

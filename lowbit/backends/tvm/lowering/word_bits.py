@@ -5,20 +5,29 @@ The operands are the ops' own (lowbit/quant/word_ops.py): ``pos`` int32 [V] and 
 ``planes_t`` uint8 [q_t, n_t, D/8], ``alpha_t`` [n_t, 1, q_t], ``offset_t`` [n_t, 1] or
 absent; tier t holds rows ``[s_t, s_t + n_t)`` of the tier-concatenated table ``W'``, and
 ``W'[pos[id]]`` is token ``id``'s row. Tiers with no rows are dropped (the ONNX form always
-carries 4). Lowered as::
+carries 4). Both ops read every tier operand in the BCQ kernel layout (kernels/bcq.py, one
+alpha group per row: G = 1, g = D), column blocks of ``W_t = block_width(n_t)`` rows::
+
+    planes'_t [nb_t, D/8, q_t, W_t],  alpha'_t [nb_t, 1, q_t, W_t],  offset'_t [nb_t, 1, W_t]
+
+(``nb_t = ceil(n_t / W_t)``, zero-padded; lowering/bcq.py's repacking with G = 1). Each
+operand is repacked once per import (``_packed``: cached by operand in the kernel cache) by
+Relax ops on the parameters, which LiftTransformParams moves to ``main_transform_params`` (run
+once at load), so a tied head and its lookup read ONE copy of each tier (a ``head="separate"``
+head shares the planes and pos: one copy of the planes). Lowered as::
 
     tiered_embedding(ids [..], ...)  ->  call_tir(tiered_embedding gather, [ids as [M], pos,
-                                         planes_t, alpha_t(, offset_t) per tier])  as [.., D]
-                                         (kernels/word_bits.py: the op's operands as they are)
-    tiered_linear(x [.., D], ...)    ->  y_t = bcq_linear(x, planes_t, alpha_t, offset_t)
-                                         y   = take(concat_t(y_t, axis=-1), pos, axis=-1)
-                                               (+ bias)                              [.., V]
+                                         planes'_t, alpha'_t(, offset'_t) per tier])  as [.., D]
+                                         (kernels/word_bits.py, block layout)
+    tiered_linear(x [.., D], ...)    ->  y_t = bcq_linear(x as [M, D], planes'_t, alpha'_t,
+                                                          offset'_t, 0)             [M, n_t]
+                                         y   = take(concat_t(y_t, axis=1), pos, axis=1)
+                                               (+ bias)                    as [.., V]
 
-The head is the "tiered GEMV": one ``emit_bcq_linear`` per tier (its operands repacked once
-at load by Relax ops that LiftTransformParams lifts, one alpha group per row: G = 1, g = D;
-the CPU and CUDA ``bcq_linear`` kernels serve it), the logits concatenated in tier order and
-gathered back into vocabulary order by ``pos`` (``take`` in "clip" mode: ``pos`` is a
-parameter; FuseOps makes concat, take and the bias add one kernel).
+The head is the "tiered GEMV": one ``bcq_linear`` kernel per tier (the CPU and CUDA
+implementations serve it), the logits concatenated in tier order and gathered back into
+vocabulary order by ``pos`` (``take`` in "clip" mode: ``pos`` is a parameter; FuseOps makes
+concat, take and the bias add one kernel).
 
 Token ids: the gather kernel clamps every index it reads (an id outside [0, V) never reads
 outside a buffer) and declares its ids operand as an index into ``pos``
@@ -31,15 +40,18 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 from tvm import relax
 
 from lowbit.backends.tvm.kernels import word_bits as kernel
-from lowbit.backends.tvm.lowering.bcq import emit_bcq_linear
+from lowbit.backends.tvm.kernels.bcq import block_width
+from lowbit.backends.tvm.lowering.bcq import emit_bcq_call
 from lowbit.errors import CompileError
 
 __all__ = ["KINDS", "Tier", "emit_tiered_embedding", "emit_tiered_linear", "tiers_of"]
 
 KINDS = ("tiered_embedding", "tiered_linear")     # their names in the lowering log
+_PACKED = "lowbit.word_bits.packed"     # kernel-cache key of a repacked operand: (_PACKED, var)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,10 +114,38 @@ def tiers_of(pos: relax.Expr, planes: list, alpha: list, offset: list, what: str
     return tiers, widths.pop()
 
 
+def _packed(bb: relax.BlockBuilder, v: relax.Expr, axis: int, rows: int,
+            layout: tuple[int, ...], perm: list[int], kernels: dict) -> relax.Expr:
+    """Operand ``v`` in the kernel layout: its row axis ``axis`` zero-padded to ``rows``,
+    reshaped to ``layout``, permuted by ``perm``; emitted once per operand (cached in
+    ``kernels``), so every kernel that reads ``v`` reads the same tensor."""
+    key = (_PACKED, v)
+    if key not in kernels:
+        shape = _shape(v, "tiered operand")
+        if rows > shape[axis]:
+            widths = [0] * (2 * len(shape))
+            widths[2 * axis + 1] = rows - shape[axis]
+            v = relax.op.nn.pad(v, widths)
+        kernels[key] = bb.emit(relax.op.permute_dims(relax.op.reshape(v, layout), perm))
+    return kernels[key]
+
+
+def _kernel_layout(bb: relax.BlockBuilder, tier: Tier, d: int, kernels: dict) -> list[relax.Expr]:
+    """[planes', alpha'(, offset')] of ``tier`` in the BCQ kernel layout (module docstring)."""
+    w = block_width(tier.n)
+    nb = -(-tier.n // w)
+    out = [_packed(bb, tier.planes, 1, nb * w, (tier.q, nb, w, d // 8), [1, 3, 0, 2], kernels),
+           _packed(bb, tier.alpha, 0, nb * w, (nb, w, 1, tier.q), [0, 2, 3, 1], kernels)]
+    if tier.offset is not None:
+        out.append(_packed(bb, tier.offset, 0, nb * w, (nb, w, 1), [0, 2, 1], kernels))
+    return out
+
+
 def emit_tiered_embedding(bb: relax.BlockBuilder, ids: relax.Expr, pos: relax.Expr,
-                          tiers: list[Tier], d: int, kernels: dict[str, relax.GlobalVar],
-                          what: str) -> relax.Expr:
-    """The lookup of ``ids`` [..] (any integer dtype) as one gather kernel: [.., D]."""
+                          tiers: list[Tier], d: int, kernels: dict, what: str) -> relax.Expr:
+    """The lookup of ``ids`` [..] (any integer dtype) as one gather kernel: [.., D].
+    ``kernels``: the import's cache of kernels (by name) and repacked operands, shared with
+    ``emit_tiered_linear`` and ``emit_bcq_linear``."""
     shape, dtype = _shape(ids, f"{what} ids"), _dtype(ids)
     if not dtype.startswith(("int", "uint")):
         raise CompileError(f"{what}: token ids must be integers, got {dtype} {shape}")
@@ -113,22 +153,24 @@ def emit_tiered_embedding(bb: relax.BlockBuilder, ids: relax.Expr, pos: relax.Ex
     if m == 0:
         raise CompileError(f"{what}: no token ids to look up (ids {shape})")
     config = [(t.q, t.n, t.offset is not None) for t in tiers]
+    widths = [block_width(t.n) for t in tiers]
     name = (f"lowbit_tiered_embedding_{m}_{d}_{dtype}_"
-            + "_".join(f"q{q}n{n}o{int(o)}" for q, n, o in config))
+            + "_".join(f"q{q}n{n}o{int(o)}w{w}" for (q, n, o), w in zip(config, widths)))
     if name not in kernels:
-        kernels[name] = bb.add_func(kernel.tiered_embedding(m, d, config, dtype), name)
+        kernels[name] = bb.add_func(kernel.tiered_embedding(m, d, config, dtype, widths), name)
     args = [bb.emit(relax.op.reshape(ids, (m,))), pos]
     for t in tiers:
-        args += [t.planes, t.alpha, *([t.offset] if t.offset is not None else [])]
+        args += _kernel_layout(bb, t, d, kernels)
     y = bb.emit(relax.call_tir(kernels[name], args, relax.TensorType((m, d), "float32")))
     return bb.emit(relax.op.reshape(y, (*shape, d)))
 
 
 def emit_tiered_linear(bb: relax.BlockBuilder, x: relax.Expr, pos: relax.Expr,
                        tiers: list[Tier], d: int, bias: relax.Expr | None,
-                       kernels: dict[str, relax.GlobalVar], what: str) -> relax.Expr:
+                       kernels: dict, what: str) -> relax.Expr:
     """The tied head ``x`` [.., D] -> logits [.., V]: one ``bcq_linear`` per tier,
-    concatenated in tier order, gathered into vocabulary order by ``pos`` (+ ``bias``)."""
+    concatenated in tier order, gathered into vocabulary order by ``pos`` (+ ``bias``);
+    ``kernels`` as for ``emit_tiered_embedding``."""
     shape = _shape(x, f"{what} input")
     v = sum(t.n for t in tiers)
     if shape[-1] != d or _dtype(x) != "float32":
@@ -136,8 +178,13 @@ def emit_tiered_linear(bb: relax.BlockBuilder, x: relax.Expr, pos: relax.Expr,
                            f"{_dtype(x)} {shape}")
     if bias is not None and _shape(bias, f"{what} bias") != [v]:
         raise CompileError(f"{what}: bias must be [V={v}], got {_shape(bias, what)}")
-    ys = [emit_bcq_linear(bb, x, t.planes, t.alpha, t.offset, None, kernels) for t in tiers]
-    axis = len(shape) - 1
-    y = ys[0] if len(ys) == 1 else bb.emit(relax.op.concat(ys, axis=axis))
-    y = bb.emit(relax.op.take(y, pos, axis=axis, mode="clip"))
-    return y if bias is None else bb.emit(relax.op.add(y, bias))
+    m = math.prod(shape[:-1])
+    x2 = bb.emit(relax.op.reshape(x, (m, d)))
+    ys = [emit_bcq_call(bb, x2, [*_kernel_layout(bb, t, d, kernels),
+                                 relax.const(np.zeros(t.n, np.float32))],
+                        t.q, t.n, 1, t.offset is not None, kernels) for t in tiers]
+    y = ys[0] if len(ys) == 1 else bb.emit(relax.op.concat(ys, axis=1))
+    y = bb.emit(relax.op.take(y, pos, axis=1, mode="clip"))
+    if bias is not None:
+        y = bb.emit(relax.op.add(y, bias))
+    return bb.emit(relax.op.reshape(y, (*shape[:-1], v)))
