@@ -14,12 +14,14 @@ from lowbit.passes.infra import Pass, PassResult, Pipeline, PipelineReport
 from lowbit.passes.patterns import TransformerMap
 from lowbit.quantize import calibrate, convert, freeze, prepare, quantize
 from lowbit.mixed_precision import search_precision
+from lowbit.mixed_precision_dnas import search_precision_dnas
 from lowbit.quantize_words import quantize_words
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "capture", "find_transformer", "quantize", "quantize_words", "search_precision", "prepare",
+    "capture", "find_transformer", "quantize", "quantize_words", "search_precision",
+    "search_precision_dnas", "prepare",
     "calibrate", "freeze", "convert",
     "export_onnx", "load_onnx", "quantize_onnx", "compile", "load", "Tune", "config", "errors",
     "recipes", "testing", "Pass", "PassResult", "Pipeline", "PipelineReport", "TransformerMap",

@@ -1,7 +1,9 @@
 """Automatic mixed-precision search, the numerics: candidates and subgroups (``space``), their
 real stored bytes (``cost``), second-order sensitivity (``sensitivity``), the integer program
-(``ilp``, HiGHS) and the plan it yields (``plan``). No graph here (import-linter contract in
-pyproject.toml): ``lowbit.mixed_precision.search_precision`` walks the graph and calls these.
+(``ilp``, HiGHS), the differentiable search's mixture, temperature and lambda bisection
+(``dnas``) and the plan they yield (``plan``). No graph here (import-linter contract in
+pyproject.toml): ``lowbit.mixed_precision.search_precision`` and
+``lowbit.mixed_precision_dnas.search_precision_dnas`` walk the graph and call these.
 """
 
 from lowbit.search.cost import candidate_bytes
