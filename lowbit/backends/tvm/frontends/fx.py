@@ -35,6 +35,7 @@ from lowbit.backends.tvm import kernels
 from lowbit.backends.tvm.frontends import ImportedModel
 from lowbit.backends.tvm.lowering import ops  # noqa: F401  (registers the lowbit:: ops)
 from lowbit.backends.tvm.lowering.bcq import emit_bcq_linear
+from lowbit.backends.tvm.lowering.elementwise import emit_power
 from lowbit.backends.tvm.lowering.word_bits import (
     emit_tiered_embedding,
     emit_tiered_linear,
@@ -222,8 +223,18 @@ def _cumsum(node: fx.Node, imp) -> relax.Var:
     return imp.block_builder.emit(relax.op.cumsum(x, axis=dim, dtype=out))
 
 
+def _pow_scalar(node: fx.Node, imp) -> relax.Var:
+    """``x ** e`` with a number ``e``: small integer powers as multiplies (lowering/elementwise.py:
+    TVM's CUDA ``power`` is NaN for a negative base)."""
+    x, e = imp.env[node.args[0]], node.args[1]
+    y = emit_power(imp.block_builder, x, e)
+    return y if y is not None else imp.block_builder.emit(
+        relax.op.power(x, relax.const(float(e), str(x.ty.dtype))))
+
+
 CONVERTERS = {
     "cumsum.default": _cumsum,
+    "pow.Tensor_Scalar": _pow_scalar,
     "linear_u8s8.default": _linear_u8s8,
     "linear_u8s8_q.default": _linear_u8s8_q,
     "linear_u8s8_peg.default": _linear_u8s8_peg,
