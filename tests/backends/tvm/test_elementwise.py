@@ -26,3 +26,18 @@ def test_small_powers_become_multiplies(e, power_left):
     assert ("R.power" in script) == power_left, script
     got = np.asarray(lowbit.compile(gm, target="cpu", progress=False)(x.numpy()))
     np.testing.assert_allclose(got, Norm(e)(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_onnx_pow_becomes_multiplies(tmp_path):
+    from lowbit.backends.tvm.frontends.onnx import import_onnx
+
+    x = -torch.rand(2, 8, 16) - 0.1
+    path = lowbit.export_onnx(lowbit.capture(Norm(2), (x,)), tmp_path / "norm.onnx")
+    import onnx
+
+    assert any(n.op_type == "Pow" for n in onnx.load(str(path)).graph.node)
+    imported, _ = import_onnx(str(path))
+    assert "R.power" not in imported.mod.script()
+    got = np.asarray(lowbit.compile(str(path), example_inputs=(x,), target="cpu",
+                                    progress=False)(x.numpy()))
+    np.testing.assert_allclose(got, Norm(2)(x).numpy(), rtol=1e-5, atol=1e-6)

@@ -35,6 +35,7 @@ from tvm import relax
 from lowbit.backends.tvm.frontends import ImportedModel
 from lowbit.backends.tvm.frontends.onnx_qdq import lower_qdq_matmul
 from lowbit.backends.tvm.lowering.bcq import emit_bcq_linear
+from lowbit.backends.tvm.lowering.elementwise import emit_power
 from lowbit.backends.tvm.lowering.word_bits import (
     emit_tiered_embedding,
     emit_tiered_linear,
@@ -165,6 +166,36 @@ def _zeros(v: relax.Expr, params) -> bool:
     return isinstance(v, tvm.ir.GenericConst) and not np.any(v.value.numpy())
 
 
+def _scalar(v: relax.Expr, params) -> float | None:
+    """The value of a one-element float initializer or constant, else None."""
+    values = params[1]
+    if isinstance(v, relax.Var) and v.name in values:
+        arr = values[v.name][1]
+    elif isinstance(v, tvm.ir.GenericConst):
+        arr = v.value
+    else:
+        return None
+    arr = np.asarray(arr.numpy() if hasattr(arr, "numpy") else arr)
+    return float(arr.reshape(-1)[0]) if arr.size == 1 and arr.dtype.kind == "f" else None
+
+
+def _pow(table) -> type:
+    """``Pow`` with a constant exponent 1..4 or 0.5 as multiplies / sqrt (lowering/
+    elementwise.py: TVM's CUDA ``power`` is NaN for a negative base); else TVM's converter."""
+    class Op:
+        @staticmethod
+        def get_converter(opset):
+            base = table()["Pow"].get_converter(opset)
+
+            def convert(bb, inputs, attr, params):
+                e = _scalar(inputs[1], params)
+                y = None if e is None else emit_power(bb, inputs[0], e)
+                return y if y is not None else base(bb, inputs, attr, params)
+            return convert
+
+    return Op
+
+
 def _converter(convert) -> type:
     """A converter-table entry (what ``_get_convert_map`` lists) for ``convert``."""
     class Op:
@@ -212,7 +243,8 @@ def _lowbit_ops():
         bias = None if bias is None or _zeros(bias, params) else bias
         return emit_tiered_linear(bb, x, pos, tiers, d, bias, kernels, what)
 
-    fe._get_convert_map = lambda: {**table(), "BCQLinear": _converter(bcq_linear),
+    fe._get_convert_map = lambda: {**table(), "Pow": _pow(table),
+                                   "BCQLinear": _converter(bcq_linear),
                                    "TieredEmbedding": _converter(tiered_embedding),
                                    "TieredLinear": _converter(tiered_linear)}
     try:
