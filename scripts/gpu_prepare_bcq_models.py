@@ -145,7 +145,7 @@ def tiny_gemma(folder: Path, index: list) -> None:
     torch.manual_seed(0)
     cfg = Gemma3TextConfig(vocab_size=4096, hidden_size=640, intermediate_size=1024,
                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
-                           head_dim=256, sliding_window=512)
+                           head_dim=256, sliding_window=512, use_cache=False)
     lm = Gemma3ForCausalLM(cfg).eval()
     counts = (10**6 / torch.arange(1, 4097)).long() + 1
     plan = plan_for_budget(counts, 2.5, (4, 3, 2))
