@@ -13,6 +13,7 @@ from lowbit.capture import capture
 from lowbit.passes.infra import Pass, PassResult, Pipeline, PipelineReport
 from lowbit.passes.patterns import TransformerMap
 from lowbit.quantize import calibrate, convert, freeze, prepare, quantize
+from lowbit.apply_precision import apply_precision
 from lowbit.mixed_precision import search_precision
 from lowbit.mixed_precision_dnas import search_precision_dnas
 from lowbit.quantize_words import quantize_words
@@ -21,7 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "capture", "find_transformer", "quantize", "quantize_words", "search_precision",
-    "search_precision_dnas", "prepare",
+    "search_precision_dnas", "apply_precision", "prepare",
     "calibrate", "freeze", "convert",
     "export_onnx", "load_onnx", "quantize_onnx", "compile", "load", "Tune", "config", "errors",
     "recipes", "testing", "Pass", "PassResult", "Pipeline", "PipelineReport", "TransformerMap",

@@ -53,8 +53,8 @@ import torch
 from lowbit.errors import ConfigError
 from lowbit.quant.numerics import group_view, qparams_from_range, quantize
 
-__all__ = ["MAX_BITS", "BCQWeight", "fit", "fit_greedy", "group_error", "pack_planes", "refine",
-           "uniform_as_bcq", "unpack_planes"]
+__all__ = ["MAX_BITS", "BCQWeight", "codes_as_bcq", "fit", "fit_greedy", "group_error",
+           "pack_planes", "refine", "uniform_as_bcq", "unpack_planes"]
 
 MAX_BITS = 4
 DEFAULT_ITERS = 15  # the reference's default number of alternating rounds
@@ -262,11 +262,24 @@ def uniform_as_bcq(w: torch.Tensor, bits: int, group: int | None = None) -> BCQW
     scale, zp = qparams_from_range(wg.amin(-1, keepdim=True), wg.amax(-1, keepdim=True),
                                    0, qmax, symmetric=False)
     u = quantize(wg, scale, zp, 0, qmax, torch.int64).reshape(n, k)
+    return codes_as_bcq(u, scale, zp, 0, bits, group)
+
+
+def codes_as_bcq(q: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, qmin: int, bits: int,
+                 group: int) -> BCQWeight:
+    """Uniform codes ``x' = (q - zp) s`` ([N, K] integers in ``[qmin, qmin + 2^bits - 1]``;
+    ``s``, ``zp`` one per row and ``group`` columns, any shape holding [N, K / group] values)
+    as BCQ, exactly (module docstring with ``u = q - qmin``, ``z = zp - qmin``)."""
+    n, k = q.shape
+    u = (q.to(torch.int64) - qmin)
+    if bool((u < 0).any()) or bool((u >= 2 ** bits).any()):
+        raise ConfigError(f"codes_as_bcq: codes outside [{qmin}, {qmin + 2 ** bits - 1}]")
     shifts = torch.arange(bits - 1, -1, -1)                     # most significant first
     planes = (((u.unsqueeze(0) >> shifts.view(-1, 1, 1)) & 1) * 2 - 1).to(torch.int8)
-    s, z = scale.squeeze(-1), zp.squeeze(-1).to(torch.float32)
+    s = scale.to(torch.float32).reshape(n, k // group)
+    z = zp.to(torch.float32).reshape(n, k // group) - qmin
     alpha = s.unsqueeze(-1) * (2.0 ** shifts.to(torch.float32) / 2)
-    return BCQWeight(planes, alpha, s * (qmax / 2 - z), group)
+    return BCQWeight(planes, alpha, s * ((2 ** bits - 1) / 2 - z), group)
 
 
 def pack_planes(planes_i8: torch.Tensor) -> torch.Tensor:

@@ -139,6 +139,25 @@ def test_uniform_is_bcq_with_offset(bits, group):
     torch.testing.assert_close(coded.dequantize(), ref, **FP32_TOL)
 
 
+@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("group", [None, 32])
+def test_symmetric_codes_are_bcq_with_offset(bits, group):
+    """``codes_as_bcq``: the restricted symmetric grid (2^b - 1 levels, zero point 0) of
+    ``quantize_weight`` as b planes + offset, the same values (mixed precision's uniform
+    2/3-bit blocks run on the BCQ kernel this way)."""
+    w = torch.randn(16, 128, generator=torch.Generator().manual_seed(bits)) * 0.05
+    gran = PerChannel(axis=0) if group is None else PerGroup(size=group)
+    spec = QuantSpec(bits=bits, symmetric=True, granularity=gran)
+    q, scale, zp = quantize_weight(w, spec)
+    g = 128 if group is None else group
+    ref = dequantize(group_view(q, g), scale.reshape(16, -1, 1), zp.reshape(16, -1, 1))
+    coded = bcq.codes_as_bcq(q, scale, zp, -(2 ** (bits - 1) - 1), bits, g)
+    assert coded.bits == bits and coded.group == g
+    torch.testing.assert_close(coded.dequantize(), ref.reshape(w.shape), **FP32_TOL)
+    with pytest.raises(ConfigError, match="codes outside"):
+        bcq.codes_as_bcq(q, scale, zp, 0, bits, g)
+
+
 def test_uniform_one_bit_and_refine_from_uniform():
     w = torch.randn(8, 64, generator=torch.Generator().manual_seed(5))
     one = group_view(bcq.uniform_as_bcq(w, 1, 16).dequantize(), 16)

@@ -30,7 +30,7 @@ from lowbit.passes.view.fx_graph import linear_input
 from lowbit.quant.bcq import pack_planes
 from lowbit.quant.bcq_linear import BCQ_LINEAR
 
-__all__ = ["QuantizeBCQ", "bcq_nodes"]
+__all__ = ["QuantizeBCQ", "bcq_nodes", "replace_with_bcq"]
 
 aten = torch.ops.aten
 
@@ -55,7 +55,8 @@ def _bias(node: fx.Node, n: int) -> tuple[fx.Node | None, fx.Node | None]:
     return None, b
 
 
-def _rewrite(gm: fx.GraphModule, site: BCQSite) -> None:
+def replace_with_bcq(gm: fx.GraphModule, site: BCQSite) -> None:
+    """``site.ref.node`` -> ``bcq_linear`` with ``site.fit``'s operands (module docstring)."""
     node, fit = site.ref.node, site.fit
     n = fit.shape[0]
     stem = site.ref.name
@@ -105,7 +106,7 @@ class QuantizeBCQ(Pass):
             return PassResult(gm, False)
         sites = plan_bcq(gm, self.recipe, progress=self.progress)
         for site in sites:
-            _rewrite(gm, site)
+            replace_with_bcq(gm, site)
         if sites:
             gm.graph.lint()
             gm.recompile()

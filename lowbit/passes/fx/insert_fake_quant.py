@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 
-import torch.fx as fx
+from torch import fx
 
 from lowbit.config import PerChannel, PerGroup, QuantSpec, Recipe
 from lowbit.errors import ConfigError
@@ -32,7 +32,7 @@ from lowbit.passes.patterns import LinearRef
 from lowbit.passes.sites import check_roles, quantized_linears, site_nodes
 from lowbit.quant.fake_quant import FakeQuantize
 
-__all__ = ["InsertFakeQuant", "is_fake_quant", "fake_quant_nodes"]
+__all__ = ["FakeQuantInserter", "InsertFakeQuant", "fake_quant_nodes", "is_fake_quant"]
 
 
 def is_fake_quant(gm: fx.GraphModule, node: fx.Node) -> bool:
@@ -67,7 +67,7 @@ class InsertFakeQuant(Pass):
     def call(self, gm: fx.GraphModule) -> PassResult:
         tmap = find_transformer(gm)
         check_roles(self.recipe, tmap)
-        rw = _Rewriter(gm)
+        rw = FakeQuantInserter(gm)
         for role, ref in quantized_linears(self.recipe, tmap):
             x_idx, w_idx = linear_operands(ref.node)
             if self.recipe.weight is not None:
@@ -100,8 +100,9 @@ def _mark(gm: fx.GraphModule, fq: fx.Node, src: fx.Node) -> None:
             gm.get_submodule(fq.target).check_channels(int(shape[-1]))
 
 
-class _Rewriter:
-    """Inserts FakeQuantize call_module nodes into one graph and counts them."""
+class FakeQuantInserter:
+    """Inserts FakeQuantize call_module nodes into one graph and counts them (also used by
+    passes that pick their own linears, e.g. ``QuantizeFormats``)."""
 
     def __init__(self, gm: fx.GraphModule):
         self.gm = gm

@@ -1,0 +1,82 @@
+"""``lowbit.apply_precision``: a ``PrecisionPlan`` (``lowbit.search_precision``, or written by
+hand) applied to a captured graph; the result compiles to one TVM module of mixed kernels.
+
+    plan = lowbit.search_precision(gm, Budget(avg_bits=4), calibration=batches,
+                                   granularity=(PerHead(), PerNeurons(64)))
+    qgm = lowbit.apply_precision(gm, plan)                  # pruned, mixed formats
+    mod = lowbit.compile(qgm, target="cpu")                 # int4 / int8 / BCQ / fp32 kernels
+    print(qgm.meta["lowbit_pruning"], mod.meta["lowering"])
+
+One ``Pipeline`` of passes on a copy of ``gm`` (the user's graph is never modified):
+
+1. ``PruneSubgroups``: pruned heads (with their GQA kv head) and FFN neuron blocks leave the
+   graph: q / k / v / up / gate lose rows, o / down lose the matching input columns, head
+   counts in view / reshape / expand sizes shrink; a linear pruned whole becomes its bias
+   (``lowbit.passes.precision_plan`` says what equals what in float);
+2. ``SplitRowBlocks``: a linear whose row blocks differ in format becomes one linear per block,
+   concatenated;
+3. ``QuantizeFormats``: each block takes its format (``precision_plan.storage``: int8 per
+   channel, int4 group-wise, uniform 2/3-bit (and affine 4-bit) codes as BCQ planes + offset,
+   BCQ, fp32 / fp16);
+4. ``Calibrate``, ``Freeze``, ``ConvertToQDQ`` (as ``lowbit.quantize``): fake-quant -> q/dq.
+
+Weight-only unless ``calibration`` is given: then the int8 blocks also quantize their input
+(static u8 per tensor, calibrated on those batches) and lower to the W8A8 integer kernel;
+without it int8 weights are dequantized in the graph (fp32 GEMM in TVM).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from typing import Any
+
+from torch import fx
+
+from lowbit.errors import ConfigError
+from lowbit.passes.fx.convert_qdq import ConvertToQDQ
+from lowbit.passes.fx.prune_subgroups import PruneSubgroups
+from lowbit.passes.fx.quantize_formats import QuantizeFormats
+from lowbit.passes.fx.split_rows import SplitRowBlocks
+from lowbit.passes.infra import Pipeline
+from lowbit.quantize import Calibrate, Freeze
+from lowbit.search.plan import PrecisionPlan
+
+__all__ = ["apply_precision"]
+
+
+def apply_precision(gm: fx.GraphModule, plan: PrecisionPlan, *,
+                    calibration: Iterable[Any] | None = None,
+                    progress: bool = True) -> fx.GraphModule:
+    """``plan`` applied to a copy of ``gm`` (module docstring).
+
+    Args:
+        gm: a float graph from ``lowbit.capture`` (static shapes where a linear is pruned
+            whole); not modified.
+        plan: a ``lowbit.search.PrecisionPlan`` over ``gm``'s linears (linears it does not list
+            stay float).
+        calibration: batches as ``gm`` takes them; given, int8 blocks become W8A8.
+        progress: report BCQ fits and calibration on stderr.
+
+    Returns the pruned, quantized GraphModule; ``meta["lowbit_pruning"]`` (heads and neurons
+    kept, linears removed, parameter counts), ``meta["lowbit_precision"]`` (per block: rows,
+    format, storage, the kernel that will serve it), ``meta["lowbit_pipeline"]``.
+
+    Raises:
+        ConfigError: a plan that does not fit the graph (naming the entry), or a pruning the
+            graph cannot take structurally (naming the node).
+        CalibrationError: empty or NaN calibration batches.
+    """
+    if not isinstance(gm, fx.GraphModule):
+        raise ConfigError(f"apply_precision takes a captured fx.GraphModule (lowbit.capture), "
+                          f"got {type(gm).__name__}")
+    if not isinstance(plan, PrecisionPlan):
+        raise ConfigError(f"apply_precision takes a lowbit.search.PrecisionPlan "
+                          f"(search_precision, PrecisionPlan.load), got {type(plan).__name__}")
+    pipeline = Pipeline([PruneSubgroups(plan), SplitRowBlocks(),
+                         QuantizeFormats(plan.space, calibration is not None, progress),
+                         Calibrate(calibration, progress, "apply_precision"), Freeze(),
+                         ConvertToQDQ()], name="apply_precision (FX)")
+    out = pipeline(copy.deepcopy(gm)).graph
+    out.meta["lowbit_pipeline"] = pipeline.report
+    return out
