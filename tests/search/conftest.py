@@ -85,3 +85,13 @@ def plan_for():
                                      code, bits, code == "pruned", s.tie))
         return PrecisionPlan(tuple(entries), space)
     return make
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """BCQ fits and tiny GEMMs are many small ops: on a loaded 2-core host OpenMP spinning
+    makes them ~50x slower with 2 threads than with 1 (every module of tests/search)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

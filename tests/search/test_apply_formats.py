@@ -55,14 +55,6 @@ def ids(batch: int = 1, seed: int = 0) -> torch.Tensor:      # as conftest.py dr
     return torch.randint(0, 1000, (batch, 8), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)      # BCQ fits: many tiny ops, slow with 2 threads on 2 cores
-    yield
-    torch.set_num_threads(n)
-
-
 def reference(gm, plan):
     """Float graph with each kept block's weight ``dequantized`` over its kept columns."""
     tmap = find_transformer(gm)

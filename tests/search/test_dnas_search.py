@@ -31,15 +31,6 @@ def _ids(seed: int) -> torch.Tensor:
 BATCHES = [(_ids(s),) for s in range(4)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """BCQ fits and tiny GEMMs: one thread is much faster on a loaded 2-core host."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def bert():
     torch.manual_seed(0)

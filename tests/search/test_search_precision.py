@@ -28,16 +28,6 @@ def _ids(batch: int = 1, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, VOCAB, (batch, SEQ), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """BCQ fits are many tiny ops: on a loaded 2-core host OpenMP spinning makes them ~50x
-    slower with 2 threads than with 1."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def bert():
     torch.manual_seed(0)
