@@ -1,0 +1,277 @@
+#!/usr/bin/env python
+"""SST-2 accuracy vs bytes of all-MiniLM-L6-v2 under mixed-precision plans (integer program,
+DNAS) against uniform plans of similar size (issue 17 item 5, first table).
+
+    python benchmarks/minilm_mixed_precision.py [--budgets 3.25,4.25] [--steps 100]
+        [--probes 6] [--calib 128] [--seq 64] [--n-train 8000] [--threads 1]
+        [--methods ilp,dnas] [--uniform int4:4,bcq:3] [--out docs/accuracy.md]
+
+1. The real all-MiniLM-L6-v2 (``lowbit.models.load_minilm``), captured with dynamic batch and
+   length (``lowbit.capture``), fp32.
+2. Search calibration as ``benchmarks/minilm_dnas.py``: the first ``--calib`` SST-2 train
+   sentences, batches of 8, ``--seq`` tokens; subgroups per attention head (``PerHead()``; FFN
+   linears whole), the default ``SearchSpace`` ({pruned, 2, 3, 4, 8} x {uniform, BCQ} + fp32,
+   group 128, fp32 scales).
+3. Plans per ``Budget(avg_bits)``: ``ilp`` = ``plan_for_budget`` on one ``sensitivity_table``
+   shared by all budgets (Fisher of the output-distillation surrogate + HiGHS); ``dnas`` =
+   ``search_precision_dnas`` (``--steps`` per probe, ``--probes`` lambda probes). Uniform
+   baselines are PrecisionPlans over the same subgroups with one candidate everywhere
+   (``--uniform code:bits``; with fp32 scales at g128: int3 = 3.25 bits, int4 = 4.25 bits,
+   BCQ 3-bit = 3.75 bits, three alphas per group), so they go
+   through the same ``apply_precision`` path and byte count.
+4. Every plan goes through ``lowbit.apply_precision`` weight-only (no calibration: int8 blocks
+   are dequantized in the graph), pruned heads leave the graph. SST-2 as
+   ``benchmarks/sst2_probe.py``: the logistic-regression probe (``sst2_probe.Probe``) trained
+   once on FP32 mean-pooled embeddings of the first ``--n-train`` train sentences, frozen;
+   each variant's dev embeddings (872 sentences, 128 tokens) go through it. Reported: dev
+   accuracy, flips vs FP32 with McNemar's p, embedding cosine vs FP32, bytes of the searched
+   weights (``plan.total_bytes``: codes + scales; fp32 for fp blocks) and pruned heads.
+
+Everything in the output comes from the run; ``--out`` replaces the section between
+``<!-- minilm-mixed-precision:begin -->`` and ``<!-- minilm-mixed-precision:end -->``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import datetime as _dt
+import pathlib
+import shlex
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from gemma_word_bits import cpu_flags, save_json
+from sst2_probe import (
+    Probe,
+    SortedBatches,
+    compare,
+    embed_fx,
+    machine_info,
+    replace_section,
+    sha256,
+)
+
+import lowbit
+from lowbit.data import read_sst2, shared_data_dir, text_batches
+from lowbit.errors import ConfigError
+from lowbit.mixed_precision import plan_for_budget, sensitivity_table
+from lowbit.mixed_precision_dnas import search_precision_dnas
+from lowbit.models import load_minilm
+from lowbit.models.minilm import MINILM_SHA256
+from lowbit.search import Budget, PerHead, PrecisionPlan, SearchSpace
+
+MARKER = "minilm-mixed-precision"
+SEQ = 128
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def uniform_plan(template: PrecisionPlan, code: str, bits: int) -> PrecisionPlan:
+    """``template``'s subgroups, every one stored as ``code`` at ``bits`` (nothing pruned)."""
+    return dataclasses.replace(template, budget_bytes=None, entries=tuple(
+        dataclasses.replace(e, code=code, bits=bits, pruned=False, sensitivity=None)
+        for e in template.entries), info={"method": f"uniform {code}{bits}"})
+
+
+def formats(plan: PrecisionPlan) -> str:
+    """Share of weight elements per candidate label, largest first."""
+    tot = collections.Counter()
+    for e in plan.entries:
+        tot[e.candidate.label(plan.space.symmetric)] += e.elements
+    return ", ".join(f"{c} {100 * n / plan.elements:.0f}%" for c, n in tot.most_common())
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--budgets", type=lambda s: [float(x) for x in s.split(",") if x.strip()],
+                   default=[3.25, 4.25], help="average stored bits per searched weight")
+    p.add_argument("--methods", default="ilp,dnas")
+    p.add_argument("--uniform", default="uniform:3,bcq:3,uniform:4",
+                   help="uniform baselines, code:bits, comma-separated")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--probes", type=int, default=6)
+    p.add_argument("--calib", type=int, default=128)
+    p.add_argument("--seq", type=int, default=64)
+    p.add_argument("--n-train", type=int, default=8000, help="probe training sentences")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--work", type=pathlib.Path,
+                   default=pathlib.Path("/tmp/lb/minilm_mixed_precision"))
+    p.add_argument("--out", type=pathlib.Path, default=None)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    command = "python benchmarks/minilm_mixed_precision.py " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    started, t_start = _dt.datetime.now(_dt.timezone.utc), time.perf_counter()
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    machine = machine_info()
+    methods = [m for m in args.methods.split(",") if m]
+    uniforms = [(c, int(b)) for c, b in (u.split(":") for u in args.uniform.split(",") if u)]
+
+    train_texts, train_labels = read_sst2("train")
+    dev_texts, dev_labels = read_sst2("dev")
+    y_dev = torch.tensor(dev_labels)
+    model, tok = load_minilm(quiet=True)
+    calib = list(text_batches(tok, train_texts[:args.calib], batch_size=8, seq_len=args.seq))
+    gm = lowbit.capture(model, calib[0], dynamic=True)
+    dev = SortedBatches(tok, dev_texts, args.batch, SEQ)
+
+    t = time.perf_counter()
+    train = SortedBatches(tok, train_texts[:args.n_train], args.batch * 2, SEQ)
+    fp_emb_train = embed_fx(model, train)
+    probe = Probe(fp_emb_train.shape[1]).fit(fp_emb_train, torch.tensor(
+        train_labels[:args.n_train]))
+    log(f"probe: {args.n_train} train sentences, train acc "
+        f"{100 * probe.info['train_acc']:.2f}%, {time.perf_counter() - t:.0f} s")
+
+    fp_emb = embed_fx(gm, dev)
+    fp_pred = probe.predict(fp_emb)
+    rows = [{"name": "FP32", "budget": None, "m": compare(fp_emb, fp_emb, fp_pred, fp_pred,
+                                                         y_dev)}]
+    log(f"FP32: acc {rows[0]['m']['acc']:.2f}%")
+    gran, space = PerHead(), SearchSpace()
+
+    def evaluate(name: str, budget, plan: PrecisionPlan, search_s: float) -> None:
+        t = time.perf_counter()
+        qgm = lowbit.apply_precision(gm, plan, progress=False)
+        t_apply = time.perf_counter() - t
+        x = embed_fx(qgm, dev)
+        pred = probe.predict(x)
+        pruned = [e for e in plan.entries if e.pruned]
+        heads = sum(e.role == "attn.q" for e in pruned) if pruned else 0
+        row = {"name": name, "budget": budget, "bytes": plan.total_bytes,
+               "bits": plan.average_bits, "pruned": len(pruned),
+               "pruned_heads": heads, "formats": formats(plan), "search_s": search_s,
+               "apply_s": t_apply, "eval_s": time.perf_counter() - t - t_apply,
+               "pruning": {k: v for k, v in qgm.meta.get("lowbit_pruning", {}).items()
+                           if isinstance(v, (int, float, str))},
+               "info": {k: v for k, v in plan.info.items()
+                        if isinstance(v, (int, float, str))},
+               "m": compare(x, fp_emb, pred, fp_pred, y_dev)}
+        rows.append(row)
+        save_json(args.work / f"plan_{name.replace(' ', '_')}.json", plan.to_dict()
+                  if hasattr(plan, "to_dict") else {"summary": plan.summary()})
+        log(f"{name}: {row['bytes']:,} B, {row['bits']:.3f} bits, {len(pruned)} pruned "
+            f"subgroups ({heads} heads), acc {row['m']['acc']:.2f}%, flips {row['m']['flips']},"
+            f" cos {row['m']['cos_mean']:.5f}; search {search_s:.0f} s, apply {t_apply:.0f} s "
+            f"[{row['formats']}]")
+        save_json(args.work / "results.json", rows)
+
+    t = time.perf_counter()
+    table = sensitivity_table(gm, calibration=calib, granularity=gran, space=space)
+    t_table = time.perf_counter() - t
+    log(f"sensitivity table: {len(table.subgroups)} subgroups x {len(table.candidates)} "
+        f"candidates, {t_table:.0f} s")
+    template = None
+    for b in args.budgets:
+        t = time.perf_counter()
+        ilp = plan_for_budget(table, Budget(avg_bits=b))
+        t_ilp = time.perf_counter() - t
+        template = template or ilp
+        if "ilp" in methods:
+            evaluate(f"ilp @ {b:g}", b, ilp, t_table + t_ilp)
+        if "dnas" in methods:
+            t = time.perf_counter()
+            try:
+                dnas = search_precision_dnas(gm, Budget(avg_bits=b), calibration=calib,
+                                             granularity=gran, space=space, steps=args.steps,
+                                             probes=args.probes)
+            except ConfigError as e:
+                log(f"dnas @ {b:g}: {e}")
+                rows.append({"name": f"dnas @ {b:g}", "budget": b, "failed": str(e)})
+            else:
+                evaluate(f"dnas @ {b:g}", b, dnas, time.perf_counter() - t)
+    for code, bits in uniforms:
+        plan = uniform_plan(template, code, bits)
+        label = f"uniform {'int' if code == 'uniform' else 'bcq'}{bits} g{space.group}"
+        evaluate(label, None, plan, 0.0)
+
+    wall = time.perf_counter() - t_start
+    section = render(rows, args, command, started, wall, machine, dev, probe, table)
+    log("\n" + section)
+    if args.out is not None:
+        replace_section(args.out, section, MARKER)
+        log(f"\nwrote the {MARKER} section of {args.out}")
+    return 0
+
+
+def _fmt(r: dict, fp: float, n: int) -> str:
+    if "failed" in r:
+        return f"| {r['name']} | - | - | - | - | - | - | - | - | - | failed: {r['failed']} |"
+    m = r["m"]
+    if "bytes" not in r:
+        return (f"| {r['name']} | fp32 | - | 32 | - | {m['acc']:.2f} | - | - | - | 1 | - |")
+    return (f"| {r['name']} | {r['formats']} | {r['bytes']:,} | {r['bits']:.3f} "
+            f"| {r['pruned_heads']} | {m['acc']:.2f} | {m['acc'] - fp:+.2f} "
+            f"| {m['flips']} ({100 * m['flips'] / n:.1f}%) | {m['broke']} / {m['fixed']} "
+            f"| {m['cos_mean']:.5f} | p {m['p']:.2g}; search {r['search_s']:.0f} s |")
+
+
+def render(rows, args, command, started, wall, machine, dev, probe, table) -> str:
+    fp = rows[0]["m"]["acc"]
+    data = shared_data_dir() / "sst2_dev.tsv"
+    elements = table.elements
+    return "\n".join([
+        ("## all-MiniLM-L6-v2: mixed-precision plans vs uniform, SST-2 accuracy vs bytes "
+         "(`benchmarks/minilm_mixed_precision.py`)"),
+        "",
+        (f"Searched weights: the {len(table.subgroups)} per-head / per-linear subgroups of the "
+         f"encoder's linears ({elements:,} weights; {32 * elements / 8 / 1e6:.2f} MB in fp32); "
+         f"embeddings and LayerNorms stay fp32. Default `SearchSpace` ({{pruned, 2, 3, 4, 8}} "
+         f"x {{uniform symmetric, BCQ}} + fp32, group 128, fp32 scales). Search calibration: "
+         f"the first {args.calib} SST-2 train sentences, batches of 8, {args.seq} tokens; "
+         f"`ilp` = one `sensitivity_table` (Fisher of the output-distillation surrogate) + "
+         f"`plan_for_budget` (HiGHS) per budget; `dnas` = `search_precision_dnas` "
+         f"({args.steps} steps x {args.probes} lambda probes, output-distillation loss); "
+         f"uniform rows = PrecisionPlans of the same subgroups with one format everywhere. "
+         f"Every plan is applied with `lowbit.apply_precision` weight-only (int8 blocks "
+         f"dequantized in the graph; pruned heads removed from the graph)."),
+        "",
+        (f"SST-2 dev ({dev.n} sentences, {SEQ} tokens) through the frozen probe of "
+         f"`sst2_probe.py` (logistic regression on FP32 mean-pooled embeddings of the first "
+         f"{args.n_train} train sentences; train accuracy {100 * probe.info['train_acc']:.2f}%)."),
+        "",
+        ("| plan | formats (share of weights) | bytes | bits/weight | pruned heads | "
+         "accuracy % | Δ vs FP32 | flips vs FP32 | broke / fixed | mean cos | note |"),
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        _fmt(rows[0], fp, dev.n),
+        *[_fmt(r, fp, dev.n) for r in sorted(rows[1:], key=lambda r: r.get("bytes", 0))],
+        "",
+        ("bytes = `plan.total_bytes` of the searched weights (codes + fp32 scales; fp blocks at "
+         "4 bytes; pruned heads 0, and the input columns of the output projections they free "
+         "are still counted); bits/weight = 8 x bytes / searched weights; pruned heads = "
+         "attention heads pruned (q/k/v rows and the o columns leave the graph); flips = dev "
+         "predictions that differ from FP32's; broke / fixed = FP32 right and the plan wrong / "
+         "the reverse; p = exact two-sided McNemar test of broke vs fixed; mean cos = mean "
+         "cosine of the sentence embeddings to FP32's; search = seconds of the search (ilp: the "
+         f"shared sensitivity table + the solve). One dev sentence is {100 / dev.n:.2f} points "
+         "of accuracy."),
+        "",
+        f"- command: `{command}`",
+        f"- date: {started:%Y-%m-%d %H:%M} UTC; wall time {wall:.0f} s ({wall / 60:.1f} min)",
+        (f"- machine: {machine['nproc']} cpu(s), {machine['cpu']}; flags "
+         f"`{' '.join(cpu_flags())}`; {args.threads} thread(s)"),
+        (f"- software: torch {machine['torch']}, transformers {machine['transformers']}, "
+         f"Python {machine['python']}, lowbit {machine['lowbit']}"),
+        (f"- model: all-MiniLM-L6-v2 sha256 {MINILM_SHA256[:16]}…; data: sst2_dev.tsv sha256 "
+         f"{sha256(data)[:16]}…"),
+    ])
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except ConfigError as e:
+        sys.exit(f"minilm_mixed_precision: {e}")
