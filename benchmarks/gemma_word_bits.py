@@ -58,14 +58,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as _dt
 import hashlib
 import json
 import math
 import os
 import pathlib
 import re
-import shlex
 import sys
 import time
 
@@ -73,7 +71,7 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from gemma_ppl import DATA, perplexity, windows
-from sst2_probe import machine_info, replace_section, sha256
+from sst2_probe import replace_section, sha256, start_run
 
 from lowbit.config import PerChannel, PerTensor, QuantSpec
 from lowbit.data import read_sst2, shared_data_dir
@@ -348,12 +346,7 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    command = "python benchmarks/gemma_word_bits.py " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    started, t_start = _dt.datetime.now(_dt.timezone.utc), time.perf_counter()
-    torch.manual_seed(0)
-    torch.set_num_threads(args.threads)
-    machine = machine_info()
+    command, started, t_start, machine = start_run("gemma_word_bits.py", argv, args.threads)
 
     lm, tok = load_gemma()
     emb = lm.model.embed_tokens.weight

@@ -43,11 +43,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as _dt
 import json
 import math
 import pathlib
-import shlex
 import sys
 import time
 
@@ -56,7 +54,7 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import gemma_word_bits as wb
 from gemma_ppl import DATA, perplexity, windows
-from sst2_probe import machine_info, replace_section, sha256, write_atomic
+from sst2_probe import replace_section, sha256, start_run, write_atomic
 
 import lowbit
 from lowbit import recipes
@@ -178,12 +176,7 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    command = "python benchmarks/gemma_word_bits_rest.py " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    started, t_start = _dt.datetime.now(_dt.timezone.utc), time.perf_counter()
-    torch.manual_seed(0)
-    torch.set_num_threads(args.threads)
-    machine = machine_info()
+    command, started, t_start, machine = start_run("gemma_word_bits_rest.py", argv, args.threads)
 
     lm, tok = load_gemma()
     vocab, dim = lm.model.embed_tokens.weight.shape

@@ -36,9 +36,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
-import datetime as _dt
 import pathlib
-import shlex
 import sys
 import time
 
@@ -51,9 +49,9 @@ from sst2_probe import (
     SortedBatches,
     compare,
     embed_fx,
-    machine_info,
     replace_section,
     sha256,
+    start_run,
 )
 
 import lowbit
@@ -111,12 +109,7 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    command = "python benchmarks/minilm_mixed_precision.py " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    started, t_start = _dt.datetime.now(_dt.timezone.utc), time.perf_counter()
-    torch.manual_seed(0)
-    torch.set_num_threads(args.threads)
-    machine = machine_info()
+    command, started, t_start, machine = start_run("minilm_mixed_precision.py", argv, args.threads)
     methods = [m for m in args.methods.split(",") if m]
     uniforms = [(c, int(b)) for c, b in (u.split(":") for u in args.uniform.split(",") if u)]
 

@@ -34,9 +34,7 @@ Everything in the output comes from the run; ``--out`` replaces the section betw
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import pathlib
-import shlex
 import sys
 import time
 
@@ -59,9 +57,9 @@ from sst2_probe import (
     SortedBatches,
     compare,
     embed_fx,
-    machine_info,
     replace_section,
     sha256,
+    start_run,
 )
 
 from lowbit.data import read_sst2, shared_data_dir
@@ -164,12 +162,7 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    command = "python benchmarks/minilm_word_bits.py " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    started, t_start = _dt.datetime.now(_dt.timezone.utc), time.perf_counter()
-    torch.manual_seed(0)
-    torch.set_num_threads(args.threads)
-    machine = machine_info()
+    command, started, t_start, machine = start_run("minilm_word_bits.py", argv, args.threads)
 
     train_texts, train_labels = read_sst2("train")
     dev_texts, dev_labels = read_sst2("dev")

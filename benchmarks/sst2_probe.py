@@ -77,12 +77,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import re
 import hashlib
 import math
 import os
 import pathlib
 import platform
+import re
 import shlex
 import sys
 import tempfile
@@ -316,6 +316,17 @@ def machine_info() -> dict:
     return {"nproc": nproc, "cpu": cpu, "torch": torch.__version__,
             "onnxruntime": onnxruntime.__version__, "transformers": transformers.__version__,
             "python": platform.python_version(), "lowbit": lowbit.__version__}
+
+
+def start_run(script: str, argv, threads: int) -> tuple[str, _dt.datetime, float, dict]:
+    """The common start of a benchmark: (the command line as run, UTC start time,
+    perf_counter start, machine_info()); seeds torch and sets its thread count."""
+    command = f"python benchmarks/{script} " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    started, t_start = _dt.datetime.now(_dt.timezone.utc), time.perf_counter()
+    torch.manual_seed(0)
+    torch.set_num_threads(threads)
+    return command, started, t_start, machine_info()
 
 
 def sha256(path: pathlib.Path) -> str:

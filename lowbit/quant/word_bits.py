@@ -55,9 +55,7 @@ import dataclasses
 import itertools
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -65,6 +63,7 @@ from pathlib import Path
 import torch
 
 from lowbit.errors import ConfigError
+from lowbit.io import write_text_atomic
 from lowbit.quant import bcq
 
 __all__ = [
@@ -306,16 +305,7 @@ class WordBitsPlan:
 
     def save(self, path: str | Path) -> None:
         """Write ``to_dict()`` as JSON atomically (a temporary file, then ``os.replace``)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.to_dict(), f, separators=(",", ":"))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_text_atomic(path, json.dumps(self.to_dict(), separators=(",", ":")))
 
     @classmethod
     def load(cls, path: str | Path) -> WordBitsPlan:

@@ -18,10 +18,10 @@ import collections
 import dataclasses
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from lowbit.errors import ConfigError
+from lowbit.io import write_text_atomic
 from lowbit.search.cost import total_bytes
 from lowbit.search.space import Candidate, SearchSpace
 
@@ -193,16 +193,7 @@ class PrecisionPlan:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write ``to_dict()`` as JSON atomically (a temporary sibling, then ``os.replace``)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.to_dict(), f, indent=1)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PrecisionPlan:
