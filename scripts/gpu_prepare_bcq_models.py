@@ -4,7 +4,7 @@ scripts/gpu_check_bcq_models.py on the GPU machine (issues 15 and 16, end to end
     python scripts/gpu_prepare_bcq_models.py [--out .gpu_bundle/bcq_models] \
         [--models minilm,gemma] [--word-plan PLAN.json] [--ctx 128]
 
-- ``minilm_w3_{fx,onnx}_b1``: the real all-MiniLM-L6-v2 (word embedding cut to the rows the test
+- ``minilm_w3_b1`` / ``minilm_w3_onnx_b1``: the real all-MiniLM-L6-v2 (word embedding cut to the rows the test
   sentences use, as scripts/gpu_prepare.py does, to fit the transfer limit) with W3_BCQ,
   compiled from the FX graph and from its ONNX export; reference: the FX graph's output.
 - ``tiny_gemma_{ctx16,m1}`` (only when asked): a 2-layer Gemma-3 with random weights, a per-word
@@ -15,6 +15,9 @@ scripts/gpu_check_bcq_models.py on the GPU machine (issues 15 and 16, end to end
   ``--ctx`` tokens (``[BOS]`` + text) and a decode-length call (``[BOS]``, M = 1). References:
   the FX graph's logits (the last 8 positions in full, the argmax of every position) and the
   float model's argmax. Both modules hold the same weights: params_gemma.bin is saved once.
+  ``gemma_onnx_*`` (and ``tiny_gemma_onnx_*``): the same quantized graphs exported to ONNX
+  (``lowbit.BCQLinear`` and per-word nodes) and compiled from the file; same references; one
+  params file per input shape (``params_gemma_onnx_<tag>.bin``).
 
 Each folder holds a saved CompiledModule (params.bin moved to ``params_<model>.bin``) and io.npz.
 ``index.json`` lists them with the lowering summary.
@@ -63,12 +66,37 @@ def _save(mod, folder: Path, name: str, model: str, io: dict, index: list, **ext
         f"{index[-1]['params_mb']} MB")
 
 
-def minilm(folder: Path, index: list, tmp: Path) -> None:
+def _both_routes(q, example, folder: Path, model: str, tag: str, io: dict, index: list,
+                 **extra) -> None:
+    """Compile the quantized graph ``q`` for sm_90 from FX and from its ONNX export (traced with
+    ``example``), save both (``<model>_<tag>`` and ``<model>_onnx_<tag>``; the routes' params
+    are saved separately)."""
+    import lowbit
+    from lowbit.export.onnx import export_onnx
+
+    t = time.perf_counter()
+    mod = lowbit.compile(q, target="cuda", progress=False)
+    log(f"{model} {tag}: compiled from FX for sm_90 in {time.perf_counter() - t:.0f} s")
+    _save(mod, folder, f"{model}_{tag}", model, io, index, **extra)
+    del mod
+    tmp = folder / f"_onnx_{model}_{tag}"
+    tmp.mkdir(exist_ok=True)
+    t = time.perf_counter()
+    path = export_onnx(q, tmp / f"{model}.onnx")
+    mod = lowbit.compile(str(path), example_inputs=example, target="cuda", progress=False)
+    log(f"{model} {tag}: exported to ONNX and compiled for sm_90 in "
+        f"{time.perf_counter() - t:.0f} s")
+    # the ONNX import bakes shape-dependent constants (rotary tables, masks) into the params:
+    # one params file per input shape
+    _save(mod, folder, f"{model}_onnx_{tag}", f"{model}_onnx_{tag}", io, index, **extra)
+    shutil.rmtree(tmp)
+
+
+def minilm(folder: Path, index: list) -> None:
     import torch
     from gpu_prepare import _minilm_cut
 
     import lowbit
-    from lowbit.export.onnx import export_onnx
 
     model, batches, _ = _minilm_cut(1)
     x = batches[1]
@@ -78,14 +106,8 @@ def minilm(folder: Path, index: list, tmp: Path) -> None:
         fx = q(**x).last_hidden_state.numpy()
     io = {"in_input_ids": x["input_ids"].numpy(), "in_attention_mask": x["attention_mask"].numpy(),
           "fx": fx}
-    t = time.perf_counter()
-    cfg = {"torch_config": json.loads(model.config.to_json_string())}
-    _save(lowbit.compile(q, target="cuda", progress=False), folder, "minilm_w3_fx_b1",
-          "minilm_w3_fx", io, index, **cfg)
-    path = export_onnx(q, tmp / "minilm_w3.onnx")
-    mod = lowbit.compile(str(path), example_inputs=x, target="cuda", progress=False)
-    _save(mod, folder, "minilm_w3_onnx_b1", "minilm_w3_onnx", io, index, **cfg)
-    log(f"minilm: both routes compiled in {time.perf_counter() - t:.0f} s")
+    _both_routes(q, x, folder, "minilm_w3", "b1", io, index,
+                 torch_config=json.loads(model.config.to_json_string()))
 
 
 def gemma(folder: Path, index: list, plan_path: Path, ctx: int, iters: int) -> None:
@@ -122,14 +144,11 @@ def gemma(folder: Path, index: list, plan_path: Path, ctx: int, iters: int) -> N
         with torch.no_grad():
             fx = q(x)[0].numpy()
         log(f"gemma {tag}: quantized in {time.perf_counter() - t:.0f} s")
-        t = time.perf_counter()
-        mod = lowbit.compile(q, target="cuda", progress=False)
-        log(f"gemma {tag}: compiled for sm_90 in {time.perf_counter() - t:.0f} s")
         io = {"in_input_ids": x.numpy(), "fx_tail": fx[0, -KEEP_ROWS:],
               "fx_argmax": fx[0].argmax(-1), "fp_argmax": fp[0].argmax(-1)}
-        _save(mod, folder, f"gemma_{tag}", "gemma", io, index,
-              torch_config=json.loads(lm.config.to_json_string()))   # the timing baseline
-        del mod, q, gm
+        _both_routes(q, (x,), folder, "gemma", tag, io, index,
+                     torch_config=json.loads(lm.config.to_json_string()))  # timing baseline
+        del q, gm
 
 
 def tiny_gemma(folder: Path, index: list) -> None:
@@ -161,8 +180,13 @@ def tiny_gemma(folder: Path, index: list) -> None:
             fx = q(x)[0].numpy()
         io = {"in_input_ids": x.numpy(), "fx_tail": fx[0, -KEEP_ROWS:],
               "fx_argmax": fx[0].argmax(-1), "fp_argmax": fp[0].argmax(-1)}
-        _save(lowbit.compile(q, target="cuda", progress=False), folder, f"tiny_gemma_{tag}",
-              "tiny_gemma", io, index, torch_config=json.loads(cfg.to_json_string()))
+        _both_routes(q, (x,), folder, "tiny_gemma", tag, io, index,
+                     torch_config=json.loads(cfg.to_json_string()))
+
+
+def _family(model: str) -> str:
+    """``minilm_w3_onnx_b1`` -> ``minilm``, ``gemma_onnx_m1`` -> ``gemma``: ``--models``'s names."""
+    return model.split("_onnx")[0].rsplit("_w3", 1)[0]
 
 
 def main() -> None:
@@ -178,13 +202,10 @@ def main() -> None:
     folder.mkdir(parents=True, exist_ok=True)
     index_file = folder / "index.json"
     which = args.models.split(",")
-    index = [e for e in json.loads(index_file.read_text()) if e["model"].rsplit("_w3", 1)[0]
-             not in which] if index_file.exists() else []
+    index = [e for e in json.loads(index_file.read_text()) if _family(e["model"]) not in which
+             ] if index_file.exists() else []
     if "minilm" in which:
-        tmp = folder / "_onnx"
-        tmp.mkdir(exist_ok=True)
-        minilm(folder, index, tmp)
-        shutil.rmtree(tmp)
+        minilm(folder, index)
     if "gemma" in which:
         gemma(folder, index, args.word_plan, args.ctx, args.iters)
     if "tiny_gemma" in which:
