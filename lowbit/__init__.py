@@ -6,6 +6,7 @@ them into Apache TVM integer kernels.
     qgm = lowbit.quantize(gm, lowbit.recipes.W8A8, calibration=batches)
     lowbit.export_onnx(qgm, "model.qdq.onnx")               # standard QDQ ONNX
     qm = lowbit.quantize("model.onnx", "w8a8", calibration=feeds)   # ONNX in, ONNX out
+    tgm = lowbit.tensor_train(gm, lowbit.config.TT(ranks=30, bits=8))   # TT cores (QAT)
 """
 
 from lowbit import config, errors, recipes
@@ -17,11 +18,13 @@ from lowbit.apply_precision import apply_precision
 from lowbit.mixed_precision import search_precision
 from lowbit.mixed_precision_dnas import search_precision_dnas
 from lowbit.quantize_words import quantize_words
+from lowbit.tensor_train import materialize_tt, tensor_train
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "capture", "find_transformer", "quantize", "quantize_words", "search_precision",
+    "capture", "find_transformer", "quantize", "quantize_words", "tensor_train",
+    "materialize_tt", "search_precision",
     "search_precision_dnas", "apply_precision", "prepare",
     "calibrate", "freeze", "convert",
     "export_onnx", "load_onnx", "quantize_onnx", "compile", "load", "Tune", "config", "errors",

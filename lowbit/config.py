@@ -15,7 +15,7 @@ from lowbit.roles import LINEAR_ROLES
 __all__ = [
     "PerTensor", "PerChannel", "PerGroup", "PerToken", "PerEmbeddingGroup", "Granularity",
     "MinMax", "MovingAverage", "Percentile", "MSE", "Observer",
-    "QuantSpec", "BCQ", "WeightSpec", "Recipe",
+    "QuantSpec", "BCQ", "TT", "WeightSpec", "Recipe",
 ]
 
 
@@ -214,6 +214,82 @@ class BCQ:
     def short(self) -> str:
         g = "per row" if self.group is None else f"group {self.group}"
         return f"BCQ q{self.bits} {g}" + (" +offset" if self.offset else "")
+
+
+def _int(v: object, least: int = 1) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= least
+
+
+def _ints(v: object) -> bool:
+    return isinstance(v, tuple) and len(v) > 0 and all(_int(x) for x in v)
+
+
+@dataclasses.dataclass(frozen=True)
+class TT:
+    """Tensor-train compression of a linear weight (``lowbit.quant.tt``; Yang et al. 2023).
+
+    The [out, in] weight, as ``W^T`` reshaped to the modes ``(in_modes..., out_modes...)``,
+    becomes a chain of cores ``G_k [r_{k-1}, n_k, r_k]`` fitted by TT-SVD. The ranks come from
+    exactly one of:
+
+        ranks  an int: every inner bond's maximum rank (capped at what the bond can hold, so a
+               large int gives the exact TT); or a tuple: one rank per inner bond
+               (``len(in_modes) + len(out_modes) - 1`` of them, each within its bond's limit)
+        error  a relative Frobenius error budget ``|W - W_tt|_F / |W|_F`` in (0, 1)
+        size   the cores' parameter count as a fraction of the dense weight's, in (0, 1]
+               (ranks proportional to the modes, then capped per bond: at most that fraction)
+
+    ``dims``: ``(in_modes, out_modes)``, e.g. ``((24, 32), (32, 24))`` for BERT-base attention
+    (the anchor's ``[24, 32, 32, 24]``); their products must be the layer's in / out features
+    (checked per layer). None: each side factored into ``modes`` balanced factors.
+    ``bits``: None (float cores), 8 or 4: learnable-scale fake quantization of every core
+    (symmetric, one scale per bond channel; QAT with the straight-through estimator).
+    Lists are accepted where tuples are asked for.
+    """
+
+    ranks: int | tuple[int, ...] | None = None
+    error: float | None = None
+    size: float | None = None
+    dims: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+    modes: int = 2
+    bits: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.ranks, list):
+            object.__setattr__(self, "ranks", tuple(self.ranks))
+        if isinstance(self.dims, (list, tuple)) and len(self.dims) == 2 and all(
+                isinstance(d, (list, tuple)) for d in self.dims):
+            object.__setattr__(self, "dims", tuple(tuple(d) for d in self.dims))
+        given = [n for n in ("ranks", "error", "size") if getattr(self, n) is not None]
+        _check(len(given) == 1, "TT", f"give exactly one of ranks, error or size, got "
+               f"{given or 'none'}")
+        _check(self.ranks is None or _int(self.ranks) or _ints(self.ranks), "TT.ranks",
+               f"must be an int >= 1 or a tuple of ints >= 1 (one per inner bond), got "
+               f"{self.ranks!r}")
+        _check(self.error is None or (isinstance(self.error, (int, float))
+                                      and not isinstance(self.error, bool)
+                                      and 0.0 < self.error < 1.0),
+               "TT.error", f"must be a relative error in (0, 1), got {self.error!r}")
+        _check(self.size is None or (isinstance(self.size, (int, float))
+                                     and not isinstance(self.size, bool)
+                                     and 0.0 < self.size <= 1.0),
+               "TT.size", f"must be a fraction of the dense parameters in (0, 1], got "
+               f"{self.size!r}")
+        _check(self.dims is None or (isinstance(self.dims, tuple) and len(self.dims) == 2
+                                     and all(_ints(d) for d in self.dims)),
+               "TT.dims", f"must be (in_modes, out_modes), two tuples of ints >= 1, e.g. "
+               f"((24, 32), (32, 24)); got {self.dims!r}")
+        _check(_int(self.modes) and self.modes <= 6, "TT.modes",
+               f"must be an int in 1..6 (modes per side when dims is None), got {self.modes!r}")
+        _check(self.bits is None or (self.bits in (4, 8) and not isinstance(self.bits, bool)),
+               "TT.bits", f"must be None (float cores), 8 or 4, got {self.bits!r}")
+
+    def short(self) -> str:
+        how = (f"r{self.ranks}" if self.ranks is not None else
+               f"error {self.error}" if self.error is not None else f"size {self.size}")
+        dims = ("" if self.dims is None else
+                " dims " + "->".join("x".join(map(str, d)) for d in self.dims))
+        return f"TT {how}{dims}" + (f" int{self.bits}" if self.bits else "")
 
 
 WeightSpec = Union[QuantSpec, BCQ]

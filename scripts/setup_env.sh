@@ -17,6 +17,6 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || \
   python -m pip install -q --upgrade pip >&2
   # torch first and alone, pinned: the CPU build on disk, never a CUDA build from the index.
   python -m pip install -q "torch==2.13.0" >&2
-  python -m pip install -q -e ".[tune,models,train,search,dev]" >&2
+  python -m pip install -q -e ".[tune,models,train,search,tt,dev]" >&2
   echo "$want" > "$stamp"
 fi

@@ -10,7 +10,8 @@ For a range ``[lo, hi]`` (always widened to contain 0) and integer grid ``[qmin,
     fake-quant:  x' = (clamp(round_ste(x / s) + z, qmin, qmax) - z) * s
 
 ``round_ste`` rounds in the forward pass and passes gradients straight through, so the same
-expression trains (QAT) and, with ``s`` a Parameter, learns its scale (LSQ-style gradient).
+expression trains (QAT) and, with ``s`` a Parameter, learns its scale (LSQ-style gradient;
+``scale_grad`` adds LSQ's gradient scale).
 Rounding is round-half-to-even (torch.round), as in ONNX QuantizeLinear and PT2E.
 Scales never fall below ``EPS`` so an all-zero tensor quantizes to zeros, not NaN.
 
@@ -27,13 +28,21 @@ from lowbit.config import PerChannel, PerGroup, PerTensor, QuantSpec
 from lowbit.errors import ConfigError
 
 __all__ = ["EPS", "qparams_from_range", "quantize", "dequantize", "fake_quantize", "round_ste", "weight_grid",
-           "weight_qparams", "quantize_weight", "group_view", "per_token_qparams"]
+           "weight_qparams", "quantize_weight", "group_view", "per_token_qparams", "scale_grad"]
 
 EPS = torch.finfo(torch.float32).eps
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round(x) - x).detach()
+
+
+def scale_grad(scale: torch.Tensor, factor: float) -> torch.Tensor:
+    """``scale`` in the forward pass, its gradient multiplied by ``factor`` in the backward pass:
+    LSQ's step-size gradient scale (Esser et al. 2020), ``factor = 1 / sqrt(n * qmax)`` for a
+    scale shared by ``n`` elements, keeps a learned scale's updates in proportion to the
+    weights' when both train with one learning rate."""
+    return (scale - scale * factor).detach() + scale * factor
 
 
 def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, qmin: int, qmax: int,
