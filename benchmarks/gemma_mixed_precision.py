@@ -1,0 +1,442 @@
+#!/usr/bin/env python
+"""wikitext-2 perplexity vs bytes of Gemma-3-270M under mixed-precision plans (integer program,
+DNAS) against uniform plans over the same subgroups (issue 17, the Gemma table).
+
+    python benchmarks/gemma_mixed_precision.py [--budgets 3.25,4.25,5.0]
+        [--dnas-budgets 4.25] [--dnas-noprune-budgets 3.25,4.25,5.0] [--steps 24]
+        [--probes 5] [--lambda-start 1] [--calib-windows 32] [--dnas-batches 16]
+        [--neurons 256] [--ilp-loss lm] [--uniform uniform:8,uniform:4,uniform:3,bcq:3]
+        [--methods ilp,dnas,dnas-noprune] [--threads 2]
+        [--json benchmarks/results/gemma_mixed_precision.json] [--out docs/accuracy.md]
+
+1. Gemma-3-270M base (``lowbit.models.load_gemma``, fp32), captured twice with the same
+   parameter names: at ``--ctx`` tokens for evaluation and at ``--train-ctx`` tokens for the
+   search. Text splits as ``benchmarks/gemma_bcq_ppl.py``: evaluation = the first
+   ``ceil(tokens / (ctx - 1))`` chunks of ``wikitext2_test_raw.txt`` (``[BOS] + chunk``,
+   every token scored, ``gemma_ppl.perplexity``); search calibration = ``--calib-windows``
+   windows of ``--train-ctx`` tokens from the end of the same file (disjoint; the run checks).
+2. Searched weights: every linear of the 18 decoder blocks (``DEFAULT_ROLES``); q/k/v split
+   per attention head (``PerHead()``: Gemma-3-270M has 4 q heads and 1 kv head, so the kv
+   head ties all four q heads and a pruned "head" removes the block's whole attention), up
+   and gate in blocks of ``--neurons`` FFN neurons (``PerNeurons``, pruned together), o and
+   down whole. The tied 262144 x 640 embedding / LM head stays fp32 and is not counted in the
+   bytes (the per-word issue covers it). Default ``SearchSpace`` ({pruned, 2, 3, 4, 8} x
+   {uniform symmetric, BCQ} + fp32, group 128, fp32 scales).
+3. Plans per ``Budget(avg_bits)``: ``ilp`` = ``plan_for_budget`` on one
+   ``sensitivity_table`` shared by all budgets (Fisher of ``--ilp-loss``: ``lm`` = next-token
+   cross-entropy on the calibration windows via ``lowbit.mixed_precision.lm_loss``, or
+   ``distillation`` = the output-distillation surrogate; then HiGHS); ``dnas`` =
+   ``search_precision_dnas`` (the default output-distillation loss against the fp32 logits,
+   ``--steps`` Adam steps per lambda probe, ``--probes`` probes from ``--lambda-start``, on the
+   first ``--dnas-batches`` calibration windows; probes are checkpointed in
+   ``--work/dnas/<method>`` and a probe at a lambda already run for another budget is reused); ``dnas-noprune`` = the same
+   search over the space without the pruned candidate (``SearchSpace(bits=(2, 3, 4, 8))``),
+   see 5. Uniform baselines: the ilp
+   plan's subgroups with one candidate everywhere (``--uniform code:bits``; at g128 with fp32
+   scales int8 = 8.25, int4 = 4.25, int3 = 3.25, BCQ3 = 3.75 bits per weight).
+4. Every plan goes through ``lowbit.apply_precision`` weight-only on the evaluation capture
+   (pruned attentions / neuron blocks leave the graph; int8 blocks dequantized in the graph),
+   then perplexity. Plans are saved as JSON in ``--work`` (``plan_<name>.json``; the TVM
+   script ``benchmarks/gemma_mixed_precision_tvm.py`` reads them).
+5. Scale check (why DNAS and pruning do not mix on Gemma-3): DNAS relaxes "pruned" as a zero
+   weight in the mixture, so a subgroup's pruned probability p only scales its weight by
+   ``1 - p``. Gemma-3 normalises q and k per head (q_norm, k_norm) and the attention's output
+   (post-attention RMSNorm), so scaling an attention's q, k, v, o should not reach the loss.
+   The run measures it on the search capture: the logits' max relative change when every
+   block's q, k, v, o weights (then up and down, then gate) are multiplied by 0.5.
+
+Everything in the output comes from the run; ``--json`` gets the rows and the run's settings,
+``--out`` replaces the section between ``<!-- gemma-mixed-precision:begin -->`` and
+``<!-- gemma-mixed-precision:end -->`` (an inner ``gemma-mixed-precision-tvm`` block, written
+by the TVM script, is kept as it is).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import math
+import pathlib
+import re
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from gemma_ppl import DATA, perplexity, windows
+from gemma_word_bits import cpu_flags, save_json
+from minilm_mixed_precision import formats, uniform_plan
+from sst2_probe import replace_section, sha256, start_run
+
+import lowbit
+from lowbit.data import shared_data_dir
+from lowbit.errors import ConfigError
+from lowbit.mixed_precision import lm_loss, plan_for_budget, sensitivity_table
+from lowbit.mixed_precision_dnas import search_precision_dnas
+from lowbit.models import GEMMA_SHA256, load_gemma
+from lowbit.passes.subgroups import list_subgroups
+from lowbit.search import Budget, PerHead, PerNeurons, PrecisionPlan, SearchSpace
+from lowbit.train.loop import TrainingError
+
+MARKER = "gemma-mixed-precision"
+TVM_MARKER = "gemma-mixed-precision-tvm"
+REPO = pathlib.Path(__file__).resolve().parents[1]
+PLOT = "docs/img/mixed_precision_pareto.png"
+PLOT_CMD = "python benchmarks/plot_mixed_precision.py"
+NOPRUNE = SearchSpace(bits=(2, 3, 4, 8))     # the default space without the pruned candidate
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def next_token_loss(outputs, batch: torch.Tensor) -> torch.Tensor:
+    """``lm_loss`` on a batch given as one [1, T] id tensor (as the captured graph takes it)."""
+    return lm_loss(outputs, {"input_ids": batch})
+
+
+def plan_file(work: pathlib.Path, name: str) -> pathlib.Path:
+    return work / f"plan_{re.sub(r'[^A-Za-z0-9.]+', '_', name)}.json"
+
+
+def pruning(plan: PrecisionPlan) -> dict:
+    """Pruned subgroups of ``plan``: q heads (of all), whole attentions, FFN neuron blocks."""
+    pruned = [e for e in plan.entries if e.pruned]
+    attn = {e.tie for e in pruned if e.role == "attn.q"}
+    return {"pruned": len(pruned), "pruned_heads": sum(e.role == "attn.q" for e in pruned),
+            "heads": sum(e.role == "attn.q" for e in plan.entries),
+            "pruned_attentions": len(attn),
+            "pruned_neuron_blocks": sum(e.role == "ffn.in" for e in pruned),
+            "neuron_blocks": sum(e.role == "ffn.in" for e in plan.entries),
+            "pruned_by_role": dict(collections.Counter(e.role for e in pruned))}
+
+
+def scale_check(gm, batch: torch.Tensor, factor: float = 0.5) -> dict:
+    """Logits' max relative change (max |f' - f| / max |f|) when the weights of the given roles
+    in every block are multiplied by ``factor`` (module docstring, 5)."""
+    roles = {r: [sg.weight for sg in list_subgroups(gm) if sg.role in rs]
+             for r, rs in (("attention q, k, v, o", ("attn.q", "attn.k", "attn.v", "attn.o")),
+                           ("ffn up, down", ("ffn.in", "ffn.out")), ("ffn gate", ("ffn.gate",)))}
+    params = dict(gm.named_parameters())
+    with torch.no_grad():
+        ref = gm(batch).logits
+        out = {}
+        for name, weights in roles.items():
+            scaled = {**params, **{w: params[w] * factor for w in weights}}
+            got = torch.func.functional_call(gm, scaled, (batch,)).logits
+            out[name] = float((got - ref).abs().max() / ref.abs().max())
+    return out
+
+
+def parse_args(argv):
+    floats = lambda s: [float(x) for x in s.split(",") if x.strip()]
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--budgets", type=floats, default=[3.25, 4.25, 5.0],
+                   help="average stored bits per searched weight (ilp)")
+    p.add_argument("--dnas-budgets", type=floats, default=[4.25],
+                   help="DNAS over the full space (pruning allowed)")
+    p.add_argument("--dnas-noprune-budgets", type=floats, default=[3.25, 4.25, 5.0],
+                   help="DNAS over the space without the pruned candidate")
+    p.add_argument("--methods", default="ilp,dnas,dnas-noprune")
+    p.add_argument("--uniform", default="uniform:8,uniform:4,uniform:3,bcq:3",
+                   help="uniform baselines, code:bits, comma-separated")
+    p.add_argument("--ilp-loss", choices=("lm", "distillation"), default="lm")
+    p.add_argument("--steps", type=int, default=24, help="DNAS Adam steps per lambda probe")
+    p.add_argument("--probes", type=int, default=5, help="DNAS lambda probes per budget")
+    p.add_argument("--lambda-start", type=float, default=1.0)
+    p.add_argument("--neurons", type=int, default=256, help="FFN neurons per subgroup")
+    p.add_argument("--tokens", type=int, default=2048)
+    p.add_argument("--ctx", type=int, default=512)
+    p.add_argument("--calib-windows", type=int, default=32)
+    p.add_argument("--dnas-batches", type=int, default=16)
+    p.add_argument("--train-ctx", type=int, default=128)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--work", type=pathlib.Path,
+                   default=pathlib.Path("/tmp/lb/gemma_mixed_precision"))
+    p.add_argument("--json", type=pathlib.Path, default=None)
+    p.add_argument("--out", type=pathlib.Path, default=None)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    command, started, t_start, machine = start_run("gemma_mixed_precision.py", argv,
+                                                   args.threads)
+    methods = [m for m in args.methods.split(",") if m]
+    uniforms = [(c, int(b)) for c, b in (u.split(":") for u in args.uniform.split(",") if u)]
+
+    lm, tok = load_gemma()
+    bos = lm.config.bos_token_id
+    text_path = shared_data_dir() / DATA
+    ids = tok(text_path.read_text(encoding="utf-8"), add_special_tokens=False,
+              return_tensors="pt")["input_ids"][0]
+    n = args.ctx - 1
+    n_eval = math.ceil(args.tokens / n)
+    eval_wins = windows(ids[:n_eval * n], args.ctx, bos)
+    m = args.train_ctx - 1
+    calib_start = len(ids) - args.calib_windows * m
+    if calib_start < n_eval * n:
+        sys.exit("calibration and evaluation text overlap: fewer --calib-windows or --tokens")
+    calib = windows(ids[calib_start:], args.train_ctx, bos)
+    split = {"tokens": len(ids), "eval": [0, n_eval * n - 1], "eval_windows": len(eval_wins),
+             "calib": [calib_start, len(ids) - 1], "calib_windows": len(calib)}
+    log(f"{DATA}: {len(ids)} tokens; eval tokens 0..{n_eval * n - 1} ({len(eval_wins)} x "
+        f"{args.ctx}); calibration tokens {calib_start}..{len(ids) - 1} ({len(calib)} x "
+        f"{args.train_ctx})")
+    gm = lowbit.capture(lm, (eval_wins[0],))
+    gm_s = lowbit.capture(lm, (calib[0],))
+    gran, space = (PerHead(), PerNeurons(args.neurons)), SearchSpace()
+
+    fp = perplexity(gm, eval_wins, "FP32")
+    rows = [{"name": "FP32", "method": "fp", "budget": None, **fp}]
+    log(f"FP32: perplexity {fp['ppl']:.3f}")
+    scales = scale_check(gm_s, calib[0])
+    log("scale check (logits' max relative change, weights x 0.5 in every block): "
+        + ", ".join(f"{k} {v:.2e}" for k, v in scales.items()))
+
+    def write_json() -> None:
+        meta = {"command": command, "date": f"{started:%Y-%m-%d %H:%M} UTC",
+                "wall_s": time.perf_counter() - t_start, "machine": machine,
+                "cpu_flags": cpu_flags(), "threads": args.threads, "split": split,
+                "scale_check": scales,
+                "settings": {k: (str(v) if isinstance(v, pathlib.Path) else v)
+                             for k, v in vars(args).items()},
+                "granularity": repr(gran), "space": space.to_dict(),
+                "model_sha256": GEMMA_SHA256, "data_sha256": sha256(text_path)}
+        for path in (args.work / "results.json", args.json):
+            if path is not None:
+                save_json(path, {"meta": meta, "rows": rows})
+
+    def evaluate(name: str, method: str, budget, plan: PrecisionPlan, search_s: float) -> None:
+        plan.save(plan_file(args.work, name))
+        t = time.perf_counter()
+        qgm = lowbit.apply_precision(gm, plan, progress=False)
+        t_apply = time.perf_counter() - t
+        res = perplexity(qgm, eval_wins, name)
+        params = {k: v for k, v in qgm.meta.get("lowbit_pruning", {}).items()
+                  if k in ("params_before", "params_after")}
+        del qgm
+        pr = pruning(plan)
+        row = {"name": name, "method": method, "budget": budget, "bytes": plan.total_bytes,
+               "bits": plan.average_bits, "elements": plan.elements, **pr,
+               "formats": formats(plan), "search_s": search_s, "apply_s": t_apply, **res,
+               "params": params,
+               "info": {k: v for k, v in plan.info.items()
+                        if isinstance(v, (int, float, str)) or k == "probes"}}
+        rows.append(row)
+        log(f"{name}: {row['bytes']:,} B, {row['bits']:.3f} bits, {pr['pruned']} pruned "
+            f"subgroups ({pr['pruned_heads']} q heads, {pr['pruned_neuron_blocks']} neuron "
+            f"blocks), perplexity {res['ppl']:.3f}; search {search_s:.0f} s, apply "
+            f"{t_apply:.0f} s [{row['formats']}]")
+        write_json()
+
+    t = time.perf_counter()
+    table = sensitivity_table(gm_s, calibration=calib, granularity=gran, space=space,
+                              loss_fn=next_token_loss if args.ilp_loss == "lm" else None)
+    t_table = time.perf_counter() - t
+    log(f"sensitivity table: {len(table.subgroups)} subgroups x {len(table.candidates)} "
+        f"candidates, {table.elements:,} weights, {t_table:.0f} s")
+    template = None
+    for b in args.budgets:
+        t = time.perf_counter()
+        ilp = plan_for_budget(table, Budget(avg_bits=b))
+        template = template or ilp
+        if "ilp" in methods:
+            evaluate(f"ilp @ {b:g}", "ilp", b, ilp, t_table + time.perf_counter() - t)
+    runs = [("dnas", b, space) for b in args.dnas_budgets if "dnas" in methods]
+    runs += [("dnas-noprune", b, NOPRUNE) for b in args.dnas_noprune_budgets
+             if "dnas-noprune" in methods]
+    for method, b, sp in runs:
+        t, name = time.perf_counter(), f"{method} @ {b:g}"
+        try:
+            dnas = search_precision_dnas(gm_s, Budget(avg_bits=b),
+                                         calibration=calib[:args.dnas_batches],
+                                         granularity=gran, space=sp, steps=args.steps,
+                                         probes=args.probes, lambda_start=args.lambda_start,
+                                         checkpoint=args.work / "dnas" / method)
+        except (ConfigError, TrainingError) as e:
+            log(f"{name}: {e}")
+            rows.append({"name": name, "method": method, "budget": b,
+                         "failed": str(e), "search_s": time.perf_counter() - t})
+            write_json()
+        else:
+            evaluate(name, method, b, dnas, time.perf_counter() - t)
+    for code, bits in uniforms:
+        label = f"uniform {'int' if code == 'uniform' else 'bcq'}{bits} g{space.group}"
+        evaluate(label, "uniform", None, uniform_plan(template, code, bits), 0.0)
+
+    wall = time.perf_counter() - t_start
+    write_json()
+    section = render(rows, args, command, started, wall, machine, split, table, scales)
+    log("\n" + section)
+    if args.out is not None:
+        replace_section(args.out, keep_tvm_block(args.out, section), MARKER)
+        log(f"\nwrote the {MARKER} section of {args.out}")
+    return 0
+
+
+def keep_tvm_block(path: pathlib.Path, section: str) -> str:
+    """``section`` followed by the ``gemma-mixed-precision-tvm`` block already in ``path``
+    (or an empty one for the TVM script to fill)."""
+    begin, end = f"<!-- {TVM_MARKER}:begin -->", f"<!-- {TVM_MARKER}:end -->"
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    if begin in text and end in text:
+        block = text[text.index(begin):text.index(end) + len(end)]
+    else:
+        block = (f"{begin}\n_(TVM: not run yet; `python benchmarks/gemma_mixed_precision_tvm.py "
+                 f"--out docs/accuracy.md`)_\n{end}")
+    return f"{section.rstrip()}\n\n{block}\n"
+
+
+def _fmt(r: dict, fp: float) -> str:
+    if "failed" in r:
+        return (f"| {r['name']} | - | - | - | - | - | - | {r['search_s']:.0f} "
+                f"| failed: {r['failed']} |")
+    if "bytes" not in r:
+        return f"| {r['name']} | fp32 | - | 32 | - | - | {r['ppl']:.3f} | - | - |"
+    d = r["ppl"] / fp
+    delta = f"{100 * (d - 1):+.1f}%" if d < 2 else f"x{d:.3g}"
+    note = ""
+    if r["method"].startswith("dnas"):
+        note = (f"lambda {r['info']['lambda']:.3g}; probes (lambda: bits) "
+                + ", ".join(f"{lam:.3g}: {8 * nb / r['elements']:.2f}"
+                            for lam, nb in r["info"].get("probes", [])))
+    return (f"| {r['name']} | {r['formats']} | {r['bytes']:,} | {r['bits']:.3f} "
+            f"| {r['pruned_heads']} ({r['pruned_attentions']} attn) "
+            f"| {r['pruned_neuron_blocks']} / {r['neuron_blocks']} | {r['ppl']:.3f} ({delta}) "
+            f"| {r['search_s']:.0f} | {note} |")
+
+
+def reading(rows: list[dict]) -> list[str]:
+    """Per searched plan: the uniform plans at no more bytes, and their perplexities."""
+    uni = [r for r in rows if r.get("method") == "uniform" and "ppl" in r]
+    out = []
+    for r in rows:
+        if r.get("method") not in ("ilp", "dnas", "dnas-noprune") or "ppl" not in r:
+            continue
+        below = [u for u in uni if u["bytes"] <= r["bytes"]]
+        above = [u for u in uni if u["bytes"] > r["bytes"]]
+        cmp = []
+        if below:
+            u = max(below, key=lambda u: u["bytes"])
+            cmp.append(f"largest uniform plan at no more bytes: {u['name']} "
+                       f"({u['bytes'] / 1e6:.2f} MB) {u['ppl']:.3f}")
+        if above:
+            u = min(above, key=lambda u: u["bytes"])
+            cmp.append(f"smallest larger: {u['name']} ({u['bytes'] / 1e6:.2f} MB) "
+                       f"{u['ppl']:.3f}")
+        out.append(f"- {r['name']} ({r['bytes'] / 1e6:.2f} MB): perplexity {r['ppl']:.3f}; "
+                   + "; ".join(cmp))
+    return out
+
+
+def dnas_pruning(rows: list[dict], scales: dict) -> list[str]:
+    """What the run says about DNAS with the pruned candidate (module docstring, 5)."""
+    full = [r for r in rows if r.get("method") == "dnas" and "ppl" in r]
+    if not full:
+        return []
+    fp, attn, ffn = rows[0]["ppl"], scales["attention q, k, v, o"], scales["ffn up, down"]
+    worst = max(r["pruned_attentions"] for r in full)
+    blocks = sum(r["pruned_neuron_blocks"] for r in full)
+    text = ("**DNAS with pruning** (`dnas` rows): "
+            + "; ".join(f"{r['name']} pruned {r['pruned_attentions']} of 18 attentions (pruned "
+                        "subgroups by role: " + ", ".join(
+                            f"{k} {v}" for k, v in r.get("pruned_by_role", {}).items())
+                        + f"), perplexity {r['ppl']:.3g} ({r['ppl'] / fp:.3g} x FP32)"
+                        for r in full)
+            + ". Scale check on the search capture (the logits' max relative change when "
+              "every block's weights of a kind are multiplied by 0.5): "
+            + ", ".join(f"{k} {v:.2g}" for k, v in scales.items()) + ".")
+    if worst and attn < 1e-3:
+        text += (" The mixture relaxes \"pruned\" as a zero weight, so an attention's pruned "
+                 "probabilities p only scale its q, k, v and o weights by 1 - p; behind "
+                 "Gemma-3's q/k norms and its post-attention RMSNorm that scaling does not "
+                 f"reach the logits (the check: {attn:.1e}), so the relaxation sees dropping an "
+                 "attention as free while the size penalty rewards it, and the discretised "
+                 "plans drop attentions the real model needs. The FFN is not scale-invariant "
+                 f"in the same way (up and down x 0.5: {ffn:.2g})"
+                 + (", and no FFN neuron block was pruned." if not blocks else "."))
+    return [text]
+
+
+def render(rows, args, command, started, wall, machine, split, table, scales) -> str:
+    fp = rows[0]["ppl"]
+    elements = table.elements
+    ilp_loss = ("next-token cross-entropy (`lm_loss`)" if args.ilp_loss == "lm"
+                else "the output-distillation surrogate")
+    dnas_bits = ", ".join(f"{b:g}" for b in args.dnas_budgets) or "none"
+    noprune_bits = ", ".join(f"{b:g}" for b in args.dnas_noprune_budgets) or "none"
+    return "\n".join([
+        ("## Gemma-3-270M: mixed-precision plans vs uniform, wikitext-2 perplexity vs bytes "
+         "(`benchmarks/gemma_mixed_precision.py`)"),
+        "",
+        (f"Searched weights: the 126 linears of the 18 decoder blocks as {len(table.subgroups)} "
+         f"subgroups ({elements:,} weights; {4 * elements / 1e6:.1f} MB in fp32): q/k/v per "
+         f"attention head (`PerHead()`; Gemma-3-270M has 4 q heads and 1 kv head, so pruning "
+         f"is all-or-nothing per block: a pruned head takes the block's whole attention, k, v "
+         f"and o with it), up/gate in blocks of {args.neurons} FFN neurons "
+         f"(`PerNeurons({args.neurons})`, pruned together with down's columns), o and down "
+         f"whole. The tied 262,144 x 640 embedding / LM head (167.8M weights, 63% of the "
+         f"model) stays fp32 and is **not** in the bytes below (the per-word issue quantizes "
+         f"it); norms stay fp32. Default `SearchSpace` ({{pruned, 2, 3, 4, 8}} x {{uniform "
+         f"symmetric, BCQ}} + fp32, group 128, fp32 scales)."),
+        "",
+        (f"Text (as `gemma_bcq_ppl.py`): evaluation on tokens {split['eval'][0]}.."
+         f"{split['eval'][1]} of `{DATA}` ({split['eval_windows']} windows of {args.ctx} with "
+         f"[BOS], every token scored); search calibration on tokens {split['calib'][0]}.."
+         f"{split['calib'][1]} ({split['calib_windows']} windows of {args.train_ctx}, "
+         f"disjoint). `ilp` = one `sensitivity_table` (Fisher of {ilp_loss} over the "
+         f"{split['calib_windows']} windows) + `plan_for_budget` (HiGHS) per budget; `dnas` = "
+         f"`search_precision_dnas` (output-distillation loss against the fp32 logits, "
+         f"**reduced for a 2-core CPU**: {args.steps} Adam steps per lambda probe, "
+         f"{args.probes} probes from lambda {args.lambda_start:g}, the first "
+         f"{args.dnas_batches} calibration windows; budgets {dnas_bits}); `dnas-noprune` = the "
+         f"same over the space without the pruned candidate (`SearchSpace(bits=(2, 3, 4, "
+         f"8))`; budgets {noprune_bits}); uniform rows = "
+         f"PrecisionPlans of the same subgroups with one format everywhere. Every plan is "
+         f"applied with `lowbit.apply_precision` weight-only (int8 blocks dequantized in the "
+         f"graph; pruned attentions and neuron blocks removed from the graph)."),
+        "",
+        ("| plan | formats (share of searched weights) | bytes | bits/weight | pruned q heads "
+         "(attentions) | pruned neuron blocks | perplexity (Δ vs FP32) | search s | note |"),
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+        _fmt(rows[0], fp),
+        *[_fmt(r, fp) for r in sorted(rows[1:], key=lambda r: r.get("bytes", 0))],
+        "",
+        ("bytes = `plan.total_bytes` of the searched weights (codes + fp32 scales / alphas; fp "
+         "blocks at 4 bytes; pruned subgroups 0, and the input columns of o / down that they "
+         "free are still counted); bits/weight = 8 x bytes / searched weights; pruned q heads "
+         "of 72 (4 per block; attentions = blocks whose attention is gone); neuron blocks of "
+         f"{args.neurons} (of {18 * 2048 // args.neurons}); search = seconds of the search "
+         "(ilp: the shared sensitivity table + the solve; dnas: the whole bisection, candidate "
+         "stacks included); probes = the bisection's lambdas and the bits per weight each "
+         "reached."),
+        "",
+        *reading(rows),
+        "",
+        *dnas_pruning(rows, scales),
+        "",
+        (f"![Pareto: MiniLM SST-2 accuracy and Gemma perplexity vs bytes](img/"
+         f"{pathlib.Path(PLOT).name})"),
+        "",
+        (f"The plot (`{PLOT}`) is drawn from `benchmarks/results/minilm_mixed_precision.json` "
+         f"and `benchmarks/results/gemma_mixed_precision.json` by `{PLOT_CMD}`."),
+        "",
+        f"- command: `{command}`",
+        f"- date: {started:%Y-%m-%d %H:%M} UTC; wall time {wall:.0f} s ({wall / 60:.1f} min)",
+        (f"- machine: {machine['nproc']} cpu(s), {machine['cpu']}; flags "
+         f"`{' '.join(cpu_flags())}`; {args.threads} thread(s)"),
+        (f"- software: torch {machine['torch']}, transformers {machine['transformers']}, "
+         f"Python {machine['python']}, lowbit {machine['lowbit']}"),
+        (f"- model: Gemma-3-270M Q4_K_M GGUF sha256 {GEMMA_SHA256[:16]}… (dequantized to "
+         f"fp32); data: {DATA} sha256 {sha256(shared_data_dir() / DATA)[:16]}…"),
+    ])
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except ConfigError as e:
+        sys.exit(f"gemma_mixed_precision: {e}")
