@@ -14,7 +14,6 @@ the tiered ops alone, so the two compose in either order.
 
 from __future__ import annotations
 
-import copy
 import os
 from typing import Any
 
@@ -22,9 +21,9 @@ import torch
 from torch import fx
 
 from lowbit.errors import ConfigError
-from lowbit.passes.infra import Pipeline
 from lowbit.quant import bcq
 from lowbit.quant.word_bits import TieredEmbedding, WordBitsPlan
+from lowbit.run_passes import run_fx, run_onnx
 
 __all__ = ["quantize_words"]
 
@@ -54,29 +53,16 @@ def quantize_words(model: Any, plan: WordBitsPlan | TieredEmbedding, *, head: st
                               "lowbit.export_onnx(gm, path)")
         from lowbit.passes.fx.word_bits import QuantizeWordBits
 
-        pipeline = Pipeline([QuantizeWordBits(plan, head, iters, progress)],
-                            name="quantize_words (FX)")
-        gm = pipeline(copy.deepcopy(model)).graph
-        gm.meta["lowbit_pipeline"] = pipeline.report
-        return gm
+        return run_fx(model, [QuantizeWordBits(plan, head, iters, progress)],
+                      "quantize_words (FX)")
     import onnx_ir as ir
 
     if isinstance(model, (str, os.PathLike, ir.Model)):
-        from lowbit.onnx_quantize import UpgradeOpset
-        from lowbit.passes.onnx.load import has_external_data, load_onnx, save_onnx
         from lowbit.passes.onnx.word_bits import WB_MIN_OPSET
         from lowbit.passes.onnx.word_bits import QuantizeWordBits as OnnxWordBits
 
-        m = model.clone() if isinstance(model, ir.Model) else load_onnx(model)
-        external = has_external_data(m)
-        opset = max(WB_MIN_OPSET, int(m.opset_imports.get("", WB_MIN_OPSET)))
-        pipeline = Pipeline([UpgradeOpset(opset), OnnxWordBits(plan, head, iters, progress)],
-                            name="quantize_words (ONNX)")
-        m = pipeline(m).graph
-        m.meta["lowbit_pipeline"] = pipeline.report
-        if out is not None:
-            save_onnx(m, out, external_data=external or None)
-        return m
+        return run_onnx(model, [OnnxWordBits(plan, head, iters, progress)], WB_MIN_OPSET,
+                        "quantize_words (ONNX)", out)
     raise ConfigError(f"quantize_words() takes an fx.GraphModule from lowbit.capture, an "
                       f"onnx_ir.Model or a path to an .onnx file; got "
                       f"{type(model).__module__}.{type(model).__qualname__}")

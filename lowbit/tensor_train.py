@@ -17,7 +17,6 @@ An ONNX model below opset 13 (21 for int4 cores) is upgraded first.
 
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -27,8 +26,8 @@ from torch import fx
 
 from lowbit.config import TT
 from lowbit.errors import ConfigError
-from lowbit.passes.infra import Pipeline
 from lowbit.passes.tt import DEFAULT_TT_ROLES, tt_rules
+from lowbit.run_passes import run_fx, run_onnx
 
 __all__ = ["materialize_tt", "tensor_train"]
 
@@ -76,31 +75,17 @@ def tensor_train(model: Any, spec: TT | Mapping[str, TT] | Sequence[tuple[str, T
         from lowbit.passes.fx.tt_materialize import MaterializeTT
 
         passes = [TensorTrain(rules, form, rows, progress)]
-        pipeline = Pipeline(passes + ([MaterializeTT()] if materialize else []),
-                            name="tensor_train (FX)")
-        gm = pipeline(copy.deepcopy(model)).graph
-        gm.meta["lowbit_pipeline"] = pipeline.report
-        return gm
+        return run_fx(model, passes + ([MaterializeTT()] if materialize else []),
+                      "tensor_train (FX)")
     import onnx_ir as ir
 
     if isinstance(model, (str, os.PathLike, ir.Model)):
-        from lowbit.onnx_quantize import UpgradeOpset
-        from lowbit.passes.onnx.load import has_external_data, load_onnx, save_onnx
         from lowbit.passes.onnx.tt import TT_INT4_OPSET, TT_MIN_OPSET
         from lowbit.passes.onnx.tt import TensorTrain as OnnxTensorTrain
 
-        m = model.clone() if isinstance(model, ir.Model) else load_onnx(model)
-        external = has_external_data(m)
         need = TT_INT4_OPSET if any(s.bits == 4 for _, s in rules) else TT_MIN_OPSET
-        opset = max(need, int(m.opset_imports.get("", need)))
-        pipeline = Pipeline([UpgradeOpset(opset),
-                             OnnxTensorTrain(rules, form, rows, materialize, progress)],
-                            name="tensor_train (ONNX)")
-        m = pipeline(m).graph
-        m.meta["lowbit_pipeline"] = pipeline.report
-        if out is not None:
-            save_onnx(m, out, external_data=external or None)
-        return m
+        return run_onnx(model, [OnnxTensorTrain(rules, form, rows, materialize, progress)],
+                        need, "tensor_train (ONNX)", out)
     raise ConfigError(f"tensor_train() takes an fx.GraphModule from lowbit.capture, an "
                       f"onnx_ir.Model or a path to an .onnx file; got "
                       f"{type(model).__module__}.{type(model).__qualname__}")
@@ -115,7 +100,4 @@ def materialize_tt(gm: fx.GraphModule) -> fx.GraphModule:
                           f"{type(gm).__name__}")
     from lowbit.passes.fx.tt_materialize import MaterializeTT
 
-    pipeline = Pipeline([MaterializeTT()], name="materialize_tt (FX)")
-    out = pipeline(copy.deepcopy(gm)).graph
-    out.meta["lowbit_pipeline"] = pipeline.report
-    return out
+    return run_fx(gm, [MaterializeTT()], "materialize_tt (FX)")
