@@ -5,12 +5,19 @@ The graph keeps high-level ATen ops (``aten.linear``, ``aten.layer_norm``,
 keep their original dotted names (``encoder.layer.0.attention.self.query.weight``), so every
 quantized tensor is traceable to the module it came from. Parameters are copied: passes on the
 captured graph never touch the user's model.
+
+Hugging Face decoders come with ``config.use_cache = True`` and then return a KV-cache object
+torch.export cannot hold. ``capture`` sets ``use_cache = False`` on every config of the model
+(its own, its submodules', nested ``text_config``s) for the duration of the export and puts each
+back exactly as it was, so the graph computes the logits without a cache and the user's model
+and config are left as they came. A ``use_cache`` given in the example inputs is respected.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -18,7 +25,7 @@ import torch.fx
 
 from lowbit.errors import CaptureError
 
-__all__ = ["capture", "to_device"]
+__all__ = ["capture", "output_names", "to_device"]
 
 log = logging.getLogger("lowbit.capture")
 
@@ -70,6 +77,48 @@ def _detach_state(gm: torch.nn.Module) -> None:
             owner.register_buffer(attr, b.detach().clone(), persistent=persistent)
 
 
+def _configs(model: torch.nn.Module) -> list[Any]:
+    """Every Hugging Face config object of ``model`` and its submodules, nested ones included
+    (``text_config`` of a multimodal config), each once."""
+    seen: dict[int, Any] = {}
+    todo = [getattr(m, "config", None) for m in model.modules()]
+    while todo:
+        cfg = todo.pop()
+        if id(cfg) in seen or not _is_hf_config(cfg):
+            continue
+        seen[id(cfg)] = cfg
+        todo += [v for v in vars(cfg).values() if _is_hf_config(v)]
+    return list(seen.values())
+
+
+def _is_hf_config(x: Any) -> bool:
+    return hasattr(x, "to_dict") and hasattr(x, "model_type")
+
+
+@contextlib.contextmanager
+def _without_kv_cache(model: torch.nn.Module, kwargs: dict) -> Iterator[None]:
+    """``use_cache = False`` on every config that has it on, restored exactly afterwards
+    (an attribute that was the class default is removed again, not left set)."""
+    saved = []
+    if "use_cache" not in kwargs:
+        for cfg in _configs(model):
+            if getattr(cfg, "use_cache", None):
+                saved.append((cfg, "use_cache" in vars(cfg), cfg.use_cache))
+                cfg.use_cache = False
+    if saved:
+        log.info("capturing %s without its KV cache (use_cache=False during the export; the "
+                 "model's config is restored after)", type(model).__name__)
+    try:
+        yield
+    finally:
+        for cfg, own, value in saved:
+            if own:
+                cfg.use_cache = value
+            else:
+                with contextlib.suppress(AttributeError):
+                    delattr(cfg, "use_cache")
+
+
 def capture(
     model: torch.nn.Module,
     example_inputs: Any,
@@ -100,15 +149,16 @@ def capture(
         log.warning("capturing %s in training mode (dropout active); call model.eval() for "
                     "inference graphs", type(model).__name__)
     try:
-        ep = torch.export.export(model, args, kwargs, dynamic_shapes=dynamic_shapes,
-                                 strict=strict)
+        with _without_kv_cache(model, kwargs):
+            ep = torch.export.export(model, args, kwargs, dynamic_shapes=dynamic_shapes,
+                                     strict=strict)
     except Exception as e:  # torch raises many types; all mean "cannot be exported"
         reason = str(e).strip().splitlines()
         reason = "\n    ".join(reason[:12]) if reason else type(e).__name__
         hints = _HINTS
         if "Cache" in str(e):
-            hints = ("what to try: Hugging Face decoders return a KV-cache object; set "
-                     "model.config.use_cache = False (or pass use_cache=False) before capture")
+            hints = ("what to try: the model returns a KV-cache object; pass use_cache=False "
+                     "in the example inputs, or set the config's use_cache to False")
         raise CaptureError(
             f"torch.export could not capture {type(model).__name__}: {type(e).__name__}:\n"
             f"    {reason}\n  {hints}"
@@ -147,3 +197,18 @@ def to_device(gm: torch.fx.GraphModule, device: str | torch.device, *,
         node.kwargs = {k: _on(v, device) for k, v in node.kwargs.items()}
     gm.recompile()
     return gm
+
+
+def output_names(out_spec: Any) -> list[str]:
+    """The names of a captured graph's outputs, in order, from the output structure
+    torch.export recorded (``gm._out_spec``): a field path where the output is a mapping or a
+    Hugging Face ``ModelOutput`` (``last_hidden_state``, ``logits``), an index path (``0``,
+    ``1.0``) in a tuple, ``output`` for a lone tensor; [] without a spec."""
+    import torch.utils._pytree as pytree
+
+    if out_spec is None:
+        return []
+    dummy = pytree.tree_unflatten(list(range(out_spec.num_leaves)), out_spec)
+    leaves, _ = pytree.tree_flatten_with_path(dummy)
+    return [".".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
+                     for k in path) or "output" for path, _ in leaves]

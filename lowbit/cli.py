@@ -1,57 +1,55 @@
-"""The ``lowbit`` command line (also ``python -m lowbit``): demo, quantize, verify."""
+"""The ``lowbit`` command line (also ``python -m lowbit``): demo, quantize, compile, bench,
+verify. Each verb lives in its own module (``lowbit/<verb>_cli.py``, ``demo.py``,
+``verify.py``), which gives its arguments, its examples (shown by ``--help``) and its ``run``.
+
+A user error (a bad flag, a path that is not a model, a model a verb cannot take, a file that
+cannot be written) prints one line, ``lowbit <verb>: error: ...``, and exits with status 2;
+``-v`` logs each pass pipeline's report (and shows the traceback of an OSError).
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 
 __all__ = ["main"]
 
+# verb -> (module, its run function, one-line help)
+VERBS = {
+    "demo": ("lowbit.demo", "run_demo", "end to end on the real all-MiniLM-L6-v2"),
+    "quantize": ("lowbit.quantize_cli", "run",
+                 "quantize a Hugging Face model folder or a float ONNX file to QDQ ONNX"),
+    "compile": ("lowbit.compile_cli", "run",
+                "compile a QDQ ONNX file, a Hugging Face folder or a .pt2 file with TVM"),
+    "bench": ("lowbit.bench_cli", "run",
+              "time a compiled module (or a model) against torch and onnxruntime"),
+    "verify": ("lowbit.verify", "run", "compare two models' outputs on seeded inputs"),
+}
 
-def _demo(args: argparse.Namespace) -> int:
-    from lowbit.demo import run_demo
 
-    return run_demo(args)
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``lowbit compile: error: ... (lowbit compile --help)``."""
 
-
-def _verify(args: argparse.Namespace) -> int:
-    from lowbit.verify import run
-
-    return run(args)
-
-
-def _quantize(args: argparse.Namespace) -> int:
-    from lowbit.quantize_cli import run
-
-    return run(args)
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lowbit", description=__doc__)
+    p = _Parser(prog="lowbit", description=__doc__,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true",
                    help="debug logging, with each pass pipeline's report (per pass: modified or "
                         "not, time)")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    d = sub.add_parser("demo", help="end to end on the real all-MiniLM-L6-v2")
-    from lowbit.demo import add_arguments as add_demo
-
-    add_demo(d)
-    d.set_defaults(func=_demo)
-
-    q = sub.add_parser("quantize", help="quantize a Hugging Face model folder or ONNX file "
-                                         "to QDQ ONNX")
-    from lowbit.quantize_cli import add_arguments as add_quantize
-
-    add_quantize(q)
-    q.set_defaults(func=_quantize)
-
-    v = sub.add_parser("verify", help="compare two models' outputs on seeded inputs")
-    from lowbit.verify import add_arguments
-
-    add_arguments(v)
-    v.set_defaults(func=_verify)
+    sub = p.add_subparsers(dest="command", required=True, metavar="VERB")
+    for verb, (module_name, run_name, summary) in VERBS.items():
+        module = importlib.import_module(module_name)
+        v = sub.add_parser(verb, help=summary, description=(module.__doc__ or "").strip(),
+                           epilog=module.EXAMPLES,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(v)
+        v.set_defaults(func=getattr(module, run_name))
     return p
 
 
@@ -63,9 +61,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except LowbitError as e:
+    except (LowbitError, OSError) as e:   # OSError: a folder that cannot be written, a full disk
+        if args.verbose and not isinstance(e, LowbitError):
+            raise
         print(f"lowbit {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"lowbit {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from lowbit.errors import CalibrationError
 
-__all__ = ["shared_data_dir", "read_texts", "read_sst2", "text_batches", "pydoc_sentences"]
+__all__ = ["pydoc_sentences", "read_sst2", "read_texts", "shared_data_dir", "text_batches"]
 
 
 def shared_data_dir() -> Path:
@@ -64,10 +64,12 @@ def pydoc_sentences(n: int, words: int = 40, offset: int = 0) -> list[str]:
 def text_batches(tokenizer, texts: Sequence[str], *, batch_size: int = 8, seq_len: int = 128,
                  pad_to_max: bool = True, keys: Sequence[str] = ("input_ids", "attention_mask"),
                  ) -> Iterator[dict]:
-    """Tokenized batches as dicts of keyword inputs (lazily: one batch in memory at a time)."""
+    """Tokenized batches as dicts of keyword inputs (lazily: one batch in memory at a time);
+    ``keys`` the tokenizer does not produce (``token_type_ids`` of a GPT-2 tokenizer) are left
+    out."""
     if not texts:
         raise CalibrationError("no texts to batch")
     for i in range(0, len(texts), batch_size):
         enc = tokenizer(list(texts[i:i + batch_size]), truncation=True, max_length=seq_len,
                         padding="max_length" if pad_to_max else "longest", return_tensors="pt")
-        yield {k: enc[k] for k in keys}
+        yield {k: enc[k] for k in keys if k in enc}

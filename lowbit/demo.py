@@ -6,12 +6,15 @@ it (W8A8 by default, calibrated on real text); export standard QDQ ONNX; run it 
 onnxruntime; report fidelity against float and FX/onnxruntime agreement; compile it with TVM
 for this CPU (integer kernels, tuned within a budget, database reused) and time it against
 torch and onnxruntime (``demo_compile.py``).
+
+What it writes stays, in ``--out`` (default ``./lowbit-out/all-MiniLM-L6-v2-<recipe>/``):
+``model.qdq.onnx`` and the compiled module ``tvm-cpu/`` (``lowbit.load`` it, or ``lowbit bench``
+it); each path is printed.
 """
 
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,7 +27,13 @@ from lowbit.errors import CalibrationError
 from lowbit.models.minilm import load_minilm, mean_pool
 from lowbit.testing import assert_equivalent, sqnr
 
-__all__ = ["add_arguments", "run_demo"]
+__all__ = ["EXAMPLES", "add_arguments", "run_demo"]
+
+EXAMPLES = """examples:
+  lowbit demo                      # -> lowbit-out/all-MiniLM-L6-v2-W8A8/{model.qdq.onnx,tvm-cpu/}
+  lowbit demo --seq 64 --tune-trials 0 --out minilm-demo/
+  lowbit demo --recipe W8A8_PEG --no-compile
+"""
 
 CAPTURE_RTOL = 1e-5
 CAPTURE_ATOL = 1e-5
@@ -38,7 +47,9 @@ def add_arguments(d: argparse.ArgumentParser) -> None:
     d.add_argument("--num-calibration", type=int, default=128,
                    help="calibration sentences (default 128)")
     d.add_argument("--out", type=Path, default=None,
-                   help="keep the QDQ ONNX file here (default: a temporary folder)")
+                   help="folder for model.qdq.onnx and the compiled module tvm-cpu/ (default "
+                        "lowbit-out/all-MiniLM-L6-v2-<recipe>/); a path ending in .onnx names "
+                        "the QDQ file itself")
     from lowbit.demo_compile import add_arguments as add_compile_arguments
 
     add_compile_arguments(d)
@@ -99,25 +110,34 @@ def run_demo(args: argparse.Namespace) -> int:
 
     t = _step("export standard QDQ ONNX (opset 21) and run it in onnxruntime")
     from lowbit.backends.onnxruntime import OrtRunner
-    from lowbit.export.onnx import export_onnx
     from lowbit.backends.site_agreement import site_agreement
+    from lowbit.export.onnx import export_onnx
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = export_onnx(qgm, (args.out or Path(tmp) / f"minilm.{recipe.name}.onnx"), example)
-        size = path.stat().st_size / 1e6
-        print(f"wrote {path} ({size:.1f} MB; fp32 parameters {n_params * 4 / 1e6:.1f} MB) "
-              f"in {time.perf_counter() - t:.1f} s")
-        runner = OrtRunner(path)
-        _fidelity(gm, qgm, runner, batches(evals))
-        sites = site_agreement(qgm, path, example)
-        print(f"\nper-site FX vs onnxruntime (teacher-forced, {len(sites.sites)} activation "
-              f"sites): worst off-by-one fraction {sites.worst_fraction:.2e}, worst diff "
-              f"{sites.worst_diff}")
-        if not args.no_compile:
-            from lowbit.demo_compile import compile_stage
+    path = export_onnx(qgm, _qdq_path(args, recipe.name), example)
+    size = path.stat().st_size / 1e6
+    print(f"wrote {path} ({size:.1f} MB; fp32 parameters {n_params * 4 / 1e6:.1f} MB) "
+          f"in {time.perf_counter() - t:.1f} s")
+    runner = OrtRunner(path)
+    _fidelity(gm, qgm, runner, batches(evals))
+    sites = site_agreement(qgm, path, example)
+    print(f"\nper-site FX vs onnxruntime (teacher-forced, {len(sites.sites)} activation "
+          f"sites): worst off-by-one fraction {sites.worst_fraction:.2e}, worst diff "
+          f"{sites.worst_diff}")
+    if not args.no_compile:
+        from lowbit.demo_compile import compile_stage
 
-            compile_stage(args, model, gm, qgm, path, list(batches1(evals)), _step)
+        compile_stage(args, model, gm, qgm, path, list(batches1(evals)), _step)
     return 0
+
+
+def _qdq_path(args: argparse.Namespace, recipe: str) -> Path:
+    """``--out`` as the QDQ file: ``<out>/model.qdq.onnx``, or ``--out`` itself if an .onnx."""
+    from lowbit.model_files import out_dir
+    from lowbit.models.minilm import minilm_dir
+
+    if args.out is not None and args.out.suffix == ".onnx":
+        return args.out
+    return (args.out or out_dir(minilm_dir(quiet=True), recipe)) / "model.qdq.onnx"
 
 
 def _fidelity(gm, qgm, runner, batches) -> None:

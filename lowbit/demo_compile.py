@@ -1,15 +1,13 @@
 """The TVM stage of ``lowbit demo``: compile the quantized MiniLM for this CPU (integer
 kernels, a small tuning budget whose results persist in a database, so a second run tunes
 nothing), check it against the FX graph and float, save it, and time it against torch fp32 and
-onnxruntime running the same QDQ model, at batch 1 with the same thread count."""
+onnxruntime running the same QDQ model, at batch 1 with the same thread count. The module is
+saved beside the QDQ file, in ``tvm-cpu/``."""
 
 from __future__ import annotations
 
 import argparse
 import collections
-import gc
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import torch
 
 from lowbit.errors import ConfigError
 from lowbit.models.minilm import mean_pool
-from lowbit.timing import load_average, measure
+from lowbit.timing import available_cores, load_average, measure, time_onnxruntime
 
 __all__ = ["DEFAULT_TRIALS", "add_arguments", "check_arguments", "compile_stage"]
 
@@ -46,27 +44,8 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
 
 
-def _threads(args: argparse.Namespace) -> int:
-    if args.threads is not None:
-        return args.threads
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def _folder_mb(folder: Path) -> float:
     return sum(f.stat().st_size for f in folder.iterdir() if f.is_file()) / 1e6
-
-
-def _time_onnxruntime(path: Path, threads: int, example: dict, iters: int):
-    """onnxruntime's latency; its session (whose worker threads spin after each run and
-    would slow the next engine timed in this process) is released before returning
-    (benchmarks/tvm_cpu.py times each engine in a process of its own)."""
-    from lowbit.backends.onnxruntime import OrtRunner
-
-    runner = OrtRunner(path, threads=threads)
-    return measure(lambda: runner.run(example), iters)
 
 
 def compile_stage(args: argparse.Namespace, model, gm, qgm, onnx_path: Path,
@@ -78,7 +57,7 @@ def compile_stage(args: argparse.Namespace, model, gm, qgm, onnx_path: Path,
     from lowbit.models.cache import cache_dir
 
     name = recipes.get(args.recipe).name
-    threads = _threads(args)
+    threads = args.threads or available_cores()
     db = args.tuning_db or cache_dir() / "tvm-tuning"
     example = sentences[0]
     seq = example["input_ids"].shape[1]
@@ -115,11 +94,10 @@ def compile_stage(args: argparse.Namespace, model, gm, qgm, onnx_path: Path,
     print(f"  sentence-embedding cosine vs FX graph: mean {cos_q.mean():.5f}  min "
           f"{cos_q.min():.5f}  (max abs diff of hidden states {worst:.3g})")
 
-    with tempfile.TemporaryDirectory() as tmp:
-        saved = mod.save(Path(tmp) / "minilm_tvm")
-        n_params = sum(p.numel() for p in model.parameters())
-        print(f"saved module: {_folder_mb(saved):.1f} MB (library + int8 weights; fp32 "
-              f"parameters {n_params * 4 / 1e6:.1f} MB)")
+    saved = mod.save(onnx_path.parent / "tvm-cpu")
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"wrote {saved}/: {_folder_mb(saved):.1f} MB (library + int8 weights; fp32 "
+          f"parameters {n_params * 4 / 1e6:.1f} MB); lowbit.load({str(saved)!r}) runs it")
 
     step(f"latency, batch 1, seq {seq}, {threads} thread(s), median of {args.iters} runs")
     torch.set_num_threads(threads)
@@ -127,8 +105,7 @@ def compile_stage(args: argparse.Namespace, model, gm, qgm, onnx_path: Path,
     with torch.no_grad():
         rows.append(("torch fp32 (eager)", measure(lambda: model(**example), args.iters)))
     rows.append((f"onnxruntime, same QDQ {name} model",
-                 _time_onnxruntime(onnx_path, threads, example, args.iters)))
-    gc.collect()                                   # the onnxruntime session is gone now
+                 time_onnxruntime(onnx_path, threads, example, args.iters)))
     rows.append((f"lowbit TVM {name} ({engine})",
                  measure(lambda: mod(**example), args.iters)))
     base = rows[0][1].median_ms

@@ -35,6 +35,10 @@ class CalibrationError(LowbitError):
     """Calibration data is missing, empty or carries NaN/inf."""
 
 
+class WeightError(LowbitError, ValueError):
+    """A weight of the model holds NaN or inf; the message names the weight (not the data)."""
+
+
 class DownloadError(LowbitError):
     """A model package could not be fetched or failed its checksum."""
 

@@ -24,6 +24,7 @@ def load_hf_model(path: str | Path) -> tuple[Any, Any]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import transformers
 
+    transformers.utils.logging.disable_progress_bar()   # "Loading weights" on every load
     try:
         config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
         architecture = (config.architectures or ["AutoModel"])[0]

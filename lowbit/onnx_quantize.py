@@ -150,6 +150,7 @@ def quantize_onnx(model: ir.Model | str | os.PathLike, recipe: Recipe | str,
         OnnxModelError: unreadable or too old a file, missing external data.
         ConfigError: a recipe role or site the model lacks, a spec the passes refuse.
         CalibrationError: static ranges needed but no (or empty, or NaN) calibration data.
+        WeightError: an initializer (a weight) holds NaN or inf.
     """
     recipe = _recipe(recipe)
     if isinstance(model, ir.Model):
@@ -158,6 +159,9 @@ def quantize_onnx(model: ir.Model | str | os.PathLike, recipe: Recipe | str,
     else:
         model = load_onnx(model)
         external = has_external_data(model)
+    from lowbit.finite_weights import check_finite_weights
+
+    check_finite_weights(model)          # a NaN weight is named here, not blamed on the data
     calibrated = _Calibrated()
     if isinstance(recipe.weight, BCQ):       # weight-only binary codes: no calibration
         passes = [UpgradeOpset(QDQ_OPSET), QuantizeBCQ(recipe, progress)]

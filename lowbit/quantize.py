@@ -162,6 +162,9 @@ class Freeze(Pass):
 def _quantize_fx(gm: fx.GraphModule, recipe: Recipe, calibration: Iterable[Any] | None,
                  progress: bool) -> fx.GraphModule:
     """The FX pipeline on ``gm`` itself (the caller copied it)."""
+    from lowbit.finite_weights import check_finite_weights
+
+    check_finite_weights(gm)             # a NaN weight is named here, not blamed on the data
     if isinstance(recipe.weight, BCQ):       # weight-only binary codes: no calibration
         passes = [QuantizeBCQ(recipe, progress)]
     else:
@@ -170,6 +173,7 @@ def _quantize_fx(gm: fx.GraphModule, recipe: Recipe, calibration: Iterable[Any] 
     pipeline = Pipeline(passes, name=f"quantize (FX, {recipe.name})")
     qgm = pipeline(gm).graph
     qgm.meta["lowbit_pipeline"] = pipeline.report
+    qgm.meta["lowbit_recipe"] = recipe.name          # export_onnx writes it into the file
     return qgm
 
 
@@ -215,6 +219,7 @@ def quantize(model: Any, recipe: Recipe | str, calibration: Iterable[Any] | None
         ConfigError: a model of another type, an nn.Module without ``example_inputs``, a
             recipe the model cannot take (roles it lacks, group sizes that do not divide).
         CalibrationError: static ranges needed but no (or empty, or NaN) calibration data.
+        WeightError: a weight of the model holds NaN or inf (named).
         CaptureError, OnnxModelError: the model cannot be captured / read.
     """
     if isinstance(recipe, str):

@@ -8,7 +8,7 @@ import os
 import time
 from collections.abc import Callable
 
-__all__ = ["Latency", "load_average", "measure"]
+__all__ = ["Latency", "available_cores", "load_average", "measure", "time_onnxruntime"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +34,31 @@ def measure(fn: Callable[[], object], iters: int = 30, warmup: int = 5) -> Laten
         times.append(time.perf_counter() - t0)
     times.sort()
     return Latency(times[len(times) // 2] * 1e3, times[0] * 1e3, iters)
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def time_onnxruntime(path, threads: int, inputs: dict, iters: int, warmup: int = 5) -> Latency:
+    """onnxruntime's latency on ``inputs``; its session (whose worker threads spin after each
+    run and would slow the next engine timed in this process) is released before returning."""
+    import gc
+
+    latency = _time_session(path, threads, inputs, iters, warmup)
+    gc.collect()                                   # the session died with _time_session
+    return latency
+
+
+def _time_session(path, threads: int, inputs: dict, iters: int, warmup: int) -> Latency:
+    from lowbit.backends.onnxruntime import OrtRunner
+
+    runner = OrtRunner(path, threads=threads)
+    return measure(lambda: runner.run(inputs), iters, warmup)
 
 
 def load_average() -> float | None:

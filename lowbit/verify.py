@@ -15,8 +15,13 @@ dimensions stay); a Hugging Face model takes them as keyword arguments; two dire
 size (the embedding table's rows, or the HF config's ``vocab_size``); masks are ones.
 
 Outputs are matched by name where the two sides share names, otherwise by position: ONNX
-exporters rename outputs, so HF ``last_hidden_state`` (or ``logits``, the first output) meets the
-ONNX model's first output. The report says what was matched with what and lists what was not.
+exporters may rename outputs (``layer_norm_12``, ``tanh``), so HF ``last_hidden_state`` (or
+``logits``, the first output) meets the ONNX model's first output. Each pair is reported under
+its model-level name (the Hugging Face / .pt2 side's, else A's), with the other side's name
+beside it where it differs; models are named by their paths. Per output the report gives the
+cosine similarity, the SQNR of B against A (``10 log10(sum A^2 / sum (B - A)^2)`` dB), the
+largest absolute difference, the elements outside the tolerance, and for a failing output its
+worst elements; what was not compared is listed.
 
 Exit status: 0 every matched output agrees, 1 some output differs, 2 bad input (a missing path,
 an unreadable model, inputs the models cannot take), with a message naming the path.
@@ -40,7 +45,13 @@ from lowbit.testing.compare import OutputStats, compare
 from lowbit.testing.inputs import DEFAULT_BATCH, DEFAULT_SEQ, InputSpec, input_specs, make_inputs
 from lowbit.testing.run import run_model
 
-__all__ = ["DEFAULT_ATOL", "DEFAULT_RTOL", "add_arguments", "main", "run", "verify"]
+__all__ = ["DEFAULT_ATOL", "DEFAULT_RTOL", "EXAMPLES", "add_arguments", "main", "run", "verify"]
+
+EXAMPLES = """examples:
+  lowbit verify ./bert model.onnx                   # a Hugging Face folder against its export
+  lowbit verify model.pt2 model.onnx --batch 2 --seq 32
+  lowbit verify model.onnx model.qdq.onnx --rtol 0.05 --atol 0.05   # a quantized copy
+"""
 
 # Two runtimes (onnxruntime vs torch) sum in different orders: on small fp32 outputs the relative
 # error reaches ~1e-5 after a few transformer layers, so rtol is looser than DESIGN's 1e-5.
@@ -63,32 +74,37 @@ class _Model:
     runnable: Any
     config: Any = None
 
-    def __str__(self) -> str:
-        return f"{self.label}: {self.path} ({self.kind})"
+    @property
+    def name(self) -> str:
+        """How the report names it: its path as given."""
+        return str(self.path)
+
+    @property
+    def has_model_names(self) -> bool:
+        """Whether its outputs carry the model's own names (a torch model's fields)."""
+        return not self.kind.startswith("ONNX")
 
     def error(self, problem: str) -> VerifyError:
-        return VerifyError(f"{self.label}: {self.path}: {problem}")
+        return VerifyError(f"{self.path}: {problem}")
 
 
 def _load(label: str, path: Path) -> _Model:
     if not path.exists():
-        raise VerifyError(f"{label}: {path}: no such file or directory")
+        raise VerifyError(f"{path}: no such file or directory")
     if path.is_dir():
         return _load_hf(label, path)
     if path.suffix == ".onnx":
-        try:
-            input_specs(path)  # parses the file: an unreadable one fails here, before running
-        except VerifyError as e:
-            raise VerifyError(f"{label}: {e}") from e
+        input_specs(path)  # parses the file: an unreadable one fails here, before running
         return _Model(label, path, "ONNX, run by onnxruntime on CPU", path)
     if path.suffix == ".pt2":
+        from lowbit.model_files import load_pt2
+
         try:
-            module = torch.export.load(path).module()
-        except Exception as e:  # torch.export.load raises many types for one meaning
-            raise VerifyError(f"{label}: {path}: torch.export.load cannot read it: "
-                              f"{type(e).__name__}: {e}") from e
+            module = load_pt2(path)
+        except ConfigError as e:
+            raise VerifyError(str(e)) from e
         return _Model(label, path, "torch.export program", module)
-    raise VerifyError(f"{label}: {path}: unknown model format: expected a .onnx file, a .pt2 "
+    raise VerifyError(f"{path}: unknown model format: expected a .onnx file, a .pt2 "
                       f"file from torch.export.save, or a Hugging Face model directory")
 
 
@@ -98,7 +114,7 @@ def _load_hf(label: str, path: Path) -> _Model:
     try:
         model, config = load_hf_model(path)
     except HFLoadError as e:
-        raise VerifyError(f"{label}: {e}") from e
+        raise VerifyError(str(e)) from e
     return _Model(label, path, f"Hugging Face directory, {type(model).__name__}", model, config)
 
 
@@ -106,8 +122,8 @@ def _input_specs(a: _Model, b: _Model) -> list[InputSpec]:
     declared = {m.label: input_specs(m.runnable) for m in (a, b) if m.config is None}
     names = {label: [s.name for s in specs] for label, specs in declared.items()}
     if len(declared) == 2 and set(names["A"]) != set(names["B"]):
-        raise VerifyError(f"A takes inputs {names['A']}, B takes {names['B']}: lowbit verify "
-                          f"feeds both the same inputs")
+        raise VerifyError(f"{a.path} takes inputs {names['A']}, {b.path} takes {names['B']}: "
+                          f"lowbit verify feeds both the same inputs")
     hf = [m for m in (a, b) if m.config is not None]
     if declared:
         specs = next(iter(declared.values()))
@@ -161,34 +177,88 @@ def verify(a_path: Path, b_path: Path, *, rtol: float, atol: float, seed: int = 
     outs_a, outs_b = _run(a, inputs), _run(b, inputs)
     pairs, how = _match_outputs(outs_a, outs_b)
     if not pairs:
-        raise VerifyError(f"A has outputs {list(outs_a)}, B has {list(outs_b)}: nothing to compare")
-    stats = [compare(outs_a[na], outs_b[nb], rtol=rtol, atol=atol, name=f"A.{na} <-> B.{nb}")
-             for na, nb in pairs]
-    return all(s.passed for s in stats), _report(a, b, inputs, pairs, how, stats, rtol, atol,
-                                                 unmatched=_unmatched(outs_a, outs_b, pairs))
+        raise VerifyError(f"{a.path} has outputs {list(outs_a)}, {b.path} has {list(outs_b)}: "
+                          f"nothing to compare")
+    rows = [_Compared(_pair_name(a, b, na, nb), compare(outs_a[na], outs_b[nb], rtol=rtol,
+                                                        atol=atol, name=na),
+                      _cosine(outs_a[na], outs_b[nb]), _sqnr(outs_a[na], outs_b[nb]))
+            for na, nb in pairs]
+    return all(r.stats.passed for r in rows), _report(
+        a, b, inputs, how, rows, rtol, atol, unmatched=_unmatched(a, b, outs_a, outs_b, pairs))
 
 
-def _unmatched(outs_a: dict, outs_b: dict, pairs: list[tuple[str, str]]) -> list[str]:
+@dataclasses.dataclass(frozen=True)
+class _Compared:
+    """One matched output: its model-level name, element-wise stats, cosine, SQNR (dB)."""
+
+    name: str
+    stats: OutputStats
+    cosine: float
+    sqnr: float
+
+
+def _pair_name(a: _Model, b: _Model, na: str, nb: str) -> str:
+    """The model-level name (the torch side's, else A's), the other side's name beside it."""
+    if na == nb:
+        return na
+    first, other, other_name = (nb, a, na) if b.has_model_names and not a.has_model_names \
+        else (na, b, nb)
+    return f"{first} ({other.name}: {other_name})"
+
+
+def _cosine(ref: np.ndarray, test: np.ndarray) -> float:
+    x, y = (np.asarray(v, dtype=np.float64).ravel() for v in (ref, test))
+    if x.shape != y.shape:
+        return float("nan")
+    nx, ny = np.linalg.norm(x), np.linalg.norm(y)
+    if nx == 0 or ny == 0:
+        return 1.0 if nx == ny else 0.0
+    return float(np.dot(x, y) / (nx * ny))
+
+
+def _sqnr(ref: np.ndarray, test: np.ndarray) -> float:
+    from lowbit.testing.compare import sqnr
+
+    return sqnr(ref, test) if np.shape(ref) == np.shape(test) else float("nan")
+
+
+def _unmatched(a: _Model, b: _Model, outs_a: dict, outs_b: dict,
+               pairs: list[tuple[str, str]]) -> list[str]:
     used_a, used_b = {na for na, _ in pairs}, {nb for _, nb in pairs}
-    return ([f"A.{n}" for n in outs_a if n not in used_a]
-            + [f"B.{n}" for n in outs_b if n not in used_b])
+    return ([f"{n} ({a.name})" for n in outs_a if n not in used_a]
+            + [f"{n} ({b.name})" for n in outs_b if n not in used_b])
 
 
-def _report(a: _Model, b: _Model, inputs: dict[str, torch.Tensor], pairs: list[tuple[str, str]],
-            how: str, stats: list[OutputStats], rtol: float, atol: float, *,
-            unmatched: list[str]) -> str:
+def _row(r: _Compared, a: _Model, b: _Model, rtol: float, atol: float) -> list[str]:
+    s = r.stats
+    if s.shape != s.after_shape:
+        return [(f"  {r.name}: shape {list(s.shape)} in {a.name}, {list(s.after_shape)} in "
+                f"{b.name}  FAIL")]
+    head = (f"  {r.name}: shape {list(s.shape)}  cosine {r.cosine:.6f}  SQNR {r.sqnr:.1f} dB  "
+            f"max |diff| {s.max_abs_err:.3g}  outside tolerance {s.mismatched}/{s.numel}  "
+            f"{'ok' if s.passed else 'FAIL'}")
+    if s.passed:
+        return [head]
+    rows = [f"      {list(i)}: {ref:.8g} in {a.name}, {got:.8g} in {b.name}  (diff "
+            f"{abs(got - ref):.3g}, allowed {atol + rtol * abs(ref):.3g})"
+            for i, ref, got in s.worst]
+    return [head, "    worst elements:", *rows]
+
+
+def _report(a: _Model, b: _Model, inputs: dict[str, torch.Tensor], how: str,
+            rows: list[_Compared], rtol: float, atol: float, *, unmatched: list[str]) -> str:
     feed = ", ".join(f"{n} {str(t.dtype).removeprefix('torch.')} {list(t.shape)}"
                      for n, t in inputs.items())
-    matched = ", ".join(f"A.{na} <-> B.{nb}" for na, nb in pairs)
-    failed = sum(not s.passed for s in stats)
-    verdict = (f"PASS: {len(stats)} output(s) agree" if not failed
-               else f"FAIL: {failed} of {len(stats)} output(s) differ")
+    failed = sum(not r.stats.passed for r in rows)
+    verdict = (f"PASS: {len(rows)} output(s) agree" if not failed
+               else f"FAIL: {failed} of {len(rows)} output(s) differ")
     return "\n".join([
-        "lowbit verify", f"  {a}", f"  {b}", f"  inputs: {feed}",
-        f"  outputs matched {how}: {matched}",
+        "lowbit verify", f"  reference: {a.name} ({a.kind})", f"  checked:   {b.name} ({b.kind})",
+        f"  inputs: {feed}", f"  outputs matched {how}",
         *([f"  not compared: {', '.join(unmatched)}"] if unmatched else []),
-        f"  rule: |B - A| <= atol + rtol * |A|  (rtol={rtol:g}, atol={atol:g})",
-        *(f"  {s}" for s in stats), verdict,
+        (f"  tolerance: |checked - reference| <= atol + rtol * |reference|  (rtol={rtol:g}, "
+        f"atol={atol:g})"),
+        *(line for r in rows for line in _row(r, a, b, rtol, atol)), verdict,
     ])
 
 
@@ -196,7 +266,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register verify's arguments on ``parser`` (the ``lowbit verify`` subcommand parser)."""
     parser.add_argument("a", metavar="A", type=Path,
                         help="reference model: an .onnx file, a .pt2 file or a HF model directory")
-    parser.add_argument("b", metavar="B", type=Path, help="the model checked against A (same kinds)")
+    parser.add_argument("b", metavar="B", type=Path,
+                        help="the model checked against A (the same kinds)")
     parser.add_argument("--rtol", type=float, default=DEFAULT_RTOL,
                         help=f"relative tolerance (default {DEFAULT_RTOL:g})")
     parser.add_argument("--atol", type=float, default=DEFAULT_ATOL,
@@ -232,7 +303,7 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``lowbit verify`` as a standalone program."""
-    parser = argparse.ArgumentParser(prog="lowbit verify", description=__doc__,
+    parser = argparse.ArgumentParser(prog="lowbit verify", description=__doc__, epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -1,4 +1,5 @@
-"""The command line: quantize (Hugging Face folder and ONNX file in), demo, bad input."""
+"""The command line on the real MiniLM: quantize (Hugging Face folder and ONNX file in), demo,
+bad input. (tests/cli/ runs every verb in subprocesses on tiny models.)"""
 
 import pytest
 import torch
@@ -49,8 +50,8 @@ def test_quantize_onnx_file(minilm_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["quantize", "{dir}", "-o", "{tmp}/x.onnx", "--recipe", "w9a9"], "unknown recipe 'w9a9'"),
-    (["quantize", "/nonexistent/model", "-o", "{tmp}/x.onnx"], "model not found"),
-    (["quantize", "{dir}", "-o", "{tmp}/x.txt"], "--output must end in .onnx"),
+    (["quantize", "/nonexistent/model", "-o", "{tmp}/x.onnx"], "no such file or folder"),
+    (["quantize", "{dir}", "-o", "{tmp}/x.txt"], "give an .onnx file or a folder"),
     (["quantize", "{dir}", "-o", "{tmp}/x.onnx", "--num-calibration", "0"],
      "--num-calibration must be >= 1"),
     (["demo", "--tune-trials", "-1"], "--tune-trials must be >= 0"),
@@ -66,8 +67,12 @@ def test_demo_runs(capsys, tmp_path):
     """The whole demo at a small shape; TVM with default schedules only (tuning is covered by
     tests/backends/tvm/test_tune.py), a few timed runs."""
     assert main(["demo", "--seq", "32", "--batch", "2", "--num-calibration", "8",
-                 "--tune-trials", "0", "--tuning-db", str(tmp_path / "db"), "--iters", "3"]) == 0
+                 "--tune-trials", "0", "--tuning-db", str(tmp_path / "db"), "--iters", "3",
+                 "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
+    assert f"wrote {tmp_path / 'out' / 'model.qdq.onnx'} (" in out       # the files stay
+    assert f"wrote {tmp_path / 'out' / 'tvm-cpu'}/: " in out
+    assert (tmp_path / "out" / "tvm-cpu" / "meta.json").is_file()
     assert "block 5 (post-ln" in out and "captured graph vs eager" in out
     assert "per-site FX vs onnxruntime" in out
     assert "36 int8 GEMM kernels (6 with a requantizing epilogue)" in out

@@ -43,21 +43,32 @@ def test_hf_dir_vs_onnx(saved, capsys):
                  "--seq", "5"]) == 0
     out = capsys.readouterr().out
     assert "matched by position" in out  # the ONNX exporter renamed the outputs
-    assert "A.last_hidden_state <-> B." in out
+    # models named by their paths, outputs by the model's own names (the ONNX name beside)
+    assert f"reference: {saved / 'hf'} (" in out and f"checked:   {saved / 'model.onnx'} (" in out
+    assert f"  last_hidden_state ({saved / 'model.onnx'}: " in out
+    assert "pooler_output (" in out and "A." not in out and "before" not in out
     assert "input_ids int64 [2, 5]" in out and out.rstrip().splitlines()[-1].startswith("PASS")
 
 
 def test_hf_dir_vs_pt2(saved, capsys):
     assert main([str(saved / "hf"), str(saved / "model.pt2"), *TOLS]) == 0
     out = capsys.readouterr().out
-    assert "A.last_hidden_state <-> B.last_hidden_state" in out and "matched by name" in out
+    assert "  last_hidden_state: shape [2, 8, 32]  cosine 1.000000  SQNR " in out
+    assert "matched by name" in out
+    assert "tolerance: |checked - reference| <= atol + rtol * |reference|  (rtol=0.0001, " \
+           "atol=1e-05)" in out
     assert "input_ids int64 [2, 8]" in out  # the .pt2 was exported with fixed shapes
 
 
 def test_perturbed_weights_fail(saved, capsys):
     assert main([str(saved / "model.onnx"), str(saved / "hf_perturbed"), *TOLS]) == 1
     out = capsys.readouterr().out
-    assert "FAIL" in out and "worst elements" in out and "mismatched" in out
+    assert "FAIL" in out and "worst elements" in out and "outside tolerance" in out
+    row = next(ln for ln in out.splitlines() if ln.startswith("  last_hidden_state"))
+    assert row.startswith(f"  last_hidden_state ({saved / 'model.onnx'}: ")  # the HF name
+    assert "cosine " in row and " dB  max |diff| " in row
+    worst = out.split("worst elements:")[1].splitlines()[1]   # named by the models' paths
+    assert f" in {saved / 'model.onnx'}, " in worst and f" in {saved / 'hf_perturbed'}  (" in worst
 
 
 def test_two_directories_get_default_inputs(saved, capsys):
@@ -78,7 +89,7 @@ def test_bad_input_exits_2(saved, tmp_path, capsys, name, content, problem):
         bad.write_bytes(content)
     assert main([str(saved / "hf"), str(bad), *TOLS]) == 2
     err = capsys.readouterr().err
-    assert f"B: {bad}: " in err and problem in err
+    assert f"error: {bad}: " in err and problem in err
 
 
 def test_negative_tolerance_exits_2(saved, capsys):

@@ -3,7 +3,9 @@
 ``export_onnx`` re-exports a converted graph (``lowbit.passes.fx.convert_qdq``) with
 ``torch.onnx.export(dynamo=True)`` at opset 21, translating each ``quantized_decomposed`` op
 with ``lowbit.passes.onnx.qdq_ops.TRANSLATIONS`` (the table and where ONNX rounds differently
-from torch are documented there). The exported model is then cleaned by the passes of
+from torch are documented there). Outputs keep the model's own names where it has them
+(``last_hidden_state``, ``pooler_output``, ``logits``: a Hugging Face output's fields), not
+the exporter's (``layer_norm_12``, ``tanh``). The exported model is then cleaned by the passes of
 ``lowbit.passes.onnx.qdq_cleanup`` (integers move, no value changes: Cast folding on weight
 scales, Transpose folding into weight DequantizeLinears, real INT4 / UINT4 weights), checked
 (no QuantizeLinear on a constant; weight DequantizeLinears read initializers; ``onnx.checker``
@@ -101,7 +103,7 @@ def export_onnx(qgm: torch.nn.Module, path: str | os.PathLike, example_inputs: A
             warnings.filterwarnings("ignore", message=".*training mode.*")
             program = torch.onnx.export(
                 qgm, args, kwargs=kwargs or None, dynamo=True, opset_version=opset,
-                dynamic_shapes=dynamic_shapes,
+                dynamic_shapes=dynamic_shapes, output_names=_output_names(qgm),
                 custom_translation_table=TRANSLATIONS | WORD_TRANSLATIONS,
                 optimize=True, verbose=False)
     except Exception as e:  # torch raises many types; all mean "could not export"
@@ -115,6 +117,10 @@ def export_onnx(qgm: torch.nn.Module, path: str | os.PathLike, example_inputs: A
         model.functions[fn.identifier()] = fn
         model.opset_imports[BCQ_DOMAIN] = 1
     add_word_bits_functions(model)   # lowbit::tiered_* ops: likewise
+    if meta.get("lowbit_recipe"):    # as the ONNX passes record it (lowbit.onnx_quantize)
+        model.metadata_props["lowbit.recipe"] = meta["lowbit_recipe"]
+    if meta.get("lowbit_source_path"):   # the model folder it came from (lowbit quantize)
+        model.metadata_props["lowbit.source"] = meta["lowbit_source_path"]
     folded, transposed, packed = (cleanup(model).count for cleanup in QDQ_CLEANUP)
     _check_weight_dqs(graph)
     log.info("export_onnx: %d DequantizeLinear, %d QuantizeLinear; folded %d Cast(s) and %d "
@@ -125,6 +131,18 @@ def export_onnx(qgm: torch.nn.Module, path: str | os.PathLike, example_inputs: A
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise OnnxExportError(f"exported model fails onnx.checker: {e}") from e
     return path
+
+
+def _output_names(qgm: torch.nn.Module) -> list[str] | None:
+    """The model-level names of the graph's outputs (``last_hidden_state``, ``pooler_output``,
+    ``logits``) when it returns named fields; None (the exporter's names) for a lone tensor, a
+    tuple, or names that repeat."""
+    from lowbit.capture import output_names
+
+    names = output_names(getattr(qgm, "_out_spec", None))
+    if not names or any(n == "output" or n.split(".")[-1].isdigit() for n in names):
+        return None
+    return names if len(set(names)) == len(names) else None
 
 
 def _check_weight_dqs(graph: ir.Graph) -> None:

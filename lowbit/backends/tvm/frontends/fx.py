@@ -27,7 +27,6 @@ import math
 
 import torch
 import torch.ao.quantization.fx._decomposed
-import torch.utils._pytree as pytree
 from torch import fx
 from tvm import relax
 
@@ -41,6 +40,7 @@ from lowbit.backends.tvm.lowering.word_bits import (
     emit_tiered_linear,
     tiers_of,
 )
+from lowbit.capture import output_names
 from lowbit.errors import CompileError
 
 __all__ = ["CompileError", "ImportedModel", "import_graph"]
@@ -268,16 +268,20 @@ def _check_supported(gm: fx.GraphModule) -> None:
                                    f"(W8A8, W8A8_FULL, W4A16_G128) or compile the float graph")
 
 
-def _output_names(out_spec) -> list[str]:
-    if out_spec is None:
-        return []
-    dummy = pytree.tree_unflatten(list(range(out_spec.num_leaves)), out_spec)
-    leaves, _ = pytree.tree_flatten_with_path(dummy)
-    names = []
-    for path, _ in leaves:
-        parts = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
-        names.append(".".join(parts) or "output")
-    return names
+def _views_as_reshapes(gm: fx.GraphModule) -> None:
+    """``aten.view`` -> ``aten.reshape`` (the same values; a copy where no view exists).
+
+    A graph captured at one shape keeps the views that were possible there: GPT-2's
+    ``attn.reshape(b, s, -1).contiguous()`` then ``x.view(-1, d)`` in Conv1D is captured as
+    view over a transposed tensor, which at batch > 1 has no view, so re-exporting at the
+    compile shape failed ("Cannot view a tensor with shape [2, 8, 32] and strides (32, 64,
+    1)"). The captured graphs are functional, so no aliasing is lost."""
+    changed = False
+    for node in gm.graph.find_nodes(op="call_function", target=torch.ops.aten.view.default):
+        node.target = torch.ops.aten.reshape.default
+        changed = True
+    if changed:
+        gm.recompile()
 
 
 def import_graph(gm: fx.GraphModule, example: tuple[tuple, dict]) -> ImportedModel:
@@ -287,6 +291,7 @@ def import_graph(gm: fx.GraphModule, example: tuple[tuple, dict]) -> ImportedMod
     _check_supported(gm)
     args, kwargs = example
     _buffers_to_parameters(gm)
+    _views_as_reshapes(gm)
     try:
         ep = torch.export.export(gm, tuple(args), dict(kwargs), strict=False)
     except Exception as e:  # torch raises many kinds
@@ -296,9 +301,13 @@ def import_graph(gm: fx.GraphModule, example: tuple[tuple, dict]) -> ImportedMod
                    if s.kind == torch.export.graph_signature.InputKind.USER_INPUT]
     try:
         mod = from_exported_program(ep, keep_params_as_input=True, custom_convert_map=CONVERTERS)
-    except AssertionError as e:
-        raise CompileError(f"the Relax importer refused the graph: {e}") from e
+    except CompileError:    # a lowbit converter's own (names the node)
+        raise
+    except Exception as e:  # the importer (and the decompositions it runs) raise many kinds
+        msg = str(e).strip().splitlines()
+        raise CompileError(f"the Relax importer refused the graph: {type(e).__name__}: "
+                           f"{msg[0] if msg else ''}") from e
     mod, params = relax.frontend.detach_params(mod)
     out_spec = getattr(gm, "_out_spec", None) or ep.call_spec.out_spec
     return ImportedModel(mod, list(params.get("main", [])), user_inputs,
-                         _output_names(out_spec), (tuple(args), dict(kwargs)))
+                         output_names(out_spec), (tuple(args), dict(kwargs)))

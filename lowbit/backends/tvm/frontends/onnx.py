@@ -5,6 +5,11 @@
              4-bit data), int64 and one-element initializers turned into Constant nodes
              (shapes, indices, per-tensor qparams: the importer must see them as constants,
              e.g. an Expand whose shape is a parameter gets an unknown shape)
+    fix      a model with symbolic input dimensions (``batch``, ``seq``: an export with dynamic
+             shapes) gets the example's sizes, and the shape arithmetic written for them
+             (Shape -> Gather -> Concat -> Reshape) is folded to constants (onnxscript's
+             constant folding, which keeps every Q/DQ node); TVM's importer cannot infer a
+             Reshape whose target shape is computed at run time
     import   ``relax.frontend.onnx.from_onnx(keep_params_in_input=True)`` with static input
              shapes (the model's, or those of ``example_inputs``); ``lowbit.BCQLinear``
              nodes become the BCQ bit-plane kernel (lowering/bcq.py),
@@ -157,6 +162,39 @@ def _shapes(graph: onnx.GraphProto, example_inputs: Any) -> tuple[dict, dict]:
     return {n: list(np.shape(ex[n])) for n in names}, ex
 
 
+def _symbolic(graph: onnx.GraphProto) -> bool:
+    return any(not d.HasField("dim_value") or d.dim_value <= 0
+               for i in graph.input for d in i.type.tensor_type.shape.dim)
+
+
+def _fix_shapes(proto: onnx.ModelProto, shapes: dict[str, list]) -> onnx.ModelProto:
+    """``proto`` with its inputs fixed to ``shapes`` and its shape arithmetic folded (see the
+    module docstring: "fix"); a model without symbolic input dimensions is returned as is."""
+    if not _symbolic(proto.graph):
+        return proto
+    import logging
+
+    import onnx_ir as ir
+    from onnx_ir.passes.common import RemoveUnusedNodesPass
+    from onnxscript.optimizer import fold_constants
+
+    for value in proto.graph.input:
+        for dim, size in zip(value.type.tensor_type.shape.dim, shapes.get(value.name, [])):
+            dim.Clear()
+            dim.dim_value = int(size)
+    del proto.graph.value_info[:]          # symbolic shapes of intermediates: inferred again
+    model = ir.from_proto(proto)
+    folding_log = logging.getLogger("onnxscript.optimizer._constant_folding")
+    level = folding_log.level
+    folding_log.setLevel(logging.ERROR)    # "Evaluation failed" for what stays dynamic
+    try:
+        fold_constants(model, onnx_shape_inference=True)
+    finally:
+        folding_log.setLevel(level)
+    RemoveUnusedNodesPass()(model)
+    return ir.to_proto(model)
+
+
 def _zeros(v: relax.Expr, params) -> bool:
     """Whether ``v`` is an initializer holding only zeros (the importer's ``params``)."""
     values = params[1]
@@ -264,6 +302,7 @@ def import_onnx(model: Any, example_inputs: Any = None, *, int8: bool = True
     _check_ops(proto)
     _prepare_initializers(proto.graph)
     shape_dict, example = _shapes(proto.graph, example_inputs)
+    proto = _fix_shapes(proto, shape_dict)
     input_names = list(shape_dict)
     try:
         with _lowbit_ops():
