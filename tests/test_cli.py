@@ -7,7 +7,7 @@ import torch
 from lowbit.backends.onnxruntime import OrtRunner
 from lowbit.cli import main
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.weights("minilm")
 
 
 @pytest.fixture(scope="module")

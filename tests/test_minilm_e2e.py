@@ -29,7 +29,7 @@ from lowbit.passes.fx.spot import find_transformer
 from lowbit.quantize import quantize
 from lowbit.testing import assert_equivalent, sqnr
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.weights("minilm")
 
 # Per site: integers differ by at most one step, on at most 0.1% of elements (ties only;
 # measured <= 2e-5 at the first sites of W8A8).

@@ -19,7 +19,7 @@ from lowbit.compiler import compile
 from lowbit.data import pydoc_sentences, text_batches
 from lowbit.quantize import quantize
 
-pytestmark = [pytest.mark.slow,
+pytestmark = [pytest.mark.weights("minilm"),
               pytest.mark.skipif(isa_of(host_target()) is None,
                                  reason="host without AVX2: no int8 kernels")]
 

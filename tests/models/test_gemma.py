@@ -1,7 +1,7 @@
 """Gemma-3 GGUF loader: a tiny random Gemma 3 written with gguf.GGUFWriter (as llama.cpp
 writes it: norms stored as 1 + w, q/k not permuted, tied or separate output) and read back
 must give the original model's logits; part assembly refuses a wrong checksum or a missing
-part with a clear message. One slow test loads the real Gemma-3-270M."""
+part with a clear message. One test (marked weights("gemma")) loads the real Gemma-3-270M."""
 
 import math
 import zipfile
@@ -222,7 +222,7 @@ def test_gemma_gguf_path_downloads_once_and_verifies(tmp_path, monkeypatch):
 REAL_PPL_MAX = {"wikitext-2": 25.0, "pydoc": 32.0}
 
 
-@pytest.mark.slow
+@pytest.mark.weights("gemma")
 def test_real_gemma_270m_perplexity():
     from lowbit.data import pydoc_sentences, shared_data_dir
 

@@ -216,7 +216,7 @@ def test_bad_weight_and_importance():
         bcq.refine(w, bcq.fit_greedy(w, 2), iters=-1)
 
 
-@pytest.mark.slow
+@pytest.mark.weights("minilm")
 def test_minilm_refined_never_above_greedy_per_layer():
     """Every encoder linear of the real all-MiniLM-L6-v2 (36), group 128: the refined error is
     at or below the greedy one in every row-group, and lower in total for every layer."""

@@ -439,7 +439,7 @@ def test_spotting_leaves_the_graph_alone_and_repeats(llama):
 
 
 # ---- real weights --------------------------------------------------------------------------
-@pytest.mark.slow
+@pytest.mark.weights("minilm")
 def test_pretrained_minilm():
     """The real all-MiniLM-L6-v2 (fetched through pip, cached, checksum-verified)."""
     from lowbit.models import load_minilm

@@ -18,7 +18,7 @@ Same model, same calibration batches, then:
   (see the test); and the final outputs of the two quantized models agree far better than
   either agrees with float: ``SQNR(fx_q, onnx_q) >= SQNR(float, fx_q) + PARITY_MARGIN_DB``.
 
-The tiny BERT (seeded) runs four recipes; the real MiniLM (slow) runs W8A8 on sentences.
+The tiny BERT (seeded) runs four recipes; the real MiniLM (marked weights("minilm")) runs W8A8 on sentences.
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ def test_tiny_bert_parity(recipe):
     assert numbers["e2e_max_steps"] <= 1.0 + STEP_SLACK
 
 
-@pytest.mark.slow
+@pytest.mark.weights("minilm")
 def test_minilm_parity():
     """The real all-MiniLM-L6-v2 on sentences, W8A8 (batches of 4 sentences, padded)."""
     model, tok = M.minilm()

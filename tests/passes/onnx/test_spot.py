@@ -5,7 +5,7 @@ LayerNormalization / Gelu, weights folded to ``val_N`` initializers, decomposed 
 ``Attention`` op at opset 23) and TorchScript (opset 14: decomposed LayerNorm, Erf GELU,
 ``onnx::MatMul_N`` weights, names from node paths). Tiny seeded HF configs (BERT, GPT-2,
 Llama) are compared with FX spotting of the same model role for role and name for name; the
-real MiniLM is checked under both exporters (marked slow).
+real MiniLM is checked under both exporters (marked weights("minilm")).
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def test_wrong_type():
 
 
 # ---- the real MiniLM, both exporters ----------------------------------------------------------
-@pytest.mark.slow
+@pytest.mark.weights("minilm")
 def test_minilm_both_exporters():
     model, tok = M.minilm()
     enc = tok(M.sentences(2), padding=True, return_tensors="pt")
