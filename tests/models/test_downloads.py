@@ -11,6 +11,7 @@ from lowbit.models import downloads as D
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("LOWBIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("LOWBIT_SKIP_DOWNLOADS", raising=False)
     for d in D.DOWNLOADS.values():
         monkeypatch.delenv(d.override, raising=False)
     return tmp_path / "cache"
