@@ -78,7 +78,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import hashlib
-import math
 import os
 import pathlib
 import platform
@@ -100,15 +99,17 @@ import torch
 import lowbit
 from lowbit import recipes as R
 from lowbit.data import read_sst2, shared_data_dir, text_batches
+from lowbit.eval.probe import PROBE_C, Probe
+from lowbit.eval.sentences import SortedBatches, embed, last_hidden
+from lowbit.eval.stats import mcnemar_p
 from lowbit.models import load_minilm
-from lowbit.models.minilm import MINILM_SHA256, mean_pool
+from lowbit.models.minilm import MINILM_SHA256
 from lowbit.quantize import calibrate, freeze, prepare, quantize
 
 BEGIN, END = "<!-- sst2-probe:begin -->", "<!-- sst2-probe:end -->"
 SQ_SUFFIX = "+SQ"
 QA_SUFFIX = "+QA"
 SEED = 0
-PROBE_C = 1.0          # scikit-learn convention: 0.5 |w|^2 + C * sum(logloss)
 CALIB_BATCH = 8
 OUTLIER_FACTOR = 8.0   # a channel is an "outlier" if its max |x| exceeds 8x the median channel's
 # The FX "epsilon twin": the same quantized graph with one float parameter nudged by this
@@ -125,91 +126,19 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
-# ---- data and embeddings -------------------------------------------------------------------
-class SortedBatches:
-    """Texts tokenized once, in batches of similar length; ``order[i]`` is the file index of
-    the i-th row of the concatenated batch outputs."""
-
-    def __init__(self, tok, texts: list[str], batch_size: int, seq: int):
-        lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=seq)["input_ids"]]
-        self.order = sorted(range(len(texts)), key=lambda i: (lengths[i], i))
-        self.batches = list(text_batches(tok, [texts[i] for i in self.order],
-                                         batch_size=batch_size, seq_len=seq, pad_to_max=False))
-        self.max_len = max(lengths)
-        self.n = len(texts)
-        self.tokens = sum(lengths)
-
-    def unsort(self, rows: torch.Tensor) -> torch.Tensor:
-        out = torch.empty_like(rows)
-        out[torch.tensor(self.order)] = rows
-        return out
-
-
-def _last_hidden(out) -> torch.Tensor:
-    if hasattr(out, "last_hidden_state"):
-        return out.last_hidden_state
-    return out[0]
-
-
+# ---- data, embeddings and the probe: lowbit.eval (shared with `lowbit eval`) -------------
 def embed_fx(gm, data: SortedBatches) -> torch.Tensor:
-    rows = []
-    with torch.no_grad():
-        for b in data.batches:
-            rows.append(mean_pool(_last_hidden(gm(**b)), b["attention_mask"]))
-    return data.unsort(torch.cat(rows).float())
+    """Sentence embeddings of ``data`` by a torch model or FX graph fed by keyword."""
+    return embed(lambda b: last_hidden(gm(**b)), data, show=False)
 
 
 def embed_ort(runner, data: SortedBatches) -> torch.Tensor:
-    rows = []
-    for b in data.batches:
+    """The same through an ``OrtRunner``: its 3-D output is the last hidden state (the
+    pooler output is 2-D)."""
+    def hidden(b):
         outs = runner.run({k: v.numpy() for k, v in b.items()})
-        hidden = next(o for o in outs if o.ndim == 3)   # last_hidden_state (pooler is 2-D)
-        rows.append(mean_pool(torch.from_numpy(hidden), b["attention_mask"]))
-    return data.unsort(torch.cat(rows).float())
-
-
-# ---- the probe -----------------------------------------------------------------------------
-class Probe:
-    """Binary logistic regression, sklearn-style objective, float64 full-batch L-BFGS."""
-
-    def __init__(self, dim: int):
-        self.w = torch.zeros(dim, dtype=torch.float64)
-        self.b = torch.zeros((), dtype=torch.float64)
-        self.info: dict = {}
-
-    def fit(self, x: torch.Tensor, y: torch.Tensor, c: float = PROBE_C) -> Probe:
-        torch.manual_seed(SEED)
-        x, y = x.double(), y.double()
-        n = x.shape[0]
-        w = torch.zeros(x.shape[1] + 1, dtype=torch.float64, requires_grad=True)
-        opt = torch.optim.LBFGS([w], lr=1.0, max_iter=1000, tolerance_grad=1e-10,
-                                tolerance_change=1e-14, history_size=20,
-                                line_search_fn="strong_wolfe")
-
-        def objective():
-            opt.zero_grad()
-            z = x @ w[:-1] + w[-1]
-            # divided by C * n for conditioning; same minimiser as 0.5|w|^2 + C sum(logloss)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(z, y, reduction="mean") \
-                + 0.5 * (w[:-1] @ w[:-1]) / (c * n)
-            loss.backward()
-            return loss
-
-        for _ in range(5):   # restarts of L-BFGS's iteration budget until the gradient is tiny
-            loss = opt.step(objective)
-            if w.grad.abs().max() < 1e-8:
-                break
-        self.w, self.b = w.detach()[:-1].clone(), w.detach()[-1].clone()
-        self.info = {"loss": float(loss.detach()), "grad_max": float(w.grad.abs().max()),
-                     "w_norm": float(self.w.norm()),
-                     "train_acc": float(((self.logits(x) > 0).double() == y).double().mean())}
-        return self
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return x.double() @ self.w + self.b
-
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.logits(x) > 0).long()
+        return torch.from_numpy(next(o for o in outs if o.ndim == 3))
+    return embed(hidden, data, show=False)
 
 
 def epsilon_twin(qgm):
@@ -226,16 +155,6 @@ def epsilon_twin(qgm):
         p = params[name]
         p.mul_(1 + TWIN_EPS * torch.randn(p.shape, generator=gen, dtype=p.dtype))
     return twin
-
-
-def mcnemar_p(broke: int, fixed: int) -> float:
-    """Exact two-sided McNemar test: under "the variant is as accurate as FP32", each changed
-    prediction is a fair coin between broke and fixed."""
-    n = broke + fixed
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, k) for k in range(min(broke, fixed) + 1)) / 2 ** n
-    return min(1.0, 2 * tail)
 
 
 def compare(emb: torch.Tensor, ref_emb: torch.Tensor, pred: torch.Tensor, ref_pred: torch.Tensor,

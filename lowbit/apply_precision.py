@@ -27,7 +27,6 @@ without it int8 weights are dequantized in the graph (fp32 GEMM in TVM).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable
 from typing import Any
 
@@ -41,6 +40,7 @@ from lowbit.passes.fx.split_rows import SplitRowBlocks
 from lowbit.passes.infra import Pipeline
 from lowbit.quantize import Calibrate, Freeze
 from lowbit.search.plan import PrecisionPlan
+from lowbit.warning_filters import copy_graph
 
 __all__ = ["apply_precision"]
 
@@ -77,6 +77,6 @@ def apply_precision(gm: fx.GraphModule, plan: PrecisionPlan, *,
                          QuantizeFormats(plan.space, calibration is not None, progress),
                          Calibrate(calibration, progress, "apply_precision"), Freeze(),
                          ConvertToQDQ()], name="apply_precision (FX)")
-    out = pipeline(copy.deepcopy(gm)).graph
+    out = pipeline(copy_graph(gm)).graph
     out.meta["lowbit_pipeline"] = pipeline.report
     return out

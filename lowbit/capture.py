@@ -24,6 +24,7 @@ import torch
 import torch.fx
 
 from lowbit.errors import CaptureError
+from lowbit.warning_filters import copy_graph
 
 __all__ = ["capture", "output_names", "to_device"]
 
@@ -187,10 +188,8 @@ def to_device(gm: torch.fx.GraphModule, device: str | torch.device, *,
     devices torch.export recorded in the graph (``arange(..., device=cpu)``, ``to(cpu)``, the
     metadata asserts) rewritten, so ``gm.to("cuda")`` alone is not enough. A copy unless
     ``inplace``."""
-    import copy
-
     device = torch.device(device)
-    gm = gm if inplace else copy.deepcopy(gm)
+    gm = gm if inplace else copy_graph(gm)
     gm.to(device)
     for node in gm.graph.nodes:
         node.args = _on(node.args, device)

@@ -1,5 +1,5 @@
 """The ``lowbit`` command line (also ``python -m lowbit``): demo, quantize, compile, bench,
-verify. Each verb lives in its own module (``lowbit/<verb>_cli.py``, ``demo.py``,
+eval, verify, report. Each verb lives in its own module (``lowbit/<verb>_cli.py``, ``demo.py``,
 ``verify.py``), which gives its arguments, its examples (shown by ``--help``) and its ``run``.
 
 A user error (a bad flag, a path that is not a model, a model a verb cannot take, a file that
@@ -13,6 +13,7 @@ import argparse
 import importlib
 import logging
 import sys
+from collections.abc import Iterable
 
 __all__ = ["main"]
 
@@ -25,7 +26,11 @@ VERBS = {
                 "compile a QDQ ONNX file, a Hugging Face folder or a .pt2 file with TVM"),
     "bench": ("lowbit.bench_cli", "run",
               "time a compiled module (or a model) against torch and onnxruntime"),
+    "eval": ("lowbit.eval_cli", "run",
+             "score a model and its quantized twin side by side (SST-2, wikitext-2, a TSV)"),
     "verify": ("lowbit.verify", "run", "compare two models' outputs on seeded inputs"),
+    "report": ("lowbit.report_cli", "run",
+               "an HTML page with plots: activation ranges, bits per layer, lowering, sizes"),
 }
 
 
@@ -36,7 +41,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(verbs: Iterable[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; only the modules of ``verbs`` (default: all) are imported and get their
+    arguments, the others are listed by their one-line help (``main`` loads just the verb it
+    runs, so ``lowbit --help`` and each verb start without importing the others' packages)."""
+    load = set(VERBS if verbs is None else verbs)
     p = _Parser(prog="lowbit", description=__doc__,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true",
@@ -44,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "not, time)")
     sub = p.add_subparsers(dest="command", required=True, metavar="VERB")
     for verb, (module_name, run_name, summary) in VERBS.items():
+        if verb not in load:
+            sub.add_parser(verb, help=summary)
+            continue
         module = importlib.import_module(module_name)
         v = sub.add_parser(verb, help=summary, description=(module.__doc__ or "").strip(),
                            epilog=module.EXAMPLES,
@@ -54,8 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="[%(name)s] %(message)s")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    verb = next((a for a in argv if a in VERBS), None)     # the verb comes before its values
+    args = build_parser([verb] if verb else []).parse_args(argv)
+    # lowbit's own loggers at INFO (-v: DEBUG, with each pipeline's report); the root, and so
+    # every other library's loggers, stays at WARNING whatever -v says. Records go through
+    # progress.LogHandler, which writes above a progress bar instead of through it.
+    from lowbit.progress import LogHandler
+
+    logging.basicConfig(level=logging.WARNING, format="[%(name)s] %(message)s",
+                        handlers=[LogHandler()])
     logging.getLogger("lowbit").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     from lowbit.errors import LowbitError
 

@@ -25,6 +25,7 @@ from lowbit.capture import capture
 from lowbit.data import pydoc_sentences, read_sst2, text_batches
 from lowbit.errors import CalibrationError
 from lowbit.models.minilm import load_minilm, mean_pool
+from lowbit.progress import bar as progress_bar
 from lowbit.testing import assert_equivalent, sqnr
 
 __all__ = ["EXAMPLES", "add_arguments", "run_demo"]
@@ -144,7 +145,7 @@ def _fidelity(gm, qgm, runner, batches) -> None:
     """Sentence-embedding cosine vs float, for the FX graph and for onnxruntime."""
     cos_fx, cos_ort, db = [], [], []
     with torch.no_grad():
-        for b in batches:
+        for b in progress_bar(batches, desc="evaluating (FX, onnxruntime)", unit="batch"):
             ref = gm(**b).last_hidden_state
             fx_out = qgm(**b).last_hidden_state
             ort_out = torch.from_numpy(runner.run(b)[0])

@@ -15,6 +15,7 @@ import torch
 
 from lowbit.errors import ConfigError
 from lowbit.models.minilm import mean_pool
+from lowbit.progress import bar as progress_bar
 from lowbit.timing import available_cores, load_average, measure, time_onnxruntime
 
 __all__ = ["DEFAULT_TRIALS", "add_arguments", "check_arguments", "compile_stage"]
@@ -80,7 +81,7 @@ def compile_stage(args: argparse.Namespace, model, gm, qgm, onnx_path: Path,
 
     cos_f, cos_q, worst = [], [], 0.0
     with torch.no_grad():
-        for b in sentences:
+        for b in progress_bar(sentences, desc="evaluating (TVM)", unit="sentence"):
             ref = gm(**b).last_hidden_state
             fxq = qgm(**b).last_hidden_state
             got = mod(**b)[0]                      # torch in, torch out

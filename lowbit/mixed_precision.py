@@ -24,7 +24,6 @@ restored). Applying the plan to the graph is a later pass.
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -36,6 +35,8 @@ from torch.utils import _pytree
 
 from lowbit.errors import CalibrationError, ConfigError
 from lowbit.passes.subgroups import DEFAULT_ROLES, list_subgroups
+from lowbit.progress import bar as progress_bar
+from lowbit.progress import say
 from lowbit.search.cost import total_bytes
 from lowbit.search.ilp import Budget, solve
 from lowbit.search.plan import PlanEntry, PrecisionPlan
@@ -82,11 +83,9 @@ def _distillation(outputs: Any, gen: torch.Generator) -> torch.Tensor:
     return total
 
 
-def _say(progress: bool, msg: str, t0: float, end: bool = False) -> None:
-    if progress:
-        tty = sys.stderr.isatty()
-        print(f"{chr(13) if tty else ''}[lowbit] {msg}, {time.perf_counter() - t0:.1f} s",
-              end="\n" if end or not tty else "", file=sys.stderr, flush=True)
+def _say(progress: bool, msg: str, t0: float) -> None:
+    """A step's summary line on stderr: ``[lowbit] msg, 1.2 s`` (seconds since ``t0``)."""
+    say(f"{msg}, {time.perf_counter() - t0:.1f} s", enabled=progress)
 
 
 def fisher(gm: torch.nn.Module, weights: list[str], batches: Iterable[Any],
@@ -104,7 +103,8 @@ def fisher(gm: torch.nn.Module, weights: list[str], batches: Iterable[Any],
     try:
         for n, p in params.items():
             p.requires_grad_(n in weights)
-        for i, batch in enumerate(batches):
+        for i, batch in enumerate(progress_bar(batches, desc="sensitivity: gradients",
+                                               unit="batch", enabled=progress)):
             out = _run(gm, batch)
             loss = _distillation(out, gen) if loss_fn is None else loss_fn(out, batch)
             if not torch.isfinite(loss.detach()):
@@ -112,15 +112,13 @@ def fisher(gm: torch.nn.Module, weights: list[str], batches: Iterable[Any],
                                        f"inf: check that batch)")
             grads = torch.autograd.grad(loss, [params[w] for w in weights], allow_unused=True)
             acc.add(dict(zip(weights, grads)), i)
-            if progress and (sys.stderr.isatty() or (i + 1) % 50 == 0):
-                _say(progress, f"sensitivity: gradients of {i + 1} batch(es)", t0)
     finally:
         for n, p in params.items():
             p.requires_grad_(flags[n])
     if acc.batches == 0:
         raise CalibrationError("calibration data is empty: the sensitivity needs at least one "
                                "batch")
-    _say(progress, f"sensitivity: gradients of {acc.batches} batch(es)", t0, end=True)
+    _say(progress, f"sensitivity: gradients of {acc.batches} batch(es)", t0)
     return acc
 
 
@@ -166,14 +164,13 @@ def sensitivity_table(gm: fx.GraphModule, *, calibration: Iterable[Any],
     params = dict(gm.named_parameters())
     sens = np.empty((len(subgroups), len(cands)))
     t0 = time.perf_counter()
-    for j, w in enumerate(weights):
+    for w in progress_bar(weights, desc=f"sensitivity: {len(cands)} candidates",
+                          unit="linear", enabled=progress):
         idx = [i for i, sg in enumerate(subgroups) if sg.weight == w]
         sg = subgroups[idx[0]]
         sens[idx] = candidate_scores(_as_out_in(params[w], sg), _as_out_in(acc.fisher(w), sg),
                                      [subgroups[i].rows for i in idx], cands, space, sg.linear)
-        _say(progress and (sys.stderr.isatty() or j + 1 == len(weights)),
-             f"sensitivity: {len(cands)} candidates x {j + 1}/{len(weights)} linears", t0,
-             end=j + 1 == len(weights))
+    _say(progress, f"sensitivity: {len(cands)} candidates x {len(weights)} linears", t0)
     nbytes = np.array([[total_bytes(sg.rows[1] - sg.rows[0], sg.in_features, c, space)
                         for c in cands] for sg in subgroups], dtype=np.int64)
     info = {"batches": acc.batches, "granularity": repr(granularity),
@@ -200,8 +197,7 @@ def plan_for_budget(table: SensitivityTable, budget: Budget | int, *, progress: 
     sol = solve(sens, table.nbytes, limit, pruned=pruned,
                 ties=[t for t in ties.values() if len(t) > 1])
     _say(progress, f"integer program: {sol.variables} binaries, {len(subgroups)} subgroups, "
-                   f"HiGHS {sol.seconds * 1e3:.0f} ms, {sol.bytes:,} of {limit:,} bytes", t0,
-         end=True)
+                   f"HiGHS {sol.seconds * 1e3:.0f} ms, {sol.bytes:,} of {limit:,} bytes", t0)
     entries = tuple(
         PlanEntry(sg.linear, sg.role, sg.rows, sg.in_features, sg.out_features, c.code, c.bits,
                   c.pruned, sg.tie, float(sens[i, col]))

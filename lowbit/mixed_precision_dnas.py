@@ -17,8 +17,8 @@ differentiable search (issue 17 item 2; Zhao et al., IJCAI 2021), under a size b
    (``dnas.bisect_lambda``, ``probes`` probes of ``steps`` steps at most).
 
 ``checkpoint=dir``: each probe's run (logits, Adam state, step, lambda, the settings) goes to
-``dir/lambda-<lambda>.pt`` atomically every ``checkpoint_every`` steps and at its end; a rerun
-with the same arguments reuses finished probes and resumes the interrupted one, so it ends where
+``dir/lambda-<lambda>-<hash of the settings>.pt`` atomically every ``checkpoint_every`` steps
+and at its end (searches of other settings can share the folder); a rerun with the same arguments reuses finished probes and resumes the interrupted one, so it ends where
 an uninterrupted run ends. The graph is not modified: its parameters enter detached, fine-tuned
 weights (``finetune_weights=True``) are copies, used for the search and then dropped.
 """
@@ -26,6 +26,8 @@ weights (``finetune_weights=True``) are copies, used for the search and then dro
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -156,11 +158,12 @@ class _Supernet:
         cfg = LoopConfig(steps=opts["steps"], batch_size=1, grad_clip=None, seed=opts["seed"],
                          log_every=max(1, opts["steps"] // 4),
                          checkpoint_every=opts["checkpoint_every"])
-        trainer = Trainer(groups, cfg, label=f"DNAS lambda={lam:.3g}", fingerprint={
+        fingerprint = {
             "lambda": lam, **{k: v for k, v in opts.items() if k != "checkpoint_every"},
             "space": self.space.to_dict(), "granularity": repr(self.granularity),
-            "subgroups": len(self.subgroups), "batches": len(self.batches)})
-        path = None if checkpoint is None else Path(checkpoint) / f"lambda-{lam:.6e}.pt"
+            "subgroups": len(self.subgroups), "batches": len(self.batches)}
+        trainer = Trainer(groups, cfg, label=f"DNAS lambda={lam:.3g}", fingerprint=fingerprint)
+        path = None if checkpoint is None else Path(checkpoint) / _checkpoint_name(fingerprint)
         res = trainer.fit(lambda i: self.loss(logits, trainer.step, lam, i, tuned, opts),
                           list(range(len(self.batches))), lambda xs: xs[0], checkpoint=path,
                           progress=progress)
@@ -177,6 +180,13 @@ class _Supernet:
         return PrecisionPlan(entries, self.space, budget, {
             "method": "dnas", "lambda": p.lam, "batches": len(self.batches),
             "granularity": repr(self.granularity), "loss": loss, "final_loss": p.loss, **info})
+
+
+def _checkpoint_name(fingerprint: dict) -> str:
+    """``lambda-<lambda>-<settings hash>.pt``: probes of other settings (another search space,
+    step count, seed ...) sharing a folder never meet one another's checkpoint."""
+    digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode())
+    return f"lambda-{fingerprint['lambda']:.6e}-{digest.hexdigest()[:10]}.pt"
 
 
 def _options(steps, lr, temp, finetune_weights, weight_lr, seed, checkpoint_every) -> dict:
@@ -204,7 +214,7 @@ def dnas_plan(gm: fx.GraphModule, lam: float, *, calibration: Iterable[Any],
     t0 = time.perf_counter()
     net = _Supernet(gm, calibration, loss_fn, granularity, space or SearchSpace(), roles, ignore)
     p = net.probe(float(lam), opts, checkpoint, progress)
-    _say(progress, f"DNAS lambda {lam:.3g}: {p.bytes:,} bytes", t0, end=True)
+    _say(progress, f"DNAS lambda {lam:.3g}: {p.bytes:,} bytes", t0)
     return net.plan(p, None, {"seconds": time.perf_counter() - t0, **opts})
 
 
@@ -249,8 +259,7 @@ def search_precision_dnas(gm: fx.GraphModule, budget: Budget | int, *,
     def probe(i: int, lam: float) -> _Probe:
         p = net.probe(lam, opts, checkpoint, progress)
         _say(progress, f"DNAS probe {i + 1}/{probes}: lambda {lam:.3g} -> {p.bytes:,} of "
-                       f"{limit:,} bytes ({8 * p.bytes / net.elements:.2f} bits/weight)", t0,
-             end=True)
+                       f"{limit:,} bytes ({8 * p.bytes / net.elements:.2f} bits/weight)", t0)
         return p
 
     best, _, history = bisect_lambda(probe, limit, probes=probes, start=lambda_start)

@@ -13,13 +13,13 @@ each linear becomes one ``lowbit::bcq_linear``, no calibration. ONNX inputs go t
 
 The user's model is copied first; nothing of theirs is mutated. Calibration takes any
 iterable of batches (a dict of keyword inputs, a tuple of positional inputs, or one tensor),
-shows progress on stderr, and keeps memory constant in the number of batches (observers hold
-fixed-size state; outputs are dropped).
+draws a progress bar on a terminal (``lowbit.progress``) and prints one summary line on stderr,
+and keeps memory constant in the number of batches (observers hold fixed-size state; outputs
+are dropped).
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 import sys
@@ -36,7 +36,10 @@ from lowbit.passes.fx.bcq import QuantizeBCQ
 from lowbit.passes.fx.convert_qdq import ConvertToQDQ
 from lowbit.passes.fx.insert_fake_quant import InsertFakeQuant, fake_quant_nodes
 from lowbit.passes.infra import Pass, PassResult, Pipeline
+from lowbit.progress import bar as progress_bar
+from lowbit.progress import say
 from lowbit.quant.fake_quant import FakeQuantize
+from lowbit.warning_filters import copy_graph
 
 __all__ = ["Calibrate", "Freeze", "calibrate", "convert", "freeze", "prepare", "quantize"]
 
@@ -48,7 +51,7 @@ def prepare(gm: fx.GraphModule, recipe: Recipe, *, inplace: bool = False) -> fx.
                           f"{type(gm).__name__}")
     if not isinstance(recipe, Recipe):
         raise ConfigError(f"recipe must be a lowbit.config.Recipe, got {type(recipe).__name__}")
-    gm = gm if inplace else copy.deepcopy(gm)
+    gm = gm if inplace else copy_graph(gm)
     return InsertFakeQuant(recipe)(gm).graph
 
 
@@ -70,18 +73,14 @@ def calibrate(gm: fx.GraphModule, batches: Iterable[Any], *, progress: bool = Tr
         return 0
     count, t0 = 0, time.perf_counter()
     with torch.no_grad():
-        for batch in batches:
+        for batch in progress_bar(batches, desc="calibrating", unit="batch", enabled=progress):
             _run(gm, batch)
             count += 1
-            if progress and (sys.stderr.isatty() or count % 50 == 0):
-                print(f"\r[lowbit] calibrating: {count} batch(es), "
-                      f"{time.perf_counter() - t0:.1f} s", end="", file=sys.stderr, flush=True)
-    if progress:
-        print(f"\r[lowbit] calibrated on {count} batch(es) in {time.perf_counter() - t0:.1f} s"
-              f" ({len(needs)} activation observers)", file=sys.stderr, flush=True)
     if count == 0:
         raise CalibrationError("calibration data is empty: give at least one batch "
                                f"({len(needs)} activation quantizers need ranges)")
+    say(f"calibrated on {count} batch(es) in {time.perf_counter() - t0:.1f} s "
+        f"({len(needs)} activation observers)", enabled=progress)
     return count
 
 
@@ -122,7 +121,7 @@ def _freeze(gm: fx.GraphModule) -> bool:
 
 def convert(gm: fx.GraphModule, *, inplace: bool = False) -> fx.GraphModule:
     """Frozen fake-quant -> standard quantized_decomposed q/dq ops (freezes first if needed)."""
-    gm = gm if inplace else copy.deepcopy(gm)
+    gm = gm if inplace else copy_graph(gm)
     freeze(gm)
     return ConvertToQDQ()(gm).graph
 
@@ -234,7 +233,7 @@ def quantize(model: Any, recipe: Recipe | str, calibration: Iterable[Any] | None
             raise ConfigError("out= writes ONNX models; write a quantized GraphModule with "
                               "lowbit.export_onnx(qgm, path)")
         if isinstance(model, fx.GraphModule):
-            return _quantize_fx(copy.deepcopy(model), recipe, calibration, progress)
+            return _quantize_fx(copy_graph(model), recipe, calibration, progress)
         if example_inputs is None:
             raise ConfigError(f"quantize() captures a {type(model).__name__} (an nn.Module) "
                               f"with lowbit.capture first: pass example_inputs=<a batch as "

@@ -12,19 +12,19 @@ when given (external data kept where the input had it). Both put the pipeline's 
 
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Sequence
 from typing import Any
 
 from lowbit.passes.infra import Pass, Pipeline
+from lowbit.warning_filters import copy_graph
 
 __all__ = ["run_fx", "run_onnx"]
 
 
 def run_fx(model: Any, passes: Sequence[Pass], name: str) -> Any:
     pipeline = Pipeline(list(passes), name=name)
-    gm = pipeline(copy.deepcopy(model)).graph
+    gm = pipeline(copy_graph(model)).graph
     gm.meta["lowbit_pipeline"] = pipeline.report
     return gm
 

@@ -26,3 +26,40 @@ def pytest_runtest_setup(item):
         reason = skip_reason(mark.args[0])
         if reason:
             pytest.skip(reason)
+
+
+class _NoTorchTraceCapture:
+    """pytest (>= 9) attaches its log-capture handlers to every logger that does not propagate,
+    torch's ``torch.__trace`` included. That logger is always at DEBUG and torch emits its
+    structured-trace records (empty messages, payloads computed for them) as soon as it has a
+    handler: a failing test's "Captured log" then held about 195 empty ``DEBUG torch.__trace``
+    lines. Inside pytest's capture (``trylast``: the innermost wrapper), its handlers are taken
+    off that logger again; torch's own handler stays."""
+
+    @staticmethod
+    def _detach() -> None:
+        import logging
+
+        trace = logging.getLogger("torch.__trace")
+        for handler in list(trace.handlers):
+            if type(handler).__module__.startswith("_pytest"):
+                trace.removeHandler(handler)
+
+    @pytest.hookimpl(wrapper=True, trylast=True)
+    def pytest_runtest_setup(self, item):
+        self._detach()
+        return (yield)
+
+    @pytest.hookimpl(wrapper=True, trylast=True)
+    def pytest_runtest_call(self, item):
+        self._detach()
+        return (yield)
+
+    @pytest.hookimpl(wrapper=True, trylast=True)
+    def pytest_runtest_teardown(self, item):
+        self._detach()
+        return (yield)
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(_NoTorchTraceCapture(), "lowbit-no-torch-trace-capture")

@@ -23,6 +23,11 @@ def test_import_lowbit_loads_no_heavy_package():
     assert _loaded_after("import lowbit") == set()
 
 
+def test_cli_help_loads_no_heavy_package():
+    """``lowbit --help`` builds the parser without importing any verb's module."""
+    assert _loaded_after("from lowbit.cli import build_parser; build_parser([])") == set()
+
+
 def test_heavy_package_loads_when_used():
     """The probe can fail: asking for the ONNX loader brings onnx_ir in."""
     assert "onnx_ir" in _loaded_after("import lowbit.passes.onnx.load")

@@ -40,6 +40,7 @@ from lowbit.passes.onnx.qdq_cleanup import QDQ_CLEANUP
 from lowbit.passes.onnx.qdq_ops import TRANSLATIONS
 from lowbit.passes.onnx.word_bits import add_word_bits_functions
 from lowbit.passes.onnx.word_ops import TRANSLATIONS as WORD_TRANSLATIONS
+from lowbit.warning_filters import quiet
 
 __all__ = ["OnnxExportError", "export_onnx"]
 
@@ -99,7 +100,9 @@ def export_onnx(qgm: torch.nn.Module, path: str | os.PathLike, example_inputs: A
             dynamic_shapes = captured
     path = pathlib.Path(path)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quiet("torch-onnx-torchvision-ops",
+                                              "torch-leafspec-deepcopy",
+                                              "onnxscript-fold-evaluation-failed"):
             warnings.filterwarnings("ignore", message=".*training mode.*")
             program = torch.onnx.export(
                 qgm, args, kwargs=kwargs or None, dynamo=True, opset_version=opset,

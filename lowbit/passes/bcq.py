@@ -21,7 +21,6 @@ model get bit-identical codes.
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 
 import torch
@@ -32,6 +31,8 @@ from lowbit.passes.patterns import LinearRef
 from lowbit.passes.sites import check_roles, quantized_linears
 from lowbit.passes.spot import find_transformer
 from lowbit.passes.view import view_of
+from lowbit.progress import bar as progress_bar
+from lowbit.progress import say
 from lowbit.quant import bcq
 
 __all__ = ["BCQSite", "bcq_spec", "plan_bcq", "relative_error"]
@@ -73,14 +74,15 @@ def _weight(view, ref: LinearRef) -> torch.Tensor:
 
 def plan_bcq(graph, recipe: Recipe, *, progress: bool = True) -> list[BCQSite]:
     """Spot ``graph`` (FX GraphModule or onnx_ir Model), pick ``recipe``'s linears and fit each
-    weight; a progress line per layer goes to stderr."""
+    weight; a bar on a terminal, then one summary line on stderr."""
     spec = bcq_spec(recipe)
     view = view_of(graph, "plan_bcq()")
     tmap = find_transformer(graph)
     check_roles(recipe, tmap)
     chosen = list(quantized_linears(recipe, tmap))
     sites, t0 = [], time.perf_counter()
-    for i, (role, ref) in enumerate(chosen):
+    for role, ref in progress_bar(chosen, desc=f"BCQ q{spec.bits}: fitting", unit="linear",
+                                  enabled=progress):
         w = _weight(view, ref)
         k = w.shape[1]
         if k % 8:
@@ -94,9 +96,6 @@ def plan_bcq(graph, recipe: Recipe, *, progress: bool = True) -> list[BCQSite]:
         uniform = bcq.uniform_as_bcq(w, spec.bits, group)
         sites.append(BCQSite(role, ref, view.linear_out(ref), fit, relative_error(w, fit.dequantize()),
                              relative_error(w, uniform.dequantize())))
-        if progress:
-            print(f"\r[lowbit] BCQ q{spec.bits}: fitted {i + 1}/{len(chosen)} linears, "
-                  f"{time.perf_counter() - t0:.1f} s", end="", file=sys.stderr, flush=True)
-    if progress and chosen:
-        print(file=sys.stderr, flush=True)
+    say(f"BCQ q{spec.bits}: fitted {len(chosen)} linears, {time.perf_counter() - t0:.1f} s",
+        enabled=progress and bool(chosen))
     return sites

@@ -29,7 +29,6 @@ import dataclasses
 import fnmatch
 import logging
 import math
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -42,6 +41,8 @@ from lowbit.errors import ConfigError
 from lowbit.passes.patterns import LinearRef
 from lowbit.passes.spot import find_transformer
 from lowbit.passes.view import view_of
+from lowbit.progress import bar as progress_bar
+from lowbit.progress import say
 from lowbit.quant import tt
 
 __all__ = ["DEFAULT_ROWS", "DEFAULT_TT_ROLES", "TT_META", "TTSite", "check_form", "is_tt_param", "plan_tt",
@@ -144,7 +145,7 @@ def _rows(view, x, rows: int | None) -> int:
 def plan_tt(graph, rules: Sequence[tuple[str, TT]], *, rows: int | None = None,
             progress: bool = True) -> list[TTSite]:
     """Spot ``graph`` (FX GraphModule or onnx_ir Model), pick the linears ``rules`` select
-    and TT-SVD each weight; a progress line per layer goes to stderr."""
+    and TT-SVD each weight; a bar on a terminal, then one summary line on stderr."""
     view = view_of(graph, "plan_tt()")
     roles = {id(ref.node): role for role, ref in find_transformer(graph).linears()}
     chosen, used = [], set()
@@ -162,7 +163,8 @@ def plan_tt(graph, rules: Sequence[tuple[str, TT]], *, rows: int | None = None,
     if unused:
         log.info("tensor-train: no linear matched %s", unused)
     sites, t0 = [], time.perf_counter()
-    for i, (role, ref, spec) in enumerate(chosen):
+    for role, ref, spec in progress_bar(chosen, desc="TT-SVD", unit="linear",
+                                        enabled=progress):
         w = _weight(view, ref)
         in_modes, out_modes = tt.layer_modes(spec, w.shape[1], w.shape[0], ref.name)
         fit = tt.tt_svd(w, in_modes, out_modes, ranks=spec.ranks, error=spec.error,
@@ -171,9 +173,6 @@ def plan_tt(graph, rules: Sequence[tuple[str, TT]], *, rows: int | None = None,
         x = view.linear_input(ref)
         sites.append(TTSite(role, ref, x, view.linear_out(ref), spec, fit, err,
                             _rows(view, x, rows)))
-        if progress:
-            print(f"\r[lowbit] TT-SVD: {i + 1}/{len(chosen)} linears, "
-                  f"{time.perf_counter() - t0:.1f} s", end="", file=sys.stderr, flush=True)
-    if progress and chosen:
-        print(file=sys.stderr, flush=True)
+    say(f"TT-SVD: {len(chosen)} linears, {time.perf_counter() - t0:.1f} s",
+        enabled=progress and bool(chosen))
     return sites

@@ -55,7 +55,6 @@ import dataclasses
 import itertools
 import json
 import math
-import sys
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -64,6 +63,8 @@ import torch
 
 from lowbit.errors import ConfigError
 from lowbit.io import write_text_atomic
+from lowbit.progress import bar as progress_bar
+from lowbit.progress import say
 from lowbit.quant import bcq
 
 __all__ = [
@@ -105,35 +106,32 @@ def token_counts(texts: Iterable[str], tokenizer, vocab_size: int, *, batch: int
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ConfigError(f"token_counts: batch must be an int >= 1, got {batch!r}")
     counts = torch.zeros(vocab_size, dtype=torch.int64)
-    it, done, batches, t0 = iter(texts), 0, 0, time.perf_counter()
-    while chunk := list(itertools.islice(it, batch)):
-        ids = [torch.as_tensor(x, dtype=torch.int64)
-               for x in tokenizer(chunk, add_special_tokens=False)["input_ids"]]
-        flat = torch.cat(ids) if ids else torch.zeros(0, dtype=torch.int64)
-        if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= vocab_size):
-            bad = int(flat.max()) if int(flat.max()) >= vocab_size else int(flat.min())
-            raise ConfigError(f"token_counts: the tokenizer produced id {bad}, outside the "
-                              f"table's 0..{vocab_size - 1}: tokenizer and embedding differ")
-        counts += torch.bincount(flat, minlength=vocab_size)
-        done, batches = done + len(chunk), batches + 1
-        if progress and (sys.stderr.isatty() or batches % 100 == 0):
-            _progress(f"counting tokens: {done} text(s), {int(counts.sum())} tokens", t0)
-    if progress:
-        _progress(f"counted {done} text(s), {int(counts.sum())} tokens", t0)
-        _progress_end()
+    it, done, t0 = iter(texts), 0, time.perf_counter()
+    with progress_bar(total=_length(texts), desc="counting tokens", unit="text",
+                      enabled=progress) as shown:
+        while chunk := list(itertools.islice(it, batch)):
+            ids = [torch.as_tensor(x, dtype=torch.int64)
+                   for x in tokenizer(chunk, add_special_tokens=False)["input_ids"]]
+            flat = torch.cat(ids) if ids else torch.zeros(0, dtype=torch.int64)
+            if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= vocab_size):
+                bad = int(flat.max()) if int(flat.max()) >= vocab_size else int(flat.min())
+                raise ConfigError(f"token_counts: the tokenizer produced id {bad}, outside the "
+                                  f"table's 0..{vocab_size - 1}: tokenizer and embedding "
+                                  f"differ")
+            counts += torch.bincount(flat, minlength=vocab_size)
+            done += len(chunk)
+            shown.update(len(chunk))
+    say(f"counted {done} text(s), {int(counts.sum())} tokens, {time.perf_counter() - t0:.1f} s",
+        enabled=progress)
     return counts
 
 
-def _progress(msg: str, t0: float) -> None:
-    """One status line on stderr: rewritten in place on a terminal, one line each in a log."""
-    tty = sys.stderr.isatty()
-    print(f"{chr(13) if tty else ''}[lowbit] {msg}, {time.perf_counter() - t0:.1f} s",
-          end="" if tty else "\n", file=sys.stderr, flush=True)
-
-
-def _progress_end() -> None:
-    if sys.stderr.isatty():
-        print(file=sys.stderr, flush=True)
+def _length(texts: Iterable[str]) -> int | None:
+    """``len(texts)`` where it has one (a list), else None (a generator: the bar counts up)."""
+    try:
+        return len(texts)  # type: ignore[arg-type]
+    except TypeError:
+        return None
 
 
 def _as_counts(counts, name: str) -> torch.Tensor:
@@ -568,15 +566,12 @@ def quantize_embedding(weight: torch.Tensor, plan: WordBitsPlan, *,
                           f"the table's width D={weight.shape[1]}")
     weight = weight.detach().to(torch.float32)
     tiers, t0 = [], time.perf_counter()
-    for t, (b, n) in enumerate(zip(plan.bits, plan.tier_sizes)):
-        if progress:
-            _progress(f"word bits ({plan.method}{_group_note(plan)}): tier {t + 1}/{len(plan.bits)} ({n} rows, "
-                      f"{b} bit(s))", t0)
+    what = f"word bits ({plan.method}{_group_note(plan)})"
+    for t, b in enumerate(progress_bar(plan.bits, desc=f"{what}: tiers", unit="tier",
+                                       enabled=progress)):
         tiers.append(_fit_rows(weight[plan.rows(t)], b, plan.method, plan.group, iters))
-    if progress:
-        _progress(f"word bits ({plan.method}{_group_note(plan)}): {len(plan.bits)} tier(s), average "
-                  f"{plan.average_bits:.3f} bits, done", t0)
-        _progress_end()
+    say(f"{what}: {len(plan.bits)} tier(s), average {plan.average_bits:.3f} bits, done, "
+        f"{time.perf_counter() - t0:.1f} s", enabled=progress)
     return TieredEmbedding(plan, tuple(tiers))
 
 

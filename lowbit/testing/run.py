@@ -9,7 +9,6 @@ graph names.
 
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -22,6 +21,7 @@ import torch.fx
 import torch.utils._pytree as pytree
 
 from lowbit.errors import VerifyError
+from lowbit.warning_filters import copy_graph
 
 __all__ = ["Outputs", "clone", "is_onnx", "onnx_proto", "run_model", "runner", "to_numpy"]
 
@@ -47,7 +47,7 @@ def runner(model: Any) -> Callable[[Any], Outputs]:
 
 
 def clone(model: Any) -> Any:
-    return copy.deepcopy(model) if isinstance(model, torch.nn.Module) else model
+    return copy_graph(model) if isinstance(model, torch.nn.Module) else model
 
 
 def _call_torch(fn: Callable, inputs: Any) -> Any:

@@ -8,7 +8,6 @@ digest of every tensor).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import difflib
 import hashlib
@@ -26,6 +25,7 @@ import torch.fx
 
 from lowbit.passes.infra import PassResult
 from lowbit.testing.run import is_onnx, onnx_proto
+from lowbit.warning_filters import copy_graph
 
 __all__ = ["assert_idempotent", "assert_op_counts", "assert_untouched", "op_counts"]
 
@@ -135,7 +135,7 @@ def _copy_graph(graph: Any) -> Any:
     if isinstance(graph, ir.Model):  # deepcopy recurses too deep on onnx_ir graphs
         return ir.serde.deserialize_model(ir.serde.serialize_model(graph))
     if isinstance(graph, (torch.fx.GraphModule, onnx.ModelProto)):
-        return copy.deepcopy(graph)
+        return copy_graph(graph)
     raise TypeError(f"expected an fx.GraphModule, onnx.ModelProto or onnx_ir.Model, "
                     f"got {type(graph).__name__}")
 

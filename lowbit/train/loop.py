@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +30,8 @@ import torch
 from torch import nn
 
 from lowbit.errors import ConfigError, LowbitError
+from lowbit.progress import bar as progress_bar
+from lowbit.progress import drawing, say
 
 __all__ = ["FitResult", "Group", "LoopConfig", "Trainer", "TrainingError"]
 
@@ -173,39 +174,45 @@ class Trainer:
         resumed = 0
         if checkpoint is not None and pathlib.Path(checkpoint).exists():
             resumed = self.load(checkpoint)
-            if progress:
-                print(f"[lowbit] {self.label}: resumed from {checkpoint} at step {resumed}",
-                      file=sys.stderr, flush=True)
+            say(f"{self.label}: resumed from {checkpoint} at step {resumed}", enabled=progress)
         c, losses, t0 = self.config, [], time.perf_counter()
         base = [g.lr for g in self.groups]
         params = self.tensors()
-        while self.step < c.steps:
-            scale = self._schedule(self.step)
-            for pg, lr in zip(self.optimizer.param_groups, base):
-                pg["lr"] = lr * scale
-            batch = collate([dataset[i] for i in self.batch_indices(self.step, len(dataset))])
-            loss = loss_fn(batch)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"{self.label}: loss is {float(loss.detach())} at step "
-                                    f"{self.step}; lower the learning rates "
-                                    f"({', '.join(f'{g.name} {g.lr}' for g in self.groups)})")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if c.grad_clip is not None:
-                nn.utils.clip_grad_norm_(params, c.grad_clip)
-            self.optimizer.step()
-            self.step += 1
-            losses.append(float(loss.detach()))
-            if progress and (self.step % c.log_every == 0 or self.step == c.steps):
-                dt = time.perf_counter() - t0
-                eta = dt / (self.step - resumed) * (c.steps - self.step)
-                recent = losses[-c.log_every:]
-                print(f"[lowbit] {self.label} step {self.step}/{c.steps}  loss "
-                      f"{sum(recent) / len(recent):.4f}  {dt:.0f} s, eta {eta:.0f} s",
-                      file=sys.stderr, flush=True)
-            if checkpoint is not None and (self.step % c.checkpoint_every == 0
-                                           or self.step == c.steps):
-                self.save(checkpoint)
+        # a terminal shows a bar (loss in its postfix) and the last line; a log gets a line
+        # every log_every steps
+        drawn = drawing(progress)
+        with progress_bar(total=c.steps, desc=self.label, unit="step",
+                          enabled=progress) as shown:
+            shown.update(self.step)
+            while self.step < c.steps:
+                scale = self._schedule(self.step)
+                for pg, lr in zip(self.optimizer.param_groups, base):
+                    pg["lr"] = lr * scale
+                idx = self.batch_indices(self.step, len(dataset))
+                loss = loss_fn(collate([dataset[i] for i in idx]))
+                if not torch.isfinite(loss):
+                    lrs = ", ".join(f"{g.name} {g.lr}" for g in self.groups)
+                    raise TrainingError(f"{self.label}: loss is {float(loss.detach())} at step "
+                                        f"{self.step}; lower the learning rates ({lrs})")
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if c.grad_clip is not None:
+                    nn.utils.clip_grad_norm_(params, c.grad_clip)
+                self.optimizer.step()
+                self.step += 1
+                losses.append(float(loss.detach()))
+                shown.update()
+                if progress and (self.step % c.log_every == 0 or self.step == c.steps):
+                    dt = time.perf_counter() - t0
+                    eta = dt / (self.step - resumed) * (c.steps - self.step)
+                    recent = sum(losses[-c.log_every:]) / len(losses[-c.log_every:])
+                    shown.set_postfix_str(f"loss {recent:.4f}")
+                    if self.step == c.steps or not drawn:
+                        say(f"{self.label} step {self.step}/{c.steps}  loss {recent:.4f}  "
+                            f"{dt:.0f} s, eta {eta:.0f} s")
+                if checkpoint is not None and (self.step % c.checkpoint_every == 0
+                                               or self.step == c.steps):
+                    self.save(checkpoint)
         for pg, lr in zip(self.optimizer.param_groups, base):
             pg["lr"] = lr
         return FitResult(self.step, resumed, losses, time.perf_counter() - t0)

@@ -13,10 +13,8 @@ reconstruction). ``train_quadapter`` writes the trained ``a`` back into the pair
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import itertools
-import sys
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -28,6 +26,9 @@ from lowbit.config import Recipe
 from lowbit.errors import CalibrationError, ConfigError
 from lowbit.passes.fx.quadapter import LOG_SUFFIX, InsertQuadapter
 from lowbit.passes.reports import scale_name
+from lowbit.progress import bar as progress_bar
+from lowbit.progress import drawing, say
+from lowbit.warning_filters import copy_graph
 
 __all__ = ["QuadapterConfig", "block_outputs", "scales_by_linear", "train_quadapter"]
 
@@ -112,10 +113,10 @@ def train_quadapter(pairs: fx.GraphModule, fp: fx.GraphModule, batches: Iterable
     if not data:
         raise CalibrationError("train_quadapter: no training batches")
     blocks = list(blocks if blocks is not None else block_outputs(fp))
-    train, taps_t = _tapped(copy.deepcopy(pairs), blocks)
+    train, taps_t = _tapped(copy_graph(pairs), blocks)
     if not InsertQuadapter(recipe.weight, recipe.activation)(train).modified:
         raise ConfigError("train_quadapter: the graph has no scale pairs to train")
-    teacher, taps_f = _tapped(copy.deepcopy(fp), blocks)
+    teacher, taps_f = _tapped(copy_graph(fp), blocks)
     logs = {n: p for n, p in train.named_parameters() if n.endswith(LOG_SUFFIX)}
     for n, p in train.named_parameters():
         p.requires_grad_(n in logs)
@@ -124,7 +125,10 @@ def train_quadapter(pairs: fx.GraphModule, fp: fx.GraphModule, batches: Iterable
     hist: dict[str, list] = {"loss1": [], "loss2": []}
     t0 = time.perf_counter()
     total = config.phase1_steps + config.phase2_steps
-    for step, batch in zip(range(total), itertools.cycle(data)):
+    drawn = drawing(progress)
+    shown = progress_bar(zip(range(total), itertools.cycle(data)), total=total,
+                         desc="quadapter", unit="step", enabled=progress)
+    for step, batch in shown:
         phase = 1 if step < config.phase1_steps else 2
         with torch.no_grad():
             f_out = _run(teacher, batch)
@@ -139,9 +143,14 @@ def train_quadapter(pairs: fx.GraphModule, fp: fx.GraphModule, batches: Iterable
         opt.step()
         hist[f"loss{phase}"].append(float(loss.detach()))
         if progress and config.log_every and (step + 1) % config.log_every == 0:
-            print(f"[lowbit] quadapter phase {phase} step {step + 1}/{total}: "
-                  f"loss {hist[f'loss{phase}'][-1]:.4g} ({time.perf_counter() - t0:.1f} s)",
-                  file=sys.stderr, flush=True)
+            shown.set_postfix_str(f"phase {phase}, loss {hist[f'loss{phase}'][-1]:.4g}")
+            if not drawn:               # a log gets a line every log_every steps
+                say(f"quadapter phase {phase} step {step + 1}/{total}: "
+                    f"loss {hist[f'loss{phase}'][-1]:.4g} ({time.perf_counter() - t0:.1f} s)")
+    if drawn:                           # a terminal: the bar, then one line
+        last = hist["loss2"] or hist["loss1"]
+        say(f"quadapter: {total} steps, last loss {last[-1] if last else float('nan'):.4g} "
+            f"({time.perf_counter() - t0:.1f} s)")
     with torch.no_grad():
         for n, p in logs.items():
             pairs.get_parameter(n.removesuffix(LOG_SUFFIX)).copy_(p.exp())

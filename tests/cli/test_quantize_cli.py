@@ -34,3 +34,18 @@ def test_fixed_shape_onnx_takes_its_shapes(lowbit, models, work):
     assert dims == [[2, 16], [2, 16]]
     assert json.dumps("W8A8") in json.dumps({p.key: p.value for p in onnx.load(
         work / "fixed_q" / "model.qdq.onnx").metadata_props})
+
+
+def test_verbose_shows_the_pipeline_report_and_nothing_else(lowbit, models, work, quantized):
+    """-v logs lowbit's own DEBUG records (each pass pipeline's report); every other library
+    stays at WARNING, and the exporter's torchvision lines are filtered at export, so stderr
+    holds lowbit's lines only, with or without -v; without -v there is no report."""
+    done = lowbit("-v", "quantize", models / "bert", "--num-calibration", 8, "--seq", 16,
+                  "-o", "verbose_q", cwd=work)
+    assert done.returncode == 0, done.stderr
+    assert "pipeline quantize (FX, W8A8)" in done.stderr and "InsertFakeQuant" in done.stderr
+    for run in (done, quantized):
+        others = [line for line in run.stderr.splitlines()
+                  if line and not line.startswith(("[lowbit", "  "))]
+        assert others == [], run.stderr
+    assert "pipeline quantize" not in quantized.stderr

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-VERBS = ("demo", "quantize", "compile", "bench", "verify")
+VERBS = ("demo", "quantize", "compile", "bench", "eval", "verify", "report")
 QDQ = "lowbit-out/bert-W8A8/model.qdq.onnx"
 MODULE = "lowbit-out/bert-W8A8/tvm-cpu"
 

@@ -161,3 +161,18 @@ def test_one_hot_fp_logits_give_back_the_float_weights_in_the_graph_layout():
                                       granularity=PerHead(), space=FAST, steps=10, probes=4,
                                       progress=False)
     assert plan.total_bytes <= plan.budget_bytes
+
+
+def test_other_settings_share_a_checkpoint_folder(bert, tmp_path):
+    """Two searches that differ only in their seed write their own checkpoints into one folder
+    (named by lambda and a hash of the settings) instead of refusing each other's; a rerun of
+    the first reuses its own files."""
+    kw = {"calibration": BATCHES, "space": FAST, "granularity": SPLIT, "steps": 4,
+          "probes": 1, "progress": False, "checkpoint": tmp_path}
+    first = dnas.search_precision_dnas(bert, Budget(avg_bits=6.5), seed=0, **kw)
+    dnas.search_precision_dnas(bert, Budget(avg_bits=6.5), seed=1, **kw)
+    names = sorted(p.name for p in tmp_path.glob("lambda-*.pt"))
+    assert len(names) == 2 and names[0].split("-")[:2] == names[1].split("-")[:2], names
+    again = dnas.search_precision_dnas(bert, Budget(avg_bits=6.5), seed=0, **kw)
+    assert again.entries == first.entries
+    assert sorted(p.name for p in tmp_path.glob("lambda-*.pt")) == names

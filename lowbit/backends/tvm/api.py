@@ -15,8 +15,6 @@ the example inputs the graph was captured with (``gm.meta["lowbit_example_inputs
 from __future__ import annotations
 
 import collections
-import copy
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -37,6 +35,8 @@ from lowbit.backends.tvm.target import required_cpu_flags, resolve_target
 from lowbit.backends.tvm.tune import Tune
 from lowbit.errors import ConfigError
 from lowbit.passes.fx.word_bits import word_bits_nodes
+from lowbit.progress import say, stages
+from lowbit.warning_filters import copy_graph, quiet
 
 __all__ = ["Tune", "compile"]
 
@@ -80,13 +80,14 @@ def _import_fx(graph: Any, example_inputs: Any, passes: list):
                               "first with lowbit.capture)")
         graph = lowbit.capture(graph.eval(), example_inputs)
     example = _example(graph, example_inputs)
-    gm = copy.deepcopy(graph)
+    gm = copy_graph(graph)
     for p in passes:
         p(gm)
     tiered = [(n.name, n.target.__name__.split(".")[0]) for n in word_bits_nodes(gm)]
     return import_graph(gm, example), list(gm.meta.get(LOWERING_META, [])) + tiered
 
 
+STAGES = ("import", "prepare", "schedule", "build")
 INT8_KINDS = ("linear_u8s8", "linear_u8s8_q", "linear_u8s8_peg")
 
 
@@ -110,11 +111,6 @@ def lowering_summary(lowering: list, family: str | None) -> str:
                if any(kinds[k] for k in TIERED_KINDS) else ""))
 
 
-def _say(progress: bool, msg: str) -> None:
-    if progress:
-        print(f"[lowbit] {msg}", file=sys.stderr, flush=True)
-
-
 def compile(graph: Any, target: Any = "cpu", tune: Tune | None = None, *,
             example_inputs: Any = None, int8: bool = True, int4: bool = True,
             progress: bool = True) -> CompiledModule:
@@ -128,7 +124,8 @@ def compile(graph: Any, target: Any = "cpu", tune: Tune | None = None, *,
         tune: None (default schedules only) or ``Tune(trials=, db=)``.
         example_inputs: inputs fixing the compiled shapes (default: the graph's own).
         int8, int4: lower W8A8 / W4A16 linears to integer kernels (else float fake-quant).
-        progress: report stages on stderr.
+        progress: a bar over the stages on a terminal; the lowering summary, the tuning
+            lines and one summary line on stderr.
     """
     t0 = time.perf_counter()
     tgt = resolve_target(target)
@@ -137,19 +134,25 @@ def compile(graph: Any, target: Any = "cpu", tune: Tune | None = None, *,
     pipeline = pipeline_for(tgt)
     family, no_int8 = pipeline.kernel_family(tgt)
     int8_ok = int8 and family is not None
-    if is_onnx(graph):  # QDQ ONNX (proto, .onnx path, onnx_ir)
-        imported, lowering = import_onnx(graph, example_inputs,
-                                         int8=int8_ok and pipeline.ONNX_INT8)
-    else:
-        imported, lowering = _import_fx(graph, example_inputs,
-                                        pipeline.fx_passes(int8=int8_ok, int4=int4))
-    if int8 and not int8_ok:   # name the real reason, not "int8 disabled"
-        lowering = [(n, f"fp32: {no_int8}" if k == "fp32: int8 disabled" else k)
-                    for n, k in lowering]
-    _say(progress, lowering_summary(lowering, family))
-    mod = pipeline.prepare(imported.mod, tgt)
-    mod, tuned = pipeline.schedule(mod, tgt, tune, progress=progress)
-    ex = pipeline.build(mod, tgt)
+    with stages(STAGES, desc="compiling", enabled=progress) as stage:
+        stage("import")
+        if is_onnx(graph):  # QDQ ONNX (proto, .onnx path, onnx_ir)
+            imported, lowering = import_onnx(graph, example_inputs,
+                                             int8=int8_ok and pipeline.ONNX_INT8)
+        else:
+            imported, lowering = _import_fx(graph, example_inputs,
+                                            pipeline.fx_passes(int8=int8_ok, int4=int4))
+        if int8 and not int8_ok:   # name the real reason, not "int8 disabled"
+            lowering = [(n, f"fp32: {no_int8}" if k == "fp32: int8 disabled" else k)
+                        for n, k in lowering]
+        say(lowering_summary(lowering, family), enabled=progress)
+        stage("prepare")
+        with quiet("tvm-take-fast-mode"):    # legalizing embedding lookups (relax.take)
+            mod = pipeline.prepare(imported.mod, tgt)
+        stage("schedule")
+        mod, tuned = pipeline.schedule(mod, tgt, tune, progress=progress)
+        stage("build")
+        ex = pipeline.build(mod, tgt)
     meta = {
         "inputs": _input_meta(imported.mod, imported.input_names),
         "input_bounds": input_bounds(imported.mod, len(imported.input_names)),
@@ -164,5 +167,5 @@ def compile(graph: Any, target: Any = "cpu", tune: Tune | None = None, *,
         "lowbit_version": lowbit.__version__,
         "tvm_version": tvm.__version__,
     }
-    _say(progress, f"compiled for {tgt} in {time.perf_counter() - t0:.1f} s")
+    say(f"compiled for {tgt} in {time.perf_counter() - t0:.1f} s", enabled=progress)
     return CompiledModule(ex, imported.params, meta)

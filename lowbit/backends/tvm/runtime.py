@@ -35,6 +35,7 @@ from tvm.runtime.vm import VirtualMachine
 
 from lowbit.backends.tvm.cuda_env import load_cuda_backend
 from lowbit.errors import LowbitError, RuntimeInputError
+from lowbit.warning_filters import quiet
 
 __all__ = ["CompiledModule", "RuntimeInputError", "load"]
 
@@ -211,7 +212,8 @@ class CompiledModule:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
-            self.executable.export_library(str(tmp / "model.so"))
+            with quiet("tvm-vm-scope-saving"):
+                self.executable.export_library(str(tmp / "model.so"))
             params = {f"p{i}": (p if isinstance(p, tvm.runtime.Tensor)
                                 else tvm.runtime.tensor(p))
                       for i, p in enumerate(self._raw_params)}  # host copies, any device

@@ -12,8 +12,11 @@ defaults.
 
 Tasks are the kernels worth tuning (``kernels="gemm"``: the lowbit integer kernels and fp32
 matmuls; ``"all"``: every kernel). ``trials`` is the total number of measured candidates,
-split evenly over the kernels being tuned. The search space is MetaSchedule's x86 space with
-the target's dot-product intrinsic (kernels/isa/) under our own name (``search_space``). Integer
+split over the kernels being tuned so that the shares add up to it (``split_trials``: 64 over
+6 kernels is 11, 11, 11, 11, 10, 10; ``trials // 6`` each ran 60 of 64). A candidate that fails
+to build or run counts as a trial, as in MetaSchedule. The search space is MetaSchedule's x86
+space with the target's dot-product intrinsic (kernels/isa/) under our own name
+(``search_space``). Integer
 kernels of pair-form instruction sets (AVX2, AVX-512BW: ``vpmaddwd``, whose partial sums
 MetaSchedule cannot tensorize) are tuned by timing their hand schedule's register tiles
 instead (tile_search.py).
@@ -21,6 +24,12 @@ instead (tile_search.py).
 Records are kept per target (``ms/<target key>/``, ``tiles/<target key>.json``): a
 workload tuned for AVX2 is never replayed on AVX-512 or the reverse, even where the kernel is
 the same (fp32 matmuls, or a VNNI kernel on AVX-VNNI and AVX-512 VNNI).
+
+What MetaSchedule and XGBoost print goes to ``<db>/tune.log`` (tune_log.py); the terminal gets a
+bar over the tasks and one line per task: trials measured of those asked (MetaSchedule stops a
+task early when its search finds no new candidate; the line says so), how many failed to build
+or run, the best time, the reference check and the comparison with the default schedule, and
+the time the task took.
 """
 
 from __future__ import annotations
@@ -28,7 +37,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import logging
 import os
 import sys
 import time
@@ -44,9 +52,12 @@ from lowbit.backends.tvm.kernels import KERNEL_ATTR
 from lowbit.backends.tvm.kernels.isa import ISAS, isa_of
 from lowbit.backends.tvm.schedules.base import prim_funcs
 from lowbit.backends.tvm.schedules.cpu import default_schedule_of
+from lowbit.backends.tvm.tune_log import TUNE_LOG, into_log, log_sizes, shortfall_reason
 from lowbit.errors import ConfigError
+from lowbit.progress import bar as progress_bar
+from lowbit.progress import say
 
-__all__ = ["Tune", "TuningDB", "tune_module"]
+__all__ = ["Tune", "TuningDB", "split_trials", "tune_module"]
 
 KERNEL_SETS = ("gemm", "all")
 BUILD_TIMEOUT_S = 60.0  # LLVM on a loaded 2-core machine; a kernel builds in 1-5 s when idle
@@ -79,11 +90,6 @@ class Tune:
             raise ConfigError(f"Tune.kernels must be one of {KERNEL_SETS}, got {self.kernels!r}")
         if not isinstance(self.db, (str, os.PathLike)) or not str(self.db):
             raise ConfigError(f"Tune.db must be a folder path, got {self.db!r}")
-
-
-def _say(progress: bool, msg: str) -> None:
-    if progress:
-        print(f"[lowbit] {msg}", file=sys.stderr, flush=True)
 
 
 def _workload(func: tvm.tirx.PrimFunc) -> tvm.IRModule:
@@ -122,8 +128,8 @@ class TuningDB:
             try:
                 self.verified = json.loads(self._verified_path.read_text())
             except json.JSONDecodeError:  # never written half (atomic), but edited by hand
-                print(f"[lowbit] {self._verified_path} is not valid JSON: ignored (tuned "
-                      f"records will be checked again)", file=sys.stderr)
+                say(f"{self._verified_path} is not valid JSON: ignored (tuned records will "
+                    f"be checked again)")
 
     def ms_for(self, target):
         """The MetaSchedule database of ``target`` (``ms/<target key>/``)."""
@@ -195,8 +201,8 @@ def repair_table(path: Path) -> int:
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text("".join(good))
         os.replace(tmp, path)
-        print(f"[lowbit] {path}: dropped {dropped} unreadable line(s) (an interrupted tuning "
-              f"run?); the other records are kept", file=sys.stderr)
+        say(f"{path}: dropped {dropped} unreadable line(s) (an interrupted tuning run?); the "
+            f"other records are kept")
     return dropped
 
 
@@ -265,23 +271,46 @@ def _without_stock_intrinsics():
             del sys.modules[key]
 
 
-def _tune_one(name, func, target, db: TuningDB, trials: int, cores: int) -> None:
+def _tune_one(name, func, target, db: TuningDB, trials: int, cores: int) -> str:
+    """MetaSchedule on one kernel, its output into ``<db>/tune.log``; returns the summary:
+    trials measured of ``trials`` (and why fewer), failures, best time."""
     from tvm.s_tir import meta_schedule as ms
 
-    builder = ms.builder.LocalBuilder(max_workers=cores, timeout_sec=BUILD_TIMEOUT_S,
-                                      f_build=build_candidate)
-    runner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S)
-    # MetaSchedule echoes its search tables on stdout at the level of this logger (DEBUG if
-    # unset); lowbit prints its own progress, the full logs stay under <db>/logs/
-    ms_log = logging.getLogger("tvm.s_tir.meta_schedule")
-    if ms_log.level == logging.NOTSET:
-        ms_log.setLevel(logging.WARNING)
-    with _without_stock_intrinsics():
+    database, workload = db.ms_for(target), _workload(func)
+    work_dir = db.folder / "logs" / name
+    before, valid_before, sizes = len(database), _valid_records(database, workload), \
+        log_sizes(work_dir)
+    with into_log(db.folder / TUNE_LOG, f"{name} on {target_key(target)}: {trials} trials"), \
+            _without_stock_intrinsics():
+        builder = ms.builder.LocalBuilder(max_workers=cores, timeout_sec=BUILD_TIMEOUT_S,
+                                          f_build=build_candidate)
+        runner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S)
         ms.tir_integration.tune_tir(
-            _workload(func), target, work_dir=str(db.folder / "logs" / name),
-            max_trials_global=trials, num_trials_per_iter=min(64, trials),
-            database=db.ms_for(target),
+            workload, target, work_dir=str(work_dir),
+            max_trials_global=trials, num_trials_per_iter=min(64, trials), database=database,
             builder=builder, runner=runner, space=search_space(target), num_tuning_cores=cores)
+    return _trials_summary(len(database) - before,
+                           _valid_records(database, workload) - valid_before, trials,
+                           shortfall_reason(work_dir, sizes),
+                           db.ms_for(target).query_tuning_record(workload, target, "main"))
+
+
+def _valid_records(database, workload) -> int:
+    """Records of ``workload`` that ran (MetaSchedule commits a failed candidate too, with a
+    run time of 1e10 s, which ``get_top_k`` leaves out)."""
+    if not database.has_workload(workload):
+        return 0
+    return len(database.get_top_k(database.commit_workload(workload), 1 << 30))
+
+
+def _trials_summary(measured: int, valid: int, asked: int, why_short: str, best_rec) -> str:
+    """``60 of 64 trials (the search found no new candidate), 12 failed to build or run;
+    best 0.1234 ms``."""
+    short = f" ({why_short})" if measured < asked and why_short else ""
+    failed = f", {measured - valid} failed to build or run" if measured > valid else ""
+    best = (f"best {min(float(x) for x in best_rec.run_secs) * 1e3:.4f} ms"
+            if best_rec is not None and best_rec.run_secs else "no valid candidate")
+    return f"{measured} of {asked} trials{short}{failed}; {best}"
 
 
 def tune_module(mod: tvm.IRModule, target, tune: Tune, *, progress: bool = True
@@ -295,43 +324,70 @@ def tune_module(mod: tvm.IRModule, target, tune: Tune, *, progress: bool = True
         unique.setdefault(TuningDB.key(func, target), name)
     missing = [n for n in unique.values() if not db.has_record(funcs[n], target)]
     todo = missing if tune.trials else []
-    _say(progress, f"tuning: {len(unique)} kernel(s), {len(unique) - len(missing)} already in "
-                   f"{db.folder}, {len(todo)} to tune")
+    shares = split_trials(tune.trials, len(todo))
+    say(f"tuning: {len(unique)} kernel(s), {len(unique) - len(missing)} already in "
+        f"{db.folder}, {len(todo)} to tune" + (
+            f" ({sum(shares)} trials, {_per_kernel(shares)} per kernel; MetaSchedule's "
+            f"output in {db.folder / TUNE_LOG})" if todo else ""), enabled=progress)
     if todo:
-        per_task = max(1, tune.trials // len(todo))
         cores = tune.num_cores or int(target.attrs.get("num-cores", 1))
-        for i, name in enumerate(todo, 1):
-            t0 = time.perf_counter()
-            _say(progress, f"tuning {i}/{len(todo)}: {name} ({per_task} trials)")
-            try:
-                if tile_search.applies(funcs[name], target):
-                    best = tile_search.search(funcs[name], target, db.tiles_for(target))
-                else:
-                    _tune_one(name, funcs[name], target, db, per_task, cores)
-                    rec = db.ms_for(target).query_tuning_record(_workload(funcs[name]),
-                                                                target, "main")
-                    best = (f"best {min(float(x) for x in rec.run_secs) * 1e3:.4f} ms"
-                            if rec is not None and rec.run_secs else "no valid candidate")
-            except Exception as e:  # noqa: BLE001  (a failed task keeps its default schedule)
-                _say(progress, f"  tuning {name} failed ({type(e).__name__}: "
+        with progress_bar(total=len(todo), desc="tuning", unit="task",
+                          enabled=progress) as shown:
+            for i, (name, trials) in enumerate(zip(todo, shares), 1):
+                shown.set_postfix_str(name)
+                t0 = time.perf_counter()
+                try:
+                    if tile_search.applies(funcs[name], target):
+                        outcome = tile_search.search(funcs[name], target, db.tiles_for(target))
+                    else:
+                        outcome = _tune_one(name, funcs[name], target, db, trials, cores)
+                    verdict = _judged(db, funcs[name], target, tune.verify)
+                except Exception as e:  # noqa: BLE001  (a failed task keeps its default)
+                    outcome = (f"failed ({type(e).__name__}: "
                                f"{str(e).strip().splitlines()[-1][:200]}); default schedule")
-                continue
-            _say(progress, f"  {name}: {best} ({time.perf_counter() - t0:.0f} s)")
+                    verdict = ""
+                say(f"tuning {i}/{len(todo)} {name}: {outcome}{verdict} "
+                    f"({time.perf_counter() - t0:.0f} s)", enabled=progress)
+                shown.update()
     chosen: dict[str, tvm.tirx.PrimFunc] = {}
     for name, func in funcs.items():
         key = TuningDB.key(func, target)
-        sched = db.schedule(func, target)
-        if sched is None:
-            continue
-        if "use" not in db.verified.get(key, {}):
-            entry = _judge(func, sched, target, tune.verify)
-            db.remember(key, entry)
-            _say(progress, f"  {name}: {entry['detail']}" + (
-                f"; tuned {entry['tuned_ms']:.4f} ms vs default {entry['default_ms']:.4f} ms"
-                if "tuned_ms" in entry else "") + f" -> {'tuned' if entry['use'] else 'DEFAULT'}")
-        if db.verified[key]["use"]:
-            chosen[name] = sched
+        if "use" not in db.verified.get(key, {}):   # a record of an earlier run, never judged
+            verdict = _judged(db, func, target, tune.verify)
+            if verdict:
+                say(f"  {name}{verdict}", enabled=progress)
+        if db.verified.get(key, {}).get("use"):
+            chosen[name] = db.schedule(func, target)
     return chosen
+
+
+def split_trials(trials: int, tasks: int) -> list[int]:
+    """``trials`` shared over ``tasks`` kernels so that the shares add up to the budget (64
+    over 6: 11, 11, 11, 11, 10, 10; ``trials // tasks`` each ran 60), at least 1 each."""
+    if tasks == 0:
+        return []
+    base, extra = divmod(trials, tasks)
+    return [max(1, base + (i < extra)) for i in range(tasks)]
+
+
+def _per_kernel(shares: list[int]) -> str:
+    lo, hi = min(shares), max(shares)
+    return f"{lo}" if lo == hi else f"{lo}-{hi}"
+
+
+def _judged(db: TuningDB, func, target, verify: bool) -> str:
+    """Judge the best record of ``func`` once (``_judge``), remember the verdict in the
+    database; returns it for the summary line ("" when there is no record, or it was judged
+    before)."""
+    key = TuningDB.key(func, target)
+    sched = db.schedule(func, target)
+    if sched is None or "use" in db.verified.get(key, {}):
+        return ""
+    entry = _judge(func, sched, target, verify)
+    db.remember(key, entry)
+    timed = (f"; tuned {entry['tuned_ms']:.4f} ms vs default {entry['default_ms']:.4f} ms"
+             if "tuned_ms" in entry else "")
+    return f"; {entry['detail']}{timed} -> {'tuned' if entry['use'] else 'DEFAULT'}"
 
 
 def _judge(func, sched, target, verify: bool) -> dict:

@@ -21,7 +21,6 @@ marked in its tag, so a second run reports ``modified=False``.
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 
 import torch
@@ -38,6 +37,8 @@ from lowbit.passes.infra import Pass, PassResult
 from lowbit.passes.patterns import LinearRef
 from lowbit.passes.precision_plan import fitted_space, storage
 from lowbit.passes.view.fx_graph import strip_casts
+from lowbit.progress import bar as progress_bar
+from lowbit.progress import say
 from lowbit.quant import bcq
 from lowbit.quant.numerics import quantize_weight, weight_grid
 from lowbit.recipes import W8A8
@@ -86,7 +87,9 @@ class QuantizeFormats(Pass):
         todo = [n for n in planned_linears(gm) if "storage" not in n.meta[PLAN_META]
                 and n.target == aten.linear.default and len(n.meta[PLAN_META]["blocks"]) == 1]
         ins, report, t0 = FakeQuantInserter(gm), [], time.perf_counter()
-        for i, node in enumerate(todo):
+        fitted = 0
+        for node in progress_bar(todo, desc="mixed precision: blocks", unit="block",
+                                 enabled=self.progress):
             tag = node.meta[PLAN_META]
             (a, e, code, bits), = tag["blocks"]
             rows = tag.get("rows", (a, e))
@@ -120,11 +123,9 @@ class QuantizeFormats(Pass):
                 ref = LinearRef(node, tag["linear"], wname, None, w32.shape[1], w32.shape[0])
                 err = relative_error(w32, fit.dequantize())
                 replace_with_bcq(gm, BCQSite(tag["role"], ref, node, fit, err, float("nan")))
-            if self.progress and st.kind in ("bcq", "codes"):
-                print(f"\r[lowbit] mixed precision: {i + 1}/{len(todo)} blocks, "
-                      f"{time.perf_counter() - t0:.1f} s", end="", file=sys.stderr, flush=True)
-        if self.progress and todo:
-            print(file=sys.stderr, flush=True)
+                fitted += 1
+        say(f"mixed precision: {len(todo)} blocks, {fitted} fitted as bit planes, "
+            f"{time.perf_counter() - t0:.1f} s", enabled=self.progress and fitted > 0)
         changed = any(r["storage"] != "fp32" for r in report)
         if changed:
             gm.graph.lint()

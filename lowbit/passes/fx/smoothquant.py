@@ -10,7 +10,6 @@ fake-quant, so the pair goes in front of the input quantizer, which then sees ``
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Iterable
 from typing import Any
@@ -30,6 +29,7 @@ from lowbit.passes.smoothquant import positions, smooth_and_fold
 from lowbit.passes.view.fx import FxView
 from lowbit.quant.observers import make_observer
 from lowbit.quant.smoothing import absmax_from_range
+from lowbit.warning_filters import copy_graph
 
 __all__ = ["DEFAULT_ROLES", "PRODUCER_HINTS", "SmoothQuantScales", "channel_absmax",
            "smoothquant"]
@@ -50,7 +50,7 @@ def channel_absmax(gm: fx.GraphModule, batches: Iterable[Any],
                    roles: Iterable[str] = DEFAULT_ROLES) -> dict[str, torch.Tensor]:
     """Per-channel max |x| (last axis) at the input of every linear of ``roles``, keyed by
     the linear's module name. Runs a copy of ``gm`` with per-channel MinMax observers."""
-    work = copy.deepcopy(gm)
+    work = copy_graph(gm)
     obs: dict[str, _AbsMax] = {}
     for i, (y, refs) in enumerate(positions(FxView(work), roles)):
         mod = _AbsMax(refs[0][1].name + ":input")
@@ -96,7 +96,7 @@ def smoothquant(gm: fx.GraphModule, batches: Iterable[Any], *, alpha: float = 0.
                 inplace: bool = False) -> tuple[fx.GraphModule, ScaleReport]:
     """Calibrate, insert SmoothQuant pairs and fold them: returns (graph, report); the report
     lists folded positions (``done``), explicit ones (``kept``) and refusals with reasons."""
-    gm = gm if inplace else copy.deepcopy(gm)
+    gm = gm if inplace else copy_graph(gm)
     absmax = channel_absmax(gm, batches, roles)
     return gm, smooth_and_fold(gm, absmax, SmoothQuantScales, FoldChannelScales, alpha=alpha,
                                roles=roles, explicit=explicit)

@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import pathlib
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -45,6 +44,8 @@ from lowbit.config import PerEmbeddingGroup
 from lowbit.errors import CalibrationError
 from lowbit.passes.onnx.insert_qdq import Site
 from lowbit.passes.onnx.load import EXTERNAL_DATA_BYTES, has_external_data, initializer_bytes
+from lowbit.progress import bar as progress_bar
+from lowbit.progress import say
 from lowbit.quant.numerics import qparams_from_range
 from lowbit.quant.observers import make_observer
 from lowbit.quant.peg import spec_qparams
@@ -152,21 +153,18 @@ def observe(model: ir.Model, sites: Sequence[Site], batches: Iterable[Any], *,
         session = runner(src, threads, optimization="basic")
         index = {name: i for i, name in enumerate(session.output_names)}
         ignored: set = set()
-        for batch in batches:
+        for batch in progress_bar(batches, desc="calibrating (onnxruntime)", unit="batch",
+                                  enabled=progress):
             outs = session.run(_feed(session, batch, ignored))
             for s in sites:
                 observers[s.name].update(torch.from_numpy(outs[index[s.value.name]]))
             del outs
             count += 1
-            if progress and (sys.stderr.isatty() or count % 50 == 0):
-                print(f"\r[lowbit] calibrating (onnxruntime): {count} batch(es), "
-                      f"{time.perf_counter() - t0:.1f} s", end="", file=sys.stderr, flush=True)
     if count == 0:
         raise CalibrationError("calibration data is empty: give at least one batch "
                                f"({len(sites)} activation quantizers need ranges)")
-    if progress:
-        print(f"\r[lowbit] calibrated on {count} batch(es) in {time.perf_counter() - t0:.1f} s "
-              f"({len(sites)} activation observers)", file=sys.stderr, flush=True)
+    say(f"calibrated on {count} batch(es) in {time.perf_counter() - t0:.1f} s "
+        f"({len(sites)} activation observers)", enabled=progress)
     return {s.name: observers[s.name].range() for s in sites}
 
 

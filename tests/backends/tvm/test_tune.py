@@ -10,7 +10,8 @@ whose instruction set has the pair form (AVX2, AVX-512BW) the int8 kernel's reco
 record (tile_search.py) instead of a MetaSchedule trace; the MetaSchedule table tests use an
 fp32 matmul there. Records are kept per target: one target's never serves another.
 
-``LOWBIT_TVM_TUNE_TEST=1`` adds a real 2-trial MetaSchedule run (about 1-2 min here).
+``LOWBIT_TVM_TUNE_TEST=1`` adds a real 2-trial MetaSchedule run (about 1-2 min here), which
+also checks that its output goes to ``<db>/tune.log``, not to the terminal.
 """
 
 import os
@@ -190,16 +191,20 @@ def test_random_args_cover_dtypes():
 
 @pytest.mark.skipif(os.environ.get("LOWBIT_TVM_TUNE_TEST") != "1",
                     reason="real MetaSchedule run: set LOWBIT_TVM_TUNE_TEST=1")
-def test_metaschedule_two_trials_then_nothing(tmp_path, capsys):
+def test_metaschedule_two_trials_then_nothing(tmp_path, capfd):
+    """Also: MetaSchedule's tables, XGBoost's lines and the workers' C++ warnings go to
+    <db>/tune.log; the terminal (fd 1 and 2) gets lowbit's lines only, one per task."""
     chosen = tune.tune_module(_module(), TARGET, tune.Tune(trials=2, db=tmp_path))
-    err = capsys.readouterr().err
-    assert "1 to tune" in err
-    print(err)
+    out, err = capfd.readouterr()
+    assert "1 to tune" in err and f"tuning 1/1 {NAME}: 2 of 2 trials" in err
+    assert out == "" and all(line.startswith("[lowbit]") for line in err.splitlines()), err
+    log = (tmp_path / "tune.log").read_text()
+    assert "===== " in log and "Trials" in log and "XGB" in log
     entries = list(tune.TuningDB(tmp_path).verified.values())
     if entries:                                  # 2 random candidates may all fail to build
         (entry,) = entries
         assert entry["ok"]
         assert list(chosen) == ([NAME] if entry["use"] else [])
     tune.tune_module(_module(), TARGET, tune.Tune(trials=2, db=tmp_path))
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert "0 to tune" in err or not entries

@@ -42,6 +42,7 @@ from lowbit.backends.tvm.lowering.word_bits import (
 )
 from lowbit.capture import output_names
 from lowbit.errors import CompileError
+from lowbit.warning_filters import quiet
 
 __all__ = ["CompileError", "ImportedModel", "import_graph"]
 
@@ -300,7 +301,9 @@ def import_graph(gm: fx.GraphModule, example: tuple[tuple, dict]) -> ImportedMod
     user_inputs = [s.arg.name for s in ep.graph_signature.input_specs
                    if s.kind == torch.export.graph_signature.InputKind.USER_INPUT]
     try:
-        mod = from_exported_program(ep, keep_params_as_input=True, custom_convert_map=CONVERTERS)
+        with quiet("torch-leafspec-deepcopy"):    # its decompositions copy the program
+            mod = from_exported_program(ep, keep_params_as_input=True,
+                                        custom_convert_map=CONVERTERS)
     except CompileError:    # a lowbit converter's own (names the node)
         raise
     except Exception as e:  # the importer (and the decompositions it runs) raise many kinds

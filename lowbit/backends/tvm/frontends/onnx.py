@@ -47,6 +47,7 @@ from lowbit.backends.tvm.lowering.word_bits import (
     tiers_of,
 )
 from lowbit.errors import CompileError, ConfigError
+from lowbit.warning_filters import quiet
 
 __all__ = ["import_onnx", "is_onnx"]
 
@@ -172,8 +173,6 @@ def _fix_shapes(proto: onnx.ModelProto, shapes: dict[str, list]) -> onnx.ModelPr
     module docstring: "fix"); a model without symbolic input dimensions is returned as is."""
     if not _symbolic(proto.graph):
         return proto
-    import logging
-
     import onnx_ir as ir
     from onnx_ir.passes.common import RemoveUnusedNodesPass
     from onnxscript.optimizer import fold_constants
@@ -184,13 +183,8 @@ def _fix_shapes(proto: onnx.ModelProto, shapes: dict[str, list]) -> onnx.ModelPr
             dim.dim_value = int(size)
     del proto.graph.value_info[:]          # symbolic shapes of intermediates: inferred again
     model = ir.from_proto(proto)
-    folding_log = logging.getLogger("onnxscript.optimizer._constant_folding")
-    level = folding_log.level
-    folding_log.setLevel(logging.ERROR)    # "Evaluation failed" for what stays dynamic
-    try:
+    with quiet("onnxscript-fold-evaluation-failed"):   # for what stays dynamic
         fold_constants(model, onnx_shape_inference=True)
-    finally:
-        folding_log.setLevel(level)
     RemoveUnusedNodesPass()(model)
     return ir.to_proto(model)
 
