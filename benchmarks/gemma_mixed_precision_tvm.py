@@ -162,8 +162,8 @@ def render(rows, args, command, started, wall, machine) -> str:
          "bit-plane kernel for BCQ and for 2/3-bit uniform codes, `fp32` = fp32 blocks and "
          "int8 g128 weights, which are dequantized in the graph when no calibration is given); "
          "compiled linears = the module's `meta[\"lowering\"]` kinds with the backend's reason "
-         "for fp32 ones (\"group weight not symmetric 4-bit\" = the dequantized int8 g128 "
-         "blocks; \"weight not quantized\" = the fp32 LM head and fp32 blocks). Lowering lines "
+         "for fp32 ones (\"group-128 weight of 8 bits\", before 2026-12-03 \"group weight not "
+         "symmetric 4-bit\" = the int8 g128 blocks; \"weight not quantized\" = the fp32 LM head and fp32 blocks). Lowering lines "
          "as printed:"),
         "",
         *[f"- {r['name']}: {r['lowering_summary']}" for r in rows],

@@ -87,6 +87,20 @@ def test_options_and_reasons(bert):
     assert reasons == {"fp32: int8 disabled", "fp32: weight not quantized"}
 
 
+@pytest.mark.parametrize("spec,why", [
+    (QuantSpec(bits=8, symmetric=True, granularity=PerGroup(32)),
+     "fp32: group-32 weight of 8 bits [-127, 127]: the group kernel takes 4-bit weights only"),
+    (QuantSpec(bits=4, symmetric=False, granularity=PerGroup(32)),
+     "fp32: group-32 4-bit weight with a zero point [0, 15] (the kernel is symmetric)")])
+def test_group_weights_the_kernel_cannot_take_say_why(bert, spec, why):
+    """An 8-bit or asymmetric group weight stays fp32 with a reason naming what it is."""
+    q, _ = _quantized(bert, W4_G32.replace(name="G", weight=spec))
+    lowered = copy.deepcopy(q)
+    LegalizeQuantLinear()(lowered)
+    reasons = [r for _, r in lowered.meta[LOWERING_META]]
+    assert reasons.count(why) == N_LINEAR, sorted(set(reasons))
+
+
 def test_weight_buffers_replaced_by_packed_ones(bert):
     q, _ = _quantized(bert, recipes.W8A8)
     lowered = copy.deepcopy(q)

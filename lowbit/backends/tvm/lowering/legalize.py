@@ -48,6 +48,8 @@ compiles.
 
 from __future__ import annotations
 
+import math
+
 import dataclasses
 
 import torch
@@ -254,8 +256,13 @@ class LegalizeQuantLinear(Pass):
         qmin, qmax, dtype, group = w.args[3:7]
         if w_i4 is None or s_w is None or z_w is None or w_i4.dim() != 2:
             return "fp32: int4 weight is not a 2-D buffer with buffer scales"
+        bits = math.ceil(math.log2(int(qmax) - int(qmin) + 1))
+        if bits > 4:
+            return (f"fp32: group-{group} weight of {bits} bits [{qmin}, {qmax}]: the group "
+                    f"kernel takes 4-bit weights only")
         if dtype != torch.int8 or qmin < -8 or qmax > 7 or bool((z_w != 0).any()):
-            return "fp32: group weight not symmetric 4-bit"
+            return (f"fp32: group-{group} {bits}-bit weight with a zero point [{qmin}, {qmax}] "
+                    f"(the kernel is symmetric)")
         n, k = w_i4.shape
         if group % 2 or k % group or s_w.shape != (n, k // group):
             return f"fp32: group size {group} does not tile K={k} evenly"
