@@ -48,9 +48,8 @@ compiles.
 
 from __future__ import annotations
 
-import math
-
 import dataclasses
+import math
 
 import torch
 import torch.ao.quantization.fx._decomposed
