@@ -24,14 +24,40 @@ VOCAB_WORDS = 120
 SEQ = 16                       # every model takes 32 positions; the verbs run at 16
 
 
+DATA_FILES = ("sst2_dev.tsv", "sst2_train.tsv", "wikitext2_test_raw.txt")
+
+
 def _env(cache: Path) -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", LOWBIT_CACHE=str(cache), PYTHONWARNINGS="ignore")
     env.pop("TVM_NUM_THREADS", None)
     return env
 
 
+@pytest.fixture(scope="session", autouse=True)
+def data_dir(tmp_path_factory):
+    """The SST-2 / WikiText-2 folder the verbs read (``$LOWBIT_DATA``, set for this session and
+    its subprocesses): ``../shared/data`` where the clone has it, else a stand-in of the same
+    format written from real English of the Python docs (``pydoc_data``), labels alternating,
+    so the verbs' plumbing is tested on any machine (the figures in docs/ use the real sets)."""
+    from lowbit.data import pydoc_sentences, shared_data_dir
+
+    real = shared_data_dir()
+    if all((real / f).is_file() for f in DATA_FILES):
+        folder = real
+    else:
+        folder = tmp_path_factory.mktemp("data")
+        rows = "".join(f"{t}\t{i % 2}\n" for i, t in enumerate(pydoc_sentences(96, words=12)))
+        for split in ("dev", "train"):
+            (folder / f"sst2_{split}.tsv").write_text("text\tlabel\n" + rows)
+        (folder / "wikitext2_test_raw.txt").write_text(
+            "\n = Python = \n\n" + "\n".join(pydoc_sentences(200, words=60)) + "\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LOWBIT_DATA", str(folder))
+        yield folder
+
+
 @pytest.fixture(scope="session")
-def lowbit(tmp_path_factory):
+def lowbit(tmp_path_factory, data_dir):
     """``lowbit(*args, cwd=...)`` -> CompletedProcess of ``python -m lowbit *args``."""
     env = _env(tmp_path_factory.mktemp("cache"))
 

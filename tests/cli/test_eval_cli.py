@@ -86,7 +86,7 @@ def test_head_on_sst2(lowbit, files, tmp_path):
     assert report["task"] == "sst2" and report["metrics"][0]["n"] == 24
     from lowbit.data import read_sst2
 
-    texts, labels = (v[:24] for v in read_sst2("dev"))
+    texts, labels = (v[:24] for v in read_sst2("dev"))     # LOWBIT_DATA: conftest data_dir
     model = transformers.BertForSequenceClassification.from_pretrained(files["cls"]).eval()
     tok = transformers.AutoTokenizer.from_pretrained(files["cls"])
     with torch.no_grad():
