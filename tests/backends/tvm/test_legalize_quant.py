@@ -135,3 +135,46 @@ def test_sibling_linears_fused_exactly(bert):
     for w, g in zip(lowered(**inputs).values(), fused(**inputs).values()):
         torch.testing.assert_close(g, w, rtol=0, atol=0)
     assert_idempotent(FuseSiblingLinears(), fused)
+
+
+@pytest.fixture(scope="module")
+def gpt2():
+    """A tiny GPT-2 (hidden 64, 2 layers): its Conv1D linears are addmm(b, x, W[K, N])."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=100,
+                                       n_positions=32, bos_token_id=0, eos_token_id=0)).eval()
+    calib = [{"input_ids": torch.randint(0, 100, (2, 16))} for _ in range(3)]
+    return capture(model, calib[0]), calib
+
+
+def test_conv1d_addmm_takes_the_int8_kernel(gpt2):
+    """GPT-2's addmm linears (weight [K, N], channels on axis 1) take the same u8s8 kernel as
+    aten.linear, the weight transposed once; the lowered graph equals the fake-quant one."""
+    gm, calib = gpt2
+    q = quantize(gm, recipes.W8A8, calibration=calib, progress=False)
+    lowered = copy.deepcopy(q)
+    assert LegalizeQuantLinear()(lowered).modified
+    kinds = dict(lowered.meta[LOWERING_META])
+    addmms = [n for n in kinds if n.startswith("addmm")]
+    assert len(addmms) == 2 * 4                      # c_attn, c_proj, c_fc, mlp c_proj
+    assert all(kinds[n] in ("linear_u8s8", "linear_u8s8_q") for n in addmms), kinds
+    assert op_counts(lowered)["aten.addmm.default"] == 0
+    want, got = q(**calib[0]), lowered(**calib[0])
+    torch.testing.assert_close(got.logits, want.logits, rtol=0, atol=ATOL)
+
+
+def test_conv1d_gpt2_compiles_to_int8_and_agrees(gpt2):
+    """End to end: the W8A8 GPT-2 compiles (host ISA) with its 8 Conv1D linears on int8
+    kernels (the tied LM head stays fp32), within ATOL of the fake-quant graph."""
+    from lowbit.compiler import compile as lowbit_compile
+
+    gm, calib = gpt2
+    q = quantize(gm, recipes.W8A8, calibration=calib, progress=False)
+    mod = lowbit_compile(q, target="cpu")
+    kinds = [k for _, k in mod.meta["lowering"]]
+    assert sum(k.startswith("linear_u8s8") for k in kinds) == 8, kinds
+    for batch in calib:
+        torch.testing.assert_close(torch.as_tensor(mod(**batch).numpy()),
+                                   q(**batch).logits.detach(), rtol=0, atol=ATOL)

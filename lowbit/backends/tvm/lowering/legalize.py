@@ -38,6 +38,9 @@ then feeds the residual add).
 
 A W4A8 graph (int4 weights, static u8 input) takes the W4A16 kernel on the dequantized input.
 
+Hugging Face Conv1D (GPT-2) computes ``addmm(b, x, W[K, N])``, its weight's channels on axis 1;
+W8A8 takes the same kernel with ``W^T`` packed once (group int4 in that layout stays fp32).
+
 Skipped on purpose, with the reason recorded in ``gm.meta["lowbit_tvm_lowering"]``: weights
 with non-zero zero points or a channel axis other than 0, K not a multiple of 4 (16x4 weight
 blocks) or of the group size, and linears whose weight is not quantized (they stay fp32).
@@ -109,15 +112,22 @@ class LegalizeQuantLinear(Pass):
             if _is(node, BCQ_LINEAR):           # BCQ layers: their own kernel (kernels/bcq.py)
                 log.append((node.name, "bcq_linear"))
                 continue
-            if not _is(node, torch.ops.aten.linear.default):
+            if _is(node, torch.ops.aten.linear.default):
+                x, w = node.args[0], node.args[1]
+                bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+                layout = "out_in"
+            elif _is(node, torch.ops.aten.addmm.default) and not node.kwargs:
+                bias, x, w = node.args          # HF Conv1D (GPT-2): x @ W[K, N] + b
+                layout = "in_out"
+            else:
                 continue
-            x, w = node.args[0], node.args[1]
-            bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
             if _is(w, qd.dequantize_per_channel.default):
-                why = (self._w8a8(gm, node, x, w, bias, shifted) if self.int8
+                why = (self._w8a8(gm, node, x, w, bias, shifted, layout) if self.int8
                        else "fp32: int8 disabled")
             elif _is(w, qd.dequantize_per_channel_group.default):
-                why = self._w4a16(gm, node, x, w, bias) if self.int4 else "int4 disabled"
+                why = (("fp32: group weight in the [K, N] layout of a Conv1D" if layout == "in_out"
+                        else self._w4a16(gm, node, x, w, bias)) if self.int4
+                       else "int4 disabled")
             else:
                 why = "fp32: weight not quantized"
             if why in ("linear_u8s8", "linear_u8s8_peg", "linear_w4a16"):
@@ -137,13 +147,17 @@ class LegalizeQuantLinear(Pass):
         return PassResult(gm, changed > 0)
 
     # ---- W8A8 --------------------------------------------------------------------------------
-    def _w8a8(self, gm, node, x, w, bias, shifted) -> str:
+    def _w8a8(self, gm, node, x, w, bias, shifted, layout: str = "out_in") -> str:
+        """``layout``: "out_in" (aten.linear, W[N, K]) or "in_out" (addmm, W[K, N], its
+        output channels on axis 1: transposed here, so both take the same kernel)."""
         w_i8, s_w, z_w = (buffer_value(gm, a) for a in w.args[:3])
         axis, dtype = w.args[3], w.args[6]
         if w_i8 is None or s_w is None or z_w is None or dtype != torch.int8 or w_i8.dim() != 2:
             return "fp32: int8 weight is not a 2-D int8 buffer with buffer scales"
-        if axis != 0 or bool((z_w != 0).any()):
+        if axis != (0 if layout == "out_in" else 1) or bool((z_w != 0).any()):
             return "fp32: int8 weight not symmetric per output channel"
+        if layout == "in_out":
+            w_i8 = w_i8.t().contiguous()
         if w_i8.shape[1] % VNNI_K:
             return f"fp32: K={w_i8.shape[1]} not a multiple of {VNNI_K} (VNNI)"
         if _is(x, qd.dequantize_per_channel.default):
