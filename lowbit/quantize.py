@@ -35,6 +35,7 @@ from lowbit.errors import CalibrationError, ConfigError
 from lowbit.passes.fx.bcq import QuantizeBCQ
 from lowbit.passes.fx.convert_qdq import ConvertToQDQ
 from lowbit.passes.fx.insert_fake_quant import InsertFakeQuant, fake_quant_nodes
+from lowbit.passes.fx.quantize_tt import QuantizeTTHalves
 from lowbit.passes.infra import Pass, PassResult, Pipeline
 from lowbit.progress import bar as progress_bar
 from lowbit.progress import say
@@ -167,7 +168,8 @@ def _quantize_fx(gm: fx.GraphModule, recipe: Recipe, calibration: Iterable[Any] 
     if isinstance(recipe.weight, BCQ):       # weight-only binary codes: no calibration
         passes = [QuantizeBCQ(recipe, progress)]
     else:
-        passes = [InsertFakeQuant(recipe), Calibrate(calibration, progress, recipe.name),
+        passes = [InsertFakeQuant(recipe), QuantizeTTHalves(recipe),
+                  Calibrate(calibration, progress, recipe.name),
                   Freeze(), ConvertToQDQ()]
     pipeline = Pipeline(passes, name=f"quantize (FX, {recipe.name})")
     qgm = pipeline(gm).graph
