@@ -33,12 +33,13 @@ def _env(cache: Path) -> dict:
     return env
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
-    """The SST-2 / WikiText-2 folder the verbs read (``$LOWBIT_DATA``, set for this session and
-    its subprocesses): ``../shared/data`` where the clone has it, else a stand-in of the same
-    format written from real English of the Python docs (``pydoc_data``), labels alternating,
-    so the verbs' plumbing is tested on any machine (the figures in docs/ use the real sets)."""
+    """The SST-2 / WikiText-2 folder the verbs read (``$LOWBIT_DATA`` of the subprocesses, and
+    of each test here through ``_data_env``; never set for the rest of the suite):
+    ``../shared/data`` where the clone has it, else a stand-in of the same format written from
+    real English of the Python docs (``pydoc_data``), labels alternating, so the verbs' plumbing
+    is tested on any machine (the figures in docs/ use the real sets)."""
     from lowbit.data import pydoc_sentences, shared_data_dir
 
     real = shared_data_dir()
@@ -51,15 +52,19 @@ def data_dir(tmp_path_factory):
             (folder / f"sst2_{split}.tsv").write_text("text\tlabel\n" + rows)
         (folder / "wikitext2_test_raw.txt").write_text(
             "\n = Python = \n\n" + "\n".join(pydoc_sentences(200, words=60)) + "\n")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LOWBIT_DATA", str(folder))
-        yield folder
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _data_env(monkeypatch, data_dir):
+    """In-process verbs of this folder's tests read the same data as the subprocesses."""
+    monkeypatch.setenv("LOWBIT_DATA", str(data_dir))
 
 
 @pytest.fixture(scope="session")
 def lowbit(tmp_path_factory, data_dir):
     """``lowbit(*args, cwd=...)`` -> CompletedProcess of ``python -m lowbit *args``."""
-    env = _env(tmp_path_factory.mktemp("cache"))
+    env = dict(_env(tmp_path_factory.mktemp("cache")), LOWBIT_DATA=str(data_dir))
 
     def run(*args, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "lowbit", *map(str, args)], cwd=cwd,
