@@ -1,13 +1,15 @@
 """File writing shared by every layer: atomic text writes (a temporary sibling, then
-``os.replace``), so an interrupted write never leaves a half-written file."""
+``os.replace``) and folder swaps, so an interrupted write never leaves a half-written file or
+folder."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = ["write_text_atomic"]
+__all__ = ["replace_folder", "write_text_atomic"]
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
@@ -23,3 +25,16 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def replace_folder(tmp: Path, folder: Path) -> None:
+    """Put the filled temporary folder ``tmp`` (a sibling of ``folder``) in ``folder``'s place:
+    an existing folder is renamed aside first and deleted only once the new one is in place."""
+    tmp.chmod(0o755)
+    if folder.exists():
+        old = folder.with_name(f".{folder.name}.old{os.getpid()}")
+        os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, folder)

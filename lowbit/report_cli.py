@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from lowbit.errors import ConfigError, LowbitError
+from lowbit.io import replace_folder
 from lowbit.model_files import check_positive, kind_of, onnx_summary, out_dir
 
 __all__ = ["EXAMPLES", "add_arguments", "run", "write"]
@@ -91,14 +91,7 @@ def write(report: Any, folder: Path) -> list[Path]:
         plots = draw(report, tmp)
         (tmp / "report.json").write_text(json.dumps(report.to_json(), indent=1) + "\n")
         (tmp / PAGE).write_text(render(report, plots), encoding="utf-8")
-        tmp.chmod(0o755)
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old{os.getpid()}")
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
+        replace_folder(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

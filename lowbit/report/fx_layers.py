@@ -24,6 +24,7 @@ import math
 import torch
 from torch import fx
 
+from lowbit.passes.view.fx_graph import tensor_of
 from lowbit.quant.bcq_linear import BCQ_LINEAR
 from lowbit.report.data import Linear, Site, block_of
 
@@ -43,13 +44,7 @@ def _op(node, name: str) -> bool:
             and str(node.target).startswith(f"{_QD}.{name}."))
 
 
-def _tensor(gm: fx.GraphModule, node) -> torch.Tensor | None:
-    if not isinstance(node, fx.Node) or node.op != "get_attr":
-        return None
-    obj = gm
-    for part in node.target.split("."):
-        obj = getattr(obj, part, None)
-    return obj if isinstance(obj, torch.Tensor) else None
+_tensor = tensor_of          # the parameter or buffer a get_attr node reads
 
 
 def _bits(qmin: int, qmax: int) -> int:

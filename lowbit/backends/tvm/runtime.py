@@ -35,6 +35,7 @@ from tvm.runtime.vm import VirtualMachine
 
 from lowbit.backends.tvm.cuda_env import load_cuda_backend
 from lowbit.errors import LowbitError, RuntimeInputError
+from lowbit.io import replace_folder
 from lowbit.warning_filters import quiet
 
 __all__ = ["CompiledModule", "RuntimeInputError", "load"]
@@ -220,14 +221,7 @@ class CompiledModule:
             tvm.runtime.save_param_dict_to_file(params, str(tmp / "params.bin"))
             meta = dict(self.meta, format=FORMAT, num_params=len(self._raw_params))
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-            tmp.chmod(0o755)
-            if folder.exists():
-                old = folder.with_name(f".{folder.name}.old{os.getpid()}")
-                os.replace(folder, old)
-                os.replace(tmp, folder)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, folder)
+            replace_folder(tmp, folder)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
