@@ -37,6 +37,7 @@ from lowbit.passes.fx.convert_qdq import ConvertToQDQ
 from lowbit.passes.fx.insert_fake_quant import InsertFakeQuant, fake_quant_nodes
 from lowbit.passes.fx.quantize_tt import QuantizeTTHalves
 from lowbit.passes.infra import Pass, PassResult, Pipeline
+from lowbit.passes.tt import TT_META
 from lowbit.progress import bar as progress_bar
 from lowbit.progress import say
 from lowbit.quant.fake_quant import FakeQuantize
@@ -168,8 +169,9 @@ def _quantize_fx(gm: fx.GraphModule, recipe: Recipe, calibration: Iterable[Any] 
     if isinstance(recipe.weight, BCQ):       # weight-only binary codes: no calibration
         passes = [QuantizeBCQ(recipe, progress)]
     else:
-        passes = [InsertFakeQuant(recipe), QuantizeTTHalves(recipe),
-                  Calibrate(calibration, progress, recipe.name),
+        tt = [QuantizeTTHalves(recipe)] if any(e.get("materialized")
+                                               for e in gm.meta.get(TT_META, [])) else []
+        passes = [InsertFakeQuant(recipe), *tt, Calibrate(calibration, progress, recipe.name),
                   Freeze(), ConvertToQDQ()]
     pipeline = Pipeline(passes, name=f"quantize (FX, {recipe.name})")
     qgm = pipeline(gm).graph
