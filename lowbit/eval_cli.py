@@ -177,6 +177,11 @@ def _check_file(args: argparse.Namespace) -> str:
     if args.recipe is not None:
         raise ConfigError(f"--recipe {args.recipe} quantizes MODEL here; --quantized "
                           f"{args.quantized} is quantized already: give one of them")
+    for flag, value, default in (("--calibration", args.calibration, "pydoc"),
+                                 ("--num-calibration", args.num_calibration, 128)):
+        if value != default:
+            raise ConfigError(f"{flag} {value} calibrates MODEL quantized here; --quantized "
+                              f"{args.quantized} was calibrated when it was made: drop {flag}")
     kind = kind_of(args.quantized, what="--quantized")
     if kind not in ("onnx", "module"):
         raise ConfigError(f"--quantized {args.quantized}: give a QDQ .onnx file or a module "
