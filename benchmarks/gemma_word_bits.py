@@ -71,7 +71,13 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from gemma_ppl import DATA, perplexity, windows
-from sst2_probe import replace_section, sha256, start_run
+from sst2_probe import (
+    cpu_flags,  # noqa: F401  (gemma_mixed_precision_tvm imports it from here)
+    replace_section,
+    run_footer,
+    sha256,
+    start_run,
+)
 
 from lowbit.config import PerChannel, PerTensor, QuantSpec
 from lowbit.data import read_sst2, shared_data_dir
@@ -91,7 +97,6 @@ from lowbit.quant.word_bits import (
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MARKER = "gemma-word-bits"
-FLAGS = ("avx2", "avx512bw", "avx512_vnni", "avx_vnni")
 FP_BYTES = 2        # sizes of float tensors are counted at fp16
 SCALE_BITS = 16     # fp16 alphas / scales / offsets
 GOALS = ((2.5, 1.5), (3.0, 0.3))   # the issue: at <= X average code bits, within +Y% of FP
@@ -99,15 +104,6 @@ GOALS = ((2.5, 1.5), (3.0, 0.3))   # the issue: at <= X average code bits, withi
 
 def log(msg: str) -> None:
     print(msg, flush=True)
-
-
-def cpu_flags() -> list[str]:
-    try:
-        text = pathlib.Path("/proc/cpuinfo").read_text(encoding="utf-8")
-    except OSError:
-        return []
-    have = set(text.split())
-    return [f for f in FLAGS if f in have]
 
 
 def gtag(group: int | None) -> str:
@@ -669,12 +665,7 @@ def render(rows, args, command, started, wall, machine, text_path, sources, unse
         parts += ["", "From this run:", *lines]
     parts += [
         "",
-        f"- command: `{command}`",
-        f"- date: {started:%Y-%m-%d %H:%M} UTC; wall time {wall:.0f} s ({wall / 60:.1f} min)",
-        (f"- machine: {machine['nproc']} cpu(s), {machine['cpu']}; flags "
-         f"`{' '.join(cpu_flags())}`; {args.threads} thread(s)"),
-        (f"- software: torch {machine['torch']}, transformers {machine['transformers']}, "
-         f"Python {machine['python']}, lowbit {machine['lowbit']}; BCQ {args.iters} rounds"),
+        *run_footer(command, started, wall, machine, args.threads, note=f"BCQ {args.iters} rounds"),
         (f"- model: gemma-3-270m-q4_k_m.gguf sha256 {GEMMA_SHA256[:16]}…; data: {DATA} sha256 "
          f"{sha256(text_path)[:16]}…, {n_ids} tokens"),
     ]

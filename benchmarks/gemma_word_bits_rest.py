@@ -54,7 +54,7 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import gemma_word_bits as wb
 from gemma_ppl import DATA, perplexity, windows
-from sst2_probe import replace_section, sha256, start_run, write_atomic
+from sst2_probe import replace_section, run_footer, sha256, start_run, write_atomic
 
 import lowbit
 from lowbit import recipes
@@ -348,12 +348,7 @@ def render(rows, args, command, started, wall, machine, text_path, n_ids, eval_e
                   "(a difference of mean NLL d is a perplexity ratio e^d):"), *reading]
     parts += [
         "",
-        f"- command: `{command}`",
-        f"- date: {started:%Y-%m-%d %H:%M} UTC; wall time {wall:.0f} s ({wall / 60:.1f} min)",
-        (f"- machine: {machine['nproc']} cpu(s), {machine['cpu']}; flags "
-         f"`{' '.join(wb.cpu_flags())}`; {args.threads} thread(s)"),
-        (f"- software: torch {machine['torch']}, transformers {machine['transformers']}, "
-         f"Python {machine['python']}, lowbit {machine['lowbit']}"),
+        *run_footer(command, started, wall, machine, args.threads),
         (f"- model: gemma-3-270m-q4_k_m.gguf sha256 {GEMMA_SHA256[:16]}…; data: {DATA} sha256 "
          f"{sha256(text_path)[:16]}…, {n_ids} tokens"),
     ]

@@ -43,13 +43,14 @@ import time
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from gemma_word_bits import cpu_flags, save_json
+from gemma_word_bits import save_json
 from sst2_probe import (
     Probe,
     SortedBatches,
     compare,
     embed_fx,
     replace_section,
+    run_footer,
     sha256,
     start_run,
 )
@@ -252,12 +253,7 @@ def render(rows, args, command, started, wall, machine, dev, probe, table) -> st
          f"shared sensitivity table + the solve). One dev sentence is {100 / dev.n:.2f} points "
          "of accuracy."),
         "",
-        f"- command: `{command}`",
-        f"- date: {started:%Y-%m-%d %H:%M} UTC; wall time {wall:.0f} s ({wall / 60:.1f} min)",
-        (f"- machine: {machine['nproc']} cpu(s), {machine['cpu']}; flags "
-         f"`{' '.join(cpu_flags())}`; {args.threads} thread(s)"),
-        (f"- software: torch {machine['torch']}, transformers {machine['transformers']}, "
-         f"Python {machine['python']}, lowbit {machine['lowbit']}"),
+        *run_footer(command, started, wall, machine, args.threads),
         (f"- model: all-MiniLM-L6-v2 sha256 {MINILM_SHA256[:16]}…; data: sst2_dev.tsv sha256 "
          f"{sha256(data)[:16]}…"),
     ])

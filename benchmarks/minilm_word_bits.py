@@ -45,7 +45,6 @@ from gemma_word_bits import (
     Variant,
     build,
     code_target,
-    cpu_flags,
     gtag,
     intervals,
     pick_bits,
@@ -58,6 +57,7 @@ from sst2_probe import (
     compare,
     embed_fx,
     replace_section,
+    run_footer,
     sha256,
     start_run,
 )
@@ -346,12 +346,7 @@ def render(rows, args, command, started, wall, machine, vocab, dim, counts, deci
         "From this run:",
         *reading(rows),
         "",
-        f"- command: `{command}`",
-        f"- date: {started:%Y-%m-%d %H:%M} UTC; wall time {wall:.0f} s ({wall / 60:.1f} min)",
-        (f"- machine: {machine['nproc']} cpu(s), {machine['cpu']}; flags "
-         f"`{' '.join(cpu_flags())}`; {args.threads} thread(s)"),
-        (f"- software: torch {machine['torch']}, transformers {machine['transformers']}, "
-         f"Python {machine['python']}, lowbit {machine['lowbit']}; BCQ {args.iters} rounds"),
+        *run_footer(command, started, wall, machine, args.threads, note=f"BCQ {args.iters} rounds"),
         (f"- model: all-MiniLM-L6-v2 sha256 {MINILM_SHA256[:16]}…; data: sst2_dev.tsv sha256 "
          f"{sha256(data)[:16]}…"),
     ])

@@ -248,6 +248,35 @@ def start_run(script: str, argv, threads: int) -> tuple[str, _dt.datetime, float
     return command, started, t_start, machine_info()
 
 
+CPU_FLAGS = ("avx2", "avx512bw", "avx512_vnni", "avx_vnni")   # the ones run_footer reports
+
+
+def cpu_flags() -> list[str]:
+    """The flags of CPU_FLAGS that /proc/cpuinfo lists (none where it cannot be read)."""
+    try:
+        text = pathlib.Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return []
+    have = set(text.split())
+    return [f for f in CPU_FLAGS if f in have]
+
+
+def run_footer(command: str, started: _dt.datetime, wall: float, machine: dict, threads: int,
+               note: str = "") -> list[str]:
+    """The closing lines of a benchmark's markdown section, from what start_run returned: the
+    command, the UTC start and wall time, the machine (CPUs, cpu_flags(), threads) and the
+    software versions; ``note`` (e.g. ``"BCQ 15 rounds"``) ends the software line after a
+    semicolon."""
+    return [
+        f"- command: `{command}`",
+        f"- date: {started:%Y-%m-%d %H:%M} UTC; wall time {wall:.0f} s ({wall / 60:.1f} min)",
+        (f"- machine: {machine['nproc']} cpu(s), {machine['cpu']}; flags "
+         f"`{' '.join(cpu_flags())}`; {threads} thread(s)"),
+        (f"- software: torch {machine['torch']}, transformers {machine['transformers']}, "
+         f"Python {machine['python']}, lowbit {machine['lowbit']}" + (f"; {note}" if note else "")),
+    ]
+
+
 def sha256(path: pathlib.Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -712,8 +741,8 @@ def main(argv: list[str] | None = None) -> int:
                        f"the linears), {len(fold.refused)} refused. Why not folded:")]
         parts += [f"- {k}: {n} position(s)" for k, n in sorted(_why_kept(sq.kept).items())]
     for spec, (texts, tokens) in other_calib.items():
-        parts += ["", f"Variants `@{spec}` calibrate on {len(texts)} sequences of "
-                      f"{spec.partition(':')[0]} ({tokens} tokens) instead."]
+        parts += ["", (f"Variants `@{spec}` calibrate on {len(texts)} sequences of "
+                       f"{spec.partition(':')[0]} ({tokens} tokens) instead.")]
     for name, fams in peg_reports.items():
         gathers = [g for f in fams for g in f["gathers"]]
         why = sorted({w for _, w in gathers})

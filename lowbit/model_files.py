@@ -10,6 +10,8 @@ the folder its results go to.
     batch_and_seq(specs, ...)  the batch and sequence length to run at: a fixed dimension of
                                the file wins unless the flag is given, and a flag that
                                contradicts the file is refused naming both
+    whole_batches(texts, ...)  calibration texts cut to whole batches for a file that fixes
+                               its batch (refused when not one batch is left)
     out_dir(path, recipe)      ./lowbit-out/<model>-<recipe>/ (a model already inside a
                                lowbit-out folder keeps its folder)
 
@@ -24,7 +26,7 @@ from pathlib import Path
 from lowbit.errors import ConfigError
 
 __all__ = ["OUT_ROOT", "OnnxSummary", "batch_and_seq", "check_positive", "fixed_dim", "kind_of",
-           "load_pt2", "model_name", "onnx_summary", "out_dir"]
+           "load_pt2", "model_name", "onnx_summary", "out_dir", "whole_batches"]
 
 OUT_ROOT = Path("lowbit-out")
 _KINDS = ("a Hugging Face model folder (config.json), an .onnx file, a .pt2 file from "
@@ -166,3 +168,19 @@ def batch_and_seq(specs: list, source: Path, batch: int | None, seq: int | None,
                               f"model with a dynamic {what}")
         chosen.append(size)
     return chosen[0], chosen[1]
+
+
+def whole_batches(texts: list, specs: list, batch: int, source: Path,
+                  num_calibration: int) -> list:
+    """``texts`` cut to a whole number of batches of ``batch`` when the inputs ``specs`` of
+    ``source`` fix the batch (an ONNX file exported at batch 8 takes exactly 8 rows, so a last
+    partial batch cannot run); unchanged when the batch is dynamic. ConfigError naming
+    ``--num-calibration`` (given as ``num_calibration``) when fewer than ``batch`` texts are
+    left."""
+    if not fixed_dim(specs, 0):
+        return texts
+    texts = texts[:len(texts) // batch * batch]
+    if not texts:
+        raise ConfigError(f"--num-calibration {num_calibration}: {source} takes batches of "
+                          f"exactly {batch}; give at least {batch}")
+    return texts

@@ -24,10 +24,10 @@ from lowbit.errors import ConfigError, HFLoadError
 from lowbit.model_files import (
     batch_and_seq,
     check_positive,
-    fixed_dim,
     kind_of,
     onnx_summary,
     out_dir,
+    whole_batches,
 )
 
 __all__ = ["EXAMPLES", "add_arguments", "add_calibration_arguments", "calibration_texts",
@@ -178,12 +178,8 @@ def _from_onnx(args: argparse.Namespace, recipe: Any, out: Path) -> Path:
     if recipe.activation is not None and not recipe.activation.dynamic:
         tok = tokenizer(args.tokenizer or args.model.parent,
                         why=f"recipe {recipe.name} calibrates on text")
-        texts = calibration_texts(args)
-        if fixed_dim(summary.specs, 0):              # the file fixes the batch: whole batches
-            texts = texts[:len(texts) // batch * batch]
-            if not texts:
-                raise ConfigError(f"--num-calibration {args.num_calibration}: {args.model} "
-                                  f"takes batches of exactly {batch}; give at least {batch}")
+        texts = whole_batches(calibration_texts(args), summary.specs, batch, args.model,
+                              args.num_calibration)
         # keys the model does not take (token_type_ids) are dropped by the ONNX calibrator
         batches = text_batches(tok, texts, batch_size=batch, seq_len=seq,
                                keys=(*TEXT_KEYS, "token_type_ids"))

@@ -63,3 +63,18 @@ class _NoTorchTraceCapture:
 
 def pytest_configure(config):
     config.pluginmanager.register(_NoTorchTraceCapture(), "lowbit-no-torch-trace-capture")
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_batch():
+    """A seeded one-layer BertModel (hidden 32, vocab 100; eval mode) and a batch for it:
+    ``(model, {"input_ids": (2, 8), "attention_mask": ones})``. Built once per test module."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                 intermediate_size=64, vocab_size=100)).eval()
+    ids = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(1))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    return model, batch

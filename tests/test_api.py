@@ -23,20 +23,8 @@ ONNX_STAGES = ["UpgradeOpset", "Calibrate", "InsertQDQ"]
 
 
 @pytest.fixture(scope="module")
-def bert():
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    model = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                 intermediate_size=64, vocab_size=100)).eval()
-    ids = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(1))
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    return model, batch
-
-
-@pytest.fixture(scope="module")
-def gm(bert):
-    model, batch = bert
+def gm(tiny_bert_batch):
+    model, batch = tiny_bert_batch
     return lowbit.capture(model, batch)
 
 
@@ -56,8 +44,8 @@ def _hidden(q, batch):
 
 
 # ---- FX: nn.Module and GraphModule ------------------------------------------------------------
-def test_graph_module_in_graph_module_out(bert, gm):
-    _, batch = bert
+def test_graph_module_in_graph_module_out(tiny_bert_batch, gm):
+    _, batch = tiny_bert_batch
     before = {k: v.clone() for k, v in gm.state_dict().items()}
     q = lowbit.quantize(gm, W8A8, calibration=[batch] * 2, progress=False)
     assert isinstance(q, fx.GraphModule) and q is not gm
@@ -67,10 +55,10 @@ def test_graph_module_in_graph_module_out(bert, gm):
     assert lowbit.testing.sqnr(_hidden(gm, batch), _hidden(q, batch)) > 20.0
 
 
-def test_nn_module_is_captured_first(bert, gm):
+def test_nn_module_is_captured_first(tiny_bert_batch, gm):
     """A module with example_inputs gives what capture + quantize gives, to the bit; the
     result is a GraphModule (an nn.Module, called like the model)."""
-    model, batch = bert
+    model, batch = tiny_bert_batch
     q = lowbit.quantize(model, W8A8, calibration=[batch] * 2, example_inputs=batch,
                         progress=False)
     ref = lowbit.quantize(gm, W8A8, calibration=[batch] * 2, progress=False)
@@ -80,8 +68,8 @@ def test_nn_module_is_captured_first(bert, gm):
         lowbit.quantize(model, W8A8, calibration=[batch])
 
 
-def test_recipe_by_name_and_errors_keep_their_type(bert, gm):
-    _, batch = bert
+def test_recipe_by_name_and_errors_keep_their_type(tiny_bert_batch, gm):
+    _, batch = tiny_bert_batch
     a = lowbit.quantize(gm, "w8a8_dynamic")
     b = lowbit.quantize(gm, W8A8_DYNAMIC)
     assert torch.equal(_hidden(a, batch), _hidden(b, batch))
@@ -99,8 +87,8 @@ def test_other_types_refused_by_name(thing, name):
         lowbit.quantize(thing, W8A8)
 
 
-def test_fx_pipeline_report(bert, gm):
-    _, batch = bert
+def test_fx_pipeline_report(tiny_bert_batch, gm):
+    _, batch = tiny_bert_batch
     q = lowbit.quantize(gm, W8A8, calibration=[batch], progress=False)
     report = q.meta["lowbit_pipeline"]
     assert isinstance(report, lowbit.PipelineReport)
@@ -113,8 +101,8 @@ def test_fx_pipeline_report(bert, gm):
 
 
 # ---- ONNX: a path, an onnx_ir Model, an onnx ModelProto ---------------------------------------
-def test_onnx_path_in_onnx_model_out(bert, gm, onnx_path, tmp_path):
-    _, batch = bert
+def test_onnx_path_in_onnx_model_out(tiny_bert_batch, gm, onnx_path, tmp_path):
+    _, batch = tiny_bert_batch
     out = tmp_path / "q.onnx"
     qm = lowbit.quantize(onnx_path, W8A8, calibration=_feeds(batch), out=out, progress=False)
     assert isinstance(qm, ir.Model) and out.is_file()
@@ -130,8 +118,8 @@ def test_onnx_path_in_onnx_model_out(bert, gm, onnx_path, tmp_path):
         lowbit.quantize(onnx_path, W8A8, calibration=_feeds(batch), example_inputs=batch)
 
 
-def test_onnx_ir_model_copied_and_same_as_path(bert, onnx_path):
-    _, batch = bert
+def test_onnx_ir_model_copied_and_same_as_path(tiny_bert_batch, onnx_path):
+    _, batch = tiny_bert_batch
     model = lowbit.load_onnx(onnx_path)
     before = ir.to_proto(model).SerializeToString()
     qm = lowbit.quantize(model, W8A8, calibration=_feeds(batch), progress=False)
@@ -143,8 +131,8 @@ def test_onnx_ir_model_copied_and_same_as_path(bert, onnx_path):
     assert np.array_equal(*run)
 
 
-def test_onnx_model_proto_in_proto_out(bert, onnx_path):
-    _, batch = bert
+def test_onnx_model_proto_in_proto_out(tiny_bert_batch, onnx_path):
+    _, batch = tiny_bert_batch
     proto = onnx.load(onnx_path)
     before = proto.SerializeToString()
     q = lowbit.quantize(proto, W8A8_DYNAMIC)
@@ -161,7 +149,7 @@ def test_onnx_calibration_error_keeps_its_type(onnx_path):
 
 
 # ---- deprecated names ------------------------------------------------------------------------
-def test_quantize_onnx_deprecated_but_same(bert, onnx_path):
+def test_quantize_onnx_deprecated_but_same(tiny_bert_batch, onnx_path):
     new = lowbit.quantize(onnx_path, W8A8_DYNAMIC)
     with pytest.warns(DeprecationWarning, match="use lowbit.quantize"):
         old = lowbit.quantize_onnx(onnx_path, W8A8_DYNAMIC)

@@ -7,7 +7,6 @@ import re
 import sys
 
 import pytest
-import torch
 
 from lowbit import progress
 from lowbit.capture import capture
@@ -92,14 +91,9 @@ def test_log_handler_writes_above_the_bar(tty):
 
 
 @pytest.fixture(scope="module")
-def bert():
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    model = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                 intermediate_size=64, vocab_size=100)).eval()
-    ids = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(1))
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+def bert(tiny_bert_batch):
+    """The captured tiny BERT (tests/conftest.py) and its batch."""
+    model, batch = tiny_bert_batch
     return capture(model, batch), batch
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import lowbit
 from lowbit.errors import ConfigError
-from lowbit.model_files import batch_and_seq, fixed_dim, onnx_summary
+from lowbit.model_files import batch_and_seq, onnx_summary, whole_batches
 from lowbit.report.data import Report
 from lowbit.report.lowering import lower
 from lowbit.report.onnx_layers import onnx_linears
@@ -46,12 +46,8 @@ def collect_onnx(args: argparse.Namespace, target: Any, recipe: str) -> Report:
     source = Path(summary.source) if summary.source else None
     folder = args.tokenizer or (source if source and source.is_dir() else path.parent)
     tok = tokenizer(folder, why="the activation ranges are measured on text")
-    texts = calibration_texts(args)
-    if fixed_dim(summary.specs, 0):             # the file fixes the batch: whole batches
-        texts = texts[:len(texts) // batch * batch]
-        if not texts:
-            raise ConfigError(f"--num-calibration {args.num_calibration}: {path} takes "
-                              f"batches of exactly {batch}; give at least {batch}")
+    texts = whole_batches(calibration_texts(args), summary.specs, batch, path,
+                          args.num_calibration)
     batches = text_batches(tok, texts, batch_size=batch, seq_len=seq,
                            keys=(*TEXT_KEYS, "token_type_ids"))
     ort_ranges(proto, sites, batches, total=math.ceil(len(texts) / batch))
