@@ -7,12 +7,13 @@
 The pipeline runs on a copy of the model (a given ``onnx_ir.Model`` is never changed):
 
 1. ``UpgradeOpset(21)`` when the file is older (the QDQ forms need opset 21);
-2. ``Calibrate``: ``plan_sites(find_transformer(model), recipe)`` picks the tensors to
-   quantize, by role; ``observe`` takes static activation ranges from onnxruntime runs of the
-   float model; ``PegPermute`` folds the range-sorted channel order of PEG sites with
-   ``permute=True`` into the initializers around them (their ranges permuted alike; the
-   report is logged and kept in ``metadata_props["lowbit.peg"]``); then ``qparams`` from the
-   ranges;
+2. ``Calibrate``: ``plan_model(model, recipe)`` picks the tensors to quantize, by role
+   (``plan_sites`` over ``find_transformer(model)``, plus both halves of every materialized
+   tensor-train layer the model's ``metadata_props["lowbit.tt"]`` lists); ``observe`` takes
+   static activation ranges from onnxruntime runs of the float model; ``PegPermute`` folds
+   the range-sorted channel order of PEG sites with ``permute=True`` into the initializers
+   around them (their ranges permuted alike; the report is logged and kept in
+   ``metadata_props["lowbit.peg"]``); then ``qparams`` from the ranges;
 3. ``InsertQDQ(recipe, qparams)``: integer weights + DequantizeLinear, activation QDQ.
 
 A BCQ recipe (``recipes.W3_BCQ``) runs ``UpgradeOpset`` then ``QuantizeBCQ``: each linear
@@ -50,10 +51,9 @@ from lowbit.passes.infra import Pass, PassResult, Pipeline
 from lowbit.passes.onnx.bcq import QuantizeBCQ
 from lowbit.passes.onnx.calibrate import observe
 from lowbit.passes.onnx.calibrate import qparams as calibrate_qparams
-from lowbit.passes.onnx.insert_qdq import QDQ_OPSET, InsertQDQ, Plan, plan_sites
+from lowbit.passes.onnx.insert_qdq import QDQ_OPSET, InsertQDQ, Plan, plan_model
 from lowbit.passes.onnx.load import has_external_data, load_onnx, save_onnx, upgrade_opset
 from lowbit.passes.onnx.peg_permute import PegPermute, peg_orders
-from lowbit.passes.onnx.spot import find_transformer
 
 __all__ = ["Calibrate", "UpgradeOpset", "quantize_onnx", "quantize_onnx_file"]
 
@@ -108,7 +108,7 @@ class Calibrate(Pass):
     progress: bool = True
 
     def call(self, model: ir.Model) -> PassResult:
-        plan = self.out.plan = plan_sites(find_transformer(model), self.recipe)
+        plan = self.out.plan = plan_model(model, self.recipe)
         static = plan.static()
         if not static:
             return PassResult(model, False)

@@ -20,6 +20,7 @@ Run the file with ``lowbit.backends.onnxruntime.OrtRunner``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pathlib
@@ -38,8 +39,10 @@ from lowbit.passes.onnx.graph_utils import const_array
 from lowbit.passes.onnx.load import save_onnx
 from lowbit.passes.onnx.qdq_cleanup import QDQ_CLEANUP
 from lowbit.passes.onnx.qdq_ops import TRANSLATIONS
+from lowbit.passes.onnx.tt import TT_PROP
 from lowbit.passes.onnx.word_bits import add_word_bits_functions
 from lowbit.passes.onnx.word_ops import TRANSLATIONS as WORD_TRANSLATIONS
+from lowbit.passes.tt import TT_META
 from lowbit.warning_filters import quiet
 
 __all__ = ["OnnxExportError", "export_onnx"]
@@ -124,6 +127,8 @@ def export_onnx(qgm: torch.nn.Module, path: str | os.PathLike, example_inputs: A
         model.metadata_props["lowbit.recipe"] = meta["lowbit_recipe"]
     if meta.get("lowbit_source_path"):   # the model folder it came from (lowbit quantize)
         model.metadata_props["lowbit.source"] = meta["lowbit_source_path"]
+    if meta.get(TT_META):   # TT layers (tensor_train): lowbit.quantize reads the materialized
+        model.metadata_props[TT_PROP] = json.dumps(meta[TT_META])   # ones (quantize_tt)
     folded, transposed, packed = (cleanup(model).count for cleanup in QDQ_CLEANUP)
     _check_weight_dqs(graph)
     log.info("export_onnx: %d DequantizeLinear, %d QuantizeLinear; folded %d Cast(s) and %d "

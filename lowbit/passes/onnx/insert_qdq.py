@@ -24,6 +24,8 @@ file has the same ops as an FX-quantized, exported one. Inserted nodes carry
 Sites come from the TransformerMap by role, with FX's own rules (``InsertFakeQuant``'s role
 checks, ``ignore`` globs and site enumeration, so names and choices match by construction);
 one quantizer per tensor (q, k and v share their input's), one integer copy per shared weight.
+Both MatMuls of every materialized tensor-train layer are sites too, by the original linear's
+role (``quantize_tt``: FX's ``QuantizeTTHalves``), so calibration observes their inputs.
 Skips on purpose: tensors already quantized (so a second run reports ``modified=False``); with
 a reason in ``Plan.skipped``: output sites that are graph outputs, and everything spotting left
 unclassified (a MatMul whose weight is computed in the graph, a linear outside any block...).
@@ -41,17 +43,22 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
 import torch
 
 from lowbit.config import (
-    PerChannel, PerEmbeddingGroup, PerGroup, PerTensor, PerToken, QuantSpec, Recipe,
+    PerChannel,
+    PerEmbeddingGroup,
+    PerGroup,
+    PerTensor,
+    PerToken,
+    QuantSpec,
+    Recipe,
 )
 from lowbit.errors import CalibrationError, ConfigError
-from lowbit.passes.sites import check_roles, quantized_linears, site_nodes
 from lowbit.passes.infra import Pass, PassResult
 from lowbit.passes.onnx import qdq_ops
 from lowbit.passes.onnx.edit import add_initializer, drop_if_unused
@@ -68,13 +75,15 @@ from lowbit.passes.onnx.graph_utils import (
     weight_source,
 )
 from lowbit.passes.onnx.qdq_cleanup import fold_weight_transposes, pack_int4_weights
+from lowbit.passes.onnx.quantize_tt import TTHalf, materialized_halves
 from lowbit.passes.onnx.spot import find_transformer
 from lowbit.passes.patterns import TransformerMap
+from lowbit.passes.sites import check_roles, ignored, quantized_linears, site_nodes
 from lowbit.quant.fake_quant import check_activation_spec
 from lowbit.quant.numerics import quantize_weight, weight_grid
 from lowbit.quant.peg import check_groups
 
-__all__ = ["QDQ_OPSET", "InsertQDQ", "Plan", "Site", "plan_sites"]
+__all__ = ["QDQ_OPSET", "InsertQDQ", "Plan", "Site", "plan_model", "plan_sites"]
 
 QDQ_OPSET = 21
 _F32, _I8, _U8 = ir.DataType.FLOAT, ir.DataType.INT8, ir.DataType.UINT8
@@ -108,17 +117,25 @@ def _act_quantized(x: ir.Value) -> bool:
     return p is not None and (is_quantized(p) or is_op(p, "DequantizeLinear"))
 
 
-def plan_sites(tmap: TransformerMap, recipe: Recipe) -> Plan:
-    """The tensors ``recipe`` quantizes in the graph ``tmap`` was spotted on."""
+def plan_model(model: ir.Model, recipe: Recipe) -> Plan:
+    """``plan_sites`` over ``model``: its TransformerMap and its materialized TT halves."""
+    return plan_sites(find_transformer(model), recipe, materialized_halves(model))
+
+
+def plan_sites(tmap: TransformerMap, recipe: Recipe, tt_halves: Sequence[TTHalf] = ()) -> Plan:
+    """The tensors ``recipe`` quantizes in the graph ``tmap`` was spotted on; ``tt_halves``
+    (``quantize_tt.materialized_halves`` of that graph) adds both halves of each TT layer."""
     check_roles(recipe, tmap)
     plan, shared = Plan(skipped=[(n, f"spotting: {why}") for n, why in tmap.unclassified]), {}
     taken: dict[str, int] = {}
+    done: set = set()        # (node, input index) already planned (or refused)
 
     def unique(name):   # a module run twice (shared layers) gives two sites one name
         taken[name] = taken.get(name, -1) + 1
         return f"{name}#{taken[name]}" if taken[name] else name
 
     def weight(name, node, index, spec, out_in):
+        done.add((node, index))
         src = weight_source(node, index)
         if src is None or src.value is None:
             plan.skipped.append((name, src.refused if src else "weight is not an initializer"))
@@ -132,6 +149,7 @@ def plan_sites(tmap: TransformerMap, recipe: Recipe) -> Plan:
             check_groups(x.shape[-1], spec.granularity.groups, name)
 
     def act_input(name, node, spec):
+        done.add((node, 0))
         x = node.inputs[0]
         if _act_quantized(x):
             return
@@ -165,6 +183,21 @@ def plan_sites(tmap: TransformerMap, recipe: Recipe) -> Plan:
             else:
                 value = linear_output(linears[node]) if node in linears else node.outputs[0]
                 act_output(name, value, recipe.override(kind, site_spec))
+    if recipe.weight is None or not tt_halves:   # QuantizeTTHalves' rule: weights or nothing
+        return plan
+    outputs = {s.value for s in plan.activations if s.readers is None}
+    covered = set()
+    for half in tt_halves:
+        node = half.ref.node
+        if half.role not in recipe.roles or ignored(recipe, half.role, half.layer):
+            continue
+        covered.add(node.name)
+        if (node, 1) not in done:      # a half spotting gave a role has its sites already
+            weight(half.name, node, 1, recipe.weight, half.ref.weight_layout == "out_in")
+        act = recipe.override(half.role, recipe.activation)
+        if act is not None and (node, 0) not in done and node.inputs[0] not in outputs:
+            act_input(f"{half.name}:input", node, act)
+    plan.skipped = [(n, why) for n, why in plan.skipped if n not in covered]
     return plan
 
 
@@ -198,7 +231,7 @@ class InsertQDQ(Pass):
                               f"lowbit.passes.onnx.upgrade_opset(model, {QDQ_OPSET})")
 
     def call(self, model: ir.Model) -> PassResult:
-        plan = plan_sites(find_transformer(model), self.recipe)
+        plan = plan_model(model, self.recipe)
         if missing := [s.name for s in plan.static() if s.name not in self.activation_qparams]:
             raise CalibrationError(f"{len(missing)} static activation site(s) have no calibrated "
                                    f"range, e.g. {missing[0]!r}: run "

@@ -16,9 +16,12 @@ onnxruntime's output equals the FX graph's within float32 round-off. Initializer
 scale per bond channel, ``TTCoreQuant``'s min-max start: what the FX graph computes before
 training), ``<linear>.tt_a`` / ``tt_b`` with ``materialize``. Needs opset >= 13 (per-axis
 DequantizeLinear; Einsum is 12), 21 for int4 cores. The report is
-``metadata_props["lowbit.tt"]`` (JSON). The float weight initializer (and a Transpose of it)
-is dropped when nothing else reads it. A model whose selected linears are TT already is left
-alone (``modified=False``).
+``metadata_props["lowbit.tt"]`` (``TT_PROP``, JSON): one entry per layer, as FX's
+``gm.meta["lowbit_tt"]``, marked ``"materialized": true`` with ``materialize`` as
+``MaterializeTT`` marks FX's; ``lowbit.quantize`` reads it to quantize both halves
+(``quantize_tt``), and the file keeps it (``save_onnx`` / ``load_onnx``). The float weight
+initializer (and a Transpose of it) is dropped when nothing else reads it. A model whose
+selected linears are TT already is left alone (``modified=False``).
 """
 
 from __future__ import annotations
@@ -36,10 +39,11 @@ from lowbit.passes.onnx.edit import add_initializer, remove_dead
 from lowbit.passes.tt import TTSite, check_form, plan_tt, tt_rules
 from lowbit.quant.tt import Step, TTCoreQuant, TTWeight, core_axis, program
 
-__all__ = ["TT_INT4_OPSET", "TT_MIN_OPSET", "TensorTrain"]
+__all__ = ["TT_INT4_OPSET", "TT_MIN_OPSET", "TT_PROP", "TensorTrain"]
 
 TT_MIN_OPSET = 13     # per-axis DequantizeLinear (Einsum needs 12)
 TT_INT4_OPSET = 21    # INT4 initializers
+TT_PROP = "lowbit.tt"   # metadata_props key of the report (FX: gm.meta[TT_META])
 _F32, _I64 = ir.DataType.FLOAT, ir.DataType.INT64
 
 
@@ -172,7 +176,8 @@ class TensorTrain(Pass):
             _rewrite(model, site, self.form, self.materialize)
         if sites:
             form = "materialized" if self.materialize else self.form
-            report = json.loads(model.metadata_props.get("lowbit.tt", "[]"))
-            report += [s.summary(form) for s in sites]
-            model.metadata_props["lowbit.tt"] = json.dumps(report)
+            flag = {"materialized": True} if self.materialize else {}   # as MaterializeTT's
+            report = json.loads(model.metadata_props.get(TT_PROP, "[]"))
+            report += [s.summary(form) | flag for s in sites]
+            model.metadata_props[TT_PROP] = json.dumps(report)
         return PassResult(model, bool(sites))
