@@ -6,6 +6,7 @@ training (issue 18 item 6, accuracy and size).
         [--distill-steps 300] [--e2e-epochs 1] [--lr 1e-3] [--e2e-lr 3e-4] [--batch 32]
         [--seq 64] [--n-train N]
         [--embedding-bits 4] [--teacher-cache FILE] [--device cuda|cpu] [--json out.json]
+        [--save DIR]
 
 1. Teacher: all-MiniLM-L6-v2 (real weights) -> mean pool -> Linear(384, 2), every parameter
    fine-tuned on ``sst2_train.tsv`` (cross-entropy, ``--teacher-epochs``, lr 5e-5 / head 1e-3,
@@ -23,6 +24,11 @@ training (issue 18 item 6, accuracy and size).
 ``--embedding-bits b``: the word embedding (30,522 x 384, half of MiniLM's parameters) is also
 rounded to b-bit asymmetric integers per row (min-max, weight-only, frozen; fp32 scale and zero
 point per row), in the teacher's copy used by the student only; 0 keeps it fp32.
+``--save DIR``: each trained student to ``DIR/student-r<rank>-<bits>.pt`` (``save_student``:
+the capture's state without the word embedding, the head, and the word embedding as its integer
+codes with per-row scale and zero point, which is exact), for benchmarks/minilm_tt_tvm.py
+``--student`` (TVM on CPU) and scripts/gpu_prepare_tt.py (sm_90). ``--ranks ""`` trains and
+caches the teacher only.
 Reported per row: dev accuracy after TT-SVD alone, after the layerwise stage and after the
 end-to-end stage; bytes of the encoder linears (cores at ``bits``, their fp32 scales) and of the
 whole model (embeddings, norms and biases at fp32) against FP32, and the merged form's FLOPs
@@ -49,7 +55,7 @@ from lowbit.capture import to_device
 from lowbit.config import TT, PerChannel, QuantSpec
 from lowbit.data import read_sst2
 from lowbit.models.minilm import load_minilm
-from lowbit.quant.numerics import fake_quantize, weight_qparams
+from lowbit.quant.numerics import quantize_weight
 from lowbit.train.distill import (
     DistillConfig,
     LayerwiseDistiller,
@@ -105,15 +111,44 @@ def capture(model, tok):
 WORD = "embeddings.word_embeddings.weight"
 
 
-def quantize_words(student, bits: int) -> int:
-    """Round the student's word embedding per row to ``bits`` (asymmetric); returns its bytes
-    (codes + fp32 scale and zero point per row)."""
+def quantize_words(student, bits: int) -> tuple[int, dict]:
+    """Round the student's word embedding per row to ``bits`` (asymmetric, frozen from here on);
+    returns its bytes (codes + fp32 scale and zero point per row) and the codes, scale and zero
+    point (what ``save_student`` stores)."""
     w = student.get_parameter(WORD)
     spec = QuantSpec(bits=bits, symmetric=False, granularity=PerChannel(axis=0))
-    scale, zp = weight_qparams(w, spec, WORD)
+    codes, scale, zp = quantize_weight(w, spec, WORD)
     with torch.no_grad():
-        w.copy_(fake_quantize(w, scale, zp, spec.qmin, spec.qmax))
-    return w.numel() * bits // 8 + 8 * w.shape[0]
+        w.copy_((codes.float() - zp) * scale)
+    return w.numel() * bits // 8 + 8 * w.shape[0], {"codes": codes, "scale": scale,
+                                                    "zero_point": zp}
+
+
+def save_student(path: pathlib.Path, student, head, rank: int, bits: int | None,
+                 word: dict | None, seq: int) -> None:
+    """The trained student, compactly (module docstring, ``--save``); written atomically.
+    ``word``: ``quantize_words``' codes (None: the fp32 word embedding is stored)."""
+    state = {k: v.detach().cpu() for k, v in student.state_dict().items() if k != WORD}
+    out = {"rank": rank, "bits": bits, "seq": seq, "state": state,
+           "head": {k: v.cpu() for k, v in head.state_dict().items()},
+           "word": word or {"weight": student.get_parameter(WORD).detach().cpu()}}
+    tmp = path.with_suffix(".tmp")
+    torch.save(out, tmp)
+    tmp.replace(path)
+
+
+def load_student(path: pathlib.Path) -> tuple[dict, dict, dict]:
+    """``save_student``'s file -> (student state with the word embedding, head state, info)."""
+    d = torch.load(path, map_location="cpu")
+    word = d["word"]
+    if "codes" in word:
+        w = (word["codes"].float() - word["zero_point"]) * word["scale"]
+    else:
+        w = word["weight"]
+    state = dict(d["state"])
+    state[WORD] = w
+    info = {k: d[k] for k in ("rank", "bits", "seq")}
+    return state, d["head"], info
 
 
 def sizes(student, teacher_model, bits: int | None, word_bytes: int | None) -> dict:
@@ -147,7 +182,8 @@ def run_tt(args, rank: int, bits: int | None, teacher, head0, tok, train: Data, 
     row["tt_svd_s"] = round(time.perf_counter() - t0, 1)
     row["rel_error"] = round(sum(r["rel_error"] for r in student.meta["lowbit_tt"])
                              / len(student.meta["lowbit_tt"]), 4)
-    word_bytes = quantize_words(student, args.embedding_bits) if args.embedding_bits else None
+    word_bytes, word = (quantize_words(student, args.embedding_bits) if args.embedding_bits
+                        else (None, None))
     row["embedding_bits"] = args.embedding_bits or 32
     row.update(sizes(student, teacher, bits, word_bytes))
     row["compression"] = round(row["model_fp32_bytes"] / row["model_bytes"], 2)
@@ -192,6 +228,11 @@ def run_tt(args, rank: int, bits: int | None, teacher, head0, tok, train: Data, 
     fit = trainer.fit(e2e_loss, train, train.collate)
     row["e2e_s"] = round(fit.seconds, 1)
     row["acc_e2e"] = round(100 * accuracy(logits, dev), 2)
+    if args.save is not None:
+        args.save.mkdir(parents=True, exist_ok=True)
+        path = args.save / f"student-r{rank}-{bits or 'fp32'}.pt"
+        save_student(path, student, head, rank, bits, word, args.seq)
+        row["saved"] = path.name
     log(json.dumps(row))
     return row
 
@@ -214,6 +255,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--json", type=pathlib.Path, default=None)
+    ap.add_argument("--save", type=pathlib.Path, default=None,
+                    help="folder for the trained students (save_student)")
     args = ap.parse_args(argv)
     ranks = [int(r) for r in args.ranks.split(",") if r]
     bits = [int(b) or None for b in args.bits.split(",") if b]

@@ -3,7 +3,7 @@
 (every attention and FFN linear, max rank r, materialized halves) W8A8, CPU, one process.
 
     python benchmarks/minilm_tt_tvm.py [--ranks 32,64] [--batch 1,8] [--seq 128]
-        [--threads 2] [--iters 30] [--rounds 3] [--json FILE]
+        [--threads 2] [--iters 30] [--rounds 3] [--json FILE] [--student FILE]
 
 Each variant is ``lowbit.quantize(..., W8A8)`` (TT: ``lowbit.tensor_train`` + ``materialize_tt``
 first, so ``QuantizeTTHalves`` gives both halves of each layer int8 weights and static u8
@@ -15,6 +15,13 @@ accuracy after distillation is in docs/quantization.md). Agreement, as tests/tes
 measures it: TVM vs the FX fake-quant graph in steps of an 8-bit grid over the output's range
 (a quantizer's rounding tie flips one step and later layers see it), mean and the fraction of
 elements more than one step apart, on the timed batch.
+
+``--student FILE`` (a ``benchmarks/minilm_tt_sst2.py --save`` file: trained cores, fine-tuned
+encoder and head) adds the trained TT model, as ``benchmarks/tt_student.py`` rebuilds it
+(materialized halves, W8A8; calibration: 64 SST-2 training sentences): its latency like the
+other variants (the dense baseline keeps the pretrained weights: same shapes, same kernels),
+and its SST-2 dev accuracy (872 sentences at [8, 64]) in the FX graph as trained, in the
+deployable FX graph, and in TVM.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pathlib
 import platform
 import shlex
 import subprocess
@@ -30,6 +38,8 @@ import time
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import lowbit
 from lowbit.config import TT
@@ -61,6 +71,32 @@ def _compiled(q, example: dict) -> tuple:
     return mod, time.perf_counter() - t0, [k for _, k in mod.meta["lowering"]]
 
 
+def _student(path: str) -> tuple[str, object, dict]:
+    """The trained TT model (``--student``): its name, deployable graph and dev accuracies."""
+    from tt_student import deployable, dev_accuracy, padded_batches, rebuild
+
+    from lowbit.data import read_sst2
+
+    student, head, info, tok = rebuild(pathlib.Path(path))
+    dev = padded_batches(tok, *read_sst2("dev"), 8, 64)
+    texts, labels = read_sst2("train")
+    calib = [{"input_ids": i, "attention_mask": m}
+             for i, m, _, _ in padded_batches(tok, texts[:64], labels[:64], 8, 64)]
+    q = deployable(student, calib)
+    acc = {"student": pathlib.Path(path).name, **info,
+           "fx_trained": dev_accuracy(lambda i, m: student(input_ids=i, attention_mask=m)[0],
+                                      head, dev),
+           "fx_deployable": dev_accuracy(lambda i, m: q(input_ids=i, attention_mask=m)[0],
+                                         head, dev)}
+    x = {"input_ids": dev[0][0], "attention_mask": dev[0][1]}
+    mod, _, kinds = _compiled(q, x)
+    acc["tvm_cpu"] = dev_accuracy(lambda i, m: mod(input_ids=i, attention_mask=m)[0], head,
+                                  dev)
+    acc["int8_linears"] = sum(k.startswith("linear_u8s8") for k in kinds)
+    print(f"[bench] trained student {acc}", file=sys.stderr)
+    return f"tt r{info['rank']} trained", q, acc
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ranks", default="32,64")
@@ -70,6 +106,7 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--student", default=None, help="a minilm_tt_sst2.py --save file")
     args = ap.parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
     torch.set_num_threads(args.threads)
@@ -79,6 +116,10 @@ def main(argv=None) -> int:
     gm = lowbit.capture(model, calib[0], dynamic=True)
     ranks = [None] + [int(r) for r in args.ranks.split(",")]
     quantized = {("dense" if r is None else f"tt r{r}"): _quantized(gm, r, calib) for r in ranks}
+    accuracy = None
+    if args.student:
+        name, q_student, accuracy = _student(args.student)
+        quantized[name] = q_student
     rows = []
     for batch in [int(b) for b in args.batch.split(",")]:
         x = next(text_batches(tok, pydoc_sentences(batch, words=60, offset=100),
@@ -118,7 +159,7 @@ def main(argv=None) -> int:
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "machine": {"nproc": os.cpu_count(), "python": platform.python_version(),
                           "torch": torch.__version__}, "cpu_flags": flags,
-              "threads": args.threads, "rows": rows}
+              "threads": args.threads, "rows": rows, "student_accuracy": accuracy}
     print(f"cpu flags: {' '.join(flags)}; threads {args.threads}; {result['date']}")
     if args.json:
         with open(args.json + ".tmp", "w") as f:
