@@ -21,7 +21,8 @@ encoder and head) adds the trained TT model, as ``benchmarks/tt_student.py`` reb
 (materialized halves, W8A8; calibration: 64 SST-2 training sentences): its latency like the
 other variants (the dense baseline keeps the pretrained weights: same shapes, same kernels),
 and its SST-2 dev accuracy (872 sentences at [8, 64]) in the FX graph as trained, in the
-deployable FX graph, and in TVM.
+deployable FX graph, and in TVM, and the bytes of the saved module (``--word-bits``: the
+word table as 4-bit ``quantize_words`` codes, the student's own rounding; 0 keeps it fp32).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -71,7 +73,7 @@ def _compiled(q, example: dict) -> tuple:
     return mod, time.perf_counter() - t0, [k for _, k in mod.meta["lowering"]]
 
 
-def _student(path: str) -> tuple[str, object, dict]:
+def _student(path: str, word_bits: int) -> tuple[str, object, dict]:
     """The trained TT model (``--student``): its name, deployable graph and dev accuracies."""
     from tt_student import deployable, dev_accuracy, padded_batches, rebuild
 
@@ -82,8 +84,8 @@ def _student(path: str) -> tuple[str, object, dict]:
     texts, labels = read_sst2("train")
     calib = [{"input_ids": i, "attention_mask": m}
              for i, m, _, _ in padded_batches(tok, texts[:64], labels[:64], 8, 64)]
-    q = deployable(student, calib)
-    acc = {"student": pathlib.Path(path).name, **info,
+    q = deployable(student, calib, word_bits=word_bits)
+    acc = {"student": pathlib.Path(path).name, **info, "word_bits": word_bits or None,
            "fx_trained": dev_accuracy(lambda i, m: student(input_ids=i, attention_mask=m)[0],
                                       head, dev),
            "fx_deployable": dev_accuracy(lambda i, m: q(input_ids=i, attention_mask=m)[0],
@@ -93,6 +95,9 @@ def _student(path: str) -> tuple[str, object, dict]:
     acc["tvm_cpu"] = dev_accuracy(lambda i, m: mod(input_ids=i, attention_mask=m)[0], head,
                                   dev)
     acc["int8_linears"] = sum(k.startswith("linear_u8s8") for k in kinds)
+    with tempfile.TemporaryDirectory() as d:
+        acc["module_bytes"] = {p.name: p.stat().st_size for p in mod.save(pathlib.Path(d) / "m")
+                               .iterdir()}
     print(f"[bench] trained student {acc}", file=sys.stderr)
     return f"tt r{info['rank']} trained", q, acc
 
@@ -107,6 +112,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", default=None)
     ap.add_argument("--student", default=None, help="a minilm_tt_sst2.py --save file")
+    ap.add_argument("--word-bits", type=int, default=4,
+                    help="the student's word table as quantize_words codes (0: fp32 table)")
     args = ap.parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
     torch.set_num_threads(args.threads)
@@ -118,7 +125,7 @@ def main(argv=None) -> int:
     quantized = {("dense" if r is None else f"tt r{r}"): _quantized(gm, r, calib) for r in ranks}
     accuracy = None
     if args.student:
-        name, q_student, accuracy = _student(args.student)
+        name, q_student, accuracy = _student(args.student, args.word_bits)
         quantized[name] = q_student
     rows = []
     for batch in [int(b) for b in args.batch.split(",")]:
