@@ -45,9 +45,10 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _save(mod, folder: Path, name: str, model: str, io: dict, index: list, **extra) -> None:
-    """Save ``mod`` to folder/name with io.npz; params once per ``model`` (checked equal)."""
-    from lowbit.backends.tvm.api import lowering_summary
+def save_sm90(mod, folder: Path, name: str, model: str) -> Path:
+    """Save the CUDA module ``mod`` to folder/name (its library checked to hold sm_90 code);
+    its params.bin is kept once per ``model`` as folder/params_<model>.bin (checked equal when
+    several modules share it; the device check links it back). Returns the module folder."""
     from lowbit.backends.tvm.pipelines.cuda import fatbin_arches
 
     d = mod.save(folder / name)
@@ -58,6 +59,15 @@ def _save(mod, folder: Path, name: str, model: str, io: dict, index: list, **ext
         (d / "params.bin").unlink()
     else:
         shutil.move(d / "params.bin", pfile)
+    return d
+
+
+def _save(mod, folder: Path, name: str, model: str, io: dict, index: list, **extra) -> None:
+    """Save ``mod`` to folder/name with io.npz; params once per ``model`` (checked equal)."""
+    from lowbit.backends.tvm.api import lowering_summary
+
+    d = save_sm90(mod, folder, name, model)
+    pfile = folder / f"params_{model}.bin"
     np.savez(d / "io.npz", **io)
     index.append({"name": name, "model": model, "inputs": [k for k in io if k.startswith("in_")],
                   "lowering": lowering_summary(mod.meta["lowering"], None),

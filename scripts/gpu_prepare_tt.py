@@ -37,6 +37,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO / "scripts"))
 
 SEQ_ACC, SEQ_LAT, LAT_BATCHES = 64, 128, (1, 8)
 
@@ -53,21 +54,8 @@ def _cut(gm, used: torch.Tensor) -> None:
     mod.weight = torch.nn.Parameter(mod.weight.detach()[used].clone(), requires_grad=False)
 
 
-def _save(mod, folder: Path, name: str, model: str) -> Path:
-    from lowbit.backends.tvm.pipelines.cuda import fatbin_arches
-
-    d = mod.save(folder / name)
-    assert fatbin_arches(d / "model.so") == ["sm_90"], fatbin_arches(d / "model.so")
-    pfile = folder / f"params_{model}.bin"
-    if pfile.exists():
-        assert pfile.read_bytes() == (d / "params.bin").read_bytes(), f"{name}: other weights"
-        (d / "params.bin").unlink()
-    else:
-        shutil.move(d / "params.bin", pfile)
-    return d
-
-
 def main() -> None:
+    from gpu_prepare_bcq_models import save_sm90
     from tt_student import deployable, deployable_bytes, dev_accuracy, padded_batches, rebuild
 
     import lowbit
@@ -128,7 +116,7 @@ def main() -> None:
         got_cpu = np.asarray(cpu(**{k: v.numpy() for k, v in x.items()})[0])
         with torch.no_grad():
             fx = q(**x)[0].numpy()
-        d = _save(mod, out, name, model)
+        d = save_sm90(mod, out, name, model)
         io = {"input_ids": x["input_ids"].numpy(), "attention_mask": x["attention_mask"].numpy(),
               "fx": fx, "cpu": got_cpu}
         if name == "tt_acc_b8":

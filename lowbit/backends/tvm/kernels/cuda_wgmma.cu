@@ -1,0 +1,462 @@
+// lowbit int8 GEMM for sm_90a (Hopper): wgmma + TMA + warp-specialised mbarrier pipeline.
+// Issue 20, item 1, first step: standalone (not yet wired into the TVM build; see docs/gpu.md
+// "wgmma int8 GEMM (issue 20, in progress)"). Build: scripts/build_wgmma.py
+//   nvcc -gencode=arch=compute_90a,code=sm_90a -O3 -shared -Xcompiler -fPIC
+//
+// Computes, like lowbit_gemm_u8s8_* in cuda_kernels.cu (same epilogue arithmetic):
+//   y[m, n] = f32(sum_k x_u8[m, k] * w_s8[n, k] - corr[n]) * scale[n] + bias[n]      (fp32 y)
+// x: [M, K] uint8 row-major, w: [N, K] int8 row-major (both K-major: the only major-ness
+// wgmma accepts for 8-bit operands), corr: [N] int32, scale, bias: [N] fp32, y: [M, N] fp32.
+// The int32 accumulation is exact; the epilogue rounds like the mma.sync kernel's.
+//
+// Weight layout: plain row-major [N, K] s8 here. The packed layout of the TVM path
+// (VNNI [Np/16, K/4, 16, 4], pack.py) is NOT what TMA + wgmma want; wiring this kernel in
+// means packing the weight for sm_90a as row-major [Np, K] (Np = N rounded up to the tile,
+// i.e. the transpose of today's permute: w.reshape(Np/16, K/4, 16, 4).permute(0, 2, 1, 3) ->
+// [Np, K]), chosen by the target at packing time, since the 128-byte swizzle is applied by
+// the TMA unit on the way into shared memory, not stored in device memory.
+//
+// Design (one CTA = one BM x BN output tile, not persistent; grid = (ceil(N/BN), ceil(M/BM))):
+// - 3 warpgroups (384 threads): warpgroup 0 is the producer (one elected thread issues the
+//   TMA copies), warpgroups 1 and 2 are consumers, each owning 64 rows of the 128-row tile
+//   (one wgmma m64nBNk32 per 32 bytes of k). setmaxnreg gives the producer 40 registers and
+//   the consumers 232 (128*40 + 256*232 = 64512 <= 65536, the SM's register file; ptxas
+//   caps the kernel at 168 = 65536/384 by __launch_bounds__(384, 1), so at most one CTA
+//   is resident per SM and the re-balancing always finds the registers it asks for).
+// - k tiles of BK = 128 bytes (= 128 int8 = one 128-byte swizzle row), STAGES-deep ring of
+//   shared-memory stages [A: BM x 128 B | B: BN x 128 B], each stage 1024-byte aligned (the
+//   128B swizzle pattern repeats every 8 rows x 128 B = 1024 B; TMA and the wgmma descriptor
+//   agree on it only when the base is 1024-aligned, base_offset = 0).
+// - Per stage two mbarriers: full[s] (count 1: the producer's arrive.expect_tx; the TMA unit
+//   completes the transaction bytes) and empty[s] (count 4 * consumer warpgroups: lane 0 of
+//   every consumer warp arrives once the wgmma reading the stage has completed).
+// - TMA: cp.async.bulk.tensor.2d, tensor maps (CUtensorMap, 128B swizzle, box 128 x rows)
+//   passed by value as __grid_constant__ kernel parameters, built on the host by
+//   cuTensorMapEncodeTiled (found through cudaGetDriverEntryPointByVersion: no -lcuda).
+//   Out-of-bounds boxes (M, N not a multiple of the tile, K not of 128) are zero-filled by
+//   the TMA unit and still count their full box bytes towards complete_tx; zeros add
+//   nothing to the sums and the epilogue stores only m < M, n < N.
+// - Epilogue straight from the wgmma accumulator registers (fragment layout below) to y,
+//   8-byte stores, corr / scale / bias read per column pair.
+//
+// Shapes: any M, N >= 1; K >= 16 with K % 16 == 0 (TMA: global row stride a multiple of
+// 16 bytes); x and w 16-byte aligned. Anything else is refused (return codes below).
+
+#include <cuda.h>          // CUtensorMap and its enums only; the driver is reached at run time
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+namespace lbw {
+
+constexpr int BM = 128;              // rows of a CTA tile: 2 consumer warpgroups x 64
+constexpr int BK = 128;              // bytes (int8 elements) of k per stage: one swizzle row
+constexpr int CONSUMERS = 2;         // consumer warpgroups
+constexpr int THREADS = 128 * (1 + CONSUMERS);
+constexpr int PRODUCER_REGS = 40;
+constexpr int CONSUMER_REGS = 232;
+static_assert(128 * PRODUCER_REGS + 128 * CONSUMERS * CONSUMER_REGS <= 65536, "register file");
+
+// ---- shared memory, mbarriers ----------------------------------------------------------------
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+// The producer's arrival (count 1) that also announces how many bytes the TMA unit will
+// deliver to this phase; the phase completes when both the arrival and the bytes are in.
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+// Waits until the phase with the given parity has completed. A freshly initialised barrier
+// is in phase 0, so waiting for parity 1 returns at once (the "previous" phase counts as
+// complete): that is how the producer's first pass over the empty barriers does not block.
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  uint32_t done;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+        "selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+
+// ---- TMA -------------------------------------------------------------------------------------
+// 2-D tile copy global -> shared; c0 is the innermost coordinate (k, in bytes = elements), c1
+// the row. Completion is signalled on the mbarrier as transaction bytes. A CTA launched
+// without clusters is a cluster of one, so its shared::cta addresses are valid
+// shared::cluster addresses.
+__device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map, uint32_t bar,
+                                            int c0, int c1) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%3, %4}], [%2];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1)
+      : "memory");
+}
+__device__ __forceinline__ void tma_prefetch_desc(const CUtensorMap* map) {
+  asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
+}
+
+// ---- wgmma -----------------------------------------------------------------------------------
+// Shared-memory matrix descriptor (64 bit), for a K-major operand tile written by TMA with
+// CU_TENSOR_MAP_SWIZZLE_128B: rows of 128 bytes (k), 16-byte chunks XOR-ed with (row % 8).
+//   bits  0-13  start address >> 4 (shared window address of the first row of this wgmma's
+//               operand, plus the k offset of this k32 step: 32 B per step, see below)
+//   bits 16-29  leading dimension byte offset >> 4: unused for swizzled K-major layouts (the
+//               whole k extent of one wgmma, 32 B, lies inside one 128-byte swizzle row);
+//               set to 1 (16 B) as CUTLASS does
+//   bits 32-45  stride dimension byte offset >> 4: distance between consecutive groups of 8
+//               rows (8 x 128 B = 1024 B) -> 64
+//   bits 49-51  base offset: 0, because every stage is 1024-byte aligned
+//   bits 62-63  layout type: 1 = SWIZZLE_128B (2 = 64B, 3 = 32B, 0 = no swizzle)
+// Stepping k by 32 bytes inside the 128-byte row is done by adding 32 >> 4 = 2 to the start
+// address field: the hardware applies the swizzle XOR to the final address bits [4:6] from
+// bits [7:9] (the row within the 1024-byte atom), exactly as TMA did when writing, so the
+// offsets 0, 32, 64, 96 select the right 16-byte chunks. (Same scheme as CUTLASS's and
+// DeepGEMM's K-major SW128 descriptors.) The field cannot carry: addresses < 228 KiB.
+__device__ __forceinline__ uint64_t sw128_desc(uint32_t saddr) {
+  uint64_t d = 0;
+  d |= static_cast<uint64_t>((saddr & 0x3FFFF) >> 4);
+  d |= static_cast<uint64_t>(16 >> 4) << 16;
+  d |= static_cast<uint64_t>(1024 >> 4) << 32;
+  d |= static_cast<uint64_t>(1) << 62;
+  return d;
+}
+
+// Ordering of register accesses around the asynchronous wgmma:
+// - wgmma.fence: before the first wgmma of a batch, orders this warpgroup's earlier register
+//   accesses (the zero-initialisation of the accumulators, the previous epilogue) and shared
+//   memory accesses before the wgmma reads them. Issued once per k tile before its 4 wgmmas;
+//   consecutive wgmmas on the same accumulator need no fence between them.
+// - wgmma.commit_group: closes the batch of wgmmas issued so far into one group.
+// - wgmma.wait_group N: waits until at most N groups are pending. The accumulators must not
+//   be touched while a group writing them is pending; wait_group 1 after committing tile t
+//   means tile t-1's group is complete, so the stage it read can be handed back to the
+//   producer, while tile t's wgmmas keep the tensor cores busy.
+// - acc_fence: an empty asm that "reads and writes" every accumulator register, so that the
+//   compiler neither moves accumulator accesses across the wgmma fence/wait instructions nor
+//   keeps stale copies (the wgmma asm itself lists them as "+r").
+__device__ __forceinline__ void wgmma_fence() {
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_commit() {
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+template <int R>
+__device__ __forceinline__ void acc_fence(int (&d)[R]) {
+#pragma unroll
+  for (int i = 0; i < R; ++i) asm volatile("" : "+r"(d[i])::"memory");
+}
+
+// D[64 x BN] (+)= A[64 x 32] * B[32 x BN] (u8 x s8 -> s32), A and B from shared memory via the
+// descriptors. scale-d (a predicate) = 1: D += A*B; the accumulators start at zero.
+// Accumulator fragment (per thread t of the warpgroup: warp w = t / 32, lane l):
+//   d[4 i + 2 h + e] = D[16 w + l / 4 + 8 h][8 i + 2 (l % 4) + e],  i < BN / 8, h, e in {0, 1}
+template <int BN>
+__device__ __forceinline__ void wgmma_u8s8(int (&d)[BN / 2], uint64_t da, uint64_t db);
+
+template <>
+__device__ __forceinline__ void wgmma_u8s8<64>(int (&d)[32], uint64_t da, uint64_t db) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k32.s32.u8.s8 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+      "}, %32, %33, p;\n}\n"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]),
+        "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]),
+        "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]),
+        "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31])
+      : "l"(da), "l"(db), "r"(1));
+}
+
+template <>
+__device__ __forceinline__ void wgmma_u8s8<128>(int (&d)[64], uint64_t da, uint64_t db) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k32.s32.u8.s8 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+      "}, %64, %65, p;\n}\n"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]),
+        "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]),
+        "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]),
+        "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]),
+        "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]),
+        "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]),
+        "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]),
+        "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63])
+      : "l"(da), "l"(db), "r"(1));
+}
+
+template <>
+__device__ __forceinline__ void wgmma_u8s8<192>(int (&d)[96], uint64_t da, uint64_t db) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %98, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n192k32.s32.u8.s8 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+      "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+      "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95"
+      "}, %96, %97, p;\n}\n"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]),
+        "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]),
+        "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]),
+        "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]),
+        "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]),
+        "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]),
+        "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]),
+        "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63]),
+        "+r"(d[64]), "+r"(d[65]), "+r"(d[66]), "+r"(d[67]), "+r"(d[68]), "+r"(d[69]), "+r"(d[70]), "+r"(d[71]),
+        "+r"(d[72]), "+r"(d[73]), "+r"(d[74]), "+r"(d[75]), "+r"(d[76]), "+r"(d[77]), "+r"(d[78]), "+r"(d[79]),
+        "+r"(d[80]), "+r"(d[81]), "+r"(d[82]), "+r"(d[83]), "+r"(d[84]), "+r"(d[85]), "+r"(d[86]), "+r"(d[87]),
+        "+r"(d[88]), "+r"(d[89]), "+r"(d[90]), "+r"(d[91]), "+r"(d[92]), "+r"(d[93]), "+r"(d[94]), "+r"(d[95])
+      : "l"(da), "l"(db), "r"(1));
+}
+
+// ---- the kernel ------------------------------------------------------------------------------
+template <int BN, int STAGES>
+struct Cfg {
+  static constexpr int A_BYTES = BM * BK;
+  static constexpr int B_BYTES = BN * BK;
+  static constexpr int STAGE_BYTES = A_BYTES + B_BYTES;        // multiple of 1024
+  static constexpr int SMEM = STAGES * STAGE_BYTES + 2 * STAGES * 8 + 1024;  // + align slack
+  static_assert(STAGE_BYTES % 1024 == 0, "stages must stay 1024-byte aligned");
+  static_assert(BN % 64 == 0 && BN <= 256, "BN: TMA box rows <= 256");
+};
+
+template <int BN, int STAGES>
+__global__ void __launch_bounds__(THREADS, 1)
+    lowbit_wgmma_u8s8_kernel(const __grid_constant__ CUtensorMap tmx,
+                             const __grid_constant__ CUtensorMap tmw,
+                             const int* __restrict__ corr, const float* __restrict__ scale,
+                             const float* __restrict__ bias, float* __restrict__ y, int M, int N,
+                             int K) {
+  using C = Cfg<BN, STAGES>;
+  extern __shared__ uint8_t smem_raw[];
+  // 1024-byte aligned base (the dynamic window's alignment is not promised to be that large)
+  const uint32_t raw = smem_u32(smem_raw);
+  const uint32_t base = (raw + 1023u) & ~1023u;
+  const uint32_t bars = base + STAGES * C::STAGE_BYTES;      // full[s] at bars + 8 s
+  auto full = [&](int s) { return bars + 8u * s; };
+  auto empty = [&](int s) { return bars + 8u * (STAGES + s); };
+  auto stage_a = [&](int s) { return base + s * C::STAGE_BYTES; };
+  auto stage_b = [&](int s) { return base + s * C::STAGE_BYTES + C::A_BYTES; };
+
+  const int wg = threadIdx.x / 128;          // 0: producer, 1..CONSUMERS: consumers
+  const int ktiles = (K + BK - 1) / BK;
+  const int n0 = blockIdx.x * BN, m0 = blockIdx.y * BM;
+
+  if (threadIdx.x == 0) {
+    tma_prefetch_desc(&tmx);
+    tma_prefetch_desc(&tmw);
+#pragma unroll
+    for (int s = 0; s < STAGES; ++s) {
+      mbar_init(full(s), 1);
+      mbar_init(empty(s), 4 * CONSUMERS);
+    }
+    // make the initialised barriers visible to the async proxy (TMA) and the other threads
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+
+  if (wg == 0) {
+    // ---- producer warpgroup: all 4 warps give registers back, one thread issues TMA ----
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(PRODUCER_REGS));
+    if (threadIdx.x == 0) {
+      for (int t = 0; t < ktiles; ++t) {
+        const int s = t % STAGES;
+        const uint32_t phase = (t / STAGES) & 1;
+        mbar_wait(empty(s), phase ^ 1);          // first pass (phase 0): returns at once
+        mbar_arrive_expect_tx(full(s), C::STAGE_BYTES);
+        tma_load_2d(stage_a(s), &tmx, full(s), t * BK, m0);
+        tma_load_2d(stage_b(s), &tmw, full(s), t * BK, n0);
+      }
+    }
+  } else {
+    // ---- consumer warpgroups: 64 rows each ----
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(CONSUMER_REGS));
+    const int c = wg - 1;
+    const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+    int acc[BN / 2];
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) acc[i] = 0;
+
+    for (int t = 0; t < ktiles; ++t) {
+      const int s = t % STAGES;
+      mbar_wait(full(s), (t / STAGES) & 1);      // TMA bytes of tile t have landed
+      __syncwarp();                              // reconverge before the .aligned wgmma ops
+      const uint64_t da = sw128_desc(stage_a(s) + c * 64 * BK);
+      const uint64_t db = sw128_desc(stage_b(s));
+      acc_fence(acc);
+      wgmma_fence();
+#pragma unroll
+      for (int j = 0; j < BK / 32; ++j)          // 4 x k32; +2 = +32 bytes in the start field
+        wgmma_u8s8<BN>(acc, da + 2 * j, db + 2 * j);
+      wgmma_commit();
+      wgmma_wait<1>();                           // tile t-1's wgmmas are done
+      acc_fence(acc);
+      if (t > 0 && lane == 0) mbar_arrive(empty((t - 1) % STAGES));
+    }
+    wgmma_wait<0>();
+    acc_fence(acc);
+    // (the last stage is not handed back: the producer has nothing more to load)
+
+    // ---- epilogue: y = f32(acc - corr) * scale + bias, rows m < M, columns n < N ----
+    const int r0 = m0 + c * 64 + warp * 16 + lane / 4;
+    const bool vec = (N & 1) == 0;
+#pragma unroll
+    for (int i = 0; i < BN / 8; ++i) {
+      const int n = n0 + 8 * i + 2 * (lane % 4);
+      if (n >= N) continue;
+      const bool two = n + 1 < N;
+      const int c0 = corr[n], c1 = two ? corr[n + 1] : 0;
+      const float s0 = scale[n], s1 = two ? scale[n + 1] : 0.f;
+      const float b0 = bias[n], b1 = two ? bias[n + 1] : 0.f;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int m = r0 + 8 * h;
+        if (m >= M) continue;
+        const float v0 = (float)(acc[4 * i + 2 * h] - c0) * s0 + b0;
+        const float v1 = (float)(acc[4 * i + 2 * h + 1] - c1) * s1 + b1;
+        float* row = y + (size_t)m * N;
+        if (vec && two) {
+          *reinterpret_cast<float2*>(row + n) = make_float2(v0, v1);
+        } else {
+          row[n] = v0;
+          if (two) row[n + 1] = v1;
+        }
+      }
+    }
+  }
+}
+
+// ---- host side -------------------------------------------------------------------------------
+typedef CUresult (*EncodeTiledFn)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
+                                  const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
+                                  const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                  CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+static EncodeTiledFn encode_fn() {
+  static EncodeTiledFn fn = nullptr;
+  static bool tried = false;
+  if (!tried) {
+    tried = true;
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult q;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault,
+                                         &q) == cudaSuccess &&
+        q == cudaDriverEntryPointSuccess)
+      fn = reinterpret_cast<EncodeTiledFn>(p);
+  }
+  return fn;
+}
+
+// rows x K uint8 matrix, row-major; box BK x box_rows, 128B swizzle, zero fill out of bounds
+static int make_map(CUtensorMap* map, const void* ptr, int rows, int K, int box_rows) {
+  EncodeTiledFn enc = encode_fn();
+  if (!enc) return 3;
+  cuuint64_t dims[2] = {(cuuint64_t)K, (cuuint64_t)rows};
+  cuuint64_t strides[1] = {(cuuint64_t)K};                    // bytes, of dim 1
+  cuuint32_t box[2] = {(cuuint32_t)BK, (cuuint32_t)box_rows};
+  cuuint32_t estr[2] = {1, 1};
+  CUresult r = enc(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<void*>(ptr), dims, strides,
+                   box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                   CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? 0 : 4;
+}
+
+template <int BN, int STAGES>
+static int launch(const void* x, const void* w, const int* corr, const float* scale,
+                  const float* bias, float* y, int M, int N, int K, cudaStream_t stream) {
+  using C = Cfg<BN, STAGES>;
+  CUtensorMap tmx, tmw;
+  int rc = make_map(&tmx, x, M, K, BM);
+  if (rc) return rc;
+  rc = make_map(&tmw, w, N, K, BN);
+  if (rc) return rc;
+  auto kern = lowbit_wgmma_u8s8_kernel<BN, STAGES>;
+  static bool attr = false;   // per instance; benign race (same value written)
+  if (!attr) {
+    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM);
+    if (e != cudaSuccess) return 100 + (int)e;
+    attr = true;
+  }
+  dim3 grid((N + BN - 1) / BN, (M + BM - 1) / BM);
+  kern<<<grid, THREADS, C::SMEM, stream>>>(tmx, tmw, corr, scale, bias, y, M, N, K);
+  cudaError_t e = cudaGetLastError();
+  return e == cudaSuccess ? 0 : 100 + (int)e;
+}
+
+struct ConfigEntry {
+  const char* name;
+  int bn, stages, smem;
+  int (*fn)(const void*, const void*, const int*, const float*, const float*, float*, int, int,
+            int, cudaStream_t);
+};
+#define LBW_CFG(BN, S) {"128x" #BN "_s" #S, BN, S, Cfg<BN, S>::SMEM, &launch<BN, S>}
+static const ConfigEntry CONFIGS[] = {
+    LBW_CFG(64, 4), LBW_CFG(64, 6), LBW_CFG(128, 4), LBW_CFG(192, 4),
+};
+#undef LBW_CFG
+constexpr int NCONFIGS = sizeof(CONFIGS) / sizeof(CONFIGS[0]);
+
+}  // namespace lbw
+
+extern "C" {
+
+// Number of kernel configurations and their names ("<BM>x<BN>_s<stages>").
+int lowbit_wgmma_num_configs() { return lbw::NCONFIGS; }
+const char* lowbit_wgmma_config_name(int i) {
+  return (i >= 0 && i < lbw::NCONFIGS) ? lbw::CONFIGS[i].name : "";
+}
+// Dynamic shared memory of configuration i in bytes (-1: no such configuration).
+int lowbit_wgmma_config_smem(int i) {
+  return (i >= 0 && i < lbw::NCONFIGS) ? lbw::CONFIGS[i].smem : -1;
+}
+// Configuration used for config = -1: 128x128 tiles once they fill the 132 SMs of an H100/H200,
+// else 128x64 (more CTAs). A first guess, to be replaced by measured choices.
+int lowbit_wgmma_default_config(int M, int N, int K) {
+  (void)K;
+  const long tiles128 = (long)((M + 127) / 128) * ((N + 127) / 128);
+  return tiles128 >= 132 ? 2 : 0;
+}
+
+// y = f32(x_u8 @ w_s8^T - corr) * scale + bias, launched on `stream` (asynchronous).
+// x: [M, K] u8, w: [N, K] s8, both row-major, device pointers, 16-byte aligned; corr [N] int32,
+// scale, bias [N] fp32, y [M, N] fp32. config: index into the configurations, -1 = default.
+// Returns 0 when launched, else:
+//   1  bad shape: M, N < 1, K < 16 or K % 16 != 0 (pad K with zero columns in x and w)
+//   2  x or w not 16-byte aligned (TMA)
+//   3  cuTensorMapEncodeTiled not available from the driver
+//   4  cuTensorMapEncodeTiled refused the tensor map
+//   5  no such configuration
+//   100 + cudaError_t  a CUDA runtime error (setting the smem attribute, or the launch)
+int lowbit_wgmma_u8s8(const void* x, const void* w, const int* corr, const float* scale,
+                      const float* bias, float* y, int M, int N, int K, int config,
+                      cudaStream_t stream) {
+  if (M < 1 || N < 1 || K < 16 || K % 16 != 0) return 1;
+  if ((reinterpret_cast<uintptr_t>(x) | reinterpret_cast<uintptr_t>(w)) & 15) return 2;
+  if (config < 0) config = lowbit_wgmma_default_config(M, N, K);
+  if (config >= lbw::NCONFIGS) return 5;
+  return lbw::CONFIGS[config].fn(x, w, corr, scale, bias, y, M, N, K, stream);
+}
+
+}  // extern "C"
