@@ -39,8 +39,9 @@ from tvm.script import tirx as T
 from lowbit.backends.tvm.kernels import registry
 from lowbit.backends.tvm.kernels.registry import KERNEL_ATTR
 
-__all__ = ["CUDA_SOURCE", "cuda_source_hook", "kernel_configs", "read_config_table",
-           "shell_bcq", "shell_u8s8", "shell_w4a16"]
+__all__ = ["CUDA_SOURCE", "WGMMA_CONFIGS", "cuda_source_hook", "kernel_configs",
+           "read_config_table", "shell_bcq", "shell_u8s8", "shell_u8s8_wgmma", "shell_w4a16",
+           "wgmma_arch"]
 
 CUDA_SOURCE = Path(__file__).with_name("cuda_kernels.cu")
 NUM_SMS = 132          # H100 SXM; only steers tile and split-K choices
@@ -68,6 +69,15 @@ GEMV_CONFIGS = ("v8_u8_w16", "v16_u4_w16", "v16_u8_w16", "v16_u4_w32", "v16_u8_w
 @functools.cache
 def _source() -> str:
     return CUDA_SOURCE.read_text()
+
+
+WGMMA_SOURCE = Path(__file__).with_name("cuda_wgmma.cu")
+
+
+@functools.cache
+def _wgmma_source() -> str:
+    """cuda_wgmma.cu without its host launcher (TVM builds the tensor maps and launches)."""
+    return "#define LOWBIT_WGMMA_DEVICE_ONLY 1\n" + WGMMA_SOURCE.read_text()
 
 
 CALLED: set[str] = set()  # device functions the last CUDA builds called (tests read it)
@@ -139,8 +149,32 @@ def _postproc(code, target=None):
 
     code = str(code)
     CALLED.update(re.findall(r"\b(lowbit_(?:gemm_u8s8|w4a16|bcq_gemv|bcq_t256)_\w+?)\(", code))
+    wgmma = re.findall(rf"\b({_WGMMA_RE})\(", code)
     if "lowbit_" in code and "LOWBIT_CUDA_KERNELS" not in code:
+        if wgmma:   # sm_90a shells (shell_u8s8_wgmma) only: the sm_80/sm_90 source is unchanged
+            CALLED.update(wgmma)
+            code = _wgmma_bounds(code)
+            code = _wgmma_source() + "\n" + code
         code = _source() + "\n" + _wrappers(code) + "\n" + _t256_bounds(code)
+    return code
+
+
+_WGMMA_RE = r"lowbit_wgmma_u8s8_128x\d+_s\d+"
+
+
+def _wgmma_bounds(code: str) -> str:
+    """``__launch_bounds__(384, 1)`` on the kernels that call the wgmma GEMM (TVM writes the
+    thread count only): one CTA per SM, so ``setmaxnreg`` finds the registers it asks for
+    (cuda_wgmma.cu)."""
+    import re
+
+    names = set()
+    for m in re.finditer(r"__global__ void __launch_bounds__\(384\) (\w+)\(", code):
+        nxt = code.find("__global__", m.end())
+        if re.search(rf"\b{_WGMMA_RE}\(", code[m.end():nxt if nxt >= 0 else len(code)]):
+            names.add(m.group(1))
+    for name in names:
+        code = code.replace(f"__launch_bounds__(384) {name}(", f"__launch_bounds__(384, 1) {name}(")
     return code
 
 
@@ -243,6 +277,75 @@ def shell_u8s8(m: int, n: int, k: int, config: str | None = None, target=None
                                  y.data, sm.data, m, n, k))
 
     return main.with_attr(KERNEL_ATTR, "linear_u8s8").with_attr("lowbit.config", cfg)
+
+
+# ---- sm_90a: the wgmma + TMA GEMM of cuda_wgmma.cu (issue 20) -------------------------------
+WGMMA_CONFIGS = {"128x64_s4": (64, 4), "128x64_s6": (64, 6), "128x128_s4": (128, 4),
+                 "128x192_s4": (192, 4)}          # name -> (BN, stages); BM = 128, BK = 128
+WGMMA_THREADS = 384
+
+
+def wgmma_arch(target) -> bool:
+    """True for targets that take the wgmma route: arch ``sm_90a`` (wgmma and setmaxnreg are
+    sm_90a-only instructions; plain ``sm_90``, the default, keeps the mma.sync kernels)."""
+    return target is not None and str(target.attrs.get("arch", "")) == "sm_90a"
+
+
+def wgmma_smem(bn: int, stages: int) -> int:
+    """Dynamic shared memory of a configuration: cuda_wgmma.cu ``Cfg<BN, STAGES>::SMEM``."""
+    return stages * (128 + bn) * 128 + 2 * stages * 8 + 1024
+
+
+def default_wgmma(m: int, n: int, k: int) -> str:
+    """cuda_wgmma.cu ``lowbit_wgmma_default_config``: 128x128 once the 128x128 tiles fill the
+    132 SMs, else 128x64 (a first guess; the H200 run of docs/gpu.md picks per shape)."""
+    del k
+    return "128x128_s4" if _cdiv(m, 128) * _cdiv(n, 128) >= NUM_SMS else "128x64_s4"
+
+
+def shell_u8s8_wgmma(m: int, n: int, k: int, config: str | None = None, target=None
+                     ) -> tvm.tirx.PrimFunc:
+    """The sm_90a linear_u8s8: the same parameters as ``shell_u8s8`` (w typed
+    [Np/16, K/4, 16, 4]) but w's bytes must be ROW-MAJOR [Np, K] (pack.py
+    ``vnni_to_rowmajor``; the CUDA pipeline inserts that repack for sm_90a targets, see
+    pipelines/cuda.py). The host part builds two TMA tensor maps (``tensormap_encode_tiled``,
+    TVM's runtime.cuTensorMapEncodeTiled, once per call) that TVM passes to the kernel as
+    ``const __grid_constant__ CUtensorMap`` parameters; the kernel calls
+    ``lowbit_wgmma_u8s8_128x<BN>_s<S>`` of cuda_wgmma.cu with their addresses."""
+    if k % 16 or k < 16:
+        raise ValueError(f"CUDA wgmma linear_u8s8 needs K % 16 == 0, got K={k}")
+    cfg = (config or _tuned("u8s8", (m, n, k), target, tuple(WGMMA_CONFIGS))
+           or default_wgmma(m, n, k))
+    bn, stages = WGMMA_CONFIGS[cfg]
+    n_pad = _cdiv(n, 16) * 16
+    smem = wgmma_smem(bn, stages)
+    fn = f"lowbit_wgmma_u8s8_{cfg}"
+    gx, gy = _cdiv(n, bn), _cdiv(m, 128)
+
+    @T.prim_func
+    def main(x: T.Buffer((m, k), "uint8"), w: T.Buffer((n_pad // 16, k // 4, 16, 4), "int8"),
+             corr: T.Buffer((n,), "int32"), scale: T.Buffer((n,), "float32"),
+             bias: T.Buffer((n,), "float32"), y: T.Buffer((m, n), "float32")):
+        T.func_attr({"tirx.noalias": True})
+        # host: TMA descriptors (dims and boxes innermost first; 128B swizzle = 3,
+        # L2 promotion 256B = 3, out-of-bounds zero fill = 0), as cuda_wgmma.cu make_map
+        tmx = T.Bind(T.tvm_stack_alloca("tensormap", 1), var=T.handle("tensormap"))
+        T.evaluate(T.tensormap_encode_tiled(tmx, x.data, k, m, k, 128, 128, 1, 1,
+                                            descriptor_dtype="uint8", rank=2, swizzle=3,
+                                            l2_promotion=3, oob_fill=0))
+        tmw = T.Bind(T.tvm_stack_alloca("tensormap", 1), var=T.handle("tensormap"))
+        T.evaluate(T.tensormap_encode_tiled(tmw, w.data, k, n, k, 128, bn, 1, 1,
+                                            descriptor_dtype="uint8", rank=2, swizzle=3,
+                                            l2_promotion=3, oob_fill=0))
+        bx = T.launch_thread("blockIdx.x", gx)  # noqa: F841
+        by = T.launch_thread("blockIdx.y", gy)  # noqa: F841
+        tx = T.launch_thread("threadIdx.x", WGMMA_THREADS)  # noqa: F841
+        sm = T.alloc_buffer((smem,), "uint8", scope="shared.dyn")
+        T.evaluate(T.call_extern("int32", fn, T.address_of(tmx), T.address_of(tmw), corr.data,
+                                 scale.data, bias.data, y.data, sm.data, m, n, k))
+
+    return (main.with_attr(KERNEL_ATTR, "linear_u8s8").with_attr("lowbit.config", cfg)
+            .with_attr("lowbit.w_layout", "rowmajor"))
 
 
 def _split_k(n: int, groups: int, tile: int = 256, warps_per_sm: int = 16) -> int:
@@ -417,6 +520,9 @@ def _u8s8_on_cuda(func: tvm.tirx.PrimFunc, target) -> tvm.s_tir.Schedule:
     shape the device function cannot take: the kernel then goes to dlight)."""
     shapes = arg_shapes(func)
     (m, k), n = shapes[0], shapes[2][0]
+    if wgmma_arch(target) and func.attrs is not None and "lowbit.w_layout" in func.attrs:
+        # row-major weight bytes (pipelines/cuda.py rowmajor_u8s8_weights, K % 16 == 0 only)
+        return tvm.s_tir.Schedule(shell_u8s8_wgmma(m, n, k, target=target))
     return tvm.s_tir.Schedule(shell_u8s8(m, n, k, target=target))
 
 

@@ -1,6 +1,7 @@
 // lowbit int8 GEMM for sm_90a (Hopper): wgmma + TMA + warp-specialised mbarrier pipeline.
-// Issue 20, item 1, first step: standalone (not yet wired into the TVM build; see docs/gpu.md
-// "wgmma int8 GEMM (issue 20, in progress)"). Build: scripts/build_wgmma.py
+// Issue 20, item 1: standalone (host launcher below; build: scripts/build_wgmma.py) and, for
+// sm_90a targets, the TVM route (kernels/cuda.py shell_u8s8_wgmma calls the device entry points
+// lowbit_wgmma_u8s8_128x<BN>_s<S>; see docs/gpu.md "wgmma int8 GEMM (issue 20, in progress)").
 //   nvcc -gencode=arch=compute_90a,code=sm_90a -O3 -shared -Xcompiler -fPIC
 //
 // Computes, like lowbit_gemm_u8s8_* in cuda_kernels.cu (same epilogue arithmetic):
@@ -242,15 +243,19 @@ struct Cfg {
   static_assert(BN % 64 == 0 && BN <= 256, "BN: TMA box rows <= 256");
 };
 
+// The kernel body as a device function, so that a TVM launch shell (kernels/cuda.py
+// shell_u8s8_wgmma) can call it from the __global__ function TVM generates: tmx_p, tmw_p are
+// generic addresses of the __grid_constant__ CUtensorMap parameters of the calling kernel,
+// smem_raw its dynamic shared memory (Cfg::SMEM bytes). The caller must be a __global__
+// function of THREADS threads with __launch_bounds__(THREADS, 1) (setmaxnreg).
 template <int BN, int STAGES>
-__global__ void __launch_bounds__(THREADS, 1)
-    lowbit_wgmma_u8s8_kernel(const __grid_constant__ CUtensorMap tmx,
-                             const __grid_constant__ CUtensorMap tmw,
-                             const int* __restrict__ corr, const float* __restrict__ scale,
-                             const float* __restrict__ bias, float* __restrict__ y, int M, int N,
-                             int K) {
+__device__ __forceinline__ void wgmma_u8s8_body(const CUtensorMap* tmx_p, const CUtensorMap* tmw_p,
+                                                const int* __restrict__ corr,
+                                                const float* __restrict__ scale,
+                                                const float* __restrict__ bias,
+                                                float* __restrict__ y, uint8_t* smem_raw, int M,
+                                                int N, int K) {
   using C = Cfg<BN, STAGES>;
-  extern __shared__ uint8_t smem_raw[];
   // 1024-byte aligned base (the dynamic window's alignment is not promised to be that large)
   const uint32_t raw = smem_u32(smem_raw);
   const uint32_t base = (raw + 1023u) & ~1023u;
@@ -265,8 +270,8 @@ __global__ void __launch_bounds__(THREADS, 1)
   const int n0 = blockIdx.x * BN, m0 = blockIdx.y * BM;
 
   if (threadIdx.x == 0) {
-    tma_prefetch_desc(&tmx);
-    tma_prefetch_desc(&tmw);
+    tma_prefetch_desc(tmx_p);
+    tma_prefetch_desc(tmw_p);
 #pragma unroll
     for (int s = 0; s < STAGES; ++s) {
       mbar_init(full(s), 1);
@@ -286,8 +291,8 @@ __global__ void __launch_bounds__(THREADS, 1)
         const uint32_t phase = (t / STAGES) & 1;
         mbar_wait(empty(s), phase ^ 1);          // first pass (phase 0): returns at once
         mbar_arrive_expect_tx(full(s), C::STAGE_BYTES);
-        tma_load_2d(stage_a(s), &tmx, full(s), t * BK, m0);
-        tma_load_2d(stage_b(s), &tmw, full(s), t * BK, n0);
+        tma_load_2d(stage_a(s), tmx_p, full(s), t * BK, m0);
+        tma_load_2d(stage_b(s), tmw_p, full(s), t * BK, n0);
       }
     }
   } else {
@@ -347,6 +352,41 @@ __global__ void __launch_bounds__(THREADS, 1)
     }
   }
 }
+
+template <int BN, int STAGES>
+__global__ void __launch_bounds__(THREADS, 1)
+    lowbit_wgmma_u8s8_kernel(const __grid_constant__ CUtensorMap tmx,
+                             const __grid_constant__ CUtensorMap tmw,
+                             const int* __restrict__ corr, const float* __restrict__ scale,
+                             const float* __restrict__ bias, float* __restrict__ y, int M, int N,
+                             int K) {
+  extern __shared__ uint8_t smem_raw[];
+  wgmma_u8s8_body<BN, STAGES>(&tmx, &tmw, corr, scale, bias, y, smem_raw, M, N, K);
+}
+
+}  // namespace lbw
+
+// Entry points of the TVM route (kernels/cuda.py shell_u8s8_wgmma), one per configuration:
+// tmx / tmw are the integer generic addresses TVM's codegen passes for &tensormap_param.
+#define LBW_TVM_ENTRY(BN, S)                                                                  \
+  __device__ __forceinline__ int lowbit_wgmma_u8s8_128x##BN##_s##S(                         \
+      unsigned long long tmx, unsigned long long tmw, const int* corr, const float* scale,    \
+      const float* bias, float* y, unsigned char* smem, int M, int N, int K) {                \
+    lbw::wgmma_u8s8_body<BN, S>(reinterpret_cast<const CUtensorMap*>(tmx),                    \
+                                reinterpret_cast<const CUtensorMap*>(tmw), corr, scale, bias, \
+                                y, smem, M, N, K);                                            \
+    return 0;                                                                                 \
+  }
+LBW_TVM_ENTRY(64, 4)
+LBW_TVM_ENTRY(64, 6)
+LBW_TVM_ENTRY(128, 4)
+LBW_TVM_ENTRY(192, 4)
+#undef LBW_TVM_ENTRY
+
+// The host launcher below is left out of the TVM route's source (which defines
+// LOWBIT_WGMMA_DEVICE_ONLY: TVM builds the tensor maps and launches the kernel itself).
+#ifndef LOWBIT_WGMMA_DEVICE_ONLY
+namespace lbw {
 
 // ---- host side -------------------------------------------------------------------------------
 typedef CUresult (*EncodeTiledFn)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
@@ -460,3 +500,5 @@ int lowbit_wgmma_u8s8(const void* x, const void* w, const int* corr, const float
 }
 
 }  // extern "C"
+
+#endif  // LOWBIT_WGMMA_DEVICE_ONLY

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["VNNI_K", "VNNI_N", "pack_int4", "pack_vnni", "unpack_int4", "unpack_vnni"]
+__all__ = ["VNNI_K", "VNNI_N", "pack_int4", "pack_rowmajor", "pack_vnni", "unpack_int4",
+           "unpack_vnni", "vnni_to_rowmajor"]
 
 VNNI_N, VNNI_K = 16, 4
 
@@ -48,6 +49,21 @@ def unpack_vnni(packed: torch.Tensor, n: int) -> torch.Tensor:
     """Inverse of ``pack_vnni`` (drops the padding rows)."""
     a, b, c, d = packed.shape
     return packed.permute(0, 2, 1, 3).reshape(a * c, b * d)[:n]
+
+
+def pack_rowmajor(w_i8: torch.Tensor) -> torch.Tensor:
+    """The sm_90a (wgmma + TMA) weight: [N, K] int8 -> row-major [Np, K] bytes (zero rows pad N
+    to a multiple of 16) held in a tensor of ``pack_vnni``'s shape [Np/16, K/4, 16, 4], so the
+    lowered graph keeps one signature for every target. TMA applies the 128-byte swizzle on the
+    way into shared memory, so nothing else is rearranged."""
+    return vnni_to_rowmajor(pack_vnni(w_i8))
+
+
+def vnni_to_rowmajor(packed: torch.Tensor) -> torch.Tensor:
+    """``pack_vnni``'s bytes rewritten as row-major [Np, K] in the same [Np/16, K/4, 16, 4]
+    shape: ``packed.permute(0, 2, 1, 3).reshape(packed.shape)`` (what the CUDA pipeline's
+    ``rowmajor_u8s8_weights`` inserts into the graph for sm_90a)."""
+    return packed.permute(0, 2, 1, 3).contiguous().reshape(packed.shape)
 
 
 def pack_int4(w_i4: torch.Tensor) -> torch.Tensor:

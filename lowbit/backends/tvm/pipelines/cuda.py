@@ -25,17 +25,26 @@ import os
 import re
 
 import tvm
+from tvm import relax
 from tvm.relax.backend.cuda import pipeline as cuda_pipeline
 
 from lowbit.backends.tvm.cuda_env import load_cuda_backend
-from lowbit.backends.tvm.kernels.cuda import cuda_source_hook, kernel_configs, read_config_table
+from lowbit.backends.tvm.kernels.cuda import (
+    cuda_source_hook,
+    kernel_configs,
+    read_config_table,
+    wgmma_arch,
+)
+from lowbit.backends.tvm.kernels.registry import KERNEL_ATTR
 from lowbit.backends.tvm.lowering.legalize import LegalizeQuantLinear
-from lowbit.backends.tvm.pipelines.common import prepare, prepare_passes
+from lowbit.backends.tvm.pipelines import common
+from lowbit.backends.tvm.pipelines.common import prepare_passes
 from lowbit.backends.tvm.schedules.base import apply_rules, prim_funcs
 from lowbit.backends.tvm.schedules.cuda import default_rules
 
 __all__ = ["NAME", "ONNX_INT8", "build", "build_kernel", "fatbin_arches", "fx_passes",
-           "kernel_family", "lower_passes", "prepare", "prepare_passes", "schedule"]
+           "kernel_family", "lower_passes", "prepare", "prepare_passes", "rowmajor_u8s8_weights",
+           "schedule"]
 
 NAME = "cuda"
 ONNX_INT8 = False
@@ -47,7 +56,67 @@ def fx_passes(int8: bool, int4: bool) -> list:
 
 
 def kernel_family(target: tvm.target.Target) -> tuple[str | None, str]:
+    if wgmma_arch(target):
+        return f"u8s8/cuda ({target.attrs.get('arch', '?')}: wgmma + TMA)", ""
     return f"u8s8/cuda ({target.attrs.get('arch', '?')}: tensor-core mma)", ""
+
+
+def prepare(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    """common.prepare; for sm_90a targets (the wgmma route, issue 20) first
+    ``rowmajor_u8s8_weights``."""
+    if wgmma_arch(target):
+        mod = rowmajor_u8s8_weights(mod)
+    return common.prepare(mod, target)
+
+
+@relax.expr_functor.mutator
+class _RowMajorWeights(relax.PyExprMutator):
+    """Repacks the weight (second argument) of every call_tir to one of ``kernels``."""
+
+    def __init__(self, mod, kernels):
+        super().__init__(mod)
+        self.kernels = kernels
+
+    def visit_call_(self, call):
+        call = super().visit_call_(call)
+        if call.op != tvm.ir.Op.get("relax.call_tir") or call.args[0] not in self.kernels:
+            return call
+        args = list(call.args[1].fields)
+        w = args[1]
+        shape = [int(d) for d in w.ty.shape.values]          # [Np/16, K/4, 16, 4]
+        t = self.builder_.emit(relax.op.permute_dims(w, [0, 2, 1, 3]))   # [Np/16, 16, K/4, 4]
+        args[1] = self.builder_.emit(relax.op.reshape(t, shape))    # bytes: row-major [Np, K]
+        return relax.Call(call.op, [call.args[0], relax.Tuple(args), *call.args[2:]],
+                          call.attrs, call.ty_args)
+
+
+def rowmajor_u8s8_weights(mod: tvm.IRModule) -> tvm.IRModule:
+    """The weight packing of the sm_90a wgmma route: every ``linear_u8s8`` call gets its
+    weight as ``reshape(permute_dims(w, [0, 2, 1, 3]), w.shape)``, i.e. the VNNI
+    [Np/16, K/4, 16, 4] bytes of lowering/pack.py rewritten to row-major [Np, K] bytes in a
+    tensor of the same shape (pack.py ``vnni_to_rowmajor``), and the kernel is marked
+    ``lowbit.w_layout = "rowmajor"`` (what makes the CUDA rule pick ``shell_u8s8_wgmma``).
+    The weights are parameters, so LiftTransformParams (next) moves the repack into
+    ``main_transform_params``: it runs once when the module is loaded, and params.bin stays
+    the same for every target."""
+    from lowbit.backends.tvm.kernels.cuda import arg_shapes
+
+    # only shapes the wgmma shell takes (K % 16 == 0): any other linear_u8s8 goes to dlight,
+    # which reads its weight as VNNI, so it must keep the VNNI bytes
+    kernels = {gv for gv, f in mod.functions_items()
+               if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None
+               and str(f.attrs.get(KERNEL_ATTR, "")) == "linear_u8s8"
+               and arg_shapes(f)[0][1] % 16 == 0}
+    if not kernels:
+        return mod
+    mutator = _RowMajorWeights(mod, kernels)
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            mutator.builder_.update_func(gv, mutator.visit_expr(func))
+    out = mutator.builder_.get()
+    for gv in kernels:
+        out[gv] = out[gv].with_attr("lowbit.w_layout", "rowmajor")
+    return out
 
 
 def schedule(mod: tvm.IRModule, target: tvm.target.Target, tune=None, *, progress: bool = True
