@@ -4,7 +4,7 @@ with FX, time (issue 17: "compiles it to one TVM module").
 
     python benchmarks/gemma_mixed_precision_tvm.py [--plans "ilp @ 4.25,uniform int4 g128"]
         [--work /tmp/lb/gemma_mixed_precision] [--ctx 128] [--runs 10] [--no-fp]
-        [--threads 2] [--json benchmarks/results/gemma_mixed_precision_tvm.json]
+        [--sequential] [--threads 2] [--json benchmarks/results/gemma_mixed_precision_tvm.json]
         [--out docs/accuracy.md]
 
 1. Plans: the ``PrecisionPlan`` JSON files ``benchmarks/gemma_mixed_precision.py`` saved in
@@ -21,9 +21,14 @@ with FX, time (issue 17: "compiles it to one TVM module").
    Reported: the blocks per storage / kernel (``meta["lowbit_precision"]``), the compiled
    module's lowering summary, the pruning; the logits' max relative difference TVM vs FX
    (max |TVM - FX| / max |FX|) and next-token argmax agreement on the ``--ctx`` window; the
-   median (and minimum) of ``--runs`` calls of the ctx-token forward and of the M = 1 call
-   (``lowbit.timing.measure``, after warm-up), TVM and the FX graph in eager torch, all in this
-   one process. Unless ``--no-fp``, the float model is compiled and timed the same way.
+   median (and minimum) of ``--runs`` calls of the ctx-token forward and of the M = 1 call,
+   TVM and the FX graph in eager torch, all in this one process. Unless ``--no-fp``, the float
+   model is compiled and timed the same way.
+4. TVM timing, interleaved (unless ``--sequential``): every variant's two modules are kept
+   until all are built, then ``--runs`` rounds call each module once in turn (after warm-up),
+   so a change in the host's load (other processes on a shared 2-core host) falls on every
+   variant alike; with ``--sequential`` each variant is timed alone right after its build
+   (``lowbit.timing.measure``). Eager FX timings are sequential either way (a reference).
 
 ``--json`` gets the rows; ``--out`` replaces the ``gemma-mixed-precision-tvm`` block inside
 the ``gemma-mixed-precision`` section of docs/accuracy.md.
@@ -56,7 +61,7 @@ from lowbit.errors import ConfigError
 from lowbit.models import load_gemma
 from lowbit.search import PrecisionPlan
 from lowbit.search.space import Candidate
-from lowbit.timing import load_average, measure
+from lowbit.timing import Latency, load_average, measure
 
 
 def log(msg: str) -> None:
@@ -68,7 +73,10 @@ def logits_of(out) -> np.ndarray:
     return np.asarray(out.detach().numpy() if isinstance(out, torch.Tensor) else out)
 
 
-def run_variant(name: str, plan: PrecisionPlan | None, gm, gm1, x, x1, runs: int) -> dict:
+def run_variant(name: str, plan: PrecisionPlan | None, gm, gm1, x, x1, runs: int,
+                keep: list | None = None) -> dict:
+    """Apply, compile, check and time one variant; with ``keep`` (a list) its two TVM modules
+    are appended there for ``interleaved`` timing instead of being timed here."""
     t = time.perf_counter()
     q = gm if plan is None else lowbit.apply_precision(gm, plan, progress=False)
     q1 = gm1 if plan is None else lowbit.apply_precision(gm1, plan, progress=False)
@@ -97,8 +105,12 @@ def run_variant(name: str, plan: PrecisionPlan | None, gm, gm1, x, x1, runs: int
     with torch.no_grad():
         fx_ms = measure(functools.partial(q, x), iters=max(3, runs // 2), warmup=1)
         fx1_ms = measure(functools.partial(q1, x1), iters=runs, warmup=3)
-    tvm_ms = measure(functools.partial(mod, x), iters=runs, warmup=2)
-    tvm1_ms = measure(functools.partial(mod1, x1), iters=runs, warmup=3)
+    if keep is None:
+        tvm_ms = measure(functools.partial(mod, x), iters=runs, warmup=2)
+        tvm1_ms = measure(functools.partial(mod1, x1), iters=runs, warmup=3)
+    else:
+        keep.append((name, mod, mod1))
+        tvm_ms = tvm1_ms = Latency(float("nan"), float("nan"), 0)     # filled in later
     row = {"name": name, "apply_s": t_apply, "compile_s": t_compile, "compile1_s": t_compile1,
            "rel": rel, "argmax": agree, "rel_m1": rel1, "tokens": int(x.shape[1]),
            "lowering": dict(lowering), "lowering_summary": summary,
@@ -124,6 +136,47 @@ def run_variant(name: str, plan: PrecisionPlan | None, gm, gm1, x, x1, runs: int
     return row
 
 
+def interleaved(mods: list, x, x1, runs: int) -> dict[str, tuple[Latency, Latency]]:
+    """Median and minimum per module over ``runs`` rounds, each calling every module once
+    (the ctx-token forward, then the M = 1 call), after 2 / 3 warm-up calls each."""
+    for _, mod, mod1 in mods:
+        for _ in range(2):
+            mod(x)
+        for _ in range(3):
+            mod1(x1)
+    times = {name: ([], []) for name, _, _ in mods}
+    for _ in range(runs):
+        for name, mod, mod1 in mods:
+            for arg, m, out in ((x, mod, times[name][0]), (x1, mod1, times[name][1])):
+                t0 = time.perf_counter()
+                m(arg)
+                out.append(time.perf_counter() - t0)
+
+    def lat(ts: list[float]) -> Latency:
+        ts = sorted(ts)
+        return Latency(ts[len(ts) // 2] * 1e3, ts[0] * 1e3, len(ts))
+
+    return {name: (lat(a), lat(b)) for name, (a, b) in times.items()}
+
+
+def latency_reading(rows: list[dict]) -> list[str]:
+    """Each searched plan against the uniform plan of the same bytes: median TVM latencies."""
+    out = []
+    for r in rows:
+        if "bytes" not in r or r["name"].startswith("uniform"):
+            continue
+        for u in rows:
+            if u["name"].startswith("uniform") and u.get("bytes") == r["bytes"]:
+                out.append(
+                    f"- {r['name']} vs {u['name']} (same bytes): {r['tokens']}-token forward "
+                    f"{r['tvm_ms']:.0f} / {u['tvm_ms']:.0f} ms (x{r['tvm_ms'] / u['tvm_ms']:.2f}"
+                    f"; minima {r['tvm_min_ms']:.0f} / {u['tvm_min_ms']:.0f}), M=1 call "
+                    f"{r['tvm1_ms']:.1f} / {u['tvm1_ms']:.1f} ms "
+                    f"(x{r['tvm1_ms'] / u['tvm1_ms']:.2f}; minima {r['tvm1_min_ms']:.1f} / "
+                    f"{u['tvm1_min_ms']:.1f})")
+    return out
+
+
 def render(rows, args, command, started, wall, machine) -> str:
     lines = [
         "### One TVM module per plan (`benchmarks/gemma_mixed_precision_tvm.py`)",
@@ -134,8 +187,13 @@ def render(rows, args, command, started, wall, machine) -> str:
          f"one module each, every kernel kind of the plan in it. Agreement: the module's "
          f"logits vs the same FX graph in eager torch on `[BOS]` + the first "
          f"{rows[0]['tokens'] - 1} tokens of `{DATA}` (inside the evaluation windows); "
-         f"latency: medians of {args.runs} calls (min in brackets), one process, "
-         f"{args.threads} threads; eager torch of the same FX graph for reference."),
+         + (f"latency: medians of {args.runs} calls (min in brackets), each variant timed "
+            f"right after its build" if args.sequential else
+            f"TVM latency: medians of {args.runs} rounds (min in brackets), every variant's "
+            f"modules built first, then each round calls every module once in turn, so load "
+            f"from other processes on the shared host falls on all alike")
+         + f", one process, {args.threads} threads; eager torch of the same FX graph (timed "
+           f"after each build) for reference."),
         "",
         ("| plan | bytes (bits/weight) | row blocks: format -> kernel | compiled linears | pruned "
          f"| TVM vs FX max rel. diff | next-token argmax equal | {rows[0]['tokens']}-token "
@@ -154,6 +212,7 @@ def render(rows, args, command, started, wall, machine) -> str:
             f"| {100 * r['argmax']:.1f}% | {r['tvm_ms']:.0f} ({r['tvm_min_ms']:.0f}) / "
             f"{r['fx_ms']:.0f} | {r['tvm1_ms']:.1f} ({r['tvm1_min_ms']:.1f}) / "
             f"{r['fx1_ms']:.1f} |")
+    lines += ["", *latency_reading(rows)]
     lines += [
         "",
         ("row blocks = the plan's blocks after `SplitRowBlocks` (consecutive rows of one "
@@ -197,6 +256,8 @@ def main(argv=None) -> int:
     p.add_argument("--ctx", type=int, default=128)
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--no-fp", action="store_true", help="skip the float reference module")
+    p.add_argument("--sequential", action="store_true",
+                   help="time each variant's TVM modules right after its build")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=pathlib.Path, default=None)
     p.add_argument("--out", type=pathlib.Path, default=None)
@@ -217,13 +278,29 @@ def main(argv=None) -> int:
     x1 = bos[None]
     gm, gm1 = lowbit.capture(lm, (x,)), lowbit.capture(lm, (x1,))
     variants = [(n, pl) for n, pl in plans.items()] + ([] if args.no_fp else [("FP32", None)])
-    rows = []
-    for name, plan in variants:
-        rows.append(run_variant(name, plan, gm, gm1, x, x1, args.runs))
+    rows, keep = [], None if args.sequential else []
+
+    def write_json() -> None:
         if args.json is not None:
             save_json(args.json, {"command": command, "date": f"{started:%Y-%m-%d %H:%M} UTC",
                                   "machine": machine, "cpu_flags": cpu_flags(),
                                   "threads": args.threads, "rows": rows})
+
+    for name, plan in variants:
+        rows.append(run_variant(name, plan, gm, gm1, x, x1, args.runs, keep))
+        if keep is None:
+            write_json()
+    if keep is not None:
+        timed = interleaved(keep, x, x1, args.runs)
+        load = load_average()
+        for row in rows:
+            fwd, one = timed[row["name"]]
+            row.update(tvm_ms=fwd.median_ms, tvm_min_ms=fwd.min_ms, tvm1_ms=one.median_ms,
+                       tvm1_min_ms=one.min_ms, load_average=load, timing="interleaved")
+            log(f"{row['name']}: TVM {args.ctx} tokens {fwd}; M=1 {one} (interleaved rounds)")
+        del keep, timed
+        gc.collect()
+        write_json()
     wall = time.perf_counter() - t_start
     section = render(rows, args, command, started, wall, machine)
     log("\n" + section)

@@ -9,8 +9,9 @@ Left: all-MiniLM-L6-v2 SST-2 dev accuracy (``benchmarks/minilm_mixed_precision.p
 Gemma-3-270M wikitext-2 perplexity (``benchmarks/gemma_mixed_precision.py``, log scale when the
 range is wide; perplexities above ``--ppl-cap`` sit on the top edge, their value written next to
 them). x: ``plan.total_bytes`` of the searched weights in MB. One marker per method
-(ilp = integer program, dnas, dnas-noprune, uniform), the FP32 value as a dashed line. Reads only the two
-JSON files (rows as those scripts write them); needs matplotlib (``pip install lowbit[bench]``).
+(ilp = integer program, ilp-mean / ilp-taylor = the same with pruning priced at the measured
+mean / by the Taylor estimate, dnas, dnas-noprune, uniform), the FP32 value as a dashed line. Reads only the two JSON files (rows as those
+scripts write them); needs matplotlib (``pip install lowbit[bench]``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ import pathlib
 import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-STYLE = {"ilp": ("o", "C0", "integer program (ilp)"), "dnas": ("s", "C1", "DNAS"),
+STYLE = {"ilp": ("o", "C0", "integer program (ilp)"),
+         "ilp-mean": ("P", "C5", "integer program, pruning at the measured mean"),
+         "ilp-taylor": ("v", "C4", "integer program, Taylor-priced pruning"),
+         "dnas": ("s", "C1", "DNAS"),
          "dnas-noprune": ("D", "C3", "DNAS, no pruned candidate"),
          "uniform": ("^", "C2", "uniform")}
 

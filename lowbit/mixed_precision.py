@@ -8,12 +8,17 @@ a size budget (issue 17's integer-program baseline, ModelOpt ``auto_quantize`` s
     table = sensitivity_table(gm, calibration=batches)          # scored once,
     plans = [plan_for_budget(table, Budget(avg_bits=b)) for b in (3, 4, 5)]   # solved per budget
 
-1. subgroups: the linears' row blocks (``lowbit.passes.subgroups``);
+1. subgroups: the linears' row blocks (``lowbit.passes.subgroups``); o (down) joins the tie
+   that holds every head (neuron) feeding it (``mixed_precision_prune.join_dead_linears``);
 2. Fisher ``F = E[g^2]`` of each weight over the calibration batches, ``g`` the gradient of
-   ``loss_fn(outputs, batch)`` (a task / LM loss, e.g. ``lm_loss``) or, by default, of the
+   ``loss_fn(outputs, batch)`` (a task / LM loss: per-term values, e.g. ``lm_token_losses``,
+   with random signs; a scalar, e.g. ``lm_loss``, as one term) or, by default, of the
    output-distillation surrogate ``sum(r * f) / sqrt(n)``, ``r ~ N(0, I)`` drawn per batch and
-   output (``lowbit.search.sensitivity`` derives it);
-3. sensitivity ``0.5 * sum F (W - Q_c(W))^2`` per subgroup and candidate, real bytes per
+   output (``lowbit.search.sensitivity`` derives both, and why per-term values keep the units);
+3. sensitivity ``0.5 * sum F (W - Q_c(W))^2`` per subgroup and candidate; for the pruned
+   candidate, by default (``prune_cost="measured"``), the loss increase measured with each
+   pruning unit removed from the float graph (``lowbit.mixed_precision_prune``; plus
+   ``prune_margin`` standard errors), else ``0.5 * sum F W^2`` (``"taylor"``); real bytes per
    candidate (``lowbit.search.cost``);
 4. the integer program (``lowbit.search.ilp``, HiGHS): least total sensitivity within budget.
 
@@ -25,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,31 +39,56 @@ from torch import fx
 from torch.utils import _pytree
 
 from lowbit.errors import CalibrationError, ConfigError
+from lowbit.mixed_precision_prune import (
+    UnitCost,
+    join_dead_linears,
+    pruning_units,
+    removal,
+    removal_losses,
+)
 from lowbit.passes.subgroups import DEFAULT_ROLES, list_subgroups
 from lowbit.progress import bar as progress_bar
 from lowbit.progress import say
 from lowbit.search.cost import total_bytes
 from lowbit.search.ilp import Budget, solve
 from lowbit.search.plan import PlanEntry, PrecisionPlan
-from lowbit.search.sensitivity import FisherAccumulator, candidate_scores
+from lowbit.search.sensitivity import (
+    FisherAccumulator,
+    candidate_scores,
+    distillation_error,
+    fisher_objective,
+    measured_costs,
+    measured_price,
+    spread,
+)
 from lowbit.search.space import Candidate, SearchSpace, Subgroup, WholeLinear
 
-__all__ = ["SensitivityTable", "fisher", "lm_loss", "plan_for_budget", "search_precision",
-           "sensitivity_table"]
+__all__ = ["PRUNE_COSTS", "SensitivityTable", "fisher", "lm_loss", "lm_token_losses",
+           "plan_for_budget", "search_precision", "sensitivity_table"]
 
 LossFn = Callable[[Any, Any], torch.Tensor]
+PRUNE_COSTS = ("measured", "taylor")
+
+
+def lm_token_losses(outputs: Any, batch: Any) -> torch.Tensor:
+    """Next-token cross-entropy of a causal LM per scored token [T] (float32): logits (the
+    first output) against the batch's ``labels`` or, without them, its ``input_ids`` shifted
+    by one; labels -100 are left out."""
+    logits = outputs["logits"] if isinstance(outputs, dict) else _pytree.tree_leaves(outputs)[0]
+    if not isinstance(batch, dict) or not ({"labels", "input_ids"} & set(batch)):
+        raise ConfigError("lm_loss / lm_token_losses need batches as dicts with 'input_ids' "
+                          "(or 'labels')")
+    labels = batch.get("labels", batch.get("input_ids"))[:, 1:].reshape(-1)
+    per_token = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels, ignore_index=-100,
+        reduction="none")
+    return per_token[labels != -100]
 
 
 def lm_loss(outputs: Any, batch: Any) -> torch.Tensor:
-    """Next-token cross-entropy of a causal LM: logits (the first output) against the batch's
-    ``labels`` or, without them, its ``input_ids`` shifted by one."""
-    logits = outputs["logits"] if isinstance(outputs, dict) else _pytree.tree_leaves(outputs)[0]
-    if not isinstance(batch, dict) or not ({"labels", "input_ids"} & set(batch)):
-        raise ConfigError("lm_loss needs batches as dicts with 'input_ids' (or 'labels')")
-    labels = batch.get("labels", batch.get("input_ids"))
-    return torch.nn.functional.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1),
-        ignore_index=-100)
+    """The mean of ``lm_token_losses``: one scalar (the Fisher takes it as one term; give
+    ``lm_token_losses`` to the search to keep its units, ``lowbit.search.sensitivity``)."""
+    return lm_token_losses(outputs, batch).mean()
 
 
 def _run(gm: torch.nn.Module, batch: Any) -> Any:
@@ -92,7 +122,8 @@ def fisher(gm: torch.nn.Module, weights: list[str], batches: Iterable[Any],
            loss_fn: LossFn | None = None, *, seed: int = 0, progress: bool = True
            ) -> FisherAccumulator:
     """Mean squared gradients of ``weights`` (parameter names of ``gm``) over ``batches``
-    (``FisherAccumulator``); other parameters' requires_grad is off meanwhile, then restored."""
+    (``FisherAccumulator``; ``terms``: the loss terms seen, ``fisher_objective``); other
+    parameters' requires_grad is off meanwhile, then restored."""
     params = dict(gm.named_parameters())
     missing = [w for w in weights if w not in params]
     if missing:
@@ -107,9 +138,11 @@ def fisher(gm: torch.nn.Module, weights: list[str], batches: Iterable[Any],
                                                unit="batch", enabled=progress)):
             out = _run(gm, batch)
             loss = _distillation(out, gen) if loss_fn is None else loss_fn(out, batch)
-            if not torch.isfinite(loss.detach()):
-                raise CalibrationError(f"batch {i}: the loss is {loss.detach().item()} (NaN or "
-                                       f"inf: check that batch)")
+            if not torch.isfinite(loss.detach()).all():
+                raise CalibrationError(f"batch {i}: the loss is {loss.detach().mean().item()} "
+                                       f"(NaN or inf: check that batch)")
+            acc.terms += 0 if loss_fn is None else max(1, loss.numel())
+            loss = fisher_objective(loss, gen)
             grads = torch.autograd.grad(loss, [params[w] for w in weights], allow_unused=True)
             acc.add(dict(zip(weights, grads)), i)
     finally:
@@ -130,7 +163,9 @@ def _as_out_in(t: torch.Tensor, sg: Subgroup) -> torch.Tensor:
 @dataclasses.dataclass(frozen=True, eq=False)
 class SensitivityTable:
     """What the integer program needs, computed once for any number of budgets: per subgroup
-    (rows) and candidate (columns) the sensitivity and the stored bytes."""
+    (rows) and candidate (columns) the sensitivity and the stored bytes. ``pruned_scores``:
+    the pruned column under each pricing computed ("taylor", and "measured" when measured);
+    ``units``: the measured pruning units (``UnitCost``)."""
 
     subgroups: tuple[Subgroup, ...]
     candidates: tuple[Candidate, ...]
@@ -138,29 +173,96 @@ class SensitivityTable:
     sensitivity: np.ndarray
     nbytes: np.ndarray
     info: dict
+    pruned_scores: dict = dataclasses.field(default_factory=dict)
+    units: tuple[UnitCost, ...] = ()
 
     @property
     def elements(self) -> int:
         return sum(sg.elements for sg in self.subgroups)
 
+    def priced(self, prune_cost: str, margin: float | None = None) -> SensitivityTable:
+        """This table with the pruned candidate priced by ``prune_cost`` (one it holds), a
+        measured price with another ``margin`` (``prune_margin``), e.g. a measured table's
+        Taylor twin for comparison; the rest shared."""
+        if prune_cost not in self.pruned_scores:
+            raise ConfigError(f"SensitivityTable.priced: this table holds pruned scores "
+                              f"{sorted(self.pruned_scores)}, not {prune_cost!r}")
+        col, info = self.pruned_scores[prune_cost], {**self.info, "prune_cost": prune_cost}
+        if prune_cost == "measured" and margin is not None:
+            col, info["prune_margin"] = _measured_column(self.subgroups, self.units, margin), margin
+        sens = self.sensitivity.copy()
+        sens[:, [c.pruned for c in self.candidates]] = col[:, None]
+        return dataclasses.replace(self, sensitivity=sens, info=info)
+
+
+def _measured_column(subgroups: Sequence[Subgroup], units: Sequence[UnitCost], margin: float
+                     ) -> np.ndarray:
+    """The pruned column [S]: each unit's ``measured_price`` spread over its subgroups."""
+    col = np.empty(len(subgroups))
+    for u in units:
+        price = float(measured_price(u.mean, u.se, margin))
+        col[list(u.subgroups)] = spread(price, [subgroups[i].elements for i in u.subgroups])
+    return col
+
+
+def _measure_pruning(gm: fx.GraphModule, subgroups: list[Subgroup], batches: list[Any],
+                     loss_fn: LossFn | None, space: SearchSpace, taylor: np.ndarray,
+                     margin: float, progress: bool
+                     ) -> tuple[np.ndarray, tuple[UnitCost, ...], dict]:
+    """Step 3's measured pruned column [S], the units and ``info`` entries."""
+    t0 = time.perf_counter()
+    members = pruning_units(subgroups)
+    removals = [removal(gm, subgroups, u, space) for u in members]
+
+    def loss(out: Any, ref: Any, batch: Any) -> float:
+        if loss_fn is None:
+            return distillation_error(out, ref)
+        return float(loss_fn(out, batch).detach().double().mean())
+
+    deltas = removal_losses(gm, removals, batches, _run, loss, progress=progress)
+    cost, mean, se = measured_costs(deltas, margin)
+    units = tuple(UnitCost(tuple(idx), float(cost[u]), float(mean[u]), float(se[u]),
+                           float(taylor[idx].sum()), removals[u].structural)
+                  for u, idx in enumerate(members))
+    rough = sum(not r.structural for r in removals)
+    below = int((mean < 0).sum())
+    _say(progress, f"pruning cost: {len(members)} units x {len(batches)} batch(es) measured "
+                   f"({rough} not structural, {below} below 0 priced 0)", t0)
+    info = {"prune_batches": len(batches), "prune_margin": margin,
+            "prune_units": len(members), "prune_not_structural": rough,
+            "prune_below_zero": below, "prune_seconds": time.perf_counter() - t0}
+    return _measured_column(subgroups, units, margin), units, info
+
 
 def sensitivity_table(gm: fx.GraphModule, *, calibration: Iterable[Any],
                       granularity=None, space: SearchSpace | None = None,
                       loss_fn: LossFn | None = None, roles: tuple[str, ...] = DEFAULT_ROLES,
-                      ignore: tuple[str, ...] = (), seed: int = 0, progress: bool = True
-                      ) -> SensitivityTable:
+                      ignore: tuple[str, ...] = (), seed: int = 0,
+                      prune_cost: str = "measured", prune_batches: int | None = None,
+                      prune_margin: float = 1.0, progress: bool = True) -> SensitivityTable:
     """Steps 1-3 of the module docstring (arguments as ``search_precision``)."""
     if not isinstance(gm, fx.GraphModule):
         raise ConfigError(f"search_precision takes a captured fx.GraphModule (lowbit.capture), "
                           f"got {type(gm).__name__}")
+    if prune_cost not in PRUNE_COSTS:
+        raise ConfigError(f"prune_cost must be one of {PRUNE_COSTS}, got {prune_cost!r}")
+    if prune_batches is not None and (isinstance(prune_batches, bool) or not isinstance(
+            prune_batches, int) or prune_batches < 1):
+        raise ConfigError(f"prune_batches must be None (all) or an int >= 1, got "
+                          f"{prune_batches!r}")
+    measured_price(0.0, 0.0, prune_margin)          # validates the margin
     granularity = WholeLinear() if granularity is None else granularity
     space = SearchSpace() if space is None else space
-    subgroups = list_subgroups(gm, granularity, roles=roles, ignore=ignore)
+    subgroups = join_dead_linears(gm, list_subgroups(gm, granularity, roles=roles,
+                                                     ignore=ignore))
     for sg in subgroups:
         space.check_width(sg.in_features, sg.linear)
+    cands = space.candidates()
+    measure = prune_cost == "measured" and any(c.pruned for c in cands)
+    if measure:
+        calibration = list(calibration)
     weights = list(dict.fromkeys(sg.weight for sg in subgroups))
     acc = fisher(gm, weights, calibration, loss_fn, seed=seed, progress=progress)
-    cands = space.candidates()
     params = dict(gm.named_parameters())
     sens = np.empty((len(subgroups), len(cands)))
     t0 = time.perf_counter()
@@ -174,8 +276,21 @@ def sensitivity_table(gm: fx.GraphModule, *, calibration: Iterable[Any],
     nbytes = np.array([[total_bytes(sg.rows[1] - sg.rows[0], sg.in_features, c, space)
                         for c in cands] for sg in subgroups], dtype=np.int64)
     info = {"batches": acc.batches, "granularity": repr(granularity),
-            "loss": "distillation" if loss_fn is None else getattr(loss_fn, "__name__", "loss_fn")}
-    return SensitivityTable(tuple(subgroups), cands, space, sens, nbytes, info)
+            "loss": "distillation" if loss_fn is None else getattr(loss_fn, "__name__", "loss_fn"),
+            "loss_terms": acc.terms / acc.batches if loss_fn is not None else None,
+            "prune_cost": None}
+    pruned = [c.pruned for c in cands]
+    scores, units = {}, ()
+    if any(pruned):
+        scores["taylor"] = sens[:, pruned][:, 0].copy()
+        info["prune_cost"] = "taylor"
+    if measure:
+        col, units, more = _measure_pruning(gm, subgroups, calibration[:prune_batches], loss_fn,
+                                            space, scores["taylor"], prune_margin, progress)
+        scores["measured"] = col
+        sens[:, pruned] = col[:, None]
+        info.update(prune_cost="measured", **more)
+    return SensitivityTable(tuple(subgroups), cands, space, sens, nbytes, info, scores, units)
 
 
 def plan_for_budget(table: SensitivityTable, budget: Budget | int, *, progress: bool = True
@@ -211,7 +326,9 @@ def search_precision(gm: fx.GraphModule, budget: Budget | int, *,
                      calibration: Iterable[Any], granularity=None,
                      space: SearchSpace | None = None, loss_fn: LossFn | None = None,
                      roles: tuple[str, ...] = DEFAULT_ROLES, ignore: tuple[str, ...] = (),
-                     seed: int = 0, progress: bool = True) -> PrecisionPlan:
+                     seed: int = 0, prune_cost: str = "measured",
+                     prune_batches: int | None = None, prune_margin: float = 1.0,
+                     progress: bool = True) -> PrecisionPlan:
     """The plan of least estimated loss increase within ``budget`` (module docstring);
     ``plan_for_budget(sensitivity_table(gm, ...), budget)``, which several budgets can share.
 
@@ -223,10 +340,18 @@ def search_precision(gm: fx.GraphModule, budget: Budget | int, *,
         granularity: ``WholeLinear()`` (None: the default), ``PerHead()``,
             ``PerNeurons(size)`` or a tuple of them.
         space: the candidates and how they are stored (None: ``SearchSpace()``).
-        loss_fn: ``loss_fn(outputs, batch) -> scalar`` (``lm_loss``, a task loss); None: the
-            output-distillation estimate.
+        loss_fn: ``loss_fn(outputs, batch)`` -> per-term losses whose mean is the loss
+            (``lm_token_losses``, per-example task losses) or a scalar (``lm_loss``: one term,
+            ``lowbit.search.sensitivity`` says what that costs); None: the output-distillation
+            estimate.
         roles, ignore: which linears (as recipes pick them).
-        seed: of the distillation estimate's random projections.
+        seed: of the random projections / signs of the Fisher estimate.
+        prune_cost: how the pruned candidate is priced: "measured" (each pruning unit removed
+            from the float graph, its loss increase measured: one forward per unit and
+            batch) or "taylor" (``0.5 sum F W^2``: no forward, often off by several times).
+        prune_batches: measure on the first this many calibration batches (None: all).
+        prune_margin: standard errors (over those batches) added to each measured price,
+            against the winner's curse (``lowbit.search.sensitivity``).
 
     Raises:
         ConfigError: an infeasible budget (the message gives the smallest feasible size), a
@@ -238,5 +363,6 @@ def search_precision(gm: fx.GraphModule, budget: Budget | int, *,
                           f"{budget!r} (average bits: Budget(avg_bits=...))")
     table = sensitivity_table(gm, calibration=calibration, granularity=granularity, space=space,
                               loss_fn=loss_fn, roles=roles, ignore=ignore, seed=seed,
-                              progress=progress)
+                              prune_cost=prune_cost, prune_batches=prune_batches,
+                              prune_margin=prune_margin, progress=progress)
     return plan_for_budget(table, budget, progress=progress)
