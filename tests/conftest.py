@@ -78,3 +78,16 @@ def tiny_bert_batch():
     ids = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(1))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     return model, batch
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch at one thread for a test module (restored after it): TT-SVDs, BCQ fits and tiny
+    GEMMs are many small ops, and on a loaded 2-core host two OpenMP threads spin (~10-50x
+    slower). Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -53,13 +53,8 @@ FULL = TT(ranks=10 ** 6)
 aten = torch.ops.aten
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """TT-SVDs and tiny GEMMs: on a loaded 2-core host two threads spin (~10x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# TT-SVDs and tiny GEMMs: on a loaded 2-core host two threads spin (~10x slower).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @functools.cache

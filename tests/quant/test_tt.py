@@ -26,13 +26,8 @@ FP32_RTOL = 1e-5
 INT8_REL_ERROR = 0.05   # |W_q - W_tt| / |W_tt| with int8 cores (measured 0.015-0.047 on MiniLM)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The SVDs run in torch: on a loaded 2-core host two threads spin (~10x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# The SVDs run in torch: on a loaded 2-core host two threads spin (~10x slower).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _w(out: int, inn: int, seed: int = 0, decay: bool = True) -> torch.Tensor:

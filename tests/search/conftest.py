@@ -88,10 +88,6 @@ def plan_for():
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """BCQ fits and tiny GEMMs are many small ops: on a loaded 2-core host OpenMP spinning
-    makes them ~50x slower with 2 threads than with 1 (every module of tests/search)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def one_thread(one_torch_thread):
+    """Every module of tests/search at one torch thread (tests/conftest.py one_torch_thread):
+    BCQ fits and tiny GEMMs are ~50x slower with 2 spinning threads on a loaded 2-core host."""

@@ -18,3 +18,21 @@ def tiny_bert():
     calib = [{"input_ids": torch.randint(0, 100, (2, 16)), "attention_mask": torch.ones_like(ids)}
              for _ in range(4)]
     return model, inputs, calib
+
+
+@pytest.fixture(scope="session")
+def agrees_with_onnxruntime():
+    """``check(path, mod, feeds, atol)``: every output of the compiled ``mod`` equals
+    onnxruntime's on the same ONNX file, feed by feed, within ``atol`` (rtol 0; output names
+    equal too)."""
+    from lowbit.backends.onnxruntime import OrtRunner
+    from lowbit.testing import compare
+
+    def check(path, mod, feeds, atol: float) -> None:
+        ort = OrtRunner(path)
+        assert mod.output_names == ort.output_names
+        for i, feed in enumerate(feeds):
+            for name, want, got in zip(ort.output_names, ort(**feed), mod(**feed)):
+                stats = compare(want, got, rtol=0, atol=atol, name=name, input_set=i)
+                assert stats.passed, str(stats)
+    return check

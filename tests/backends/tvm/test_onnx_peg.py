@@ -31,11 +31,11 @@ from onnx import numpy_helper
 import lowbit
 from lowbit.backends.onnxruntime import OrtRunner
 from lowbit.backends.tvm.frontends.onnx import import_onnx
-from lowbit.backends.tvm.lowering.peg import PegArrays, plan_peg
 from lowbit.backends.tvm.kernels.isa import isa_of
-from lowbit.backends.tvm.lowering.pack import pack_vnni
 from lowbit.backends.tvm.kernels.peg import reference_linear_u8s8_peg
 from lowbit.backends.tvm.lowering.int8 import contiguous_groups, peg_corr_scale
+from lowbit.backends.tvm.lowering.pack import pack_vnni
+from lowbit.backends.tvm.lowering.peg import PegArrays, plan_peg
 from lowbit.backends.tvm.target import host_target
 from lowbit.passes.onnx import (
     InsertQDQ,
@@ -46,7 +46,6 @@ from lowbit.passes.onnx import (
     save_onnx,
 )
 from lowbit.recipes import peg_recipe
-from lowbit.testing import compare
 
 K = 4                 # PEG groups asked of the recipe (the hidden size is 64)
 FLOAT_ATOL = 1e-4     # module docstring
@@ -142,15 +141,6 @@ def perm_mod(files):
 
 def _kinds(log) -> list[str]:
     return [k for _, k in log]
-
-
-def _agrees_with_onnxruntime(path, mod, feeds) -> None:
-    ort = OrtRunner(path)
-    assert mod.output_names == ort.output_names
-    for i, feed in enumerate(feeds):
-        for name, want, got in zip(ort.output_names, ort(**feed), mod(**feed)):
-            stats = compare(want, got, rtol=0, atol=FLOAT_ATOL, name=name, input_set=i)
-            assert stats.passed, str(stats)
 
 
 # ---- numerics alone ----------------------------------------------------------------------------
@@ -269,15 +259,16 @@ def test_s8_inputs_plan_the_same_arrays(files):
 
 # ---- numbers -----------------------------------------------------------------------------------
 @needs_int8
-def test_peg_onnx_agrees_with_onnxruntime(files, peg_mod):
+def test_peg_onnx_agrees_with_onnxruntime(files, peg_mod, agrees_with_onnxruntime):
     paths, feeds = files
     peg = _per_axis_inputs(onnx.load(paths["peg"], load_external_data=False))
     assert _kinds(peg_mod.meta["lowering"]).count("linear_u8s8_peg") == len(peg)
-    _agrees_with_onnxruntime(paths["peg"], peg_mod, feeds)
+    agrees_with_onnxruntime(paths["peg"], peg_mod, feeds, FLOAT_ATOL)
 
 
 @needs_int8
-def test_permuted_peg_stays_float_and_agrees(files, perm_mod, peg_mod):
+def test_permuted_peg_stays_float_and_agrees(files, perm_mod, peg_mod,
+                                            agrees_with_onnxruntime):
     paths, feeds = files
     peg = _per_axis_inputs(onnx.load(paths["perm"], load_external_data=False))
     kinds = dict(perm_mod.meta["lowering"])
@@ -285,14 +276,14 @@ def test_permuted_peg_stays_float_and_agrees(files, perm_mod, peg_mod):
     assert "linear_u8s8_peg" not in kinds.values()
     others = {n: k for n, k in peg_mod.meta["lowering"] if n not in peg}
     assert {n: kinds[n] for n in others} == others    # the rest lowers as in the plain file
-    _agrees_with_onnxruntime(paths["perm"], perm_mod, feeds)
+    agrees_with_onnxruntime(paths["perm"], perm_mod, feeds, FLOAT_ATOL)
 
 
 @needs_int8
-def test_folded_permutation_lowers_to_peg_kernels(files):
+def test_folded_permutation_lowers_to_peg_kernels(files, agrees_with_onnxruntime):
     paths, feeds = files
     peg = _per_axis_inputs(onnx.load(paths["folded"], load_external_data=False))
     mod = lowbit.compile(paths["folded"], progress=False)
     kinds = dict(mod.meta["lowering"])
     assert peg and all(kinds[n] == "linear_u8s8_peg" for n in peg), kinds
-    _agrees_with_onnxruntime(paths["folded"], mod, feeds)
+    agrees_with_onnxruntime(paths["folded"], mod, feeds, FLOAT_ATOL)

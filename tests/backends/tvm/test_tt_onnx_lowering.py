@@ -16,11 +16,9 @@ compiled untuned for the host CPU.
 import pytest
 
 import lowbit
-from lowbit.backends.onnxruntime import OrtRunner
 from lowbit.backends.tvm.kernels.isa import isa_of
 from lowbit.backends.tvm.target import host_target
 from lowbit.config import TT
-from lowbit.testing import compare
 
 FLOAT_ATOL = 1e-4     # module docstring
 N_HALVES = 24         # q, k, v, o, FFN in, FFN out x 2 layers, two halves each
@@ -42,7 +40,7 @@ def tt_qdq(tmp_path_factory, tiny_bert):
 
 
 @needs_int8
-def test_both_halves_lower_to_u8s8_and_agree_with_onnxruntime(tt_qdq):
+def test_both_halves_lower_to_u8s8_and_agree_with_onnxruntime(tt_qdq, agrees_with_onnxruntime):
     path, feeds = tt_qdq
     mod = lowbit.compile(path, progress=False)
     log = dict(mod.meta["lowering"])           # weight initializer -> kernel (or fp32: why)
@@ -50,9 +48,4 @@ def test_both_halves_lower_to_u8s8_and_agree_with_onnxruntime(tt_qdq):
     assert len(halves) == N_HALVES, log
     assert set(halves.values()) == {"linear_u8s8"}, halves
     assert log["pooler.dense.weight"].startswith("fp32")
-    ort = OrtRunner(path)
-    assert mod.output_names == ort.output_names
-    for i, feed in enumerate(feeds):
-        for name, want, got in zip(ort.output_names, ort(**feed), mod(**feed)):
-            stats = compare(want, got, rtol=0, atol=FLOAT_ATOL, name=name, input_set=i)
-            assert stats.passed, str(stats)
+    agrees_with_onnxruntime(path, mod, feeds, FLOAT_ATOL)

@@ -25,7 +25,6 @@ import types
 import numpy as np
 import onnx_ir as ir
 import pytest
-import torch
 
 import lowbit
 from lowbit.backends.onnxruntime import OrtRunner
@@ -53,13 +52,8 @@ QUANTIZED = ("int8 weight", "u8 input")
 LAYERS = 12           # q, k, v, o, FFN in, FFN out x 2 blocks
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny GEMMs and TT-SVDs: on a loaded 2-core host two threads spin."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny GEMMs and TT-SVDs: on a loaded 2-core host two threads spin.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
