@@ -9,7 +9,8 @@ Writes into --out: libwgmma.so (nvcc -gencode=arch=compute_90a,code=sm_90a -O3 -
 kernel), cuda_wgmma.ptx (the same source compiled to PTX) and build.json (the parsed report).
 Fails (exit 1, or BuildError from build()) when ptxas reports spills or a stack frame, warns
 that setmaxnreg was ignored (C7508) or that wgmmas were serialized, when the library holds no
-sm_90 machine code built for sm_90a, or when the PTX lacks wgmma.mma_async / setmaxnreg /
+sm_90 machine code built for sm_90a, when a kernel's register count is not its launch-bounds
+cap (the setmaxnreg split assumes it), or when the PTX lacks wgmma.mma_async / setmaxnreg /
 cp.async.bulk.tensor. Plain Python (no TVM, no torch): the GPU machine can run it too.
 """
 
@@ -152,6 +153,13 @@ def build(out_dir: str | Path, nvcc: str | None = None, src: Path = SRC,
         if k.get("spill_stores", 1) or k.get("spill_loads", 1) or k.get("stack", 1):
             problems.append(f"{k['kernel']}: stack {k.get('stack')} B, spills "
                             f"{k.get('spill_stores')}/{k.get('spill_loads')} B")
+    for k in kernels:
+        # setmaxnreg re-balances within the CTA's allocation at launch: ptxas must have taken
+        # the __launch_bounds__ cap (168 for 384 threads x 1 CTA, 128 for 256 x 2), else the
+        # consumers' setmaxnreg.inc could wait forever for registers that are not there
+        m = re.search(r"lowbit_wgmma_u8s8_kernelILi(\d+)E", k["kernel"])
+        if m and k.get("registers") != {"128": 168, "64": 128}.get(m.group(1)):
+            problems.append(f"{k['kernel']}: {k.get('registers')} registers, not the launch cap")
     for w in report["warnings"]:
         if "C7508" in w or "serializ" in w.lower() or "setmaxnreg" in w.lower():
             problems.append(f"ptxas: {w.strip()}")
@@ -174,8 +182,8 @@ def main() -> int:
     print(f"PTX: {rep['ptx_wgmma']} wgmma.mma_async u8.s8, {rep['ptx_setmaxnreg']} setmaxnreg, "
           f"{rep['ptx_tma']} cp.async.bulk.tensor")
     for k in rep["kernels"]:
-        name = re.sub(r"^_ZN3lbw\d+lowbit_wgmma_u8s8_kernelILi(\d+)ELi(\d+)E.*", r"BN=\1 stages=\2",
-                      k["kernel"])
+        name = re.sub(r"^_ZN3lbw\d+lowbit_wgmma_u8s8_kernelILi(\d+)ELi(\d+)ELi(\d+)E.*",
+                      r"BM=\1 BN=\2 stages=\3", k["kernel"])
         print(f"  {name}: {k['registers']} registers, stack {k['stack']} B, spills "
               f"{k['spill_stores']}/{k['spill_loads']} B, static smem {k['static_smem']} B")
     if isinstance(rep.get("configs"), list):

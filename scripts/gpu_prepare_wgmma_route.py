@@ -25,7 +25,9 @@ out = Path(__file__).resolve().parents[1] / ".gpu_bundle" / "wg20"; out.mkdir(ex
 tgt = resolve_target({"kind": "cuda", "arch": "sm_90a"})
 rng = np.random.default_rng(0)
 shapes = [(16, 128, 128, None), (300, 200, 320, None), (1024, 768, 3072, None),
-          (130, 500, 48, "128x64_s6"), (257, 384, 1536, "128x128_s4"), (4096, 1536, 384, "128x192_s4")]
+          (130, 500, 48, "128x64_s6"), (257, 384, 1536, "128x128_s4"), (4096, 1536, 384, "128x192_s4"),
+          (4096, 3072, 768, None), (4100, 776, 784, "64x192_s3_p"), (1000, 3000, 400, "128x256_s3_p"),
+          (520, 520, 1040, "64x128_s4_p"), (2000, 1000, 256, "128x128_s6_p")]
 cases = []
 for i, (m, n, k, cfg) in enumerate(shapes):
     f = shell_u8s8_wgmma(m, n, k, config=cfg, target=tgt)

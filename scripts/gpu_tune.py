@@ -13,7 +13,8 @@ U8S8_CONFIGS for the int8 tensor-core GEMM, GEMV_CONFIGS for the int4 GEMV). Thr
     python scripts/gpu_tune.py record results.json [more.json ...] --db lowbit-tuning
 
 Step 3 writes ``<db>/cuda_kernels.json`` (kernels.cuda.CONFIG_TABLE), keyed like
-``u8s8|4096,768,3072|sm_90`` (kind | shape | target arch); ``lowbit.compile(q, "cuda",
+``u8s8|4096,768,3072|sm_90`` (kind | shape | target arch; ``build --arch sm_90a`` times the wgmma
+configurations, recorded as ``u8s8|...|sm_90a``); ``lowbit.compile(q, "cuda",
 tune=lowbit.Tune(trials=0, db=<db>))`` then builds each integer kernel with its recorded
 configuration (kernels without a record keep the default of kernels.cuda.default_*).
 """
@@ -42,7 +43,7 @@ def workloads() -> list[tuple[str, tuple]]:
     return out
 
 
-def build(out: Path, configs: str = "", kinds: str = "") -> None:
+def build(out: Path, configs: str = "", kinds: str = "", arch: str = "") -> None:
     import tvm
 
     from lowbit.backends.tvm.pipelines.cuda import _env
@@ -50,20 +51,27 @@ def build(out: Path, configs: str = "", kinds: str = "") -> None:
     from lowbit.backends.tvm.kernels.cuda import (
         GEMV_CONFIGS,
         U8S8_CONFIGS,
+        WGMMA_CONFIGS,
         cuda_source_hook,
         shell_u8s8,
+        shell_u8s8_wgmma,
         shell_w4a16,
+        wgmma_arch,
     )
     from lowbit.backends.tvm.target import cuda_target
 
     load_cuda_backend(allow_stub=True)
-    tgt = cuda_target()
+    tgt = cuda_target(arch) if arch else cuda_target()
+    wgmma = wgmma_arch(tgt)      # sm_90a: the u8s8 candidates are the wgmma configurations
     funcs, index = {}, []
     keep = set(filter(None, configs.split(",")))
     for kind, shape in workloads():
         if kinds and kind not in kinds.split(","):
             continue
-        if kind == "u8s8":
+        if kind == "u8s8" and wgmma:
+            cands = [(c, shell_u8s8_wgmma(*shape, config=c, target=tgt)) for c in WGMMA_CONFIGS
+                     if not keep or c in keep]
+        elif kind == "u8s8":
             cands = [(c, shell_u8s8(*shape, config=c)) for c in U8S8_CONFIGS]
         else:
             cands = [(c, shell_w4a16(*shape, config=c)) for c in GEMV_CONFIGS
@@ -105,6 +113,10 @@ def time_all(folder: Path, out_json: str | None) -> None:
             if c["kind"] == "u8s8":
                 m, n, k = c["shape"]
                 x, w, wp, corr, scale, bias = gc.u8s8_inputs(m, n, k, g)
+                if info["target"] == "sm_90a":   # wgmma shells read row-major [Np, K] bytes
+                    wp = torch.zeros(wp.numel(), dtype=torch.int8, device="cuda")
+                    wp[:w.numel()] = w.reshape(-1)
+                    wp = wp.reshape(-1, k // 4, 16, 4)
                 ref = gc.u8s8_ref(x, w, corr, scale, bias)
                 xi8 = (x.int() - 128).to(torch.int8)
                 base = {"int_mm_ms": gc.bench_ms(lambda: torch._int_mm(xi8, w.t()))}
@@ -154,7 +166,12 @@ def time_all(folder: Path, out_json: str | None) -> None:
 
 def record(results_json: list[str], db: str) -> None:
     """The fastest correct candidate per workload over all the results files given."""
-    from lowbit.backends.tvm.kernels.cuda import CONFIG_TABLE, default_gemv, default_u8s8
+    from lowbit.backends.tvm.kernels.cuda import (
+        CONFIG_TABLE,
+        default_gemv,
+        default_u8s8,
+        default_wgmma,
+    )
 
     files = [json.loads(Path(p).read_text()) for p in results_json]
     res = dict(files[0], results=[r for f in files for r in f["results"]])
@@ -172,7 +189,8 @@ def record(results_json: list[str], db: str) -> None:
             continue
         best = min(good, key=lambda r: r["ms"])
         shape = best["shape"]
-        dflt = default_u8s8(*shape) if best["kind"] == "u8s8" else default_gemv(*shape)
+        du8 = default_wgmma if res["target"] == "sm_90a" else default_u8s8
+        dflt = du8(*shape) if best["kind"] == "u8s8" else default_gemv(*shape)
         dms = next((r["ms"] for r in good if r["config"] == dflt), None)
         table[key] = {"config": best["config"], "ms": best["ms"], "default": dflt,
                       "default_ms": dms, "device": res["device"],
@@ -192,6 +210,8 @@ def main() -> None:
     b.add_argument("--out", default=str(REPO / ".gpu_bundle" / "tune"))
     b.add_argument("--configs", default="", help="comma list (default: all candidates)")
     b.add_argument("--kinds", default="", help="u8s8,w4a16 (default: both)")
+    b.add_argument("--arch", default="", help="target arch (default: the CUDA default, sm_90); "
+                   "sm_90a: the u8s8 candidates are the wgmma configurations (WGMMA_CONFIGS)")
     t = sub.add_parser("time")
     t.add_argument("--dir", default=str(REPO / ".gpu_bundle" / "tune"))
     t.add_argument("--json", default=None)
@@ -200,7 +220,7 @@ def main() -> None:
     r.add_argument("--db", default="lowbit-tuning")
     a = p.parse_args()
     if a.cmd == "build":
-        build(Path(a.out), a.configs, a.kinds)
+        build(Path(a.out), a.configs, a.kinds, a.arch)
     elif a.cmd == "time":
         sys.path.insert(0, str(REPO / "scripts"))
         time_all(Path(a.dir), a.json)

@@ -79,10 +79,10 @@ def test_kernel_config_table():
         assert shell_u8s8(*shape, target=tgt).attrs["lowbit.config"] == default_u8s8(*shape)
     for cfg in U8S8_CONFIGS:     # every candidate keeps the kernel's signature
         assert arg_shapes(shell_u8s8(100, 200, 64, config=cfg))[1] == [13, 16, 16, 4]
-    g = shell_w4a16(1, 8192, 8192, 128, config="v16_u8_w32")
-    assert g.attrs["lowbit.config"] == "v16_u8_w32"
+    g = shell_w4a16(1, 8192, 8192, 128, config="v16_u8_s2_b4")
+    assert g.attrs["lowbit.config"] == "v16_u8_s2_b4"
     with pytest.raises(ValueError, match="N % 16"):
-        shell_w4a16(1, 264, 512, 128, config="v16_u8_w32")
+        shell_w4a16(1, 264, 512, 128, config="v16_u8_s2_b4")
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,18 @@ from tvm.script import tirx as T
 from lowbit import recipes
 from lowbit.backends.tvm.kernels.cuda import (
     CALLED,
+    NUM_SMS,
     WGMMA_CONFIGS,
+    _wgmma_bounds,
     arg_shapes,
+    config_key,
+    default_wgmma,
+    kernel_configs,
     shell_u8s8,
     shell_u8s8_wgmma,
     wgmma_arch,
+    wgmma_launch,
+    wgmma_smem,
 )
 from lowbit.backends.tvm.kernels.registry import KERNEL_ATTR
 from lowbit.backends.tvm.lowering.pack import pack_rowmajor, pack_vnni, vnni_to_rowmajor
@@ -47,14 +54,96 @@ def test_only_sm90a_takes_the_route():
 
 
 def test_wgmma_shell_keeps_signature():
-    for cfg in WGMMA_CONFIGS:
+    for cfg, (bm, bn, stages, _) in WGMMA_CONFIGS.items():
         f = shell_u8s8_wgmma(100, 200, 64, config=cfg)
         assert arg_shapes(f) == arg_shapes(shell_u8s8(100, 200, 64))
         assert f.attrs["lowbit.config"] == cfg and f.attrs[KERNEL_ATTR] == "linear_u8s8"
         script = f.script()
-        assert "tensormap_encode_tiled" in script and f"lowbit_wgmma_u8s8_{cfg}" in script
+        # a persistent "_p" configuration calls the same device function on a smaller grid
+        assert "tensormap_encode_tiled" in script
+        assert f'"lowbit_wgmma_u8s8_{bm}x{bn}_s{stages}"' in script
     with pytest.raises(ValueError, match="K % 16"):
         shell_u8s8_wgmma(4, 16, 36)
+
+
+def test_wgmma_configurations_valid():
+    """Every configuration fits the SM: threads of its warpgroups, shared memory per CTA and
+    per SM (227 KiB per CTA, 228 KiB per SM less 1 KiB per CTA), persistent grids capped."""
+    assert len(WGMMA_CONFIGS) >= 10
+    for cfg, (bm, bn, stages, persistent) in WGMMA_CONFIGS.items():
+        assert cfg.startswith(f"{bm}x{bn}_s{stages}") and cfg.endswith("_p") == persistent
+        assert bm in (64, 128) and bn % 64 == 0 and bn <= 256
+        threads, per_sm, grid = wgmma_launch(cfg, 4096, 3072)
+        assert threads == 128 * (1 + bm // 64) and per_sm == (1 if bm == 128 else 2)
+        smem = wgmma_smem(bm, bn, stages)
+        assert smem <= 227 * 1024 and per_sm * (smem + 1024) <= 228 * 1024, cfg
+        tiles = -(-4096 // bm) * -(-3072 // bn)
+        assert grid == (min(tiles, NUM_SMS * per_sm) if persistent else tiles)
+        assert wgmma_launch(cfg, 1, 1)[2] == 1
+
+
+def test_default_wgmma_is_the_measured_choice():
+    """default_wgmma: the rule fitted to the H200 run of docs/gpu.md (64 x 64 tiles counted)."""
+    for m, n, want in ((128, 3072, "64x64_s6"), (1024, 384, "64x64_s6"),
+                       (1024, 768, "64x128_s4"), (4096, 384, "64x128_s4"),
+                       (1024, 3072, "128x192_s4_p"), (4096, 1536, "128x192_s4_p"),
+                       (4096, 3072, "128x192_s4_p")):
+        assert default_wgmma(m, n, 768) == want, (m, n)
+    for m in (1, 100, 128, 1024, 4096, 20000):
+        for n in (16, 384, 3072, 50000):
+            assert default_wgmma(m, n, 64) in WGMMA_CONFIGS
+
+
+def test_tuned_table_picks_wgmma_config():
+    """A record keyed u8s8|M,N,K|sm_90a (scripts/gpu_tune.py record) steers the sm_90a shell;
+    a config that is not a wgmma one (an sm_90 record) is ignored."""
+    tgt = resolve_target(SM90A)
+    key = config_key("u8s8", (256, 384, 128), tgt)
+    assert key == "u8s8|256,384,128|sm_90a"
+    with kernel_configs({key: {"config": "128x256_s3_p"}}):
+        assert shell_u8s8_wgmma(256, 384, 128, target=tgt).attrs["lowbit.config"] == "128x256_s3_p"
+    with kernel_configs({key: {"config": "128x64_2x2_s3_k128"}}):
+        f = shell_u8s8_wgmma(256, 384, 128, target=tgt)
+        assert f.attrs["lowbit.config"] == default_wgmma(256, 384, 128)
+
+
+def test_gpu_tune_records_sm90a(tmp_path):
+    """scripts/gpu_tune.py record: timings of an sm_90a build are keyed u8s8|M,N,K|sm_90a, with
+    default_wgmma as the default they are compared with; the route then reads them."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[3] / "scripts" / "gpu_tune.py"
+    spec = importlib.util.spec_from_file_location("gpu_tune", path)
+    gt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gt)
+    res = {"device": "test", "target": "sm_90a", "results": [
+        {"kind": "u8s8", "shape": [4096, 3072, 768], "config": c, "ok": ok, "ms": ms}
+        for c, ok, ms in (("128x192_s4_p", True, 0.03), ("128x256_s3_p", True, 0.02),
+                          ("64x64_s6", False, None))]}
+    (tmp_path / "r.json").write_text(json.dumps(res))
+    gt.record([str(tmp_path / "r.json")], str(tmp_path / "db"))
+    table = json.loads((tmp_path / "db" / "cuda_kernels.json").read_text())
+    entry = table["u8s8|4096,3072,768|sm_90a"]
+    assert entry["config"] == "128x256_s3_p" and entry["default"] == "128x192_s4_p"
+    with kernel_configs(table):
+        f = shell_u8s8_wgmma(4096, 3072, 768, target=resolve_target(SM90A))
+    assert f.attrs["lowbit.config"] == "128x256_s3_p"
+
+
+def test_wgmma_launch_bounds_hook():
+    """The source hook adds the CTAs-per-SM bound that the setmaxnreg split assumes."""
+    code = ("extern \"C\" __global__ void __launch_bounds__(256) a_kernel(int* p) {\n"
+            "  lowbit_wgmma_u8s8_64x128_s4(0, 0, p);\n}\n"
+            "extern \"C\" __global__ void __launch_bounds__(384) b_kernel(int* p) {\n"
+            "  lowbit_wgmma_u8s8_128x192_s4(0, 0, p);\n}\n"
+            "extern \"C\" __global__ void __launch_bounds__(256) c_kernel(int* p) {\n"
+            "  other(p);\n}\n")
+    out = _wgmma_bounds(code)
+    assert "__launch_bounds__(256, 2) a_kernel(" in out
+    assert "__launch_bounds__(384, 1) b_kernel(" in out
+    assert "__launch_bounds__(256) c_kernel(" in out
 
 
 def test_rowmajor_packing():
@@ -143,7 +232,7 @@ def test_repack_is_lifted_to_transform_params(tiny_q):
 def test_compile_for_sm90a_calls_wgmma(tiny_q, tmp_path):
     CALLED.clear()
     mod = compile(tiny_q, target=SM90A, progress=False)
-    assert any(c.startswith("lowbit_wgmma_u8s8_128x") for c in CALLED), CALLED
+    assert any(c.startswith("lowbit_wgmma_u8s8_") for c in CALLED), CALLED
     assert not any(c.startswith("lowbit_gemm_u8s8_") for c in CALLED), CALLED
     assert [k for _, k in mod.meta["lowering"]].count("linear_u8s8") == 6
     folder = mod.save(tmp_path / "m")

@@ -7,8 +7,9 @@ grid and calls one device function of ``cuda_kernels.cu``::
 
     linear_u8s8 [M, K] x [Np/16, K/4, 16, 4]   ->  lowbit_gemm_u8s8_{128x128|64x64}
         tensor cores (mma.sync m16n8k32 u8.s8.s32), cp.async pipeline; K % 16 == 0
-    linear_w4a16, M <= 4                      ->  lowbit_w4a16_init (y = bias), then
-        lowbit_w4a16_gemv_{1,2,4}: split-K GEMV, dequantization fused, fp32 atomics
+    linear_w4a16, M <= 4                      ->  lowbit_w4a16_gemv_{1..4}: one launch,
+        split-K GEMV, dequantization fused, 16-byte loads double-buffered in registers; the
+        first block of a column tile stores bias + its sum, the others add with fp32 atomics
     linear_w4a16, M > 4                       ->  lowbit_w4a16_gemm (64x64 SIMT tiles, weights
         decoded into shared memory)
     bcq_linear, M <= 4, g % 8 == 0            ->  lowbit_w4a16_init (y = bias), then
@@ -51,8 +52,9 @@ CONFIG_TABLE = "cuda_kernels.json"   # in a tuning database folder (scripts/gpu_
 # Candidate configurations of the hand-written kernels (what scripts/gpu_tune.py times):
 #   u8s8:  "<BM>x<BN>_<WM>x<WN>_s<STAGES>[_k<BK>]": CTA tile, warps along M and N, cp.async
 #          stages, bytes of k per stage (64 without the suffix)
-#   gemv:  "v<VEC>_u<UNROLL>_w<WARPS_PER_SM>": bytes per thread and row, rows of loads in
-#          flight, split-K aimed at that many warps per SM
+#   gemv:  "v<VEC>_u<U>_s<STAGES>_b<BLOCKS_PER_SM>": bytes per thread and row, rows per batch,
+#          cp.async ring stages (STAGES - 1 batches in flight per thread), split-K aimed at that
+#          many 4-warp blocks per SM in all
 U8S8_CONFIGS = ("64x64_2x2_s4", "128x64_2x2_s4", "64x128_2x2_s4", "128x128_2x4_s3",
                 "128x128_2x2_s4", "128x128_2x4_s4", "128x192_2x4_s3", "128x256_2x4_s3",
                 "256x128_4x2_s3", "128x256_2x4_s4",
@@ -62,8 +64,11 @@ U8S8_CONFIGS = ("64x64_2x2_s4", "128x64_2x2_s4", "64x128_2x2_s4", "128x128_2x4_s
                 # 8 warps on 128-byte k tiles (more warps per SM to hide latency)
                 "128x64_4x2_s3_k128", "128x128_4x2_s3_k128", "128x128_2x4_s3_k128",
                 "64x128_2x4_s4_k128", "256x64_4x2_s3_k128", "128x64_4x2_s4_k128")
-GEMV_CONFIGS = ("v8_u8_w16", "v16_u4_w16", "v16_u8_w16", "v16_u4_w32", "v16_u8_w32",
-                "v8_u8_w32", "v16_u8_w8", "v8_u8_w64", "v16_u8_w64", "v8_u16_w32")
+GEMV_CONFIGS = ("v16_u8_s2_b4", "v16_u8_s2_b3", "v16_u8_s2_b5", "v16_u8_s2_b8",
+                "v16_u4_s4_b4", "v16_u4_s2_b4", "v16_u2_s4_b4", "v16_u4_s2_b2", "v8_u8_s4_b4",
+                "v8_u16_s2_b4", "v8_u8_s2_b4", "v8_u8_s4_b8", "v8_u4_s2_b0", "v16_u4_s2_b0")
+GEMV_XS = 2048         # floats of x one GEMV block stages in shared memory (cuda_kernels.cu)
+GEMV_SEMS = 65536      # split-K counters, one per column tile (LOWBIT_GEMV_SEMS)
 
 
 @functools.cache
@@ -83,7 +88,7 @@ def _wgmma_source() -> str:
 CALLED: set[str] = set()  # device functions the last CUDA builds called (tests read it)
 
 _U8S8_RE = r"lowbit_gemm_u8s8_(\d+)x(\d+)_(\d+)x(\d+)_s(\d+)(?:_k(\d+))?"
-_GEMV_RE = r"lowbit_w4a16_gemv_(\d)_v(\d+)_u(\d+)"
+_GEMV_RE = r"lowbit_w4a16_gemv_(\d)_v(\d+)_u(\d+)_s(\d+)"
 _BCQ_RE = r"lowbit_bcq_gemv_(\d)_q(\d)_c(\d+)_o(\d)_p(\d)"
 _T256_RE = r"lowbit_bcq_t256_(\d)_q(\d)_o(\d)"
 T256_MIN_BLOCKS = 3   # blocks per SM the 256-entry kernel is compiled for (<= 80 registers)
@@ -103,11 +108,11 @@ def _wrappers(code: str) -> str:
             f"unsigned char* smem, int M, int N, int K) {{ return lowbit_gemm_u8s8_impl<{bm}, "
             f"{bn}, {wm}, {wn}, {st}, {bk or 64}>(x, w, corr, scale, bias, y, smem, M, N, K); }}")
     for name in sorted(set(re.findall(rf"\b({_GEMV_RE})\(", code)), key=str):
-        name, mr, vec, unroll = name
+        name, mr, vec, unroll, stages = name
         out.append(
             f"__device__ __noinline__ int {name}(const float* x, const unsigned char* w, "
-            f"const float* s, float* y, int N, int K, int g, int gpb) {{ return "
-            f"lowbit_w4a16_gemv_impl<{mr}, {vec}, {unroll}>(x, w, s, y, N, K, g, gpb); }}")
+            f"const float* s, const float* b, float* y, int N, int K, int g) {{ return "
+            f"lowbit_w4a16_gemv_impl<{mr}, {vec}, {unroll}, {stages}>(x, w, s, b, y, N, K, g); }}")
     for name in sorted(set(re.findall(rf"\b({_BCQ_RE})\(", code)), key=str):
         name, mr, q, cols, off, pf = name
         out.append(
@@ -159,22 +164,24 @@ def _postproc(code, target=None):
     return code
 
 
-_WGMMA_RE = r"lowbit_wgmma_u8s8_128x\d+_s\d+"
+_WGMMA_RE = r"lowbit_wgmma_u8s8_(?:128|64)x\d+_s\d+"
 
 
 def _wgmma_bounds(code: str) -> str:
-    """``__launch_bounds__(384, 1)`` on the kernels that call the wgmma GEMM (TVM writes the
-    thread count only): one CTA per SM, so ``setmaxnreg`` finds the registers it asks for
-    (cuda_wgmma.cu)."""
+    """``__launch_bounds__(384, 1)`` / ``(256, 2)`` on the kernels that call the wgmma GEMM
+    (TVM writes the thread count only): the register cap that cuda_wgmma.cu's ``setmaxnreg``
+    split is computed from (one CTA per SM for BM = 128, two for BM = 64)."""
     import re
 
-    names = set()
-    for m in re.finditer(r"__global__ void __launch_bounds__\(384\) (\w+)\(", code):
+    found = {}
+    for m in re.finditer(r"__global__ void __launch_bounds__\((384|256)\) (\w+)\(", code):
         nxt = code.find("__global__", m.end())
-        if re.search(rf"\b{_WGMMA_RE}\(", code[m.end():nxt if nxt >= 0 else len(code)]):
-            names.add(m.group(1))
-    for name in names:
-        code = code.replace(f"__launch_bounds__(384) {name}(", f"__launch_bounds__(384, 1) {name}(")
+        call = re.search(rf"\b({_WGMMA_RE})\(", code[m.end():nxt if nxt >= 0 else len(code)])
+        if call:
+            found[m.group(2)] = (m.group(1), "2" if "_u8s8_64x" in call.group(1) else "1")
+    for name, (threads, per_sm) in found.items():
+        code = code.replace(f"__launch_bounds__({threads}) {name}(",
+                            f"__launch_bounds__({threads}, {per_sm}) {name}(")
     return code
 
 
@@ -280,9 +287,19 @@ def shell_u8s8(m: int, n: int, k: int, config: str | None = None, target=None
 
 
 # ---- sm_90a: the wgmma + TMA GEMM of cuda_wgmma.cu (issue 20) -------------------------------
-WGMMA_CONFIGS = {"128x64_s4": (64, 4), "128x64_s6": (64, 6), "128x128_s4": (128, 4),
-                 "128x192_s4": (192, 4)}          # name -> (BN, stages); BM = 128, BK = 128
-WGMMA_THREADS = 384
+# name "<BM>x<BN>_s<STAGES>[_p]" -> (BM, BN, stages, persistent); BK = 128 bytes. BM = 128: 384
+# threads, one CTA per SM; BM = 64: 256 threads, two per SM. "_p": persistent grid of at most
+# NUM_SMS x CTAs-per-SM CTAs walking the tiles (the same device function on a smaller grid).
+WGMMA_CONFIGS = {
+    "128x64_s4": (128, 64, 4, False), "128x64_s6": (128, 64, 6, False),
+    "128x128_s4": (128, 128, 4, False), "128x192_s4": (128, 192, 4, False),
+    "128x128_s6": (128, 128, 6, False), "128x192_s5": (128, 192, 5, False),
+    "128x256_s3": (128, 256, 3, False), "64x64_s6": (64, 64, 6, False),
+    "64x128_s4": (64, 128, 4, False), "64x192_s3": (64, 192, 3, False),
+    "128x128_s4_p": (128, 128, 4, True), "128x192_s4_p": (128, 192, 4, True),
+    "128x128_s6_p": (128, 128, 6, True), "128x192_s5_p": (128, 192, 5, True),
+    "128x256_s3_p": (128, 256, 3, True), "64x128_s4_p": (64, 128, 4, True),
+    "64x192_s3_p": (64, 192, 3, True)}
 
 
 def wgmma_arch(target) -> bool:
@@ -291,16 +308,34 @@ def wgmma_arch(target) -> bool:
     return target is not None and str(target.attrs.get("arch", "")) == "sm_90a"
 
 
-def wgmma_smem(bn: int, stages: int) -> int:
-    """Dynamic shared memory of a configuration: cuda_wgmma.cu ``Cfg<BN, STAGES>::SMEM``."""
-    return stages * (128 + bn) * 128 + 2 * stages * 8 + 1024
+def wgmma_smem(bm: int, bn: int, stages: int) -> int:
+    """Dynamic shared memory of a configuration: cuda_wgmma.cu ``Cfg<BM, BN, STAGES>::SMEM``
+    (stages, mbarriers, the consumers' epilogue parameters, 1024 B of alignment slack)."""
+    return stages * (bm + bn) * 128 + 16 * stages + (bm // 64) * 12 * bn + 1024
+
+
+def wgmma_launch(cfg: str, m: int, n: int) -> tuple[int, int, int]:
+    """(threads, CTAs per SM, grid) of a configuration for an m x n output."""
+    bm, bn, _, persistent = WGMMA_CONFIGS[cfg]
+    per_sm = 1 if bm == 128 else 2
+    tiles = _cdiv(m, bm) * _cdiv(n, bn)
+    return 128 * (1 + bm // 64), per_sm, min(tiles, NUM_SMS * per_sm) if persistent else tiles
 
 
 def default_wgmma(m: int, n: int, k: int) -> str:
-    """cuda_wgmma.cu ``lowbit_wgmma_default_config``: 128x128 once the 128x128 tiles fill the
-    132 SMs, else 128x64 (a first guess; the H200 run of docs/gpu.md picks per shape)."""
+    """The configuration without a tuned record, by the number of 64 x 64 output tiles. From the
+    H200 run of 2026-12-04 (docs/gpu.md, wgmma section; benchmarks/results/wgmma_h200.json,
+    kernel time under CUDA-graph replay): within 5% of the fastest of the 17 configurations on
+    each of the 18 shapes of issue 20. Up to 128 such tiles (one wave of two CTAs per SM) the
+    smallest tiles, 64x64 with a 6-deep ring (short latency chain per tile); up to 384 64x128;
+    beyond, persistent 128x192 (the producer loads the next tile during the epilogue)."""
     del k
-    return "128x128_s4" if _cdiv(m, 128) * _cdiv(n, 128) >= NUM_SMS else "128x64_s4"
+    t64 = _cdiv(m, 64) * _cdiv(n, 64)
+    if t64 <= 128:
+        return "64x64_s6"
+    if t64 <= 384:
+        return "64x128_s4"
+    return "128x192_s4_p"
 
 
 def shell_u8s8_wgmma(m: int, n: int, k: int, config: str | None = None, target=None
@@ -311,16 +346,17 @@ def shell_u8s8_wgmma(m: int, n: int, k: int, config: str | None = None, target=N
     pipelines/cuda.py). The host part builds two TMA tensor maps (``tensormap_encode_tiled``,
     TVM's runtime.cuTensorMapEncodeTiled, once per call) that TVM passes to the kernel as
     ``const __grid_constant__ CUtensorMap`` parameters; the kernel calls
-    ``lowbit_wgmma_u8s8_128x<BN>_s<S>`` of cuda_wgmma.cu with their addresses."""
+    ``lowbit_wgmma_u8s8_<BM>x<BN>_s<S>`` of cuda_wgmma.cu with their addresses. ``config``:
+    one of WGMMA_CONFIGS (default: the tuned table, else default_wgmma)."""
     if k % 16 or k < 16:
         raise ValueError(f"CUDA wgmma linear_u8s8 needs K % 16 == 0, got K={k}")
     cfg = (config or _tuned("u8s8", (m, n, k), target, tuple(WGMMA_CONFIGS))
            or default_wgmma(m, n, k))
-    bn, stages = WGMMA_CONFIGS[cfg]
+    bm, bn, stages, _ = WGMMA_CONFIGS[cfg]
     n_pad = _cdiv(n, 16) * 16
-    smem = wgmma_smem(bn, stages)
-    fn = f"lowbit_wgmma_u8s8_{cfg}"
-    gx, gy = _cdiv(n, bn), _cdiv(m, 128)
+    smem = wgmma_smem(bm, bn, stages)
+    fn = f"lowbit_wgmma_u8s8_{bm}x{bn}_s{stages}"      # "_p" only changes the grid
+    threads, _, gx = wgmma_launch(cfg, m, n)
 
     @T.prim_func
     def main(x: T.Buffer((m, k), "uint8"), w: T.Buffer((n_pad // 16, k // 4, 16, 4), "int8"),
@@ -330,16 +366,15 @@ def shell_u8s8_wgmma(m: int, n: int, k: int, config: str | None = None, target=N
         # host: TMA descriptors (dims and boxes innermost first; 128B swizzle = 3,
         # L2 promotion 256B = 3, out-of-bounds zero fill = 0), as cuda_wgmma.cu make_map
         tmx = T.Bind(T.tvm_stack_alloca("tensormap", 1), var=T.handle("tensormap"))
-        T.evaluate(T.tensormap_encode_tiled(tmx, x.data, k, m, k, 128, 128, 1, 1,
+        T.evaluate(T.tensormap_encode_tiled(tmx, x.data, k, m, k, 128, bm, 1, 1,
                                             descriptor_dtype="uint8", rank=2, swizzle=3,
                                             l2_promotion=3, oob_fill=0))
         tmw = T.Bind(T.tvm_stack_alloca("tensormap", 1), var=T.handle("tensormap"))
         T.evaluate(T.tensormap_encode_tiled(tmw, w.data, k, n, k, 128, bn, 1, 1,
                                             descriptor_dtype="uint8", rank=2, swizzle=3,
                                             l2_promotion=3, oob_fill=0))
-        bx = T.launch_thread("blockIdx.x", gx)  # noqa: F841
-        by = T.launch_thread("blockIdx.y", gy)  # noqa: F841
-        tx = T.launch_thread("threadIdx.x", WGMMA_THREADS)  # noqa: F841
+        bx = T.launch_thread("blockIdx.x", gx)  # noqa: F841  (tiles: stride gridDim.x)
+        tx = T.launch_thread("threadIdx.x", threads)  # noqa: F841
         sm = T.alloc_buffer((smem,), "uint8", scope="shared.dyn")
         T.evaluate(T.call_extern("int32", fn, T.address_of(tmx), T.address_of(tmw), corr.data,
                                  scale.data, bias.data, y.data, sm.data, m, n, k))
@@ -348,21 +383,43 @@ def shell_u8s8_wgmma(m: int, n: int, k: int, config: str | None = None, target=N
             .with_attr("lowbit.w_layout", "rowmajor"))
 
 
-def _split_k(n: int, groups: int, tile: int = 256, warps_per_sm: int = 16) -> int:
-    """Groups of rows per block for the GEMV: about ``warps_per_sm`` warps per SM in all, 4 per
-    block."""
-    tiles = _cdiv(n, tile)
-    warps_per_tile = min(groups, max(1, _cdiv(warps_per_sm * NUM_SMS, tiles)))
-    blocks_per_tile = _cdiv(warps_per_tile, 4)
-    return _cdiv(groups, blocks_per_tile)
+def _split_k(m: int, n: int, k: int, group: int, vec: int, unroll: int, blocks_per_sm: int
+             ) -> tuple[int, int, int]:
+    """The GEMV grid ``(unroll, gx, gy)``: 4-warp blocks on tiles of 32 * vec columns (gx),
+    gy blocks per tile sharing its K/2 byte rows in batches of ``unroll`` rows (equal shares
+    within one batch). gy: at most ``blocks_per_sm`` blocks per SM in one wave, the split with
+    the least busiest-SM work (ceil(gx gy / NUM_SMS) blocks of 1/gy of a tile each: 16384 x
+    8192 in 32 x 16 blocks, not 32 x 17, which put 5 blocks on some SMs and 4 on most); 0:
+    no split. Few enough rows per block for its x to fit GEMV_XS floats of shared memory."""
+    half = group // 2
+    if group % 4 or k % group:
+        raise ValueError(f"CUDA int4 GEMV needs group % 4 == 0 and K % group == 0, got "
+                         f"K={k}, group={group}")
+    while half % unroll:
+        unroll //= 2
+    if unroll % 2:
+        raise ValueError(f"CUDA int4 GEMV: group {group} is not a multiple of 4 rows")
+    gx = _cdiv(n, 32 * vec)
+    if gx > GEMV_SEMS:
+        raise ValueError(f"CUDA int4 GEMV: N={n} needs more than {GEMV_SEMS} column tiles")
+    batches = (k // 2) // unroll
+    gy = 1                                              # b0: no split unless x needs it
+    if blocks_per_sm:   # the most per SM, once (gx * gy <= b * NUM_SMS): the least time
+        # ceil(gx gy / NUM_SMS) * batches / gy; ties: more blocks (H200 sweep, docs/gpu.md)
+        top = min(max(1, blocks_per_sm * NUM_SMS // gx), batches, 65535)
+        gy = min(range(1, top + 1), key=lambda y: (_cdiv(gx * y, NUM_SMS) / y, -y))
+    gy = max(gy, _cdiv(m * k, GEMV_XS - 2 * unroll * m))
+    return unroll, gx, min(gy, batches, 65535)
 
 
 def default_gemv(m: int, n: int, k: int, group: int) -> str:
-    # H100 sweep (docs/gpu.md): 8-byte loads with ~32 warps per SM up to 16384x8192, 16-byte
-    # loads with ~32 warps per SM above ~100 MB of weights
-    if m == 1 and n % 16 == 0 and n * k // 2 >= 100 * 2**20:
-        return "v16_u8_w32"
-    return "v8_u8_w32"
+    """H200 sweep (docs/gpu.md, "int4 weight-only GEMV on the H200"): 16-byte loads, 8 rows a
+    batch, from 32 MiB of packed weights up for M <= 2 (M = 2: 3 blocks per SM, its registers
+    fit 3); 8-byte loads below and for M = 3, 4 (twice the column tiles: more blocks for the
+    small shapes, fewer registers)."""
+    if m <= 2 and n % 16 == 0 and n * k // 2 >= 2**25:
+        return "v16_u8_s2_b4" if m == 1 else "v16_u8_s2_b3"
+    return "v8_u8_s4_b4" if m <= 2 else "v8_u8_s2_b4"
 
 
 def shell_w4a16(m: int, n: int, k: int, group: int, config: str | None = None, target=None
@@ -372,34 +429,24 @@ def shell_w4a16(m: int, n: int, k: int, group: int, config: str | None = None, t
         raise ValueError(f"CUDA linear_w4a16 needs N % 8 == 0, got N={n}")
 
     if m <= GEMV_MAX_M:
-        mr = next(r for r in (1, 2, 4) if r >= m)
-        if mr != m:
-            raise ValueError(f"CUDA int4 GEMV takes M in (1, 2, 4), got M={m}")
         allowed = [c for c in GEMV_CONFIGS if n % int(c.split("_")[0][1:]) == 0]
         cfg = (config or _tuned("w4a16", (m, n, k, group), target, allowed)
                or default_gemv(m, n, k, group))
-        vec, unroll, wps = (int(p[1:]) for p in cfg.split("_"))
+        vec, unroll, stages, bps = (int(p[1:]) for p in cfg.split("_"))
         if n % vec:
             raise ValueError(f"GEMV config {cfg} needs N % {vec} == 0, got N={n}")
-        tile = 32 * vec
-        gpb = _split_k(n, k // group, tile, wps)
-        gx, gy = _cdiv(n, tile), _cdiv(k // group, gpb)
-        init_blocks = _cdiv(m * n, 256)
-        fn = f"lowbit_w4a16_gemv_{mr}_v{vec}_u{unroll}"
+        unroll, gx, gy = _split_k(m, n, k, group, vec, unroll, bps)
+        fn = f"lowbit_w4a16_gemv_{m}_v{vec}_u{unroll}_s{stages}"
 
         @T.prim_func
         def main(x: T.Buffer((m, k), "float32"), w: T.Buffer((k // 2, n), "uint8"),
                  scale: T.Buffer((k // group, n), "float32"), bias: T.Buffer((n,), "float32"),
                  y: T.Buffer((m, n), "float32")):
             T.func_attr({"tirx.noalias": True})
-            with T.launch_thread("blockIdx.x", init_blocks):
-                with T.launch_thread("threadIdx.x", 256):
-                    T.evaluate(T.call_extern("int32", "lowbit_w4a16_init", bias.data, y.data,
-                                             m, n))
-            with T.launch_thread("blockIdx.x", gx), T.launch_thread("blockIdx.y", gy):
-                with T.launch_thread("threadIdx.x", 128):
-                    T.evaluate(T.call_extern("int32", fn, x.data, w.data, scale.data,
-                                             y.data, n, k, group, gpb))
+            with T.launch_thread("blockIdx.x", gx), T.launch_thread("blockIdx.y", gy), \
+                    T.launch_thread("threadIdx.x", 128):
+                T.evaluate(T.call_extern("int32", fn, x.data, w.data, scale.data, bias.data,
+                                         y.data, n, k, group))
 
         return main.with_attr(KERNEL_ATTR, "linear_w4a16").with_attr("lowbit.config", cfg)
 

@@ -7,9 +7,10 @@
 //   mma.sync m16n8k32 u8 x s8 -> s32; A through ldmatrix, B as 32-bit words straight from the
 //   packed layout; 64-deep k tiles, cp.async multi-stage pipeline, XOR-swizzled shared memory.
 //   Needs K % 16 == 0 (zero-filled tail).
-// lowbit_w4a16_gemv_<MR>_v<VEC>_u<U>: y[m, n] = sum_k x[m, k] * (nib(w[k/2, n]) - 8) * s[k/g, n] + bias[n]
-//   for M = MR <= 4 rows: split-K over warps and blocks, 8 or 16 columns (bytes) per thread,
-//   fp32 atomics into y (set to bias by lowbit_w4a16_init first). Needs N % 8 == 0.
+// lowbit_w4a16_gemv_<MR>_v<VEC>_u<U>_s<S>: y[m, n] = sum_k x[m, k] * (nib(w[k/2, n]) - 8) * s[k/g, n] + bias[n]
+//   for M = MR <= 4 rows, one launch: split-K over warps and blocks, 8 or 16 columns (bytes) per
+//   thread, the first block of a column tile stores bias + its sum, the others add with fp32
+//   atomics. Needs N % 8 == 0.
 // lowbit_w4a16_gemm: the same for any M: 64x64 tiles, weights decoded into shared memory.
 #ifndef LOWBIT_CUDA_KERNELS
 #define LOWBIT_CUDA_KERNELS
@@ -166,11 +167,7 @@ __device__ __forceinline__ int lowbit_gemm_u8s8_impl(
 // configurations a build calls (one line each, appended to this file).
 
 // ---- int4 weight-only ----------------------------------------------------------------------
-// (q - 8) as float for the byte i of v (q < 16): 0x4B0000qq is 2^23 + q
-__device__ __forceinline__ float lowbit_nib(unsigned v, int i) {
-  return __int_as_float(__byte_perm(v, 0x4B000000u, 0x7650u | i)) - 8388616.0f;
-}
-
+// y = bias: the first launch of the BCQ GEMVs (the int4 GEMV below stores the bias itself)
 __device__ int lowbit_w4a16_init(const float* __restrict__ bias, float* __restrict__ y, int M,
                                  int N) {
   int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -178,88 +175,213 @@ __device__ int lowbit_w4a16_init(const float* __restrict__ bias, float* __restri
   return 0;
 }
 
-// block: 4 warps on one tile of 32 * VEC columns (VEC = 8 or 16 bytes, i.e. columns, per thread
-// and row, one 8- or 16-byte load); blockIdx.y: a range of groups of rows, one group per warp
-// at a time; UNROLL rows of loads in flight per thread
-template <int MR, int VEC, int UNROLL>
+// ---- int4 weight-only GEMV (M <= 4): one launch, no y = bias kernel -------------------------
+// Split-K partial sums of one column tile are combined without a pre-initialised y: the first
+// block of a tile to finish (ticket 0 of its counter) stores bias + its sum, then raises bit 16
+// of the counter (release); the others wait for that bit (acquire; the first block is already
+// running, so this cannot deadlock) and add with fp32 atomics; the last one resets the counter
+// to 0. The counters are zero when the module loads and every launch leaves them at zero, so
+// launches of one module must not run concurrently on several streams.
+#ifndef LOWBIT_GEMV_SEMS
+#define LOWBIT_GEMV_SEMS 65536
+#endif
+__device__ unsigned lowbit_gemv_sem[LOWBIT_GEMV_SEMS];   // one per column tile (blockIdx.x)
+#define LOWBIT_GEMV_XS 2048                              // floats of x a block stages
+
+// 0.5 + q/32 from the byte q << 3 selected by sel = 0x7044 | (i << 8): one PRMT (bits 0x3F
+// above it: exponent 2^-1, q in the top 4 mantissa bits)
+__device__ __forceinline__ float lowbit_q32(unsigned v, unsigned sel) {
+  return __int_as_float(__byte_perm(v, 0x3F000000u, sel));
+}
+
+// Block: 4 warps on one tile of 32 * VEC columns (VEC = 8 or 16 bytes, i.e. columns, per thread
+// and row). The K/2 byte rows (one row = 2 k, one byte per column) are cut into batches of U
+// rows; blockIdx.y takes an equal share of a tile's batches (within one), its warps equal
+// shares of those. Each thread streams its own bytes through an S-stage cp.async ring in shared
+// memory (S - 1 batches in flight while one is computed; no barrier: a thread reads only what
+// it copied). Per group: part = sum_k x_k * (0.5 + q_k / 32) (one PRMT and one FMA per weight;
+// a mask and a shift per 8 weights), sx = sum_k x_k, then acc += (32 part - 24 sx) * scale =
+// sum_k x_k (q_k - 8) * scale. The first batches are in flight while x of the block's k range
+// is staged in shared memory.
+template <int VEC>
+__device__ __forceinline__ void lowbit_gemv_cp(unsigned char* smem, const unsigned char* gmem) {
+  unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+  if constexpr (VEC == 16)
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
+  else
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(s), "l"(gmem));
+}
+
+template <int MR, int VEC, int U, int S>
 __device__ __forceinline__ int lowbit_w4a16_gemv_impl(
     const float* __restrict__ x, const unsigned char* __restrict__ w,
-    const float* __restrict__ scale, float* __restrict__ y, int N, int K, int group,
-    int groups_per_block) {
-  constexpr int WORDS = VEC / 4, TILE = 32 * VEC;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const float* __restrict__ scale, const float* __restrict__ bias, float* __restrict__ y,
+    int N, int K, int group) {
+  constexpr int WORDS = VEC / 4, TILE = 32 * VEC, WARPS = 4, THREADS = 32 * WARPS;
+  constexpr int RING = S * U * THREADS * VEC, XSB = LOWBIT_GEMV_XS * 4;
+  constexpr int RED = WARPS * MR * TILE * 4;
+  constexpr int SMB = RING + XSB > RED ? RING + XSB : RED;
+  __shared__ __align__(16) unsigned char smem[SMB];
+  __shared__ unsigned ticket;
+  float* xs = reinterpret_cast<float*>(smem + RING);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int n = blockIdx.x * TILE + lane * VEC;
-  const int G = K / group, half = group >> 1;
-  const int gbeg = blockIdx.y * groups_per_block;
-  const int gend = min(G, gbeg + groups_per_block);
+  const int bpg = (group >> 1) / U, T = (K >> 1) / U;       // batches per group, per tile
+  const int bb0 = (int)((long long)blockIdx.y * T / gridDim.y);
+  const int nb = (int)((long long)(blockIdx.y + 1) * T / gridDim.y) - bb0;
+  const int wb0 = bb0 + warp * nb / WARPS, tot = bb0 + (warp + 1) * nb / WARPS - wb0;
+  const int rbeg = bb0 * U, nk = 2 * nb * U;                 // k of this block: nk % 4 == 0
+  const bool active = n < N && tot > 0;
+  unsigned char* mine = smem + tid * VEC;                    // slot s, row u: + (s U + u) THREADS VEC
+  const unsigned char* src = w + (size_t)wb0 * U * N + n;
+  int issued = active ? 0 : tot, slot_in = 0;
+  auto issue = [&]() {
+    if (issued < tot) {
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        lowbit_gemv_cp<VEC>(mine + (slot_in * U + u) * THREADS * VEC, src + (size_t)u * N);
+      src += (size_t)U * N;
+      ++issued;
+      if (++slot_in == S) slot_in = 0;
+    }
+    asm volatile("cp.async.commit_group;\n" ::);
+  };
+#pragma unroll
+  for (int j = 0; j < S - 1; ++j) issue();                   // in flight while x is staged
+  const int bpg0 = bpg > 0 ? bpg : 1;
+  int bi = wb0 % bpg0, g = wb0 / bpg0;
+  float sc[VEC];
+  auto load_scales = [&]() {
+    const float4* sp = reinterpret_cast<const float4*>(scale + (size_t)g * N + n);
+#pragma unroll
+    for (int q = 0; q < VEC / 4; ++q) {
+      float4 s4 = __ldg(sp + q);
+      sc[4 * q] = s4.x; sc[4 * q + 1] = s4.y; sc[4 * q + 2] = s4.z; sc[4 * q + 3] = s4.w;
+    }
+  };
+  if (active) load_scales();
+  for (int i = tid; i < MR * (nk >> 2); i += THREADS) {
+    int m = i / (nk >> 2), j = i - m * (nk >> 2);
+    reinterpret_cast<float4*>(xs + m * nk)[j] =
+        __ldg(reinterpret_cast<const float4*>(x + (size_t)m * K + 2 * rbeg) + j);
+  }
+  __syncthreads();
   float acc[MR][VEC];
 #pragma unroll
   for (int m = 0; m < MR; ++m)
 #pragma unroll
     for (int c = 0; c < VEC; ++c) acc[m][c] = 0.f;
-  if (n < N) {
-    for (int gi = gbeg + warp; gi < gend; gi += 4) {
-      float part[MR][VEC];
-#pragma unroll
-      for (int m = 0; m < MR; ++m)
-#pragma unroll
-        for (int c = 0; c < VEC; ++c) part[m][c] = 0.f;
-      const unsigned char* wp = w + (size_t)gi * half * N + n;
-#pragma unroll UNROLL
-      for (int r = 0; r < half; ++r) {
-        unsigned v[WORDS];
-        if constexpr (VEC == 16) {
-          uint4 q = __ldg(reinterpret_cast<const uint4*>(wp + (size_t)r * N));
-          v[0] = q.x; v[1] = q.y; v[2] = q.z; v[3] = q.w;
-        } else {
-          uint2 q = __ldg(reinterpret_cast<const uint2*>(wp + (size_t)r * N));
-          v[0] = q.x; v[1] = q.y;
-        }
-        int k = (gi * half + r) * 2;
+  if (active) {
+    float part[MR][VEC], sx[MR];
+    int slot = 0;
+    const float* xr = xs + 2 * (wb0 * U - rbeg);
+    for (int j = 0; j < tot; ++j) {
+      issue();
+      asm volatile("cp.async.wait_group %0;\n" ::"n"(S - 1));
+      if (bi == 0 || j == 0) {                               // a group starts
 #pragma unroll
         for (int m = 0; m < MR; ++m) {
-          float2 xx = __ldg(reinterpret_cast<const float2*>(x + (size_t)m * K + k));
+          sx[m] = 0.f;
 #pragma unroll
-          for (int wi = 0; wi < WORDS; ++wi) {
-            unsigned lo = v[wi] & 0x0F0F0F0Fu, hi = (v[wi] >> 4) & 0x0F0F0F0Fu;
+          for (int c = 0; c < VEC; ++c) part[m][c] = 0.f;
+        }
+        if (j > 0) load_scales();
+      }
 #pragma unroll
-            for (int c = 0; c < 4; ++c) {
-              part[m][wi * 4 + c] = fmaf(xx.x, lowbit_nib(lo, c), part[m][wi * 4 + c]);
-              part[m][wi * 4 + c] = fmaf(xx.y, lowbit_nib(hi, c), part[m][wi * 4 + c]);
+      for (int u = 0; u < U; ++u) {
+        unsigned v[WORDS];
+        const unsigned char* rp = mine + (slot * U + u) * THREADS * VEC;
+        if constexpr (VEC == 16) {
+          uint4 q = *reinterpret_cast<const uint4*>(rp);
+          v[0] = q.x; v[1] = q.y; v[2] = q.z; v[3] = q.w;
+        } else {
+          uint2 q = *reinterpret_cast<const uint2*>(rp);
+          v[0] = q.x; v[1] = q.y;
+        }
+        float2 xx[MR];
+#pragma unroll
+        for (int m = 0; m < MR; ++m) {
+          xx[m] = *reinterpret_cast<const float2*>(xr + m * nk + 2 * u);
+          sx[m] += xx[m].x + xx[m].y;
+        }
+#pragma unroll
+        for (int wi = 0; wi < WORDS; ++wi) {
+          const unsigned lo = (v[wi] << 3) & 0x78787878u, hi = (v[wi] >> 1) & 0x78787878u;
+#pragma unroll
+          for (int c = 0; c < 4; ++c) {
+            const float fl = lowbit_q32(lo, 0x7044u | (c << 8));
+            const float fh = lowbit_q32(hi, 0x7044u | (c << 8));
+#pragma unroll
+            for (int m = 0; m < MR; ++m) {
+              part[m][wi * 4 + c] = fmaf(xx[m].x, fl, part[m][wi * 4 + c]);
+              part[m][wi * 4 + c] = fmaf(xx[m].y, fh, part[m][wi * 4 + c]);
             }
           }
         }
       }
-      const float4* sp = reinterpret_cast<const float4*>(scale + (size_t)gi * N + n);
-#pragma unroll
-      for (int q = 0; q < VEC / 4; ++q) {
-        float4 sv = __ldg(sp + q);
-        float s4[4] = {sv.x, sv.y, sv.z, sv.w};
+      xr += 2 * U;
+      if (++slot == S) slot = 0;
+      if (++bi == bpg || j + 1 == tot) {                     // the group (or the range) ends
 #pragma unroll
         for (int m = 0; m < MR; ++m)
 #pragma unroll
-          for (int c = 0; c < 4; ++c)
-            acc[m][q * 4 + c] = fmaf(part[m][q * 4 + c], s4[c], acc[m][q * 4 + c]);
+          for (int c = 0; c < VEC; ++c)
+            acc[m][c] = fmaf(fmaf(part[m][c], 32.f, -24.f * sx[m]), sc[c], acc[m][c]);
+        if (bi == bpg) { bi = 0; ++g; }
       }
     }
+    asm volatile("cp.async.wait_group 0;\n" ::);
   }
-  __shared__ float red[4][MR][TILE];
+  __syncthreads();                         // ring and x no longer read: red[warp][m][col]
+  float* red = reinterpret_cast<float*>(smem);
 #pragma unroll
   for (int m = 0; m < MR; ++m)
 #pragma unroll
-    for (int c = 0; c < VEC; ++c) red[warp][m][lane * VEC + c] = acc[m][c];
+    for (int q = 0; q < VEC / 4; ++q)
+      reinterpret_cast<float4*>(red + (warp * MR + m) * TILE + lane * VEC)[q] =
+          make_float4(acc[m][4 * q], acc[m][4 * q + 1], acc[m][4 * q + 2], acc[m][4 * q + 3]);
+  const bool split = gridDim.y > 1;
+  unsigned* sem = lowbit_gemv_sem + blockIdx.x;
+  if (split && threadIdx.x == 0) ticket = atomicAdd(sem, 1u);
   __syncthreads();
-  for (int i = threadIdx.x; i < MR * TILE; i += 128) {
-    int m = i / TILE, col = i % TILE;
-    float v = red[0][m][col] + red[1][m][col] + red[2][m][col] + red[3][m][col];
-    int gn = blockIdx.x * TILE + col;
-    if (gn < N) atomicAdd(y + (size_t)m * N + gn, v);
+  const bool first = !split || ticket == 0;
+  if (!first) {                            // wait until the first block has stored y
+    if (threadIdx.x == 0) {
+      unsigned s;
+      while (true) {
+        asm volatile("ld.acquire.gpu.u32 %0, [%1];" : "=r"(s) : "l"(sem) : "memory");
+        if (s & 0x10000u) break;
+        __nanosleep(32);
+      }
+    }
+    __syncthreads();
+  }
+  for (int i = threadIdx.x; i < MR * TILE; i += THREADS) {
+    const int m = i / TILE, col = i - m * TILE, gn = blockIdx.x * TILE + col;
+    float v = red[m * TILE + col];
+#pragma unroll
+    for (int wp = 1; wp < WARPS; ++wp) v += red[(wp * MR + m) * TILE + col];
+    if (gn < N) {
+      if (first) y[(size_t)m * N + gn] = v + bias[gn];
+      else atomicAdd(y + (size_t)m * N + gn, v);
+    }
+  }
+  if (split) {
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      if (first) {
+        atomicAdd(sem, 0x10000u);          // release: y holds bias + the first sum
+      } else if (atomicAdd(sem, 1u) == 0x10000u + 2u * gridDim.y - 2u) {
+        atomicExch(sem, 0u);               // the last of the 2 * splits - 1 increments
+      }
+    }
   }
   return 0;
 }
 
-// Device functions lowbit_w4a16_gemv_<MR>_v<VEC>_u<UNROLL>(x, w, scale, y, N, K, group,
-// groups_per_block) are generated by cuda_kernels.py for the configurations a build calls.
+// Device functions lowbit_w4a16_gemv_<MR>_v<VEC>_u<U>_s<S>(x, w, s, bias, y, N, K, g) are
+// generated by cuda_kernels.py for the configurations a build calls.
 
 // any M: 64x64 output tile, 256 threads (4x4 outputs each), k tiles of 32 (16 byte rows)
 __device__ int lowbit_w4a16_gemm(const float* __restrict__ x, const unsigned char* __restrict__ w,
