@@ -185,8 +185,8 @@ def models(bundle: Path, rows: list, save: Path | None = None, only: str = "") -
     folder = bundle / "models"
     for d in sorted(p for p in folder.iterdir() if p.is_dir()):
         name, b = d.name.rsplit("_b", 1)
-        if only and d.name not in only.split(","):
-            continue
+        if (only and d.name not in only.split(",")) or "@" in name:
+            continue                # <name>@<arch>...: variants, see scripts/gpu_check_e2e.py
         link = d / "params.bin"
         if not link.exists():
             os.symlink((folder / f"params_{name}.bin").resolve(), link)

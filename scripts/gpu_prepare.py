@@ -11,8 +11,10 @@ Writes into ``--out`` (git-ignored, carried to the GPU machine):
                          (checked and timed by scripts/gpu_check_bcq.py)
     words/*.so           the tiered LM head of per-word plans on Gemma's 262144 x 640 table,
                          one BCQ GEMV per tier, and its W4A16 GEMV (scripts/gpu_check_words.py)
-    models/<name>_b<B>/  saved CompiledModules (sm_90) + io_b<B>.npz: inputs, the CPU TVM
-                         module's output, the FX fake-quant output and torch fp32
+    models/<name>_b<B>/  saved CompiledModules (sm_90, CUDA graphs on) + io.npz: inputs, the
+                         CPU TVM module's output, the FX fake-quant output and torch fp32
+    models/<name>@<arch>[-nograph]_b<B>/  with --e2e: the sm_90a (wgmma) and graph-less
+                         variants of the same quantized model (io.npz and params shared)
     models/params_<name>.bin   shared by every batch size of one model (saved once)
 
 The real MiniLM's word-embedding table is cut to the rows the test sentences use (ids
@@ -85,8 +87,8 @@ def kernels(out: Path, db: str | None = None) -> None:
 
 
 def _kernels(out: Path, tgt) -> None:
-    from lowbit.backends.tvm.pipelines.cuda import build_kernel
     from lowbit.backends.tvm.kernels.cuda import shell_u8s8, shell_w4a16
+    from lowbit.backends.tvm.pipelines.cuda import build_kernel
 
     folder = out / "kernels"
     folder.mkdir(parents=True, exist_ok=True)
@@ -212,7 +214,7 @@ def _minilm_cut(texts_n: int):
         return {"input_ids": remap[x["input_ids"]], "attention_mask": x["attention_mask"]}
 
     with torch.no_grad():
-        for b, x in batches.items():
+        for x in batches.values():
             a = full(**x).last_hidden_state
             c = cut(**re(x)).last_hidden_state
             assert torch.equal(a, c), "cut embedding changed the model"
@@ -230,12 +232,30 @@ def _rebatch(calib: list[dict], b: int) -> list[dict]:
     return [{k: v[idx[i:i + b]] for k, v in rows.items()} for i in range(0, len(idx), b)]
 
 
-def models(out: Path, which: list[str], db: str | None = None) -> None:
+# compiled variants: (arch, cuda_graph); the first is the plain folder ``<name>_b<B>`` (with
+# io.npz and params_<name>.bin), the others ``<name>@<arch>[-nograph]_b<B>`` beside it
+VARIANTS = (("sm_90", True),)
+E2E_VARIANTS = (("sm_90", True), ("sm_90", False), ("sm_90a", True), ("sm_90a", False))
+
+
+def variant_folder(name: str, b: int, arch: str, graph: bool) -> str:
+    """The folder of one compiled variant (``VARIANTS[0]`` gets the plain name)."""
+    if (arch, graph) == E2E_VARIANTS[0]:
+        return f"{name}_b{b}"
+    return f"{name}@{arch}{'' if graph else '-nograph'}_b{b}"
+
+
+def models(out: Path, which: list[str], db: str | None = None,
+           variants: tuple = VARIANTS, ref_rows: int | None = None) -> None:
+    """Each model at each batch size: captured and quantized once, compiled for every
+    (arch, cuda_graph) of ``variants``; references (io.npz) in the plain folder only.
+    ``ref_rows``: keep only the first rows of the references of larger batches (they are
+    independent of the batch; keeps the bundle under the transfer limit)."""
     import torch
 
     import lowbit
-    from lowbit.backends.tvm.pipelines.cuda import fatbin_arches
     from lowbit.backends.tvm.kernels.cuda import CALLED
+    from lowbit.backends.tvm.pipelines.cuda import fatbin_arches, uses_cuda_graph
 
     folder = out / "models"
     folder.mkdir(parents=True, exist_ok=True)
@@ -250,42 +270,48 @@ def models(out: Path, which: list[str], db: str | None = None) -> None:
                        for b in BATCHES}
             calib = [{k: v[:1] for k, v in batches[8].items()}]
         for b, x in batches.items():
-            t0 = time.perf_counter()
             gm = lowbit.capture(model, x)
             q = lowbit.quantize(gm, lowbit.recipes.W8A8, calibration=_rebatch(calib, b),
                                 progress=False)
             tune = lowbit.Tune(trials=0, db=db) if db else None   # CUDA: kernel configs only
-            CALLED.clear()
-            mod = lowbit.compile(q, target="cuda", tune=tune, progress=False)
-            # the int8 linears must run lowbit's tensor-core kernels, not dlight's fallback
-            assert any(c.startswith("lowbit_gemm_u8s8_") for c in CALLED), sorted(CALLED)
-            t_cuda = time.perf_counter() - t0
-            io_file = folder / f"{name}_b{b}" / "io.npz"     # save() empties the folder
-            io_keep = io_file.read_bytes() if io_file.exists() else None
-            d = mod.save(folder / f"{name}_b{b}")
-            if io_keep is not None:
-                io_file.write_bytes(io_keep)
-            assert fatbin_arches(d / "model.so") == ["sm_90"], fatbin_arches(d / "model.so")
-            pfile = folder / f"params_{name}.bin"
-            if pfile.exists():
-                assert pfile.read_bytes() == (d / "params.bin").read_bytes()
-            else:
-                shutil.move(d / "params.bin", pfile)
-            (d / "params.bin").unlink(missing_ok=True)
-            print(f"{name} b{b}: compiled for sm_90 in {t_cuda:.1f} s", flush=True)
-            if (d / "io.npz").exists():  # references of an earlier run (same inputs, same q)
+            base = folder / f"{name}_b{b}"
+            io_keep = (base / "io.npz").read_bytes() if (base / "io.npz").exists() else None
+            for arch, graph in variants:
+                t0 = time.perf_counter()
+                CALLED.clear()
+                mod = lowbit.compile(q, target={"kind": "cuda", "arch": arch}, tune=tune,
+                                     progress=False, cuda_graph=graph)
+                # the int8 linears must run lowbit's tensor-core kernels, not dlight's fallback
+                want = "lowbit_wgmma_u8s8_" if arch == "sm_90a" else "lowbit_gemm_u8s8_"
+                assert any(c.startswith(want) for c in CALLED), sorted(CALLED)
+                assert uses_cuda_graph(mod.executable) == graph, (arch, graph)
+                t_cuda = time.perf_counter() - t0
+                d = mod.save(folder / variant_folder(name, b, arch, graph))  # empties it
+                want_arch = "sm_90" if arch == "sm_90a" else arch   # sm_90a: sm_90 ELF flags
+                assert fatbin_arches(d / "model.so") == [want_arch], fatbin_arches(d / "model.so")
+                pfile = folder / f"params_{name}.bin"
+                if pfile.exists():
+                    assert pfile.read_bytes() == (d / "params.bin").read_bytes()
+                else:
+                    shutil.move(d / "params.bin", pfile)
+                (d / "params.bin").unlink(missing_ok=True)
+                print(f"{name} b{b} {arch} cuda_graph={graph}: compiled in {t_cuda:.1f} s",
+                      flush=True)
+            if io_keep is not None:  # references of an earlier run (same inputs, same q)
+                (base / "io.npz").write_bytes(io_keep)
                 continue
             feed = {k: v.numpy() for k, v in x.items()}
             with torch.no_grad():
                 fp32 = model(**x).last_hidden_state.numpy()
                 fx = q(**x)
                 fx = (fx[0] if isinstance(fx, (tuple, list)) else fx.last_hidden_state).numpy()
+            rows = slice(None) if ref_rows is None else slice(0, ref_rows)
             io = {"input_ids": feed["input_ids"], "attention_mask": feed["attention_mask"],
-                  "fp32": fp32, "fx": fx}
+                  "fp32": fp32[rows], "fx": fx[rows]}
             if b <= 8:  # the CPU TVM module (2 cores here: batch 32 is slow to build and run)
                 cpu = lowbit.compile(q, target="cpu", progress=False)
-                io["cpu"] = np.asarray(cpu(**feed)[0])
-            np.savez(d / "io.npz", **io)
+                io["cpu"] = np.asarray(cpu(**feed)[0])[rows]
+            np.savez(base / "io.npz", **io)
 
 
 def main() -> None:
@@ -296,6 +322,9 @@ def main() -> None:
                    "words")
     p.add_argument("--db", default=None, help="tuning database folder with cuda_kernels.json "
                    "(scripts/gpu_tune.py record)")
+    p.add_argument("--e2e", action="store_true", help="models: every variant of E2E_VARIANTS "
+                   "(sm_90 / sm_90a, with and without CUDA graphs), references of batch > 8 "
+                   "cut to their first 8 rows (scripts/gpu_check_e2e.py)")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -309,7 +338,8 @@ def main() -> None:
     if "words" not in skip:
         word_head_kernels(out)
     if "models" not in skip:
-        models(out, [m for m in args.models.split(",") if m], args.db)
+        models(out, [m for m in args.models.split(",") if m], args.db,
+               E2E_VARIANTS if args.e2e else VARIANTS, 8 if args.e2e else None)
 
 
 if __name__ == "__main__":

@@ -113,7 +113,7 @@ def lowering_summary(lowering: list, family: str | None) -> str:
 
 def compile(graph: Any, target: Any = "cpu", tune: Tune | None = None, *,
             example_inputs: Any = None, int8: bool = True, int4: bool = True,
-            progress: bool = True) -> CompiledModule:
+            progress: bool = True, cuda_graph: bool | None = None) -> CompiledModule:
     """Compile ``graph`` for ``target`` with real integer kernels.
 
     Args:
@@ -126,12 +126,21 @@ def compile(graph: Any, target: Any = "cpu", tune: Tune | None = None, *,
         int8, int4: lower W8A8 / W4A16 linears to integer kernels (else float fake-quant).
         progress: a bar over the stages on a terminal; the lowering summary, the tuning
             lines and one summary line on stderr.
+        cuda_graph: CUDA targets only: run the model's kernel launches as CUDA graphs,
+            captured on the first call and replayed after (pipelines/cuda.py; default on:
+            batch-1 latency is launch-bound otherwise). False builds the plain launch
+            sequence. Recorded in the module's meta ("cuda_graph").
     """
     t0 = time.perf_counter()
     tgt = resolve_target(target)
     if tune is not None and not isinstance(tune, Tune):
         raise ConfigError(f"tune must be None or lowbit.Tune(...), got {type(tune).__name__}")
     pipeline = pipeline_for(tgt)
+    build_opts = {}
+    if getattr(pipeline, "NAME", "") == "cuda":
+        build_opts["cuda_graph"] = pipeline.CUDA_GRAPH if cuda_graph is None else bool(cuda_graph)
+    elif cuda_graph:
+        raise ConfigError(f"cuda_graph=True needs a CUDA target, not {tgt.kind.name}")
     family, no_int8 = pipeline.kernel_family(tgt)
     int8_ok = int8 and family is not None
     with stages(STAGES, desc="compiling", enabled=progress) as stage:
@@ -152,7 +161,7 @@ def compile(graph: Any, target: Any = "cpu", tune: Tune | None = None, *,
         stage("schedule")
         mod, tuned = pipeline.schedule(mod, tgt, tune, progress=progress)
         stage("build")
-        ex = pipeline.build(mod, tgt)
+        ex = pipeline.build(mod, tgt, **build_opts)
     meta = {
         "inputs": _input_meta(imported.mod, imported.input_names),
         "input_bounds": input_bounds(imported.mod, len(imported.input_names)),
@@ -164,6 +173,7 @@ def compile(graph: Any, target: Any = "cpu", tune: Tune | None = None, *,
                       if isinstance(f, tvm.relax.Function)],
         "lowering": [list(x) for x in lowering],
         "tuned_kernels": tuned,
+        **build_opts,
         "lowbit_version": lowbit.__version__,
         "tvm_version": tvm.__version__,
     }

@@ -104,6 +104,15 @@ class CompiledModule:
         """"cuda" or "llvm" (from the target the module was compiled for)."""
         return target_kind(self.meta)
 
+    @property
+    def cuda_graph(self) -> bool:
+        """Whether the kernel launches run as CUDA graphs (``lowbit.compile(...,
+        cuda_graph=)``; modules saved before the option existed: no). The graphs are captured
+        on the first call, on this module's VM, and replayed after: the VM's static buffers and
+        the weights keep their addresses for its lifetime, the inputs are copied into static
+        buffers by kernels outside the graphs, the outputs are new tensors each call."""
+        return bool(self.meta.get("cuda_graph", False))
+
     def _ready(self) -> VirtualMachine:
         if self._vm is not None:
             return self._vm

@@ -10,7 +10,12 @@ compiling to sm_XX machine code on a machine without a GPU.
                     the CUDA rule set (schedules/cuda.py: lowbit's device kernels, dlight)
     lower_passes    TVM's CUDA dataflow-lowering and finalization passes
     build           device code compiled by nvcc (``TVM_CUDA_COMPILE_MODE=nvcc``) to a cubin
-                    for the target's arch, with kernels/cuda_kernels.cu in front of it
+                    for the target's arch, with kernels/cuda_kernels.cu in front of it; with
+                    ``cuda_graph=True`` (the default, ``CUDA_GRAPH``) TVM's RewriteCUDAGraph
+                    (in finalize_passes, enabled by the pass config ``relax.backend.use_cuda_graph``)
+                    lifts the static allocations into one function run once and the kernel
+                    launches between them into functions captured as CUDA graphs on the first
+                    call and replayed after (``vm.builtin.cuda_graph.*`` of the CUDA runtime)
 
 Without a GPU, TVM's CUDA runtime library does not load (no libcuda.so.1) and TVM silently
 embeds CUDA source instead of machine code; ``cuda_env.load_cuda_backend(allow_stub=True)``
@@ -42,12 +47,16 @@ from lowbit.backends.tvm.pipelines.common import prepare_passes
 from lowbit.backends.tvm.schedules.base import apply_rules, prim_funcs
 from lowbit.backends.tvm.schedules.cuda import default_rules
 
-__all__ = ["NAME", "ONNX_INT8", "build", "build_kernel", "fatbin_arches", "fx_passes",
+__all__ = ["CUDA_GRAPH", "CUDA_GRAPH_BUILTINS", "NAME", "ONNX_INT8", "build", "build_kernel", "fatbin_arches", "fx_passes",
            "kernel_family", "lower_passes", "prepare", "prepare_passes", "rowmajor_u8s8_weights",
            "schedule"]
 
 NAME = "cuda"
 ONNX_INT8 = False
+CUDA_GRAPH = True        # lowbit.compile(..., cuda_graph=None) on a CUDA target means this
+USE_CUDA_GRAPH = "relax.backend.use_cuda_graph"   # TVM's pass config read by RewriteCUDAGraph
+CUDA_GRAPH_BUILTINS = ("vm.builtin.cuda_graph.run_or_capture",
+                       "vm.builtin.cuda_graph.get_cached_alloc")
 
 
 def fx_passes(int8: bool, int4: bool) -> list:
@@ -151,19 +160,33 @@ def _env(**values: str):
                 os.environ[k] = v
 
 
-def build(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.runtime.Executable:
-    """Compile a scheduled module to a Relax VM executable with sm_XX machine code."""
+def build(mod: tvm.IRModule, target: tvm.target.Target, *, cuda_graph: bool = CUDA_GRAPH
+          ) -> tvm.runtime.Executable:
+    """Compile a scheduled module to a Relax VM executable with sm_XX machine code; with
+    ``cuda_graph`` its static kernel sequences run as CUDA graphs (module docstring)."""
     load_cuda_backend(allow_stub=True)
     passes = tvm.transform.Sequential(lower_passes(target))
-    with _env(TVM_CUDA_COMPILE_MODE="nvcc"), cuda_source_hook(), target:
+    cur = tvm.transform.PassContext.current()
+    ctx = tvm.transform.PassContext(
+        opt_level=cur.opt_level, required_pass=list(cur.required_pass),
+        disabled_pass=list(cur.disabled_pass),
+        config={**{k: v for k, v in cur.config.items()}, USE_CUDA_GRAPH: bool(cuda_graph)})
+    with _env(TVM_CUDA_COMPILE_MODE="nvcc"), cuda_source_hook(), target, ctx:
         return tvm.compile(mod, target, relax_pipeline=passes)
+
+
+def uses_cuda_graph(executable: tvm.runtime.Executable) -> bool:
+    """Whether a built (or loaded) VM executable runs CUDA graphs (calls TVM's builtins)."""
+    text = executable.as_text() if hasattr(executable, "as_text") else ""
+    return any(b in text for b in CUDA_GRAPH_BUILTINS)
 
 
 def fatbin_arches(path: str | os.PathLike) -> list[str]:
     """The sm_XX architectures of the CUDA machine code embedded in an exported library
     (``[]``: none, e.g. CUDA source or PTX only). Reads the ELF images in the file: each cubin
     is an ELF whose ``e_flags`` carry the arch; cuobjdump is not needed."""
-    data = open(path, "rb").read()
+    with open(path, "rb") as f:
+        data = f.read()
     arches = set()
     for m in re.finditer(rb"\x7fELF\x02\x01\x01", data):
         head = data[m.start():m.start() + 64]
