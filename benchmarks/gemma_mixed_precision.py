@@ -67,7 +67,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import math
 import pathlib
 import re
@@ -80,7 +79,7 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from gemma_ppl import DATA, perplexity, windows
 from gemma_word_bits import save_json
-from minilm_mixed_precision import formats, uniform_plan
+from minilm_mixed_precision import formats, kept_rows, uniform_plan
 from sst2_probe import cpu_flags, replace_section, run_footer, sha256, start_run
 
 import lowbit
@@ -339,17 +338,6 @@ def joint_check(gm, table, plan: PrecisionPlan, batches) -> dict | None:
     return out
 
 
-def kept_rows(path: pathlib.Path | None, methods: list[str]) -> list[dict]:
-    """The searched rows of ``path`` (an earlier ``--json``) whose method this run does not
-    run, each with ``kept_from``: that run's command and date."""
-    if path is None:
-        return []
-    data = json.loads(path.read_text(encoding="utf-8"))
-    meta = {"command": data["meta"]["command"], "date": data["meta"]["date"]}
-    return [{**r, "kept_from": r.get("kept_from", meta)} for r in data["rows"]
-            if r.get("method") not in ("fp", "uniform", *methods)]
-
-
 def unit_kind(table, unit) -> str:
     """What a pruning unit removes: an attention's heads, an FFN neuron block, a whole linear."""
     roles = {table.subgroups[i].role for i in unit.subgroups}
@@ -374,15 +362,16 @@ def pricing(table, command: str, started) -> dict:
             "units": units}
 
 
-def keep_tvm_block(path: pathlib.Path, section: str) -> str:
-    """``section`` followed by the ``gemma-mixed-precision-tvm`` block already in ``path``
-    (or an empty one for the TVM script to fill)."""
-    begin, end = f"<!-- {TVM_MARKER}:begin -->", f"<!-- {TVM_MARKER}:end -->"
+def keep_tvm_block(path: pathlib.Path, section: str, marker: str = TVM_MARKER,
+                   script: str = "gemma_mixed_precision_tvm.py") -> str:
+    """``section`` followed by the ``marker`` block (default ``gemma-mixed-precision-tvm``)
+    already in ``path`` (or an empty one for the TVM ``script`` to fill)."""
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
     text = path.read_text(encoding="utf-8") if path.is_file() else ""
     if begin in text and end in text:
         block = text[text.index(begin):text.index(end) + len(end)]
     else:
-        block = (f"{begin}\n_(TVM: not run yet; `python benchmarks/gemma_mixed_precision_tvm.py "
+        block = (f"{begin}\n_(TVM: not run yet; `python benchmarks/{script} "
                  f"--out docs/accuracy.md`)_\n{end}")
     return f"{section.rstrip()}\n\n{block}\n"
 
@@ -586,9 +575,11 @@ def render(rows, args, command, started, wall, machine, split, table, scales) ->
         _fmt(rows[0], fp),
         *[_fmt(r, fp) for r in sorted(rows[1:], key=lambda r: r.get("bytes", 0))],
         "",
-        ("bytes = `plan.total_bytes` of the searched weights (codes + fp32 scales / alphas; fp "
-         "blocks at 4 bytes; pruned subgroups 0, and the input columns of o / down that they "
-         "free are still counted); bits/weight = 8 x bytes / searched weights; pruned q heads "
+        ("bytes = `plan.total_bytes` of the searched weights as `apply_precision` stores them "
+         "(codes + fp32 scales / alphas; fp blocks at 4 bytes; pruned subgroups 0, down at the "
+         "width its kept neuron blocks leave it, the up / gate of a down pruned whole 0: "
+         "`lowbit.search.Link`; rows kept from runs before 2026-12-04 counted the freed "
+         "columns as kept); bits/weight = 8 x bytes / searched weights; pruned q heads "
          "of 72 (4 per block; attentions = blocks whose attention is gone); neuron blocks of "
          f"{args.neurons} (of {18 * 2048 // args.neurons}); search = seconds of the search "
          "(ilp: the shared sensitivity table, the pruning measurement included, + the solve; "

@@ -73,10 +73,19 @@ def logits_of(out) -> np.ndarray:
     return np.asarray(out.detach().numpy() if isinstance(out, torch.Tensor) else out)
 
 
+def positional(fn, x):
+    """How a Gemma capture and its module take an input: one positional tensor."""
+    return fn(x)
+
+
 def run_variant(name: str, plan: PrecisionPlan | None, gm, gm1, x, x1, runs: int,
-                keep: list | None = None) -> dict:
+                keep: list | None = None, *, call=positional, outputs=logits_of,
+                check=None) -> dict:
     """Apply, compile, check and time one variant; with ``keep`` (a list) its two TVM modules
-    are appended there for ``interleaved`` timing instead of being timed here."""
+    are appended there for ``interleaved`` timing instead of being timed here. ``call(fn,
+    inputs)`` feeds a graph or module (``positional``; MiniLM: by keyword), ``outputs`` gives
+    the array compared, ``check(q, mod)`` (optional) more entries of the row (FX graph and
+    module of the ``x`` capture)."""
     t = time.perf_counter()
     q = gm if plan is None else lowbit.apply_precision(gm, plan, progress=False)
     q1 = gm1 if plan is None else lowbit.apply_precision(gm1, plan, progress=False)
@@ -92,27 +101,29 @@ def run_variant(name: str, plan: PrecisionPlan | None, gm, gm1, x, x1, runs: int
     mod1 = lowbit.compile(q1, target="cpu", progress=False)
     t_compile1 = time.perf_counter() - t - t_compile
     with torch.no_grad():
-        fx = logits_of(q(x))
-    got = logits_of(mod(x))
+        fx = outputs(call(q, x))
+    got = outputs(call(mod, x))
     rel = float(np.abs(got - fx).max() / np.abs(fx).max())
     agree = float((got.argmax(-1) == fx.argmax(-1)).mean())
     with torch.no_grad():
-        fx1 = logits_of(q1(x1))
-    got1 = logits_of(mod1(x1))
+        fx1 = outputs(call(q1, x1))
+    got1 = outputs(call(mod1, x1))
     rel1 = float(np.abs(got1 - fx1).max() / np.abs(fx1).max())
     lowering = collections.Counter(k for _, k in mod.meta["lowering"])
     summary = lowering_summary(mod.meta["lowering"], None)
+    extra = {} if check is None else check(q, mod)
     with torch.no_grad():
-        fx_ms = measure(functools.partial(q, x), iters=max(3, runs // 2), warmup=1)
-        fx1_ms = measure(functools.partial(q1, x1), iters=runs, warmup=3)
+        fx_ms = measure(functools.partial(call, q, x), iters=max(3, runs // 2), warmup=1)
+        fx1_ms = measure(functools.partial(call, q1, x1), iters=runs, warmup=3)
     if keep is None:
-        tvm_ms = measure(functools.partial(mod, x), iters=runs, warmup=2)
-        tvm1_ms = measure(functools.partial(mod1, x1), iters=runs, warmup=3)
+        tvm_ms = measure(functools.partial(call, mod, x), iters=runs, warmup=2)
+        tvm1_ms = measure(functools.partial(call, mod1, x1), iters=runs, warmup=3)
     else:
         keep.append((name, mod, mod1))
         tvm_ms = tvm1_ms = Latency(float("nan"), float("nan"), 0)     # filled in later
+    shape = next(iter(x.values())).shape if isinstance(x, dict) else x.shape
     row = {"name": name, "apply_s": t_apply, "compile_s": t_compile, "compile1_s": t_compile1,
-           "rel": rel, "argmax": agree, "rel_m1": rel1, "tokens": int(x.shape[1]),
+           "rel": rel, "argmax": agree, "rel_m1": rel1, "tokens": int(shape[1]), **extra,
            "lowering": dict(lowering), "lowering_summary": summary,
            "blocks_by_kernel": dict(kernels), "blocks_by_storage": dict(storage),
            "blocks_by_format": [[f, k, c] for (f, k), c in by_format.most_common()],
@@ -129,27 +140,28 @@ def run_variant(name: str, plan: PrecisionPlan | None, gm, gm1, x, x1, runs: int
                     "formats": formats(plan), **pruning(plan)})
     log(f"{name}: apply {t_apply:.0f} s, compile {t_compile:.0f} + {t_compile1:.0f} s; TVM vs FX "
         f"logits max relative {rel:.2e} (M=1: {rel1:.2e}), argmax equal {agree:.1%}; "
-        f"{x.shape[1]} tokens: TVM {tvm_ms}, FX {fx_ms}; M=1: TVM {tvm1_ms}, FX {fx1_ms}; "
+        f"{shape[1]} tokens: TVM {tvm_ms}, FX {fx_ms}; M=1: TVM {tvm1_ms}, FX {fx1_ms}; "
         f"{summary}; blocks {dict(kernels)}")
     del mod, mod1, q, q1
     gc.collect()
     return row
 
 
-def interleaved(mods: list, x, x1, runs: int) -> dict[str, tuple[Latency, Latency]]:
+def interleaved(mods: list, x, x1, runs: int, call=positional
+                ) -> dict[str, tuple[Latency, Latency]]:
     """Median and minimum per module over ``runs`` rounds, each calling every module once
     (the ctx-token forward, then the M = 1 call), after 2 / 3 warm-up calls each."""
     for _, mod, mod1 in mods:
         for _ in range(2):
-            mod(x)
+            call(mod, x)
         for _ in range(3):
-            mod1(x1)
+            call(mod1, x1)
     times = {name: ([], []) for name, _, _ in mods}
     for _ in range(runs):
         for name, mod, mod1 in mods:
             for arg, m, out in ((x, mod, times[name][0]), (x1, mod1, times[name][1])):
                 t0 = time.perf_counter()
-                m(arg)
+                call(m, arg)
                 out.append(time.perf_counter() - t0)
 
     def lat(ts: list[float]) -> Latency:

@@ -4,7 +4,9 @@ DNAS) against uniform plans of similar size (issue 17 item 5, first table).
 
     python benchmarks/minilm_mixed_precision.py [--budgets 3.25,4.25] [--steps 100]
         [--probes 6] [--calib 128] [--seq 64] [--n-train 8000] [--threads 1]
-        [--methods ilp,dnas] [--uniform int4:4,bcq:3] [--out docs/accuracy.md]
+        [--methods ilp,ilp-taylor,dnas] [--uniform uniform:4,bcq:3]
+        [--keep-rows benchmarks/results/minilm_mixed_precision.json]
+        [--json benchmarks/results/minilm_mixed_precision.json] [--out docs/accuracy.md]
 
 1. The real all-MiniLM-L6-v2 (``lowbit.models.load_minilm``), captured with dynamic batch and
    length (``lowbit.capture``), fp32.
@@ -13,7 +15,11 @@ DNAS) against uniform plans of similar size (issue 17 item 5, first table).
    linears whole), the default ``SearchSpace`` ({pruned, 2, 3, 4, 8} x {uniform, BCQ} + fp32,
    group 128, fp32 scales).
 3. Plans per ``Budget(avg_bits)``: ``ilp`` = ``plan_for_budget`` on one ``sensitivity_table``
-   shared by all budgets (Fisher of the output-distillation surrogate + HiGHS); ``dnas`` =
+   shared by all budgets (Fisher of the output-distillation surrogate, pruning priced by its
+   measured loss increase, ``prune_cost="measured"``, + HiGHS); ``ilp-taylor`` = the same
+   table with pruning priced by the Taylor estimate (``table.priced("taylor")``); both offer
+   the pruned candidate to heads only (``heads_only``: a linear pruned whole becomes its bias,
+   which ``apply_precision`` needs a static shape for, and this graph is dynamic); ``dnas`` =
    ``search_precision_dnas`` (``--steps`` per probe, ``--probes`` lambda probes). Uniform
    baselines are PrecisionPlans over the same subgroups with one candidate everywhere
    (``--uniform code:bits``; with fp32 scales at g128: int3 = 3.25 bits, int4 = 4.25 bits,
@@ -25,7 +31,16 @@ DNAS) against uniform plans of similar size (issue 17 item 5, first table).
    once on FP32 mean-pooled embeddings of the first ``--n-train`` train sentences, frozen;
    each variant's dev embeddings (872 sentences, 128 tokens) go through it. Reported: dev
    accuracy, flips vs FP32 with McNemar's p, embedding cosine vs FP32, bytes of the searched
-   weights (``plan.total_bytes``: codes + scales; fp32 for fp blocks) and pruned heads.
+   weights (``plan.total_bytes``: codes + scales as ``apply_precision`` stores them, o
+   narrowed by its pruned heads; fp32 for fp blocks) and pruned heads; for searched plans
+   the predicted loss (the plan's summed sensitivities: ``0.5 sum F dW^2`` of the
+   output-distillation surrogate, measured pruning costs) against the measured one (the
+   same surrogate, ``distillation_error`` of the applied plan vs FP32 on the calibration
+   batches).
+
+``--json`` gets ``{"meta", "rows"}``; ``--keep-rows`` copies the searched rows of an earlier
+``--json`` whose method this run does not run (marked with that run's command and date), so
+methods can run in separate invocations.
 
 Everything in the output comes from the run; ``--out`` replaces the section between
 ``<!-- minilm-mixed-precision:begin -->`` and ``<!-- minilm-mixed-precision:end -->``.
@@ -36,10 +51,13 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import json
 import pathlib
+import pickle
 import sys
 import time
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -63,6 +81,7 @@ from lowbit.mixed_precision_dnas import search_precision_dnas
 from lowbit.models import load_minilm
 from lowbit.models.minilm import MINILM_SHA256
 from lowbit.search import Budget, PerHead, PrecisionPlan, SearchSpace
+from lowbit.search.sensitivity import distillation_error
 
 MARKER = "minilm-mixed-precision"
 SEQ = 128
@@ -79,6 +98,28 @@ def uniform_plan(template: PrecisionPlan, code: str, bits: int) -> PrecisionPlan
         for e in template.entries), info={"method": f"uniform {code}{bits}"})
 
 
+def kept_rows(path: pathlib.Path | None, methods: list[str]) -> list[dict]:
+    """The searched rows of ``path`` (an earlier ``--json``) whose method this run does not
+    run, each with ``kept_from``: that run's command and date."""
+    if path is None:
+        return []
+    data = json.loads(path.read_text(encoding="utf-8"))
+    meta = {"command": data["meta"]["command"], "date": data["meta"]["date"]}
+    return [{**r, "kept_from": r.get("kept_from", meta)} for r in data["rows"]
+            if r.get("method") not in ("fp", "uniform", *methods)]
+
+
+def heads_only(table):
+    """``table`` with the pruned candidate offered to tied subgroups (heads) only: the graph is
+    captured with dynamic batch and length, and ``apply_precision`` replaces a linear pruned
+    whole by its bias only at a static output shape."""
+    sens = table.sensitivity.copy()
+    col = [c.pruned for c in table.candidates]
+    untied = [sg.tie is None for sg in table.subgroups]
+    sens[np.ix_(untied, col)] = np.inf
+    return dataclasses.replace(table, sensitivity=sens)
+
+
 def formats(plan: PrecisionPlan) -> str:
     """Share of weight elements per candidate label, largest first."""
     tot = collections.Counter()
@@ -92,7 +133,7 @@ def parse_args(argv):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budgets", type=lambda s: [float(x) for x in s.split(",") if x.strip()],
                    default=[3.25, 4.25], help="average stored bits per searched weight")
-    p.add_argument("--methods", default="ilp,dnas")
+    p.add_argument("--methods", default="ilp,ilp-taylor,dnas")
     p.add_argument("--uniform", default="uniform:3,bcq:3,uniform:4",
                    help="uniform baselines, code:bits, comma-separated")
     p.add_argument("--steps", type=int, default=100)
@@ -105,7 +146,15 @@ def parse_args(argv):
     p.add_argument("--work", type=pathlib.Path,
                    default=pathlib.Path("/tmp/lb/minilm_mixed_precision"))
     p.add_argument("--out", type=pathlib.Path, default=None)
+    p.add_argument("--json", type=pathlib.Path, default=None)
+    p.add_argument("--keep-rows", type=pathlib.Path, default=None)
+    p.add_argument("--reuse-table", action="store_true",
+                   help="load the sensitivity table an earlier run saved in --work")
     return p.parse_args(argv)
+
+
+def method_of(name: str) -> str:
+    return "fp" if name == "FP32" else name.split(" ")[0]
 
 
 def main(argv=None) -> int:
@@ -132,20 +181,39 @@ def main(argv=None) -> int:
 
     fp_emb = embed_fx(gm, dev)
     fp_pred = probe.predict(fp_emb)
-    rows = [{"name": "FP32", "budget": None, "m": compare(fp_emb, fp_emb, fp_pred, fp_pred,
-                                                         y_dev)}]
+    rows = [{"name": "FP32", "method": "fp", "budget": None,
+             "m": compare(fp_emb, fp_emb, fp_pred, fp_pred, y_dev)}]
+    meta = {"command": command, "date": started.strftime("%Y-%m-%d %H:%M UTC")}
+
+    def write_json() -> None:
+        save_json(args.work / "results.json", rows)
+        if args.json is not None:
+            save_json(args.json, {"meta": meta, "rows": rows})
     log(f"FP32: acc {rows[0]['m']['acc']:.2f}%")
     gran, space = PerHead(), SearchSpace()
 
     def evaluate(name: str, budget, plan: PrecisionPlan, search_s: float) -> None:
         t = time.perf_counter()
-        qgm = lowbit.apply_precision(gm, plan, progress=False)
+        try:
+            qgm = lowbit.apply_precision(gm, plan, progress=False)
+        except ConfigError as e:
+            log(f"{name}: {e}")
+            rows.append({"name": name, "method": method_of(name), "budget": budget,
+                         "failed": str(e)})
+            save_json(args.work / f"plan_{name.replace(' ', '_')}.json", plan.to_dict())
+            write_json()
+            return
         t_apply = time.perf_counter() - t
+        with torch.no_grad():
+            measured = sum(distillation_error(qgm(**b), ref) for b, ref in zip(calib, calib_ref))
+        measured /= len(calib)
         x = embed_fx(qgm, dev)
         pred = probe.predict(x)
         pruned = [e for e in plan.entries if e.pruned]
         heads = sum(e.role == "attn.q" for e in pruned) if pruned else 0
-        row = {"name": name, "budget": budget, "bytes": plan.total_bytes,
+        row = {"name": name, "method": method_of(name), "budget": budget,
+               "bytes": plan.total_bytes, "predicted": plan.info.get("sensitivity"),
+               "measured": measured,
                "bits": plan.average_bits, "pruned": len(pruned),
                "pruned_heads": heads, "formats": formats(plan), "search_s": search_s,
                "apply_s": t_apply, "eval_s": time.perf_counter() - t - t_apply,
@@ -159,23 +227,38 @@ def main(argv=None) -> int:
                   if hasattr(plan, "to_dict") else {"summary": plan.summary()})
         log(f"{name}: {row['bytes']:,} B, {row['bits']:.3f} bits, {len(pruned)} pruned "
             f"subgroups ({heads} heads), acc {row['m']['acc']:.2f}%, flips {row['m']['flips']},"
-            f" cos {row['m']['cos_mean']:.5f}; search {search_s:.0f} s, apply {t_apply:.0f} s "
-            f"[{row['formats']}]")
-        save_json(args.work / "results.json", rows)
+            f" cos {row['m']['cos_mean']:.5f}; predicted {row['predicted']}, measured "
+            f"{measured:.4g}; search {search_s:.0f} s, apply {t_apply:.0f} s [{row['formats']}]")
+        write_json()
 
+    with torch.no_grad():
+        calib_ref = [gm(**b) for b in calib]
+    rows += kept_rows(args.keep_rows, methods)
     t = time.perf_counter()
-    table = sensitivity_table(gm, calibration=calib, granularity=gran, space=space)
-    t_table = time.perf_counter() - t
+    cache = args.work / "table.pkl"
+    if args.reuse_table and cache.is_file():    # same model, calibration and code: a rerun
+        table, t_table = pickle.loads(cache.read_bytes())
+        log(f"sensitivity table: reused {cache} (built in {t_table:.0f} s)")
+    else:
+        table = sensitivity_table(gm, calibration=calib, granularity=gran, space=space)
+        t_table = time.perf_counter() - t
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_bytes(pickle.dumps((table, t_table)))
+    t_taylor = t_table - table.info.get("prune_seconds", 0.0)
     log(f"sensitivity table: {len(table.subgroups)} subgroups x {len(table.candidates)} "
         f"candidates, {t_table:.0f} s")
     template = None
     for b in args.budgets:
         t = time.perf_counter()
-        ilp = plan_for_budget(table, Budget(avg_bits=b))
+        ilp = plan_for_budget(heads_only(table), Budget(avg_bits=b))
         t_ilp = time.perf_counter() - t
         template = template or ilp
         if "ilp" in methods:
             evaluate(f"ilp @ {b:g}", b, ilp, t_table + t_ilp)
+        if "ilp-taylor" in methods:
+            t = time.perf_counter()
+            plan = plan_for_budget(heads_only(table.priced("taylor")), Budget(avg_bits=b))
+            evaluate(f"ilp-taylor @ {b:g}", b, plan, t_taylor + time.perf_counter() - t)
         if "dnas" in methods:
             t = time.perf_counter()
             try:
@@ -196,7 +279,9 @@ def main(argv=None) -> int:
     section = render(rows, args, command, started, wall, machine, dev, probe, table)
     log("\n" + section)
     if args.out is not None:
-        replace_section(args.out, section, MARKER)
+        from gemma_mixed_precision import keep_tvm_block
+        replace_section(args.out, keep_tvm_block(args.out, section, f"{MARKER}-tvm",
+                                                 "minilm_mixed_precision_tvm.py"), MARKER)
         log(f"\nwrote the {MARKER} section of {args.out}")
     return 0
 
@@ -207,10 +292,21 @@ def _fmt(r: dict, fp: float, n: int) -> str:
     m = r["m"]
     if "bytes" not in r:
         return (f"| {r['name']} | fp32 | - | 32 | - | {m['acc']:.2f} | - | - | - | 1 | - |")
-    return (f"| {r['name']} | {r['formats']} | {r['bytes']:,} | {r['bits']:.3f} "
+    loss = "" if r.get("predicted") is None else (
+        f"; loss predicted {r['predicted']:.3g}, measured {r['measured']:.3g}")
+    if r.get("predicted") is None and r.get("measured") is not None:
+        loss = f"; loss measured {r['measured']:.3g}"
+    kept = " †" if "kept_from" in r else ""
+    return (f"| {r['name']}{kept} | {r['formats']} | {r['bytes']:,} | {r['bits']:.3f} "
             f"| {r['pruned_heads']} | {m['acc']:.2f} | {m['acc'] - fp:+.2f} "
             f"| {m['flips']} ({100 * m['flips'] / n:.1f}%) | {m['broke']} / {m['fixed']} "
-            f"| {m['cos_mean']:.5f} | p {m['p']:.2g}; search {r['search_s']:.0f} s |")
+            f"| {m['cos_mean']:.5f} | p {m['p']:.2g}; search {r['search_s']:.0f} s{loss} |")
+
+
+def kept_note(rows) -> list[str]:
+    kept = {(r["kept_from"]["command"], r["kept_from"]["date"]) for r in rows if "kept_from" in r}
+    return ["", *(f"† not re-run here: from the run of {d} (`{c}`)."
+                  for c, d in sorted(kept))] if kept else []
 
 
 def render(rows, args, command, started, wall, machine, dev, probe, table) -> str:
@@ -226,8 +322,13 @@ def render(rows, args, command, started, wall, machine, dev, probe, table) -> st
          f"embeddings and LayerNorms stay fp32. Default `SearchSpace` ({{pruned, 2, 3, 4, 8}} "
          f"x {{uniform symmetric, BCQ}} + fp32, group 128, fp32 scales). Search calibration: "
          f"the first {args.calib} SST-2 train sentences, batches of 8, {args.seq} tokens; "
-         f"`ilp` = one `sensitivity_table` (Fisher of the output-distillation surrogate) + "
-         f"`plan_for_budget` (HiGHS) per budget; `dnas` = `search_precision_dnas` "
+         f"`ilp` = one `sensitivity_table` (Fisher of the output-distillation surrogate; the "
+         f"pruned candidate priced by its measured loss increase, `prune_cost=\"measured\"`, "
+         f"{table.info.get('prune_units', '?')} pruning units) + `plan_for_budget` (HiGHS) per "
+         f"budget; `ilp-taylor` = the same table with pruning priced by the Taylor estimate "
+         f"(`table.priced(\"taylor\")`); both offer pruning to heads only (a linear pruned "
+         f"whole becomes its bias, which `apply_precision` can do only at a static shape, and "
+         f"this capture is dynamic); `dnas` = `search_precision_dnas` "
          f"({args.steps} steps x {args.probes} lambda probes, output-distillation loss); "
          f"uniform rows = PrecisionPlans of the same subgroups with one format everywhere. "
          f"Every plan is applied with `lowbit.apply_precision` weight-only (int8 blocks "
@@ -243,15 +344,20 @@ def render(rows, args, command, started, wall, machine, dev, probe, table) -> st
         _fmt(rows[0], fp, dev.n),
         *[_fmt(r, fp, dev.n) for r in sorted(rows[1:], key=lambda r: r.get("bytes", 0))],
         "",
-        ("bytes = `plan.total_bytes` of the searched weights (codes + fp32 scales; fp blocks at "
-         "4 bytes; pruned heads 0, and the input columns of the output projections they free "
-         "are still counted); bits/weight = 8 x bytes / searched weights; pruned heads = "
+        ("bytes = `plan.total_bytes` of the searched weights as `apply_precision` stores them "
+         "(codes + fp32 scales; fp blocks at 4 bytes; pruned heads 0, and the output "
+         "projection at the width its kept heads leave it, in the finer group that width may "
+         "need: `lowbit.search.Link`); bits/weight = 8 x bytes / searched weights; pruned heads = "
          "attention heads pruned (q/k/v rows and the o columns leave the graph); flips = dev "
          "predictions that differ from FP32's; broke / fixed = FP32 right and the plan wrong / "
          "the reverse; p = exact two-sided McNemar test of broke vs fixed; mean cos = mean "
          "cosine of the sentence embeddings to FP32's; search = seconds of the search (ilp: the "
-         f"shared sensitivity table + the solve). One dev sentence is {100 / dev.n:.2f} points "
+         "shared sensitivity table + the solve); loss predicted = the plan's summed "
+         "sensitivities (the search's estimate of the output-distillation error `0.5 sum_o "
+         "mean((o - o_fp32)^2)`), measured = that error of the applied plan on the "
+         f"{args.calib} calibration sentences. One dev sentence is {100 / dev.n:.2f} points "
          "of accuracy."),
+        *kept_note(rows),
         "",
         *run_footer(command, started, wall, machine, args.threads),
         (f"- model: all-MiniLM-L6-v2 sha256 {MINILM_SHA256[:16]}…; data: sst2_dev.tsv sha256 "

@@ -19,8 +19,10 @@ a size budget (issue 17's integer-program baseline, ModelOpt ``auto_quantize`` s
    candidate, by default (``prune_cost="measured"``), the loss increase measured with each
    pruning unit removed from the float graph (``lowbit.mixed_precision_prune``; plus
    ``prune_margin`` standard errors), else ``0.5 * sum F W^2`` (``"taylor"``); real bytes per
-   candidate (``lowbit.search.cost``);
-4. the integer program (``lowbit.search.ilp``, HiGHS): least total sensitivity within budget.
+   candidate (``lowbit.search.cost``), o / down at the width their pruned feeders leave
+   (``mixed_precision_prune.plan_links``, ``lowbit.search.ilp``'s narrowing);
+4. the integer program (``lowbit.search.ilp``, HiGHS): least total sensitivity within budget,
+   bytes counted as ``apply_precision`` stores the plan (``PrecisionPlan.total_bytes``).
 
 The graph is not modified (gradients go to ``torch.autograd.grad``; requires_grad flags are
 restored). Applying the plan to the graph is a later pass.
@@ -38,10 +40,11 @@ import torch
 from torch import fx
 from torch.utils import _pytree
 
-from lowbit.errors import CalibrationError, ConfigError
+from lowbit.errors import CalibrationError, ConfigError, LowbitError
 from lowbit.mixed_precision_prune import (
     UnitCost,
     join_dead_linears,
+    plan_links,
     pruning_units,
     removal,
     removal_losses,
@@ -51,7 +54,7 @@ from lowbit.progress import bar as progress_bar
 from lowbit.progress import say
 from lowbit.search.cost import total_bytes
 from lowbit.search.ilp import Budget, solve
-from lowbit.search.plan import PlanEntry, PrecisionPlan
+from lowbit.search.plan import PlanEntry, PrecisionPlan, narrowings
 from lowbit.search.sensitivity import (
     FisherAccumulator,
     candidate_scores,
@@ -165,7 +168,8 @@ class SensitivityTable:
     """What the integer program needs, computed once for any number of budgets: per subgroup
     (rows) and candidate (columns) the sensitivity and the stored bytes. ``pruned_scores``:
     the pruned column under each pricing computed ("taylor", and "measured" when measured);
-    ``units``: the measured pruning units (``UnitCost``)."""
+    ``units``: the measured pruning units (``UnitCost``); ``links``: the o / down linears
+    that pruning narrows (``lowbit.search.Link``; their ``nbytes`` rows are at full width)."""
 
     subgroups: tuple[Subgroup, ...]
     candidates: tuple[Candidate, ...]
@@ -175,6 +179,7 @@ class SensitivityTable:
     info: dict
     pruned_scores: dict = dataclasses.field(default_factory=dict)
     units: tuple[UnitCost, ...] = ()
+    links: tuple = ()
 
     @property
     def elements(self) -> int:
@@ -290,7 +295,8 @@ def sensitivity_table(gm: fx.GraphModule, *, calibration: Iterable[Any],
         scores["measured"] = col
         sens[:, pruned] = col[:, None]
         info.update(prune_cost="measured", **more)
-    return SensitivityTable(tuple(subgroups), cands, space, sens, nbytes, info, scores, units)
+    return SensitivityTable(tuple(subgroups), cands, space, sens, nbytes, info, scores, units,
+                            plan_links(gm, subgroups))
 
 
 def plan_for_budget(table: SensitivityTable, budget: Budget | int, *, progress: bool = True
@@ -310,7 +316,8 @@ def plan_for_budget(table: SensitivityTable, budget: Budget | int, *, progress: 
     pruned = np.array([[c.pruned for c in cands]] * len(subgroups))
     t0 = time.perf_counter()
     sol = solve(sens, table.nbytes, limit, pruned=pruned,
-                ties=[t for t in ties.values() if len(t) > 1])
+                ties=[t for t in ties.values() if len(t) > 1],
+                narrowings=narrowings(table.links, subgroups, cands, table.space))
     _say(progress, f"integer program: {sol.variables} binaries, {len(subgroups)} subgroups, "
                    f"HiGHS {sol.seconds * 1e3:.0f} ms, {sol.bytes:,} of {limit:,} bytes", t0)
     entries = tuple(
@@ -319,7 +326,11 @@ def plan_for_budget(table: SensitivityTable, budget: Budget | int, *, progress: 
         for i, (sg, col) in enumerate(zip(subgroups, sol.choice)) for c in [cands[col]])
     info = {"method": "taylor+ilp", "solver": "highs", "solve_seconds": sol.seconds,
             "binaries": sol.variables, "sensitivity": sol.sensitivity, **table.info}
-    return PrecisionPlan(entries, table.space, limit, info)
+    plan = PrecisionPlan(entries, table.space, limit, info, table.links)
+    if plan.total_bytes != sol.bytes:
+        raise LowbitError(f"plan_for_budget: the solver counted {sol.bytes} bytes, the plan "
+                          f"{plan.total_bytes} (a bug: please report)")
+    return plan
 
 
 def search_precision(gm: fx.GraphModule, budget: Budget | int, *,

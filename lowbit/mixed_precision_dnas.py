@@ -40,6 +40,7 @@ from torch.utils import _pytree
 
 from lowbit.errors import CalibrationError, ConfigError
 from lowbit.mixed_precision import LossFn, _as_out_in, _run, _say
+from lowbit.mixed_precision_prune import plan_links
 from lowbit.passes.subgroups import DEFAULT_ROLES, list_subgroups
 from lowbit.search.cost import total_bytes
 from lowbit.search.dnas import (
@@ -50,8 +51,8 @@ from lowbit.search.dnas import (
     mixture,
     temperature,
 )
-from lowbit.search.ilp import Budget, _check_budget
-from lowbit.search.plan import PlanEntry, PrecisionPlan
+from lowbit.search.ilp import Budget, _check_budget, exact_bytes, least_bytes
+from lowbit.search.plan import PlanEntry, PrecisionPlan, narrowings
 from lowbit.search.space import SearchSpace, WholeLinear
 from lowbit.train.loop import Group, LoopConfig, Trainer
 
@@ -118,6 +119,8 @@ class _Supernet:
             if sg.tie is not None:
                 ties.setdefault(sg.tie, []).append(i)
         self.ties = [t for t in ties.values() if len(t) > 1]
+        self.links = plan_links(gm, self.subgroups)
+        self.narrowings = narrowings(self.links, self.subgroups, self.cands, space)
         self.refs = None
         if loss_fn is None:
             with torch.no_grad():
@@ -168,7 +171,8 @@ class _Supernet:
                           list(range(len(self.batches))), lambda xs: xs[0], checkpoint=path,
                           progress=progress)
         choice = discretise(logits, self.pruned, self.ties)
-        nbytes = int(self.nbytes[np.arange(len(choice)), choice].sum())
+        nbytes = exact_bytes(np.asarray(choice), self.nbytes.numpy().astype(np.int64),
+                             np.broadcast_to(self.pruned, self.nbytes.shape), self.narrowings)
         return _Probe(lam, choice, nbytes, res.losses[-1] if res.losses else float("nan"))
 
     def plan(self, p: _Probe, budget: int | None, info: dict) -> PrecisionPlan:
@@ -179,7 +183,8 @@ class _Supernet:
                                                                    "loss_fn")
         return PrecisionPlan(entries, self.space, budget, {
             "method": "dnas", "lambda": p.lam, "batches": len(self.batches),
-            "granularity": repr(self.granularity), "loss": loss, "final_loss": p.loss, **info})
+            "granularity": repr(self.granularity), "loss": loss, "final_loss": p.loss, **info},
+            self.links)
 
 
 def _checkpoint_name(fingerprint: dict) -> str:
@@ -253,7 +258,8 @@ def search_precision_dnas(gm: fx.GraphModule, budget: Budget | int, *,
     t0 = time.perf_counter()
     net = _Supernet(gm, calibration, loss_fn, granularity, space or SearchSpace(), roles, ignore)
     limit = budget.to_bytes(net.elements)
-    nb = net.nbytes.numpy().astype(np.int64)
+    nb = least_bytes(np.zeros(net.nbytes.shape), net.nbytes.numpy().astype(np.int64),
+                     np.broadcast_to(net.pruned, net.nbytes.shape), net.narrowings)
     _check_budget(np.zeros(nb.shape), nb, np.broadcast_to(net.pruned, nb.shape), net.ties, limit)
 
     def probe(i: int, lam: float) -> _Probe:

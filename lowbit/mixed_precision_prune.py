@@ -2,6 +2,7 @@
 ``lowbit.mixed_precision.sensitivity_table``; the math is ``lowbit.search.sensitivity``'s).
 
     subgroups = join_dead_linears(gm, subgroups)            # o / down join a tie that kills them
+    links = plan_links(gm, subgroups)                       # o / down narrow as feeders prune
     units = pruning_units(subgroups)                        # ties, and untied subgroups
     edits = [removal(gm, subgroups, u, space) for u in units]
     deltas = removal_losses(gm, edits, batches, run, loss)  # [units, batches]
@@ -36,11 +37,11 @@ from lowbit.errors import ConfigError
 from lowbit.passes.precision_plan import match_plan
 from lowbit.passes.spot import find_transformer
 from lowbit.progress import bar as progress_bar
-from lowbit.search.plan import PlanEntry, PrecisionPlan
+from lowbit.search.plan import Link, PlanEntry, PrecisionPlan
 from lowbit.search.space import SearchSpace, Subgroup
 
-__all__ = ["Removal", "UnitCost", "join_dead_linears", "pruning_units", "removal",
-           "removal_losses"]
+__all__ = ["Removal", "UnitCost", "join_dead_linears", "plan_links", "pruning_units",
+           "removal", "removal_losses"]
 
 Index = tuple[slice, ...]
 
@@ -90,6 +91,52 @@ def join_dead_linears(graph: fx.GraphModule, subgroups: Sequence[Subgroup]) -> l
                     and out[sink_at[0]].tie is None:
                 out[sink_at[0]] = dataclasses.replace(out[sink_at[0]], tie=ties.pop())
     return out
+
+
+def plan_links(graph: fx.GraphModule, subgroups: Sequence[Subgroup]) -> tuple[Link, ...]:
+    """One ``lowbit.search.Link`` per o / FFN-out whose input columns pruning removes, as
+    ``apply_precision`` removes them: o and the head ties of q / k / v (every q, k, v row in a
+    tie, the same ties in each; one feeder per tie, ``head_dim`` x the q heads of the tie
+    columns each), down and the neuron-block ties of up (and gate), down and a whole, untied
+    up of an FFN without gate (pruning it removes down). Other layouts get no link (they
+    cannot prune structurally, or prune o / down only whole)."""
+    by: dict[str, list[Subgroup]] = {}
+    for sg in subgroups:
+        by.setdefault(sg.linear, []).append(sg)
+    out: list[Link] = []
+
+    def add(sink, feeders: list[Subgroup], reads: list, width: int | None = None) -> None:
+        if sink is None or sink.name not in by or not feeders:
+            return
+        k = by[sink.name][0].in_features
+        if k % len(feeders) == 0 and width in (None, k // len(feeders)):
+            out.append(Link(sink.name, tuple(f.name for f in feeders), k // len(feeders),
+                            tuple(r.name for r in reads if r is not None and r.name in by)))
+
+    def first_per_tie(sgs: list[Subgroup]) -> list[Subgroup] | None:
+        if any(sg.tie is None for sg in sgs):
+            return None
+        seen: dict[str, Subgroup] = {}
+        for sg in sgs:
+            seen.setdefault(sg.tie, sg)
+        return list(seen.values())
+
+    for blk in find_transformer(graph).blocks:
+        a, f = blk.attn, blk.ffn
+        if a is not None and all(r is not None and r.name in by for r in (a.q, a.k, a.v)):
+            ties = [{sg.tie for sg in by[r.name]} for r in (a.q, a.k, a.v)]
+            feeders = first_per_tie(by[a.q.name])
+            if feeders and None not in ties[0] and ties[0] == ties[1] == ties[2]:
+                add(a.o, feeders, [a.q, a.k, a.v])
+        if f is not None and f.up is not None and f.up.name in by:
+            ups = by[f.up.name]
+            feeders = first_per_tie(ups)
+            widths = {sg.rows[1] - sg.rows[0] for sg in ups}
+            if feeders and len(widths) == 1 and len(feeders) == len(ups):
+                add(f.down, feeders, [f.up, f.gate], widths.pop())
+            elif f.gate is None and len(ups) == 1 and ups[0].tie is None:
+                add(f.down, ups, [f.up])
+    return tuple(out)
 
 
 def pruning_units(subgroups: Sequence[Subgroup]) -> list[list[int]]:

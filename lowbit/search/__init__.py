@@ -7,8 +7,8 @@ pyproject.toml): ``lowbit.mixed_precision.search_precision`` and
 """
 
 from lowbit.search.cost import candidate_bytes
-from lowbit.search.ilp import Budget, Solution, solve
-from lowbit.search.plan import PlanEntry, PrecisionPlan
+from lowbit.search.ilp import Budget, Narrowing, Solution, solve
+from lowbit.search.plan import Link, PlanEntry, PrecisionPlan
 from lowbit.search.space import (
     Candidate,
     PerHead,
@@ -19,6 +19,7 @@ from lowbit.search.space import (
     dequantized,
 )
 
-__all__ = ["Budget", "Candidate", "PerHead", "PerNeurons", "PlanEntry", "PrecisionPlan",
+__all__ = ["Budget", "Candidate", "Link", "Narrowing", "PerHead", "PerNeurons", "PlanEntry",
+           "PrecisionPlan",
            "SearchSpace", "Solution", "Subgroup", "WholeLinear", "candidate_bytes",
            "dequantized", "solve"]

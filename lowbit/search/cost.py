@@ -14,10 +14,17 @@ For ``R`` rows of a ``K``-wide weight with ``G`` groups per row (``SearchSpace.g
     fp            R*K*fp_bytes
     pruned        0
 
+A linear whose input pruning narrows (o when heads go, FFN-out when neuron blocks go) is
+stored at its kept width K' = K - removed, in the group ``SearchSpace.fitted(K')`` gives (the
+plan's group if it divides K', else a finer one, else one per row: as ``apply_precision``
+stores it), and not at all once K' = 0 (it is removed): ``narrowed_bytes``. A finer group can
+make a narrowed linear larger than the full one (more scales than the codes saved): o of
+all-MiniLM-L6-v2 in int4 g128 (384 x 384) takes 78,336 bytes whole, 84,480 with one head of
+32 columns pruned (K' = 352: group 32), 52,224 with four (K' = 256: group 128).
+``PrecisionPlan.total_bytes`` and the integer program count it exactly (``plan.Link``).
+
 Not counted: layout padding a kernel adds at load or compile time (pack_vnni's rows up to a
-multiple of 16, pack_bcq's column blocks), biases (kept in float whatever the choice), and the
-input columns of o / FFN-out that a pruned head or neuron group frees (their bytes are counted
-as if kept: an over-estimate of a pruned plan's size).
+multiple of 16, pack_bcq's column blocks) and biases (kept in float whatever the choice).
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import math
 from lowbit.errors import ConfigError
 from lowbit.search.space import Candidate, SearchSpace
 
-__all__ = ["candidate_bytes", "total_bytes"]
+__all__ = ["candidate_bytes", "narrowed_bytes", "total_bytes"]
 
 
 def candidate_bytes(rows: int, k: int, cand: Candidate, space: SearchSpace) -> dict[str, int]:
@@ -64,3 +71,12 @@ def candidate_bytes(rows: int, k: int, cand: Candidate, space: SearchSpace) -> d
 
 def total_bytes(rows: int, k: int, cand: Candidate, space: SearchSpace) -> int:
     return candidate_bytes(rows, k, cand, space)["total"]
+
+
+def narrowed_bytes(rows: int, k: int, removed: int, cand: Candidate, space: SearchSpace) -> int:
+    """Bytes of ``rows`` rows of a K-wide weight stored as ``cand`` once pruning removed
+    ``removed`` of its input columns (module docstring): 0 when none is left."""
+    if not 0 <= removed <= k:
+        raise ConfigError(f"narrowed_bytes: removed={removed} columns of K={k}")
+    kept = k - removed
+    return 0 if kept == 0 else total_bytes(rows, kept, cand, space.fitted(kept))

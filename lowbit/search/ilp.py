@@ -7,9 +7,27 @@ byte budget (a multiple-choice knapsack), solved exactly by HiGHS (``highspy``):
                 sum_{c pruned} x[t0,c] = sum_{c pruned} x[t,c]      every t tied to t0
                 x[s,c] in {0, 1};  no variable where S[s,c] is not finite (not offered)
 
+**Narrowing** (``Narrowing``: o and the heads that feed it, FFN-out and its neuron blocks):
+the bytes of a sink subgroup s depend on its candidate c and on how many of its F feeder
+units are pruned (``cost.narrowed_bytes``: not linear, a finer group after pruning can even
+add bytes). Exactly, with y[n] binary (n = 0..F feeders pruned) and z[s,c,n] in [0, 1]::
+
+    sum_n y[n] = 1,   sum_n n y[n] = sum_{f feeder} sum_{c pruned} x[f,c]
+    sum_n z[s,c,n] = x[s,c],   sum_c z[s,c,n] = y[n]     (z: the joint of the two one-hot
+    bytes row: sum_{c,n} B[s,c,n] z[s,c,n]                choices, their outer product)
+
+(the marginals admit only the outer product of two one-hot vectors, and make the relaxation
+far tighter than ``z >= x + y - 1``: HiGHS solves MiniLM per head in well under a second)
+
+instead of B[s,c] x[s,c]. Not modelled (a bound, never below the real size): the linears only
+a sink reads (``Narrowing.reads``) are counted when the sink itself is pruned whole (the plan
+and ``Solution.bytes`` count them 0; pruning all its feeders removes the same linears and is
+counted exactly).
+
 Candidates dominated within their subgroup (another has bytes <= and sensitivity <=, one of
-them strictly) are dropped before the solve, unless pruned (ties need them): the optimum is
-unchanged. Sensitivities are scaled to a maximum of 1 for the solver (HiGHS' absolute gap is
+them strictly) are dropped before the solve, unless pruned (ties need them) or of a sink
+subgroup; in a tied or feeding subgroup only by an unpruned candidate (before 2026-12-04 a
+pruned one could drop them, and a tie then lost choices it needed): the optimum is unchanged. Sensitivities are scaled to a maximum of 1 for the solver (HiGHS' absolute gap is
 1e-6) and reported unscaled; gaps are 0 and tolerances 1e-9, so the optimum is exact to about
 1e-9 of the largest sensitivity (brute force agrees: tests/search/test_ilp.py). A budget below the smallest reachable size raises a ConfigError
 giving that size.
@@ -28,7 +46,7 @@ import numpy as np
 
 from lowbit.errors import ConfigError, LowbitError
 
-__all__ = ["Budget", "Solution", "solve"]
+__all__ = ["Budget", "Narrowing", "Solution", "exact_bytes", "least_bytes", "solve"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +77,50 @@ class Budget:
 
 
 @dataclasses.dataclass(frozen=True)
+class Narrowing:
+    """Subgroups ``sinks`` whose stored bytes depend on how many of the pruning units
+    ``feeders`` (one subgroup index per unit) are pruned: ``nbytes[j, c, n]`` the bytes of
+    ``sinks[j]`` as candidate c with n feeders pruned (module docstring); ``reads``: the
+    subgroups stored only while a sink is kept (``exact_bytes`` counts them 0 when every sink
+    is pruned; the program counts them, a bound)."""
+
+    feeders: tuple[int, ...]
+    sinks: tuple[int, ...]
+    nbytes: np.ndarray
+    reads: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "feeders", tuple(int(f) for f in self.feeders))
+        object.__setattr__(self, "sinks", tuple(int(t) for t in self.sinks))
+        object.__setattr__(self, "reads", tuple(int(t) for t in self.reads))
+        nb = np.asarray(self.nbytes, dtype=np.int64)
+        object.__setattr__(self, "nbytes", nb)
+        if not self.feeders or not self.sinks or set(self.feeders) & set(self.sinks) or \
+                nb.ndim != 3 or nb.shape[0] != len(self.sinks) or \
+                nb.shape[2] != len(self.feeders) + 1 or (nb < 0).any():
+            raise ConfigError(f"Narrowing: feeders {self.feeders} and sinks {self.sinks} "
+                              f"(disjoint, non-empty) need bytes [sinks, candidates, feeders "
+                              f"+ 1] >= 0, got {nb.shape}")
+
+    def bytes_of(self, choice: np.ndarray, pruned: np.ndarray) -> int:
+        """The sinks' bytes under ``choice`` (a column per subgroup)."""
+        n = sum(bool(pruned[f, choice[f]]) for f in self.feeders)
+        return int(sum(self.nbytes[j, choice[s], n] for j, s in enumerate(self.sinks)))
+
+
+def exact_bytes(choice: np.ndarray, nbytes: np.ndarray, pruned: np.ndarray,
+                narrowings: Sequence[Narrowing] = ()) -> int:
+    """Stored bytes of ``choice`` (a column per subgroup), sinks as their narrowing says, the
+    subgroups only a sink pruned whole reads counted 0."""
+    sink = {s for nw in narrowings for s in nw.sinks}
+    sink |= {r for nw in narrowings if all(pruned[s, choice[s]] for s in nw.sinks)
+             for r in nw.reads}
+    rest = [s for s in range(len(choice)) if s not in sink]
+    return int(nbytes[rest, choice[rest]].sum()) + sum(nw.bytes_of(choice, pruned)
+                                                       for nw in narrowings)
+
+
+@dataclasses.dataclass(frozen=True)
 class Solution:
     """``choice[s]``: the column chosen for subgroup s; its total sensitivity and bytes;
     ``seconds``: the HiGHS solve alone; ``variables``: binaries after pruning dominated ones."""
@@ -85,12 +147,17 @@ def _quiet_stdout():
         os.close(saved)
 
 
-def _kept(sens: np.ndarray, nbytes: np.ndarray, pruned: np.ndarray) -> np.ndarray:
-    """Mask [S, C] of the finite, non-dominated (or pruned) candidates."""
+def _kept(sens: np.ndarray, nbytes: np.ndarray, pruned: np.ndarray,
+          bound: np.ndarray | None = None) -> np.ndarray:
+    """Mask [S, C] of the finite, non-dominated (or pruned) candidates. In a subgroup whose
+    pruning is ``bound`` (tied to others, or narrowing a sink) a pruned candidate dominates
+    nothing: choosing it costs more than its own row says."""
     ok = np.isfinite(sens)
     keep = ok.copy()
     for s in range(sens.shape[0]):
         cols = np.flatnonzero(ok[s])
+        if bound is not None and bound[s]:
+            cols = cols[~pruned[s, cols]]
         for c in cols:
             if pruned[s, c]:
                 continue
@@ -104,9 +171,10 @@ def _kept(sens: np.ndarray, nbytes: np.ndarray, pruned: np.ndarray) -> np.ndarra
 
 def solve(sensitivity: np.ndarray, nbytes: np.ndarray, budget: int, *,
           pruned: np.ndarray | None = None, ties: Sequence[Sequence[int]] = (),
-          time_limit: float = 60.0) -> Solution:
+          narrowings: Sequence[Narrowing] = (), time_limit: float = 60.0) -> Solution:
     """The integer program of the module docstring on plain arrays [S, C] (``pruned``: which
-    columns prune; ``ties``: lists of subgroup indices that prune together)."""
+    columns prune; ``ties``: lists of subgroup indices that prune together; ``narrowings``:
+    sinks whose bytes depend on their feeders, ``nbytes`` of their rows unused)."""
     try:
         import highspy
     except ImportError:
@@ -124,9 +192,19 @@ def solve(sensitivity: np.ndarray, nbytes: np.ndarray, budget: int, *,
     empty = np.flatnonzero(~np.isfinite(sens).any(1))
     if empty.size:
         raise ConfigError(f"solve: subgroup(s) {empty.tolist()} have no candidate")
-    _check_budget(sens, nb, pruned, ties, budget)
+    sink = np.zeros(n_sub, bool)
+    for nw in narrowings:
+        if max(nw.feeders + nw.sinks) >= n_sub or nw.nbytes.shape[1] != sens.shape[1] or \
+                sink[list(nw.sinks)].any():
+            raise ConfigError(f"solve: a narrowing (sinks {nw.sinks}) names subgroups outside "
+                              f"0..{n_sub - 1}, another candidate count, or a sink twice")
+        sink[list(nw.sinks)] = True
+    _check_budget(sens, least_bytes(sens, nb, pruned, narrowings), pruned, ties, budget)
 
-    keep = _kept(sens, nb, pruned)
+    bound = np.zeros(n_sub, bool)
+    bound[[t for tie in ties for t in tie] + [f for nw in narrowings for f in nw.feeders]] = True
+    keep = _kept(sens, nb, pruned, bound)
+    keep[sink] = np.isfinite(sens[sink])
     cols = [(s, c) for s in range(n_sub) for c in np.flatnonzero(keep[s])]
     var = {sc: i for i, sc in enumerate(cols)}
     top = max(float(sens[keep].max()), 1e-300)
@@ -134,8 +212,37 @@ def solve(sensitivity: np.ndarray, nbytes: np.ndarray, budget: int, *,
     for s in range(n_sub):
         idx = [var[s, c] for c in np.flatnonzero(keep[s])]
         rows.append((idx, [1.0] * len(idx), 1.0, 1.0))
-    rows.append((list(range(len(cols))), [float(nb[s, c]) for s, c in cols], -np.inf,
-                 float(budget)))
+    n = len(cols)
+    extra: list[float] = []             # bytes of the narrowing variables (y: 0, z: B)
+    integer: list[bool] = []
+    budget_idx = [i for i, (s, _) in enumerate(cols) if not sink[s]]
+    budget_val = [float(nb[cols[i]]) for i in budget_idx]
+    for nw in narrowings:
+        f_count = len(nw.feeders)
+        y = [n + len(extra) + i for i in range(f_count + 1)]
+        extra += [0.0] * (f_count + 1)
+        integer += [True] * (f_count + 1)
+        rows.append((y, [1.0] * len(y), 1.0, 1.0))
+        feed = [var[f, c] for f in nw.feeders for c in np.flatnonzero(keep[f] & pruned[f])]
+        rows.append((y + feed, [float(i) for i in range(f_count + 1)] + [-1.0] * len(feed),
+                     0.0, 0.0))
+        for j, s in enumerate(nw.sinks):
+            at_n: list[list[int]] = [[] for _ in range(f_count + 1)]
+            for c in np.flatnonzero(keep[s]):
+                zc = []
+                for m in range(f_count + 1):
+                    z = n + len(extra)
+                    extra.append(float(nw.nbytes[j, c, m]))
+                    integer.append(False)
+                    zc.append(z)
+                    at_n[m].append(z)
+                    if nw.nbytes[j, c, m]:
+                        budget_idx.append(z)
+                        budget_val.append(float(nw.nbytes[j, c, m]))
+                rows.append((zc + [var[s, c]], [1.0] * len(zc) + [-1.0], 0.0, 0.0))
+            for m, zs in enumerate(at_n):
+                rows.append((zs + [y[m]], [1.0] * len(zs) + [-1.0], 0.0, 0.0))
+    rows.append((budget_idx, budget_val, -np.inf, float(budget)))
     for tie in ties:
         t0 = tie[0]
         for t in tie[1:]:
@@ -152,18 +259,24 @@ def solve(sensitivity: np.ndarray, nbytes: np.ndarray, budget: int, *,
                 "dual_feasibility_tolerance"):  # defaults 1e-6/1e-7 miss optima by ~1e-7
         h.setOptionValue(tol, 1e-9)
     h.setOptionValue("time_limit", float(time_limit))
-    n = len(cols)
-    h.addVars(n, np.zeros(n), np.ones(n))
+    total_vars = n + len(extra)
+    h.addVars(total_vars, np.zeros(total_vars), np.ones(total_vars))
     h.changeColsCost(n, np.arange(n, dtype=np.int32),
                      np.array([sens[s, c] / top for s, c in cols]))
-    h.changeColsIntegrality(n, np.arange(n, dtype=np.int32),
-                            np.array([highspy.HighsVarType.kInteger] * n))
+    kinds = [highspy.HighsVarType.kInteger] * n + [
+        highspy.HighsVarType.kInteger if i else highspy.HighsVarType.kContinuous
+        for i in integer]
+    h.changeColsIntegrality(total_vars, np.arange(total_vars, dtype=np.int32), np.array(kinds))
     for idx, val, lo, hi in rows:
         h.addRow(lo, hi, len(idx), np.array(idx, dtype=np.int32), np.array(val))
     t = time.perf_counter()
     h.run()
     seconds = time.perf_counter() - t
     status = h.getModelStatus()
+    if status == highspy.HighsModelStatus.kInfeasible and narrowings:
+        raise ConfigError(f"budget of {budget} bytes is infeasible: o / down narrowed by "
+                          f"pruning take more than the least size each allows alone (the "
+                          f"smallest choice takes more than {budget} bytes; raise the budget)")
     if status != highspy.HighsModelStatus.kOptimal:
         raise LowbitError(f"HiGHS did not prove an optimum: {h.modelStatusToString(status)} "
                           f"after {seconds:.2f} s ({n} binaries)")
@@ -173,16 +286,36 @@ def solve(sensitivity: np.ndarray, nbytes: np.ndarray, budget: int, *,
         if x[i] > 0.5:
             choice[s] = c
     picked = np.arange(n_sub)
-    total = int(nb[picked, choice].sum())
+    total = exact_bytes(choice, nb, pruned, narrowings) if (choice >= 0).all() else -1
     if (choice < 0).any() or total > budget:
         raise LowbitError(f"HiGHS returned an invalid assignment ({total} bytes for a budget "
                           f"of {budget})")
     return Solution(choice, float(sens[picked, choice].sum()), total, seconds, n)
 
 
+def least_bytes(sens: np.ndarray, nb: np.ndarray, pruned: np.ndarray,
+                narrowings: Sequence[Narrowing]) -> np.ndarray:
+    """``nb`` with each sink's row at its least bytes over the feeder counts its feeders can
+    reach (n = 0 only when none of them can prune): a lower bound, exact without pruning."""
+    least = nb.copy()
+    for nw in narrowings:
+        can = any((np.isfinite(sens[f]) & pruned[f]).any() for f in nw.feeders)
+        least[list(nw.sinks)] = nw.nbytes.min(2) if can else nw.nbytes[:, :, 0]
+    return least
+
+
 def _check_budget(sens: np.ndarray, nb: np.ndarray, pruned: np.ndarray,
                   ties: Sequence[Sequence[int]], budget: int) -> None:
     """ConfigError with the smallest feasible size when ``budget`` is below it."""
+    smallest = _smallest(sens, nb, pruned, ties)
+    if budget < smallest:
+        raise ConfigError(f"budget of {budget} bytes is infeasible: the smallest choice "
+                          f"takes {smallest} bytes (raise the budget to at least that)")
+
+
+def _smallest(sens: np.ndarray, nb: np.ndarray, pruned: np.ndarray,
+              ties: Sequence[Sequence[int]]) -> int:
+    """The smallest size over choices (ties all pruned or none)."""
     big = np.iinfo(np.int64).max // 4
     cost = np.where(np.isfinite(sens), nb, big)
     least = cost.min(1)
@@ -192,6 +325,4 @@ def _check_budget(sens: np.ndarray, nb: np.ndarray, pruned: np.ndarray,
         pr = [int(np.where(pruned[t], cost[t], big).min()) for t in tie]
         un = [int(np.where(~pruned[t], cost[t], big).min()) for t in tie]
         smallest += min(sum(pr), sum(un))
-    if budget < smallest:
-        raise ConfigError(f"budget of {budget} bytes is infeasible: the smallest choice "
-                          f"takes {smallest} bytes (raise the budget to at least that)")
+    return smallest

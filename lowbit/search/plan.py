@@ -10,6 +10,13 @@ candidate (``space.Candidate``) whose format fits its linear's width, ``pruned``
 the code, the entries of a linear covering its rows exactly once, tied entries pruned alike. A
 ConfigError names the entry (index and ``linear[a:b]``). Bytes and average bits come from
 ``lowbit.search.cost`` with the plan's ``SearchSpace`` (its storage settings).
+
+``links`` (``Link``, one per o / FFN-out whose input columns pruning removes; the searches
+write them from the graph) make ``total_bytes`` what ``apply_precision`` leaves: a linear
+whose feeding heads / neuron blocks are pruned is counted at its kept width
+(``cost.narrowed_bytes``), and not at all when none is left; the linears only a linear
+pruned whole reads (q, k, v of a pruned o; up, gate of a pruned down) are counted 0. A plan
+without links (hand-written, or saved before 2026-12-04) counts every linear at full width.
 """
 
 from __future__ import annotations
@@ -18,15 +25,20 @@ import collections
 import dataclasses
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 from lowbit.errors import ConfigError
 from lowbit.io import write_text_atomic
-from lowbit.search.cost import total_bytes
-from lowbit.search.space import Candidate, SearchSpace
+from lowbit.search.cost import narrowed_bytes
+from lowbit.search.ilp import Narrowing
+from lowbit.search.space import Candidate, SearchSpace, Subgroup
 
-__all__ = ["PlanEntry", "PrecisionPlan"]
+__all__ = ["Link", "PlanEntry", "PrecisionPlan", "narrowings"]
 
+_LINK_FIELDS = ("sink", "feeders", "width", "reads")
 _FIELDS = ("linear", "role", "rows", "in_features", "out_features", "code", "bits", "pruned")
 
 
@@ -90,17 +102,45 @@ class PlanEntry:
 
 
 @dataclasses.dataclass(frozen=True)
+class Link:
+    """Linear ``sink`` (o, FFN-out) reads ``width`` input columns from each pruning unit in
+    ``feeders`` (the name of one entry of each unit: a head's q rows, a neuron block's up rows,
+    a whole up), which together supply all its columns; ``reads``: the linears only ``sink``
+    reads, removed with it when it is pruned whole."""
+
+    sink: str
+    feeders: tuple[str, ...]
+    width: int
+    reads: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "feeders", tuple(self.feeders))
+        object.__setattr__(self, "reads", tuple(self.reads))
+        if not self.feeders or isinstance(self.width, bool) or not isinstance(self.width, int) \
+                or self.width < 1:
+            raise ConfigError(f"Link({self.sink!r}): needs feeders and an int width >= 1, got "
+                              f"{len(self.feeders)} feeder(s), width={self.width!r}")
+
+    def to_dict(self) -> dict:
+        return {"sink": self.sink, "feeders": list(self.feeders), "width": self.width,
+                "reads": list(self.reads)}
+
+
+@dataclasses.dataclass(frozen=True)
 class PrecisionPlan:
     """Entries (one per subgroup, in graph order), the search space they were chosen in (its
-    storage settings price them), the budget (bytes) and ``info`` (how the search ran)."""
+    storage settings price them), the budget (bytes), ``info`` (how the search ran) and
+    ``links`` (module docstring)."""
 
     entries: tuple[PlanEntry, ...]
     space: SearchSpace = dataclasses.field(default_factory=SearchSpace)
     budget_bytes: int | None = None
     info: dict = dataclasses.field(default_factory=dict)
+    links: tuple[Link, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "entries", tuple(self.entries))
+        object.__setattr__(self, "links", tuple(self.links))
         if not self.entries:
             raise ConfigError("PrecisionPlan: no entries")
         spans: dict[str, list] = collections.defaultdict(list)
@@ -131,14 +171,47 @@ class PrecisionPlan:
                 names = [e.name for e in self.entries if e.tie == tie]
                 raise ConfigError(f"PrecisionPlan: tie {tie!r} ({', '.join(names)}) is pruned "
                                   f"in part: its entries are pruned together or not at all")
+        names = {e.name for e in self.entries}
+        for j, ln in enumerate(self.links):
+            if not isinstance(ln, Link):
+                raise ConfigError(f"PrecisionPlan link {j}: not a Link ({ln!r})")
+            if ln.sink not in spans:
+                raise ConfigError(f"PrecisionPlan link {j}: no entries of its sink {ln.sink!r}")
+            k = spans[ln.sink][0][1]
+            lost = [f for f in ln.feeders if f not in names] + [
+                r for r in ln.reads if r not in spans]
+            if lost or ln.width * len(ln.feeders) != k:
+                raise ConfigError(f"PrecisionPlan link {j} ({ln.sink}): {len(ln.feeders)} "
+                                  f"feeder(s) x {ln.width} columns must cover its {k} input "
+                                  f"columns, and name entries of the plan (unknown: {lost})")
 
     # ---- sizes ------------------------------------------------------------------------------
+    def _bytes(self) -> tuple[int, ...]:
+        """Bytes per entry as ``apply_precision`` stores it (module docstring)."""
+        removed: dict[str, int] = {}
+        dead: set[str] = set()
+        if self.links:
+            by_name = {e.name: e for e in self.entries}
+            whole = {e.linear: True for e in self.entries}
+            for e in self.entries:
+                whole[e.linear] = whole[e.linear] and e.pruned
+            for ln in self.links:
+                removed[ln.sink] = ln.width * sum(by_name[f].pruned for f in ln.feeders)
+                if whole[ln.sink]:
+                    dead |= set(ln.reads)
+        return tuple(
+            0 if e.linear in dead else narrowed_bytes(
+                e.rows[1] - e.rows[0], e.in_features, removed.get(e.linear, 0), e.candidate,
+                self.space)
+            for e in self.entries)
+
     def entry_bytes(self, e: PlanEntry) -> int:
-        return total_bytes(e.rows[1] - e.rows[0], e.in_features, e.candidate, self.space)
+        """Bytes of entry ``e`` (one of this plan's) as stored (module docstring)."""
+        return self._bytes()[self.entries.index(e)]
 
     @property
     def total_bytes(self) -> int:
-        return sum(self.entry_bytes(e) for e in self.entries)
+        return sum(self._bytes())
 
     @property
     def elements(self) -> int:
@@ -172,7 +245,7 @@ class PrecisionPlan:
         return {"format": "lowbit.precision_plan/1", "space": self.space.to_dict(),
                 "budget_bytes": self.budget_bytes, "total_bytes": self.total_bytes,
                 "average_bits": round(self.average_bits, 6), "info": self.info,
-                "entries": entries}
+                "links": [ln.to_dict() for ln in self.links], "entries": entries}
 
     @classmethod
     def from_dict(cls, d: dict) -> PrecisionPlan:
@@ -188,8 +261,14 @@ class PrecisionPlan:
             rows = e["rows"]
             entries.append(PlanEntry(**{**e, "rows": tuple(rows) if isinstance(rows, list)
                                         else rows}))
+        links = []
+        for j, ln in enumerate(d.get("links", [])):
+            if not isinstance(ln, dict) or set(ln) != set(_LINK_FIELDS):
+                raise ConfigError(f"PrecisionPlan link {j}: expected the fields "
+                                  f"{list(_LINK_FIELDS)}, got {ln!r}")
+            links.append(Link(**ln))
         return cls(tuple(entries), SearchSpace.from_dict(d.get("space", {})),
-                   d.get("budget_bytes"), d.get("info", {}))
+                   d.get("budget_bytes"), d.get("info", {}), tuple(links))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write ``to_dict()`` as JSON atomically (a temporary sibling, then ``os.replace``)."""
@@ -208,6 +287,7 @@ class PrecisionPlan:
         """One line per linear: shape, choices (count per format), bytes, bits per weight."""
         sym = self.space.symmetric
         by = collections.OrderedDict()
+        size = dict(zip(self.entries, self._bytes()))
         for e in self.entries:
             by.setdefault(e.linear, []).append(e)
         budget = "" if self.budget_bytes is None else f" (budget {self.budget_bytes:,})"
@@ -220,7 +300,7 @@ class PrecisionPlan:
         for linear, es in by.items():
             counts = collections.Counter(e.candidate.label(sym) for e in es)
             choices = ", ".join(f"{c} x{n}" if n > 1 else c for c, n in counts.most_common())
-            nbytes, elems = sum(self.entry_bytes(e) for e in es), sum(e.elements for e in es)
+            nbytes, elems = sum(size[e] for e in es), sum(e.elements for e in es)
             shape = f"{es[0].out_features}x{es[0].in_features}"
             out.append(f"  {linear[-44:]:<44} {es[0].role:<8} {shape:>10}  {choices:<30} "
                        f"{nbytes:>10,} {8 * nbytes / elems:>6.2f}")
@@ -230,3 +310,25 @@ class PrecisionPlan:
         share = ", ".join(f"{c} {100 * n / self.elements:.1f}%" for c, n in totals.most_common())
         out.append(f"  weights by format: {share}")
         return "\n".join(out)
+
+
+def narrowings(links: Sequence[Link], subgroups: Sequence[Subgroup],
+               candidates: Sequence[Candidate], space: SearchSpace) -> list[Narrowing]:
+    """The integer program's ``Narrowing`` per link over ``subgroups`` (indices by name):
+    ``nbytes[j, c, n]`` = ``cost.narrowed_bytes`` of sink row block j as candidate c with
+    n x ``width`` columns removed."""
+    at = {sg.name: i for i, sg in enumerate(subgroups)}
+    out = []
+    for ln in links:
+        sinks = [i for i, sg in enumerate(subgroups) if sg.linear == ln.sink]
+        missing = [f for f in ln.feeders if f not in at]
+        if not sinks or missing:
+            raise ConfigError(f"narrowings: link of {ln.sink!r} names subgroups the search "
+                              f"does not have ({missing[:3] or ln.sink})")
+        nb = np.array([[[narrowed_bytes(subgroups[s].rows[1] - subgroups[s].rows[0],
+                                        subgroups[s].in_features, n * ln.width, c, space)
+                         for n in range(len(ln.feeders) + 1)] for c in candidates]
+                       for s in sinks], dtype=np.int64)
+        reads = tuple(i for i, sg in enumerate(subgroups) if sg.linear in ln.reads)
+        out.append(Narrowing(tuple(at[f] for f in ln.feeders), tuple(sinks), nb, reads))
+    return out

@@ -180,6 +180,18 @@ class SearchSpace:
         """One scale (or alpha set) per row for a K-wide weight: no group, or one >= K."""
         return self.group is None or self.group >= k
 
+    def fitted(self, k: int) -> SearchSpace:
+        """This space with a group that divides K, as ``apply_precision`` stores a linear that
+        pruning narrowed (o, down): the plan's group if it divides K, else the largest power
+        of two >= 8 below it that does, else one scale per row (None).
+        ``lowbit.passes.precision_plan.fitted_space`` calls this."""
+        g = self.group
+        if g is None or self.per_row(k) or k % g == 0:
+            return self
+        while g > 8 and k % g:
+            g //= 2
+        return dataclasses.replace(self, group=g if k % g == 0 else None)
+
     def groups_per_row(self, k: int) -> int:
         """Scale (or alpha set) groups per row of a K-wide weight (``check_width`` first)."""
         return 1 if self.per_row(k) else k // self.group
