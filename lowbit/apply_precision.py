@@ -38,16 +38,16 @@ from lowbit.passes.fx.prune_subgroups import PruneSubgroups
 from lowbit.passes.fx.quantize_formats import QuantizeFormats
 from lowbit.passes.fx.split_rows import SplitRowBlocks
 from lowbit.passes.infra import Pipeline
-from lowbit.quantize import Calibrate, Freeze
+from lowbit.quantize import Calibrate, Freeze, onnx_kind
 from lowbit.search.plan import PrecisionPlan
 from lowbit.warning_filters import copy_graph
 
 __all__ = ["apply_precision"]
 
 
-def apply_precision(gm: fx.GraphModule, plan: PrecisionPlan, *,
+def apply_precision(gm: fx.GraphModule | Any, plan: PrecisionPlan, *,
                     calibration: Iterable[Any] | None = None,
-                    progress: bool = True) -> fx.GraphModule:
+                    progress: bool = True, out: Any = None) -> fx.GraphModule | Any:
     """``plan`` applied to a copy of ``gm`` (module docstring).
 
     Args:
@@ -57,6 +57,11 @@ def apply_precision(gm: fx.GraphModule, plan: PrecisionPlan, *,
             stay float).
         calibration: batches as ``gm`` takes them; given, int8 blocks become W8A8.
         progress: report BCQ fits and calibration on stderr.
+        out: ONNX inputs only: where to write the result (atomically).
+
+    An ONNX model (a path, ``onnx.ModelProto`` or ``onnx_ir.Model``) goes to
+    ``lowbit.onnx_apply_precision.apply_precision_onnx`` (the same steps as ONNX passes) and
+    comes back as an ``onnx_ir.Model``.
 
     Returns the pruned, quantized GraphModule; ``meta["lowbit_pruning"]`` (heads and neurons
     kept, linears removed, parameter counts), ``meta["lowbit_precision"]`` (per block: rows,
@@ -67,6 +72,13 @@ def apply_precision(gm: fx.GraphModule, plan: PrecisionPlan, *,
             graph cannot take structurally (naming the node).
         CalibrationError: empty or NaN calibration batches.
     """
+    if onnx_kind(gm):
+        from lowbit.onnx_apply_precision import apply_precision_onnx
+        return apply_precision_onnx(gm, plan, calibration=calibration, out=out,
+                                    progress=progress)
+    if out is not None:
+        raise ConfigError("apply_precision(out=...) writes ONNX results; save an FX result "
+                          "with lowbit.export_onnx or compile it")
     if not isinstance(gm, fx.GraphModule):
         raise ConfigError(f"apply_precision takes a captured fx.GraphModule (lowbit.capture), "
                           f"got {type(gm).__name__}")

@@ -43,7 +43,8 @@ from lowbit.progress import say
 from lowbit.quant.fake_quant import FakeQuantize
 from lowbit.warning_filters import copy_graph
 
-__all__ = ["Calibrate", "Freeze", "calibrate", "convert", "freeze", "prepare", "quantize"]
+__all__ = ["Calibrate", "Freeze", "calibrate", "convert", "freeze", "onnx_kind", "prepare",
+           "quantize"]
 
 
 def prepare(gm: fx.GraphModule, recipe: Recipe, *, inplace: bool = False) -> fx.GraphModule:
@@ -180,7 +181,7 @@ def _quantize_fx(gm: fx.GraphModule, recipe: Recipe, calibration: Iterable[Any] 
     return qgm
 
 
-def _onnx_kind(model: Any) -> str | None:
+def onnx_kind(model: Any) -> str | None:
     """"path", "ir" (onnx_ir.Model), "proto" (onnx.ModelProto) or None. Whoever holds an ONNX
     model object has imported its package, so this imports neither."""
     if isinstance(model, (str, os.PathLike)):
@@ -245,7 +246,7 @@ def quantize(model: Any, recipe: Recipe | str, calibration: Iterable[Any] | None
         from lowbit.capture import capture
 
         return _quantize_fx(capture(model, example_inputs), recipe, calibration, progress)
-    if kind := _onnx_kind(model):
+    if kind := onnx_kind(model):
         if example_inputs is not None:
             raise ConfigError("example_inputs is for capturing an nn.Module; an ONNX model "
                               "needs none")

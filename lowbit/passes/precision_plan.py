@@ -47,11 +47,13 @@ from lowbit.config import BCQ, PerGroup, QuantSpec
 from lowbit.errors import ConfigError
 from lowbit.passes.patterns import AttentionMap, FFNMap, LinearRef
 from lowbit.passes.spot import find_transformer
+from lowbit.quant import bcq
+from lowbit.quant.numerics import quantize_weight, weight_grid
 from lowbit.search.plan import PlanEntry, PrecisionPlan
 from lowbit.search.space import SearchSpace
 
 __all__ = ["Block", "HeadPruning", "LinearPlan", "NeuronPruning", "PlanMatch", "Storage",
-           "fitted_space", "match_plan", "storage"]
+           "bit_planes", "fitted_space", "match_plan", "storage"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,13 +259,9 @@ class Storage:
 def fitted_space(space: SearchSpace, k: int) -> SearchSpace:
     """``space`` with a group that divides K: pruning heads or neurons narrows o / down, and
     the plan's group may no longer divide it; then the largest power of two >= 8 below it
-    that does (finer, never coarser, than planned), else one scale per row."""
-    g = space.group
-    if g is None or space.per_row(k) or k % g == 0:
-        return space
-    while g > 8 and k % g:
-        g //= 2
-    return dataclasses.replace(space, group=g if k % g == 0 else None)
+    that does (finer, never coarser, than planned), else one scale per row. The rule lives in
+    ``SearchSpace.fitted`` (the plan's byte count uses it too)."""
+    return space.fitted(k)
 
 
 def storage(code: str, bits: int, space: SearchSpace, k: int, *, activations: bool = False
@@ -291,3 +289,16 @@ def storage(code: str, bits: int, space: SearchSpace, k: int, *, activations: bo
     if bits <= 4 and k % 8 == 0:
         return Storage("codes", spec, "bcq_linear")
     return Storage("dequant", spec, "fp32")
+
+
+def bit_planes(w, st: Storage, bits: int, site: str):
+    """The ``quant.bcq.BCQWeight`` of a float32 [N, K] block stored as ``bcq`` (a BCQ fit) or
+    ``codes`` (the uniform codes of ``quantize_weight`` as planes + offset: the same values)."""
+    if st.kind == "bcq":
+        s = st.spec
+        return bcq.fit(w, s.bits, s.group, s.iters, offset=s.offset)
+    if st.kind != "codes":
+        raise ConfigError(f"{site}: storage {st.kind!r} is not bit planes")
+    q, scale, zp = quantize_weight(w, st.spec, site)
+    group = getattr(st.spec.granularity, "size", w.shape[1])
+    return bcq.codes_as_bcq(q, scale, zp, weight_grid(st.spec)[0], bits, group)

@@ -35,12 +35,10 @@ from lowbit.passes.fx.prune_subgroups import PLAN_META
 from lowbit.passes.fx.split_rows import planned_linears
 from lowbit.passes.infra import Pass, PassResult
 from lowbit.passes.patterns import LinearRef
-from lowbit.passes.precision_plan import fitted_space, storage
+from lowbit.passes.precision_plan import bit_planes, fitted_space, storage
 from lowbit.passes.view.fx_graph import strip_casts
 from lowbit.progress import bar as progress_bar
 from lowbit.progress import say
-from lowbit.quant import bcq
-from lowbit.quant.numerics import quantize_weight, weight_grid
 from lowbit.recipes import W8A8
 from lowbit.search.space import Candidate, SearchSpace, dequantized
 
@@ -113,13 +111,7 @@ class QuantizeFormats(Pass):
                     ins.quantize_input(node, 0, W8A8.activation, f"{site}:input", weight=False)
             elif st.kind in ("bcq", "codes"):
                 w32 = w.detach().to(torch.float32)
-                if st.kind == "bcq":
-                    s = st.spec
-                    fit = bcq.fit(w32, s.bits, s.group, s.iters, offset=s.offset)
-                else:
-                    q, scale, zp = quantize_weight(w32, st.spec, site)
-                    group = getattr(st.spec.granularity, "size", w32.shape[1])
-                    fit = bcq.codes_as_bcq(q, scale, zp, weight_grid(st.spec)[0], bits, group)
+                fit = bit_planes(w32, st, bits, site)
                 ref = LinearRef(node, tag["linear"], wname, None, w32.shape[1], w32.shape[0])
                 err = relative_error(w32, fit.dequantize())
                 replace_with_bcq(gm, BCQSite(tag["role"], ref, node, fit, err, float("nan")))

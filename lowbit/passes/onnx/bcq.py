@@ -39,7 +39,8 @@ from lowbit.passes.infra import Pass, PassResult
 from lowbit.passes.onnx.edit import add_initializer, remove_dead
 from lowbit.quant.bcq import pack_planes
 
-__all__ = ["BCQ_DOMAIN", "BCQ_MIN_OPSET", "BCQ_OP", "QuantizeBCQ", "bcq_function", "bcq_nodes"]
+__all__ = ["BCQ_DOMAIN", "BCQ_MIN_OPSET", "BCQ_OP", "QuantizeBCQ", "bcq_function", "bcq_nodes",
+           "replace_with_bcq"]
 
 BCQ_DOMAIN, BCQ_OP = "lowbit", "BCQLinear"
 BCQ_MIN_OPSET = 18   # BitwiseAnd
@@ -99,7 +100,7 @@ def _default_opset(model: ir.Model) -> int:
     return int(model.opset_imports.get("", 0))
 
 
-def _rewrite(model: ir.Model, site: BCQSite) -> None:
+def replace_with_bcq(model: ir.Model, site: BCQSite) -> None:
     graph, node, fit = model.graph, site.ref.node, site.fit
     n, groups = fit.shape[0], fit.groups
     if node.op_type == "Gemm" and (node.attributes.get_float("alpha", 1.0) != 1.0
@@ -157,7 +158,7 @@ class QuantizeBCQ(Pass):
             return PassResult(model, False)
         sites = plan_bcq(model, self.recipe, progress=self.progress)
         for site in sites:
-            _rewrite(model, site)
+            replace_with_bcq(model, site)
         if sites:
             fn = bcq_function(_default_opset(model))
             model.functions[fn.identifier()] = fn

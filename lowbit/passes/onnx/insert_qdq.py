@@ -83,7 +83,7 @@ from lowbit.quant.fake_quant import check_activation_spec
 from lowbit.quant.numerics import quantize_weight, weight_grid
 from lowbit.quant.peg import check_groups
 
-__all__ = ["QDQ_OPSET", "InsertQDQ", "Plan", "Site", "plan_model", "plan_sites"]
+__all__ = ["QDQ_OPSET", "InsertQDQ", "Plan", "QDQRewriter", "Site", "plan_model", "plan_sites"]
 
 QDQ_OPSET = 21
 _F32, _I8, _U8 = ir.DataType.FLOAT, ir.DataType.INT8, ir.DataType.UINT8
@@ -236,7 +236,7 @@ class InsertQDQ(Pass):
             raise CalibrationError(f"{len(missing)} static activation site(s) have no calibrated "
                                    f"range, e.g. {missing[0]!r}: run "
                                    f"lowbit.passes.onnx.calibrate first")
-        rw = _Rewriter(model.graph, self.activation_qparams)
+        rw = QDQRewriter(model.graph, self.activation_qparams)
         for site in plan.weights:
             rw.weight(site)
         for site in plan.activations:
@@ -249,7 +249,7 @@ class InsertQDQ(Pass):
         return PassResult(model, bool(plan.weights or plan.activations))
 
 
-class _Rewriter:
+class QDQRewriter:
     """Inserts the quantizers into one graph; names every new node and value uniquely."""
 
     def __init__(self, graph: ir.Graph, qparams: Mapping):
