@@ -150,8 +150,11 @@ def kernels(bundle: Path, rows: list) -> None:
             dev.sync()
             y = back(args[-1])
             err = rel(y, w4_ref(x, w, scale, bias))
-            check(bool(torch.isfinite(y).all()) and err < 1e-5,
-                  f"w4a16 M={m} {n}x{k} g{grp}: rel err {err:.2e}")
+            # the M > 4 tensor-core kernel ("tc*") rounds x to fp16 (scripts/gpu_check_gemv.py
+            # TC_BOUND, docs/gpu.md "Prefill"); the GEMV and the SIMT kernel keep fp32 x
+            bound = 2e-3 if str(e.get("config", "")).startswith("tc") else 1e-5
+            check(bool(torch.isfinite(y).all()) and err < bound,
+                  f"w4a16 M={m} {n}x{k} g{grp} {e.get('config', '')}: rel err {err:.2e}")
             if e["role"] == "bench":
                 ms = bench_ms(lambda: f(*args), iters=200)
                 nbytes = w.numel() + scale.numel() * 4 + x.numel() * 4 + 2 * y.numel() * 4 \

@@ -308,6 +308,173 @@ def summary_odd(res: dict) -> None:
               f"{nbytes_gbps(best, 'ms') / bw:.2f} | {d if d is None else round(d, 4)} |")
 
 
+# ---- prefill (M > 4): lowbit_w4a16_gemm (simt) vs lowbit_w4a16_gemm_tc (tc) -----------------
+PF_M = (16, 128, 1000, 4096)
+PF_NK = ((768, 768), (3072, 768), (768, 3072), (4096, 4096))
+PF_ODD = ((5, 264, 512, 32), (37, 776, 768, 128), (129, 4104, 1024, 32), (1000, 72, 4096, 128))
+TC_BOUND = 2e-3     # norm-wise relative error vs float64 of the fp16-x tensor-core kernel
+SIMT_BOUND = 1e-5
+
+
+def prefill_workloads() -> list[tuple[tuple, str]]:
+    return ([((m, n, k, grp), "bench" if grp == 128 else "check") for m in PF_M
+             for n, k in PF_NK for grp in (128, 32)] + [(s, "odd") for s in PF_ODD])
+
+
+def build_prefill(out: Path) -> None:
+    import tvm
+
+    from lowbit.backends.tvm.cuda_env import load_cuda_backend
+    from lowbit.backends.tvm.kernels.cuda import GEMM_CONFIGS, cuda_source_hook, shell_w4a16
+    from lowbit.backends.tvm.pipelines.cuda import _env
+    from lowbit.backends.tvm.target import cuda_target
+
+    load_cuda_backend(allow_stub=True)
+    tgt = cuda_target()
+    funcs, index = {}, []
+    for shape, role in prefill_workloads():
+        for cfg in GEMM_CONFIGS:
+            name = f"p{len(index)}"
+            funcs[name] = shell_w4a16(*shape, config=cfg).with_attr("global_symbol", name)
+            index.append({"func": name, "kind": "w4a16", "shape": list(shape), "config": cfg,
+                          "role": role})
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with _env(TVM_CUDA_COMPILE_MODE="nvcc"), cuda_source_hook(), tgt:
+        lib = tvm.compile(tvm.IRModule(funcs), tgt)
+    lib.export_library(str(out / "prefill.so"))
+    (out / "prefill.json").write_text(json.dumps(
+        {"target": str(tgt.attrs["arch"]), "candidates": index}, indent=1))
+    print(f"{len(index)} prefill kernels built in {time.perf_counter() - t0:.0f} s -> {out}")
+
+
+def time_prefill(folder: Path, out_json: str | None) -> int:
+    """Check every kernel (NaN-poisoned y, float64 reference; TC_BOUND / SIMT_BOUND), time the
+    bench shapes (group 128): events and CUDA-graph replay, with torch bf16 / fp16 ``x @ W``
+    (cuBLAS, the decoded weight) in the same process."""
+    import gpu_check as gc
+    import torch
+    import tvm
+    import tvm_ffi
+
+    gc.load_cuda_backend()
+    info = json.loads((folder / "prefill.json").read_text())
+    lib = tvm.runtime.load_module(str(folder / "prefill.so"))
+    g = torch.Generator(device="cuda").manual_seed(0)
+    head = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+            "cuda": torch.version.cuda, "target": info["target"],
+            "tc_bound": TC_BOUND, "simt_bound": SIMT_BOUND,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    import subprocess
+
+    head["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version",
+                                     "--format=csv,noheader"], capture_output=True, text=True,
+                                    check=False).stdout.strip()
+    print(head, flush=True)
+    results = []
+
+    def dump():
+        if out_json:
+            Path(out_json).write_text(json.dumps(dict(head, results=results), indent=1))
+
+    by_shape: dict = {}
+    for c in info["candidates"]:
+        by_shape.setdefault(tuple(c["shape"]), []).append(c)
+    for key, cs in by_shape.items():
+        torch.cuda.empty_cache()
+        m, n, k, grp = key
+        x, w, scale, bias = gc.w4_inputs(m, n, k, grp, g)
+        ref = gc.w4_ref(x, w, scale, bias)
+        y = torch.full(ref.shape, float("nan"), device="cuda")
+        args = [tvm_ffi.from_dlpack(a) for a in (x, w, scale, bias, y)]
+        iters = 20 if m * n * k >= 2**33 else 100
+        base = {"flop": 2 * m * n * k}
+        if cs[0]["role"] == "bench":
+            lo = (w & 15).float() - 8
+            hi = (w >> 4).float() - 8
+            wk = (torch.stack([lo, hi], 1).reshape(-1, n) * scale.repeat_interleave(grp, 0))
+            del lo, hi
+            for dt, nm in ((torch.bfloat16, "bf16"), (torch.float16, "fp16")):
+                xh, wh = x.to(dt), wk.to(dt)
+
+                def mm(xh=xh, wh=wh):
+                    return torch.mm(xh, wh)
+
+                base[f"{nm}_rel_err"] = gc.rel(mm().float() + bias, ref)
+                base[f"{nm}_ms"] = gc.bench_ms(mm, iters=iters)
+                try:
+                    base[f"{nm}_graph_ms"] = graph_ms(torch, tvm_ffi, mm, iters=iters)[0]
+                except Exception as e:  # noqa: BLE001
+                    base[f"{nm}_graph_error"] = f"{type(e).__name__}: {e}"[:200]
+                del xh, wh
+            del wk
+        for c in cs:
+            f = lib[c["func"]]
+            bound = TC_BOUND if c["config"].startswith("tc") else SIMT_BOUND
+
+            def call(f=f, args=args):
+                f(*args)
+
+            def check(y=y, ref=ref, call=call) -> float:
+                y.fill_(float("nan"))
+                call()
+                torch.cuda.synchronize()
+                return gc.rel(y, ref) if bool(torch.isfinite(y).all()) else float("inf")
+
+            r = dict(c, **base)
+            try:
+                r["rel_err"] = check()
+                r["max_abs_err_over_max_ref"] = float(
+                    (y.double() - ref.double()).abs().max() / ref.double().abs().max())
+                ok = r["rel_err"] < bound
+                if ok and c["role"] == "bench":
+                    r["ms"] = gc.bench_ms(call, iters=iters)
+                    r["graph_ms"], gr = graph_ms(torch, tvm_ffi, call, iters=iters)
+                    y.fill_(float("nan"))
+                    gr.replay()
+                    torch.cuda.synchronize()
+                    del gr
+                    r["err_after_graph"] = (gc.rel(y, ref) if bool(torch.isfinite(y).all())
+                                            else float("inf"))
+                    ok = r["err_after_graph"] < bound
+                    r["tflops_graph"] = r["flop"] / r["graph_ms"] / 1e9
+            except Exception as e:  # noqa: BLE001
+                ok = False
+                r["error"] = f"{type(e).__name__}: {e}"[:300]
+            r["ok"] = ok
+            results.append(r)
+            print(f"{key} {c['config']:>4}: ok={ok} err={r.get('rel_err'):.3g} "
+                  f"ms={r.get('ms')} graph={r.get('graph_ms')} "
+                  f"bf16={base.get('bf16_graph_ms')}", flush=True)
+            dump()
+        del x, w, scale, bias, ref, y, args
+    fails = [f"{r['shape']} {r['config']}" for r in results if not r["ok"]]
+    print(f"{len(results)} kernels, {len(fails)} failed: {fails}")
+    dump()
+    summary_prefill(dict(head, results=results))
+    return len(fails)
+
+
+def summary_prefill(res: dict) -> None:
+    """Graph-replay ms per bench shape: simt, tc (split-K rule), tc_k1 (no split), cuBLAS bf16."""
+    print("\n| M | N x K | simt ms | tc_k1 ms | tc ms | tc TFLOP/s | cuBLAS bf16 ms | simt / tc |"
+          " tc rel err |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    by: dict = {}
+    for r in res["results"]:
+        if r["role"] == "bench":
+            by.setdefault(tuple(r["shape"]), {})[r["config"]] = r
+    for (m, n, k, _), rs in by.items():
+        def g(c, rs=rs):
+            v = rs.get(c, {}).get("graph_ms")
+            return v and round(v, 4)
+        t = rs.get("tc", {})
+        sg, tg = g("simt"), g("tc")
+        print(f"| {m} | {n}x{k} | {sg} | {g('tc_k1')} | {tg} | {t.get('tflops_graph', 0):.0f} | "
+              f"{round(t.get('bf16_graph_ms') or 0, 4)} | "
+              f"{(sg / tg) if sg and tg else 0:.1f}x | {t.get('rel_err', 0):.2g} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -318,11 +485,21 @@ def main() -> None:
     t.add_argument("--dir", default=str(REPO / ".gpu_bundle" / "gemv"))
     t.add_argument("--json", default=None)
     t.add_argument("--configs", default="", help="time only these (default: all built)")
+    bp = sub.add_parser("build-prefill", help="M > 4: simt and tc kernels")
+    bp.add_argument("--out", default=str(REPO / ".gpu_bundle" / "prefill"))
+    tp = sub.add_parser("time-prefill")
+    tp.add_argument("--dir", default=str(REPO / ".gpu_bundle" / "prefill"))
+    tp.add_argument("--json", default=None)
     s = sub.add_parser("summary")
     s.add_argument("json")
     a = p.parse_args()
     if a.cmd == "build":
         build(Path(a.out), a.configs)
+    elif a.cmd == "build-prefill":
+        build_prefill(Path(a.out))
+    elif a.cmd == "time-prefill":
+        sys.path.insert(0, str(REPO / "scripts"))
+        sys.exit(1 if time_prefill(Path(a.dir), a.json) else 0)
     elif a.cmd == "time":
         sys.path.insert(0, str(REPO / "scripts"))
         sys.exit(1 if time_all(Path(a.dir), a.json, a.configs) else 0)

@@ -8,6 +8,11 @@
   group 32 * part - 24 * sum(x) = sum x (q - 8)) emulated in numpy float32 against float64.
 - Build: every configuration of GEMV_CONFIGS, M = 1..4, compiles with nvcc into an sm_90 cubin
   (and one for sm_80). Numerics and speed on the GPU: scripts/gpu_check_gemv.py (docs/gpu.md).
+- Prefill (M > 4): the shell picks the tensor-core GEMM ("tc", split-K by gemm_split, a y = bias
+  launch first when split) for g % 32 == 0 on sm_80+, else the SIMT GEMM ("simt"); its fp16
+  numerics (x rounded to fp16, exact q - 8, fp32 sums scaled per group) emulated in numpy
+  against float64 within the bound the GPU check uses; both build for sm_90 and sm_80 with no
+  spills (nvcc -Xptxas -v).
 """
 
 import math
@@ -18,12 +23,16 @@ import numpy as np
 import pytest
 
 from lowbit.backends.tvm.kernels.cuda import (
+    GEMM_CONFIGS,
+    GEMM_SPLIT_BLOCKS,
     GEMV_CONFIGS,
     GEMV_XS,
     NUM_SMS,
     _split_k,
     arg_shapes,
+    default_gemm,
     default_gemv,
+    gemm_split,
     shell_w4a16,
 )
 
@@ -194,3 +203,145 @@ def test_builds_for_sm80(tmp_path):
                           "b": shell_w4a16(4, 264, 512, 32)}, "sm_80")
     lib.export_library(str(tmp_path / "gemv.so"))
     assert fatbin_arches(tmp_path / "gemv.so") == ["sm_80"]
+
+
+# ---- prefill (M > 4): tensor cores --------------------------------------------------------------
+PREFILL = [(5, 264, 512, 32), (16, 768, 768, 128), (16, 4096, 4096, 128), (37, 776, 768, 128),
+           (128, 768, 3072, 32), (1000, 4096, 4096, 128), (4096, 4096, 4096, 128),
+           (1000, 72, 4096, 128)]
+
+
+def _target(arch):
+    from lowbit.backends.tvm.target import resolve_target
+
+    return resolve_target({"kind": "cuda", "arch": arch})
+
+
+def test_selection_by_m():
+    for m in range(1, 5):
+        assert "lowbit_w4a16_gemv_" in shell_w4a16(m, 768, 768, 128).script()
+    for m in (5, 16, 1000):
+        f = shell_w4a16(m, 768, 768, 128)
+        assert f.attrs["lowbit.config"] == "tc"
+        assert "lowbit_w4a16_gemm_tc" in f.script()
+    assert default_gemm(16, 768, 768, 128, _target("sm_90")) == "tc"
+    assert default_gemm(16, 768, 768, 128, _target("sm_80")) == "tc"
+    assert default_gemm(16, 768, 768, 128, _target("sm_75")) == "simt"
+    assert default_gemm(16, 768, 768, 16) == "simt"          # group not a multiple of 32
+    f = shell_w4a16(16, 768, 768, 16)
+    assert f.attrs["lowbit.config"] == "simt" and '"lowbit_w4a16_gemm"' in f.script()
+    with pytest.raises(ValueError, match="group % 32"):
+        shell_w4a16(16, 768, 768, 16, config="tc")
+    with pytest.raises(ValueError, match="not one of"):
+        shell_w4a16(16, 768, 768, 128, config="wmma")
+
+
+@pytest.mark.parametrize("shape", PREFILL)
+def test_prefill_shells(shape):
+    m, n, k, g = shape
+    for cfg in GEMM_CONFIGS:
+        f = shell_w4a16(m, n, k, g, config=cfg)
+        script = f.script()
+        assert f.attrs["lowbit.config"] == cfg
+        assert arg_shapes(f) == [[m, k], [k // 2, n], [k // g, n], [n], [m, n]]
+        gz, chunk = gemm_split(m, n, k, g) if cfg == "tc" else (1, k)
+        assert ("lowbit_w4a16_init" in script) == (gz > 1)
+        if cfg != "simt":
+            assert '"lowbit_w4a16_gemm_tc"' in script
+            assert script.rstrip().endswith(f"{m}, {n}, {k}, {g}, {chunk})"), script[-200:]
+            assert ('launch_thread("blockIdx.z", ' + str(gz)) in script or gz == 1
+
+
+@pytest.mark.parametrize("shape", PREFILL)
+def test_gemm_split_covers_k_in_whole_groups(shape):
+    m, n, k, g = shape
+    gz, chunk = gemm_split(m, n, k, g)
+    assert chunk % g == 0 and chunk >= min(k, 128)
+    assert (gz - 1) * chunk < k <= gz * chunk             # no empty split, all of K covered
+    tiles = math.ceil(n / 64) * math.ceil(m / 64)
+    assert gz == 1 or tiles < GEMM_SPLIT_BLOCKS
+
+
+def test_gemm_split_rule_h200_table():
+    """Split where the H200 run measured the split faster than one block per tile."""
+    split = {(16, 768, 768), (16, 3072, 768), (16, 768, 3072), (16, 4096, 4096), (128, 768, 768),
+             (128, 768, 3072), (128, 4096, 4096)}
+    for m in (16, 128, 1000, 4096):
+        for n, k in ((768, 768), (3072, 768), (768, 3072), (4096, 4096)):
+            assert (gemm_split(m, n, k, 128)[0] > 1) == ((m, n, k) in split), (m, n, k)
+
+
+def _emulate_tc(x, q, s, bias, g):
+    """The tensor-core kernel's arithmetic: x rounded to fp16, (q - 8) exact in fp16, products
+    summed in fp32 per group (here exactly, as float64 then float32: the fp32 mma sums add a
+    little more), the group sum times the fp32 scale added to an fp32 accumulator."""
+    xh = x.astype(np.float16).astype(np.float64)
+    k = x.shape[1]
+    acc = np.zeros((x.shape[0], q.shape[1]), np.float32)
+    for g0 in range(0, k, g):
+        part = (xh[:, g0:g0 + g] @ (q[g0:g0 + g] - 8.0)).astype(np.float32)
+        acc += part * s[g0 // g]
+    return acc + bias
+
+
+@pytest.mark.parametrize(("m", "n", "k", "g"), [(16, 64, 768, 32), (8, 96, 3072, 128)])
+def test_emulated_tc_numerics_within_bound(m, n, k, g):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[3] / "scripts" / "gpu_check_gemv.py"
+    spec = importlib.util.spec_from_file_location("gpu_check_gemv", path)
+    gcg = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gcg)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    q = rng.integers(0, 16, (k, n)).astype(np.float64)
+    s = (rng.random((k // g, n)) * 0.02 + 0.001).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    ref = x.astype(np.float64) @ ((q - 8) * np.repeat(s.astype(np.float64), g, 0)) + bias
+    y = _emulate_tc(x, q, s, bias, g)
+    err = np.linalg.norm(y - ref) / np.linalg.norm(ref)
+    assert 1e-5 < err < gcg.TC_BOUND / 4, err    # fp16 x: ~2e-4 (H200: 1.6e-4 .. 2.0e-4)
+
+
+def _ptxas(tmp_path, arch):
+    import subprocess
+
+    from lowbit.backends.tvm.kernels.cuda import CUDA_SOURCE
+
+    src = tmp_path / "tc.cu"
+    src.write_text(f'#include "{CUDA_SOURCE}"\n'
+                   'extern "C" __global__ void __launch_bounds__(128) tc(const float* x, '
+                   "const unsigned char* w, const float* s, const float* b, float* y, int M, "
+                   "int N, int K, int g, int kc) { lowbit_w4a16_gemm_tc(x, w, s, b, y, M, N, K, "
+                   "g, kc); }\n"
+                   'extern "C" __global__ void __launch_bounds__(256) simt(const float* x, '
+                   "const unsigned char* w, const float* s, const float* b, float* y, int M, "
+                   "int N, int K, int g) { lowbit_w4a16_gemm(x, w, s, b, y, M, N, K, g); }\n")
+    out = subprocess.run(["nvcc", "-cubin", f"-arch={arch}", "-O3", "-Xptxas", "-v", str(src),
+                          "-o", str(tmp_path / "tc.cubin")], capture_output=True, text=True,
+                         check=True)
+    return out.stderr
+
+
+@needs_nvcc
+@pytest.mark.parametrize("arch", ["sm_90", "sm_80"])
+def test_prefill_kernels_build_without_spills(tmp_path, arch):
+    log = _ptxas(tmp_path, arch)
+    for fn in ("tc", "simt"):
+        block = log.split(f"Compiling entry function '{fn}'")[1].split("Compiling entry")[0]
+        assert "0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads" in block, block
+
+
+@needs_nvcc
+def test_prefill_shells_build_for_sm90_and_sm80(tmp_path):
+    from lowbit.backends.tvm.pipelines.cuda import fatbin_arches
+
+    for arch in ("sm_90", "sm_80"):
+        funcs = {f"{cfg}{i}": shell_w4a16(*s, config=cfg, target=_target(arch))
+                 for cfg in GEMM_CONFIGS for i, s in enumerate([(16, 768, 768, 128),
+                                                                (37, 776, 768, 32)])}
+        lib, called = _build(funcs, arch)
+        assert {"lowbit_w4a16_gemm_tc", "lowbit_w4a16_gemm"} <= called, called
+        lib.export_library(str(tmp_path / f"{arch}.so"))
+        assert fatbin_arches(tmp_path / f"{arch}.so") == [arch]

@@ -10,8 +10,10 @@ grid and calls one device function of ``cuda_kernels.cu``::
     linear_w4a16, M <= 4                      ->  lowbit_w4a16_gemv_{1..4}: one launch,
         split-K GEMV, dequantization fused, 16-byte loads double-buffered in registers; the
         first block of a column tile stores bias + its sum, the others add with fp32 atomics
-    linear_w4a16, M > 4                       ->  lowbit_w4a16_gemm (64x64 SIMT tiles, weights
-        decoded into shared memory)
+    linear_w4a16, M > 4                       ->  lowbit_w4a16_gemm_tc (config "tc", g % 32 == 0,
+        sm_80+: 64x64 tiles, mma.sync m16n8k16 f16, fp32 sums scaled per group; split-K with
+        a y = bias launch and fp32 atomics on small grids) or
+        lowbit_w4a16_gemm (config "simt": 64x64 SIMT tiles, weights decoded into shared memory)
     bcq_linear, M <= 4, g % 8 == 0            ->  lowbit_w4a16_init (y = bias), then
         lowbit_bcq_t256_{1,2} (M <= 2, 64-column blocks: 256-entry tables, one lookup per
         plane byte) or lowbit_bcq_gemv_{1..4} (16-entry tables): LUT-GEMM (tables of signed
@@ -422,6 +424,42 @@ def default_gemv(m: int, n: int, k: int, group: int) -> str:
     return "v8_u8_s4_b4" if m <= 2 else "v8_u8_s2_b4"
 
 
+GEMM_CONFIGS = ("simt", "tc", "tc_k1")   # M > 4: lowbit_w4a16_gemm / lowbit_w4a16_gemm_tc
+# (split-K by gemm_split / never split)
+
+
+def gemm_tc_ok(group: int, target=None) -> bool:
+    """The tensor-core int4 GEMM takes the shape (group % 32 == 0) and the target (sm_80+)."""
+    import re
+
+    arch = str(target.attrs["arch"]) if target is not None and "arch" in target.attrs else "sm_90"
+    return group % 32 == 0 and int(re.sub(r"\D", "", arch) or 0) >= 80
+
+
+GEMM_SPLIT_BLOCKS = 4 * NUM_SMS   # split K until the tc grid has ~4 blocks per SM
+
+
+def gemm_split(m: int, n: int, k: int, group: int) -> tuple[int, int]:
+    """Split-K of the tensor-core GEMM ``(splits, inputs per split)``: a grid of fewer than
+    NUM_SMS / 2 64x64 tiles, or fewer than NUM_SMS with K >= 2048, is cut along K (whole
+    groups, at least 128 inputs a split, up to about GEMM_SPLIT_BLOCKS blocks) so that more
+    weight bytes are in flight; the splits add into y with fp32 atomics after a y = bias
+    launch. The rule fits the H200 table of docs/gpu.md ("Prefill (M > 4): tensor cores"):
+    the split won on every shape it takes, lost on 128x3072x768 (96 tiles, K = 768) and on
+    M = 1000 at N = 768 (192 tiles), where the atomics cost more than the shorter k loop saves."""
+    tiles = _cdiv(n, 64) * _cdiv(m, 64)
+    groups = k // group
+    if not (tiles < NUM_SMS // 2 or (tiles < NUM_SMS and k >= 2048)) or groups < 2:
+        return 1, k
+    per = max(_cdiv(groups, _cdiv(GEMM_SPLIT_BLOCKS, tiles)), _cdiv(128, group))
+    return _cdiv(groups, per), per * group
+
+
+def default_gemm(m: int, n: int, k: int, group: int, target=None) -> str:
+    """M > 4: tensor cores where they can run (docs/gpu.md, "Prefill (M > 4): tensor cores")."""
+    return "tc" if gemm_tc_ok(group, target) else "simt"
+
+
 def shell_w4a16(m: int, n: int, k: int, group: int, config: str | None = None, target=None
                 ) -> tvm.tirx.PrimFunc:
     """The CUDA linear_w4a16 for x [m, k], w [K/2, N] two nibbles a byte, scale [K/g, N]."""
@@ -450,20 +488,55 @@ def shell_w4a16(m: int, n: int, k: int, group: int, config: str | None = None, t
 
         return main.with_attr(KERNEL_ATTR, "linear_w4a16").with_attr("lowbit.config", cfg)
 
+    cfg = config or _tuned("w4a16", (m, n, k, group), target, GEMM_CONFIGS) or default_gemm(
+        m, n, k, group, target)
+    if cfg not in GEMM_CONFIGS:
+        raise ValueError(f"int4 GEMM config {cfg} is not one of {GEMM_CONFIGS}")
     gx, gy = _cdiv(n, 64), _cdiv(m, 64)
+    if cfg == "simt":
+        @T.prim_func
+        def gemm(x: T.Buffer((m, k), "float32"), w: T.Buffer((k // 2, n), "uint8"),
+                 scale: T.Buffer((k // group, n), "float32"), bias: T.Buffer((n,), "float32"),
+                 y: T.Buffer((m, n), "float32")):
+            T.func_attr({"tirx.noalias": True})
+            bx = T.launch_thread("blockIdx.x", gx)  # noqa: F841
+            by = T.launch_thread("blockIdx.y", gy)  # noqa: F841
+            tx = T.launch_thread("threadIdx.x", 256)  # noqa: F841
+            T.evaluate(T.call_extern("int32", "lowbit_w4a16_gemm", x.data, w.data, scale.data,
+                                     bias.data, y.data, m, n, k, group))
 
-    @T.prim_func
-    def gemm(x: T.Buffer((m, k), "float32"), w: T.Buffer((k // 2, n), "uint8"),
-             scale: T.Buffer((k // group, n), "float32"), bias: T.Buffer((n,), "float32"),
-             y: T.Buffer((m, n), "float32")):
-        T.func_attr({"tirx.noalias": True})
-        bx = T.launch_thread("blockIdx.x", gx)  # noqa: F841
-        by = T.launch_thread("blockIdx.y", gy)  # noqa: F841
-        tx = T.launch_thread("threadIdx.x", 256)  # noqa: F841
-        T.evaluate(T.call_extern("int32", "lowbit_w4a16_gemm", x.data, w.data, scale.data,
-                                 bias.data, y.data, m, n, k, group))
+        return gemm.with_attr(KERNEL_ATTR, "linear_w4a16").with_attr("lowbit.config", cfg)
 
-    return gemm.with_attr(KERNEL_ATTR, "linear_w4a16")
+    if not gemm_tc_ok(group, target):
+        raise ValueError(f"int4 GEMM config {cfg} needs group % 32 == 0 on sm_80+, got g={group}")
+    gz, chunk = gemm_split(m, n, k, group) if cfg == "tc" else (1, k)
+    tc = "lowbit_w4a16_gemm_tc"
+    if gz == 1:
+        @T.prim_func
+        def gemm(x: T.Buffer((m, k), "float32"), w: T.Buffer((k // 2, n), "uint8"),
+                 scale: T.Buffer((k // group, n), "float32"), bias: T.Buffer((n,), "float32"),
+                 y: T.Buffer((m, n), "float32")):
+            T.func_attr({"tirx.noalias": True})
+            with (T.launch_thread("blockIdx.x", gx), T.launch_thread("blockIdx.y", gy),
+                  T.launch_thread("threadIdx.x", 128)):
+                T.evaluate(T.call_extern("int32", tc, x.data, w.data, scale.data, bias.data,
+                                         y.data, m, n, k, group, chunk))
+    else:
+        init_blocks = _cdiv(m * n, 256)
+
+        @T.prim_func
+        def gemm(x: T.Buffer((m, k), "float32"), w: T.Buffer((k // 2, n), "uint8"),
+                 scale: T.Buffer((k // group, n), "float32"), bias: T.Buffer((n,), "float32"),
+                 y: T.Buffer((m, n), "float32")):
+            T.func_attr({"tirx.noalias": True})
+            with T.launch_thread("blockIdx.x", init_blocks), T.launch_thread("threadIdx.x", 256):
+                T.evaluate(T.call_extern("int32", "lowbit_w4a16_init", bias.data, y.data, m, n))
+            with (T.launch_thread("blockIdx.x", gx), T.launch_thread("blockIdx.y", gy),
+                  T.launch_thread("blockIdx.z", gz), T.launch_thread("threadIdx.x", 128)):
+                T.evaluate(T.call_extern("int32", tc, x.data, w.data, scale.data, bias.data,
+                                         y.data, m, n, k, group, chunk))
+
+    return gemm.with_attr(KERNEL_ATTR, "linear_w4a16").with_attr("lowbit.config", cfg)
 
 
 BCQ_GEMV_MAX_M = 4

@@ -12,6 +12,8 @@
 //   thread, the first block of a column tile stores bias + its sum, the others add with fp32
 //   atomics. Needs N % 8 == 0.
 // lowbit_w4a16_gemm: the same for any M: 64x64 tiles, weights decoded into shared memory.
+// lowbit_w4a16_gemm_tc: the same for any M on tensor cores (sm_80+, mma.sync m16n8k16 f16, x
+//   rounded to fp16, fp32 sums scaled per group). Needs g % 32 == 0.
 #ifndef LOWBIT_CUDA_KERNELS
 #define LOWBIT_CUDA_KERNELS
 
@@ -436,6 +438,154 @@ __device__ int lowbit_w4a16_gemm(const float* __restrict__ x, const unsigned cha
       if (n < N) y[(size_t)m * N + n] = acc[i][j] + bias[n];
     }
   }
+  return 0;
+}
+
+// any M, tensor cores (sm_80+): the same y, 64x64 output tile, 4 warps (2 x 2, 32x32 each),
+// mma.sync m16n8k16 f16 x f16 -> f32. k tiles of 32 (16 byte rows), register-prefetched one
+// tile ahead into a double-buffered shared memory: x converted to fp16 as it is stored
+// (xs[m][k]), weights decoded to fp16 (q - 8, exact: 0x6400 | q is 1024 + q) and stored
+// ws[k][n] (B fragments through ldmatrix.trans). The scale is applied to the fp32 sums of each
+// group (part, reset per group): acc += part * s[k/g, n]. Split-K over blockIdx.z (kchunk
+// inputs each, a multiple of g): with gridDim.z > 1 the sums are added to y with fp32 atomics
+// (y set to the bias by lowbit_w4a16_init first), else stored with the bias. Needs g % 32 == 0,
+// K % g == 0, N % 8 == 0. Numerics: x rounded to fp16 (|x| must stay below 65504), products
+// exact, fp32 sums.
+__device__ __forceinline__ unsigned lowbit_h2_sub1032(unsigned v) {   // two halves 1024+q -> q-8
+  unsigned r;
+  asm("sub.f16x2 %0, %1, %2;\n" : "=r"(r) : "r"(v), "r"(0x64086408u));
+  return r;
+}
+__device__ int lowbit_w4a16_gemm_tc(const float* __restrict__ x,
+                                    const unsigned char* __restrict__ w,
+                                    const float* __restrict__ scale,
+                                    const float* __restrict__ bias, float* __restrict__ y, int M,
+                                    int N, int K, int group, int kchunk) {
+  constexpr int XS = 40, WS = 72;                    // padded row strides (halves)
+  __shared__ __align__(16) unsigned short xs[2][64 * XS];
+  __shared__ __align__(16) unsigned short ws[2][32 * WS];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
+  const int m0 = blockIdx.y * 64, n0 = blockIdx.x * 64;
+  // loaders: x: 4 float4 a thread (rows tid/8 + 16 i, k 4 (tid%8)); w: 8 bytes (row tid/8, 8 cols)
+  const int xr = tid >> 3, xk = (tid & 7) * 4, wr = tid >> 3, wc = (tid & 7) * 8;
+  float4 xv[4];
+  uint2 wv;
+  auto load = [&](int k0) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      int gm = m0 + xr + 16 * i;
+      xv[i] = gm < M ? *reinterpret_cast<const float4*>(x + (size_t)gm * K + k0 + xk)
+                     : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+    int gn = n0 + wc;
+    wv = gn < N ? *reinterpret_cast<const uint2*>(w + (size_t)((k0 >> 1) + wr) * N + gn)
+                : make_uint2(0x88888888u, 0x88888888u);   // q = 8: zero weights
+  };
+  auto store = [&](int st) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      uint2 v;
+      asm("cvt.rn.f16x2.f32 %0, %1, %2;\n" : "=r"(v.x) : "f"(xv[i].y), "f"(xv[i].x));
+      asm("cvt.rn.f16x2.f32 %0, %1, %2;\n" : "=r"(v.y) : "f"(xv[i].w), "f"(xv[i].z));
+      *reinterpret_cast<uint2*>(&xs[st][(xr + 16 * i) * XS + xk]) = v;
+    }
+    unsigned lo[4], hi[4];
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      unsigned v = j ? wv.y : wv.x;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {                  // bytes 2h, 2h+1 -> one half2
+        unsigned t = __byte_perm(v, 0u, h ? 0x4342 : 0x4140);
+        lo[2 * j + h] = lowbit_h2_sub1032((t & 0x000F000Fu) | 0x64006400u);
+        hi[2 * j + h] = lowbit_h2_sub1032(((t >> 4) & 0x000F000Fu) | 0x64006400u);
+      }
+    }
+    *reinterpret_cast<uint4*>(&ws[st][(2 * wr) * WS + wc]) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
+    *reinterpret_cast<uint4*>(&ws[st][(2 * wr + 1) * WS + wc]) =
+        make_uint4(hi[0], hi[1], hi[2], hi[3]);
+  };
+  float acc[2][4][4] = {}, part[2][4][4] = {};
+  const int kb = blockIdx.z * kchunk, tiles = (min(K, kb + kchunk) - kb) / 32;
+  const int per_group = group / 32;
+  load(kb);
+  store(0);
+  __syncthreads();
+  for (int t = 0; t < tiles; ++t) {
+    const int st = t & 1;
+    if (t + 1 < tiles) load(kb + (t + 1) * 32);
+#pragma unroll
+    for (int kk = 0; kk < 32; kk += 16) {
+      unsigned a[2][4], b[4][2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        unsigned addr = (unsigned)__cvta_generic_to_shared(
+            &xs[st][(wm + 16 * i + (lane & 15)) * XS + kk + (lane >> 4) * 8]);
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(a[i][0]), "=r"(a[i][1]), "=r"(a[i][2]), "=r"(a[i][3]) : "r"(addr));
+      }
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        unsigned addr = (unsigned)__cvta_generic_to_shared(
+            &ws[st][(kk + (lane & 7) + ((lane >> 3) & 1) * 8) * WS + wn + 16 * j + (lane >> 4) * 8]);
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(b[2 * j][0]), "=r"(b[2 * j][1]), "=r"(b[2 * j + 1][0]),
+                       "=r"(b[2 * j + 1][1]) : "r"(addr));
+      }
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+          asm volatile(
+              "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+              "{%8,%9}, {%0,%1,%2,%3};\n"
+              : "+f"(part[i][j][0]), "+f"(part[i][j][1]), "+f"(part[i][j][2]),
+                "+f"(part[i][j][3])
+              : "r"(a[i][0]), "r"(a[i][1]), "r"(a[i][2]), "r"(a[i][3]), "r"(b[j][0]),
+                "r"(b[j][1]));
+    }
+    if ((t + 1) % per_group == 0) {                  // end of a group: scale the fp32 sums
+      const float* sg = scale + (size_t)((kb + t * 32) / group) * N;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        int n = n0 + wn + 8 * j + (lane & 3) * 2;
+        float2 s = n < N ? *reinterpret_cast<const float2*>(sg + n) : make_float2(0.f, 0.f);
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          acc[i][j][0] = fmaf(part[i][j][0], s.x, acc[i][j][0]);
+          acc[i][j][1] = fmaf(part[i][j][1], s.y, acc[i][j][1]);
+          acc[i][j][2] = fmaf(part[i][j][2], s.x, acc[i][j][2]);
+          acc[i][j][3] = fmaf(part[i][j][3], s.y, acc[i][j][3]);
+#pragma unroll
+          for (int c = 0; c < 4; ++c) part[i][j][c] = 0.f;
+        }
+      }
+    }
+    if (t + 1 < tiles) store(st ^ 1);
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      int n = n0 + wn + 8 * j + (lane & 3) * 2;
+      if (n >= N) continue;
+      float2 bb = gridDim.z == 1 ? *reinterpret_cast<const float2*>(bias + n)
+                                 : make_float2(0.f, 0.f);
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        int m = m0 + wm + 16 * i + (lane >> 2) + 8 * h;
+        if (m >= M) continue;
+        float* yp = y + (size_t)m * N + n;
+        if (gridDim.z == 1) {
+          *reinterpret_cast<float2*>(yp) =
+              make_float2(acc[i][j][2 * h] + bb.x, acc[i][j][2 * h + 1] + bb.y);
+        } else {
+          atomicAdd(yp, acc[i][j][2 * h]);
+          atomicAdd(yp + 1, acc[i][j][2 * h + 1]);
+        }
+      }
+    }
   return 0;
 }
 
