@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from lowbit.capture import capture
-from lowbit.passes.subgroups import list_subgroups
-from lowbit.search import PerHead, PerNeurons, PlanEntry, PrecisionPlan, SearchSpace
+from lowbit.testing.plans import cycled_plan
 
 VOCAB, SEQ = 1000, 8
 
@@ -69,22 +68,9 @@ def gpt2_1():
 
 @pytest.fixture(scope="session")
 def plan_for():
-    def make(gm, pruned=(), choices=(("fp", 32),), space=None, granularity=None):
-        """``pruned``: ties (``block0.kv1``, ``block0.ffn2``) or linear names pruned whole;
-        the other subgroups take ``choices`` in turn."""
-        space = SearchSpace(group=None, bcq_iters=2) if space is None else space
-        subgroups = list_subgroups(gm, granularity or (PerHead(), PerNeurons(32)))
-        entries, i = [], 0
-        for s in subgroups:
-            if s.tie in pruned or s.linear in pruned:
-                code, bits = "pruned", 0
-            else:
-                code, bits = choices[i % len(choices)]
-                i += 1
-            entries.append(PlanEntry(s.linear, s.role, s.rows, s.in_features, s.out_features,
-                                     code, bits, code == "pruned", s.tie))
-        return PrecisionPlan(tuple(entries), space)
-    return make
+    """``lowbit.testing.plans.cycled_plan``: ``pruned`` ties (``block0.kv1``, ``block0.ffn2``)
+    or linear names pruned whole; the other subgroups take ``choices`` in turn."""
+    return cycled_plan
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -47,10 +47,10 @@ from lowbit.passes.onnx.quantize_formats import (
 )
 from lowbit.passes.onnx.split_rows import SplitRowBlocks
 from lowbit.passes.spot import find_transformer
-from lowbit.passes.subgroups import list_subgroups
 from lowbit.passes.view import view_of
-from lowbit.search import PerHead, PerNeurons, PlanEntry, PrecisionPlan, SearchSpace
+from lowbit.search import PrecisionPlan, SearchSpace
 from lowbit.testing import assert_idempotent, assert_untouched, op_counts
+from lowbit.testing.plans import cycled_plan
 
 FP32_TOL = 1e-5     # the same sums with zero terms left out / the same dequantized weights
 W8A8_ATOL = 2e-3    # as tests/search/test_apply_formats.py: an input on a rounding tie
@@ -85,18 +85,8 @@ def models():
 
 def plan_for(graph, pruned=(), choices=(("fp", 32),), space=None) -> PrecisionPlan:
     """PerHead / PerNeurons(32) subgroups; ``pruned`` ties or whole linears, the others take
-    ``choices`` in turn (as tests/search/conftest.py's ``plan_for``)."""
-    space = SPACES["per_row"] if space is None else space
-    entries, i = [], 0
-    for s in list_subgroups(graph, (PerHead(), PerNeurons(32))):
-        if s.tie in pruned or s.linear in pruned:
-            code, bits = "pruned", 0
-        else:
-            code, bits = choices[i % len(choices)]
-            i += 1
-        entries.append(PlanEntry(s.linear, s.role, s.rows, s.in_features, s.out_features,
-                                 code, bits, code == "pruned", s.tie))
-    return PrecisionPlan(tuple(entries), space)
+    ``choices`` in turn (``lowbit.testing.plans.cycled_plan``, as tests/search)."""
+    return cycled_plan(graph, pruned, choices, SPACES["per_row"] if space is None else space)
 
 
 def masked(model: ir.Model, plan: PrecisionPlan) -> ir.Model:
