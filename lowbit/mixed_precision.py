@@ -21,8 +21,14 @@ a size budget (issue 17's integer-program baseline, ModelOpt ``auto_quantize`` s
    ``prune_margin`` standard errors), else ``0.5 * sum F W^2`` (``"taylor"``); real bytes per
    candidate (``lowbit.search.cost``), o / down at the width their pruned feeders leave
    (``mixed_precision_prune.plan_links``, ``lowbit.search.ilp``'s narrowing);
+   with input choices (``SearchSpace.activations``), a candidate's score adds its input's,
+   ``lowbit.mixed_precision_acts`` (the same Fisher estimate on the linear's input), in
+   proportion to the subgroup's rows;
 4. the integer program (``lowbit.search.ilp``, HiGHS): least total sensitivity within budget,
-   bytes counted as ``apply_precision`` stores the plan (``PrecisionPlan.total_bytes``).
+   bytes counted as ``apply_precision`` stores the plan (``PrecisionPlan.total_bytes``), the
+   kept subgroups of a linear on one input choice, and with a latency budget
+   (``Budget(seconds=...)``, ``SensitivityTable.with_latency``) the summed measured kernel
+   times within it (``lowbit.search.latency``).
 
 The graph is not modified (gradients go to ``torch.autograd.grad``; requires_grad flags are
 restored). Applying the plan to the graph is a later pass.
@@ -53,7 +59,7 @@ from lowbit.passes.subgroups import DEFAULT_ROLES, list_subgroups
 from lowbit.progress import bar as progress_bar
 from lowbit.progress import say
 from lowbit.search.cost import total_bytes
-from lowbit.search.ilp import Budget, solve
+from lowbit.search.ilp import Budget, exact_latency, solve
 from lowbit.search.plan import PlanEntry, PrecisionPlan, narrowings
 from lowbit.search.sensitivity import (
     FisherAccumulator,
@@ -64,7 +70,7 @@ from lowbit.search.sensitivity import (
     measured_price,
     spread,
 )
-from lowbit.search.space import Candidate, SearchSpace, Subgroup, WholeLinear
+from lowbit.search.space import ACTIVATIONS, Candidate, SearchSpace, Subgroup, WholeLinear
 
 __all__ = ["PRUNE_COSTS", "SensitivityTable", "fisher", "lm_loss", "lm_token_losses",
            "plan_for_budget", "search_precision", "sensitivity_table"]
@@ -180,10 +186,43 @@ class SensitivityTable:
     pruned_scores: dict = dataclasses.field(default_factory=dict)
     units: tuple[UnitCost, ...] = ()
     links: tuple = ()
+    input_scores: dict = dataclasses.field(default_factory=dict)
+    latency: np.ndarray | None = None
 
     @property
     def elements(self) -> int:
         return sum(sg.elements for sg in self.subgroups)
+
+    def with_latency(self, latency) -> SensitivityTable:
+        """This table with each candidate's kernel time: an array [subgroups, candidates] of
+        seconds, or a ``lowbit.search.latency.LatencyTable`` (each subgroup's share of its
+        linear's measured time, ``latency.subgroup_latency``)."""
+        if not isinstance(latency, np.ndarray):
+            from lowbit.search.latency import subgroup_latency
+            latency = subgroup_latency(latency, self.subgroups, self.candidates)
+        lat = np.asarray(latency, dtype=float)
+        if lat.shape != self.sensitivity.shape or not (np.isfinite(lat) & (lat >= 0)).all():
+            raise ConfigError(f"SensitivityTable.with_latency: need finite seconds >= 0 shaped "
+                              f"{self.sensitivity.shape}, got {lat.shape}")
+        return dataclasses.replace(self, latency=lat)
+
+    def columns(self, plan: PrecisionPlan) -> np.ndarray:
+        """The column of each subgroup's entry in ``plan`` (a plan over these subgroups)."""
+        at = {e.name: e.candidate for e in plan.entries}
+        try:
+            return np.array([self.candidates.index(at[sg.name]) for sg in self.subgroups])
+        except (KeyError, ValueError):
+            raise ConfigError("SensitivityTable.columns: the plan's entries are not this "
+                              "table's subgroups and candidates") from None
+
+    def latency_of(self, plan: PrecisionPlan) -> float:
+        """``plan``'s summed kernel time as the integer program counts it (``with_latency``
+        first), e.g. of a uniform plan, to budget a search at its speed."""
+        if self.latency is None:
+            raise ConfigError("SensitivityTable.latency_of: no latency (with_latency first)")
+        pruned = np.array([[c.pruned for c in self.candidates]] * len(self.subgroups))
+        return exact_latency(self.columns(plan), self.latency, pruned, narrowings(
+            self.links, self.subgroups, self.candidates, self.space, self.latency))
 
     def priced(self, prune_cost: str, margin: float | None = None) -> SensitivityTable:
         """This table with the pruned candidate priced by ``prune_cost`` (one it holds), a
@@ -239,6 +278,39 @@ def _measure_pruning(gm: fx.GraphModule, subgroups: list[Subgroup], batches: lis
     return _measured_column(subgroups, units, margin), units, info
 
 
+def _objective(loss_fn: LossFn | None):
+    """The loss ``fisher`` differentiates, as ``objective(outputs, batch, gen)``."""
+    def objective(out: Any, batch: Any, gen: torch.Generator) -> torch.Tensor:
+        return _distillation(out, gen) if loss_fn is None else loss_fn(out, batch)
+    return objective
+
+
+def _add_input_scores(gm: fx.GraphModule, subgroups: Sequence[Subgroup],
+                      cands: Sequence[Candidate], sens: np.ndarray, calibration: Any,
+                      loss_fn: LossFn | None, seed: int, space: SearchSpace,
+                      progress: bool) -> dict:
+    """Step 3's input part (module docstring), added to ``sens`` in place: a column of input
+    ``a`` gets ``S_act(linear, a) * rows / out_features``; inf where the input cannot be
+    scored. Returns {linear: {act: score}}."""
+    if space.activations == ("fp",) or not any(c.act != "fp" for c in cands):
+        return {}
+    from lowbit.mixed_precision_acts import input_scores
+    t0 = time.perf_counter()
+    scores, _ = input_scores(gm, sorted({sg.linear for sg in subgroups}),
+                                   space.activations, list(calibration), _run,
+                                   _objective(loss_fn), seed=seed, progress=progress)
+    for j, c in enumerate(cands):
+        if c.act == "fp" or c.pruned:
+            continue
+        for i, sg in enumerate(subgroups):
+            share = (sg.rows[1] - sg.rows[0]) / sg.out_features
+            got = scores.get(sg.linear, {}).get(c.act)
+            sens[i, j] = np.inf if got is None else sens[i, j] + got * share
+    _say(progress, f"sensitivity: inputs of {len(scores)} linears "
+                   f"({', '.join(a for a in space.activations if a != 'fp')})", t0)
+    return scores
+
+
 def sensitivity_table(gm: fx.GraphModule, *, calibration: Iterable[Any],
                       granularity=None, space: SearchSpace | None = None,
                       loss_fn: LossFn | None = None, roles: tuple[str, ...] = DEFAULT_ROLES,
@@ -278,9 +350,12 @@ def sensitivity_table(gm: fx.GraphModule, *, calibration: Iterable[Any],
         sens[idx] = candidate_scores(_as_out_in(params[w], sg), _as_out_in(acc.fisher(w), sg),
                                      [subgroups[i].rows for i in idx], cands, space, sg.linear)
     _say(progress, f"sensitivity: {len(cands)} candidates x {len(weights)} linears", t0)
+    inputs = _add_input_scores(gm, subgroups, cands, sens, calibration, loss_fn, seed,
+                               space, progress)
     nbytes = np.array([[total_bytes(sg.rows[1] - sg.rows[0], sg.in_features, c, space)
                         for c in cands] for sg in subgroups], dtype=np.int64)
     info = {"batches": acc.batches, "granularity": repr(granularity),
+            "activations": list(space.activations),
             "loss": "distillation" if loss_fn is None else getattr(loss_fn, "__name__", "loss_fn"),
             "loss_terms": acc.terms / acc.batches if loss_fn is not None else None,
             "prune_cost": None}
@@ -296,7 +371,7 @@ def sensitivity_table(gm: fx.GraphModule, *, calibration: Iterable[Any],
         sens[:, pruned] = col[:, None]
         info.update(prune_cost="measured", **more)
     return SensitivityTable(tuple(subgroups), cands, space, sens, nbytes, info, scores, units,
-                            plan_links(gm, subgroups))
+                            plan_links(gm, subgroups), inputs)
 
 
 def plan_for_budget(table: SensitivityTable, budget: Budget | int, *, progress: bool = True
@@ -314,18 +389,33 @@ def plan_for_budget(table: SensitivityTable, budget: Budget | int, *, progress: 
         if sg.tie is not None:
             ties.setdefault(sg.tie, []).append(i)
     pruned = np.array([[c.pruned for c in cands]] * len(subgroups))
+    option = np.array([[-1 if c.pruned else ACTIVATIONS.index(c.act) for c in cands]]
+                      * len(subgroups))
+    linears: dict[str, list[int]] = {}
+    for i, sg in enumerate(subgroups):
+        linears.setdefault(sg.linear, []).append(i)
+    if budget.seconds is not None and table.latency is None:
+        raise ConfigError("Budget(seconds=...) needs measured kernel times: "
+                          "table.with_latency(lowbit.search.latency.measure_latency(...))")
+    lat = table.latency if budget.seconds is not None else None
     t0 = time.perf_counter()
     sol = solve(sens, table.nbytes, limit, pruned=pruned,
                 ties=[t for t in ties.values() if len(t) > 1],
-                narrowings=narrowings(table.links, subgroups, cands, table.space))
+                narrowings=narrowings(table.links, subgroups, cands, table.space, lat),
+                shared=[g for g in linears.values() if len(g) > 1], option=option,
+                latency=lat, latency_budget=budget.seconds)
+    took = "" if lat is None else f", {sol.latency * 1e3:.3f} of {budget.seconds * 1e3:.3f} ms"
     _say(progress, f"integer program: {sol.variables} binaries, {len(subgroups)} subgroups, "
-                   f"HiGHS {sol.seconds * 1e3:.0f} ms, {sol.bytes:,} of {limit:,} bytes", t0)
+                   f"HiGHS {sol.seconds * 1e3:.0f} ms, {sol.bytes:,} of {limit:,} bytes{took}",
+         t0)
     entries = tuple(
         PlanEntry(sg.linear, sg.role, sg.rows, sg.in_features, sg.out_features, c.code, c.bits,
-                  c.pruned, sg.tie, float(sens[i, col]))
+                  c.pruned, sg.tie, float(sens[i, col]), c.act)
         for i, (sg, col) in enumerate(zip(subgroups, sol.choice)) for c in [cands[col]])
     info = {"method": "taylor+ilp", "solver": "highs", "solve_seconds": sol.seconds,
             "binaries": sol.variables, "sensitivity": sol.sensitivity, **table.info}
+    if lat is not None:
+        info.update(latency_seconds=sol.latency, latency_budget=budget.seconds)
     plan = PrecisionPlan(entries, table.space, limit, info, table.links)
     if plan.total_bytes != sol.bytes:
         raise LowbitError(f"plan_for_budget: the solver counted {sol.bytes} bytes, the plan "

@@ -88,6 +88,11 @@ class _Supernet:
         if not isinstance(gm, fx.GraphModule):
             raise ConfigError(f"search_precision_dnas takes a captured fx.GraphModule "
                               f"(lowbit.capture), got {type(gm).__name__}")
+        if space.activations != ("fp",):
+            raise ConfigError(f"search_precision_dnas searches weights only; the space's "
+                              f"activations {space.activations} are searched by "
+                              f"search_precision (integer program), or set per linear with "
+                              f"PrecisionPlan.edit_activation")
         self.gm, self.loss_fn, self.space = gm, loss_fn, space
         self.granularity = WholeLinear() if granularity is None else granularity
         self.subgroups = list_subgroups(gm, self.granularity, roles=roles, ignore=ignore)

@@ -3,7 +3,9 @@
 For ``R`` rows of a ``K``-wide weight with ``G`` groups per row (``SearchSpace.groups_per_row``),
 ``s`` = ``scale_bytes`` (4: fp32, 2: fp16), each candidate stores what lowbit's packers store::
 
-    uniform 8     codes R*K            int8/uint8 [N, K] (quantize_weight; pack_vnni moves them)
+    uniform 8     codes R*K            int8/uint8 [N, K] (quantize_weight; pack_vnni moves them);
+                                       with int8 inputs (``Candidate.act``) one scale per row
+                                       whatever the group (the W8A8 kernel's per-channel weights)
     uniform 4     codes R*ceil(K/2)    two per byte along K (backends/tvm pack_int4)
     uniform 2, 3  codes b*R*ceil(K/8)  b bit planes, 8 per byte (uniform_as_bcq + pack_planes)
                   scales  R*G*s        one per row and group
@@ -43,10 +45,12 @@ def candidate_bytes(rows: int, k: int, cand: Candidate, space: SearchSpace) -> d
     ``total`` (module docstring)."""
     if rows < 0 or k < 1:
         raise ConfigError(f"candidate_bytes: need rows >= 0 and K >= 1, got {rows}, {k}")
-    if cand.code in ("uniform", "bcq") and not space.per_row(k) and k % space.group:
+    per_channel = cand.act == "int8"                 # W8A8: per-channel weights
+    if cand.code in ("uniform", "bcq") and not per_channel and not space.per_row(k) and \
+            k % space.group:
         raise ConfigError(f"candidate_bytes: group={space.group} does not divide K={k}")
     codes = scales = zps = 0
-    g = rows * space.groups_per_row(k)          # scale groups in the block
+    g = rows * (1 if per_channel else space.groups_per_row(k))   # scale groups in the block
     s = space.scale_bytes
     if cand.code == "fp":
         codes = rows * k * (cand.bits // 8)

@@ -19,7 +19,20 @@ add bytes). Exactly, with y[n] binary (n = 0..F feeders pruned) and z[s,c,n] in 
 (the marginals admit only the outer product of two one-hot vectors, and make the relaxation
 far tighter than ``z >= x + y - 1``: HiGHS solves MiniLM per head in well under a second)
 
-instead of B[s,c] x[s,c]. Not modelled (a bound, never below the real size): the linears only
+instead of B[s,c] x[s,c].
+
+**Shared input choices** (``shared``, ``option``: the subgroups of one linear take one input
+choice, ``space.Candidate.act``): ``option[s,c]`` the input option of column c (-1: none, a
+pruned column), one binary y[g,o] per group g and option o::
+
+    sum_o y[g,o] = 1,   sum_{c: option[s,c] = o} x[s,c] <= y[g,o]      every s in g, every o
+
+**Latency** (optional, ``latency`` [S, C] seconds, ``latency_budget``): a second knapsack row,
+sum_{s,c} T[s,c] x[s,c] <= latency_budget, the sinks' rows as their bytes (``Narrowing.latency``
+[sinks, C, F + 1] on the z variables). The search fills T from measured kernel times
+(``lowbit.search.latency``).
+
+Not modelled (a bound, never below the real size): the linears only
 a sink reads (``Narrowing.reads``) are counted when the sink itself is pruned whole (the plan
 and ``Solution.bytes`` count them 0; pruning all its feeders removes the same linears and is
 counted exactly).
@@ -37,6 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import sys
 import time
@@ -46,16 +60,20 @@ import numpy as np
 
 from lowbit.errors import ConfigError, LowbitError
 
-__all__ = ["Budget", "Narrowing", "Solution", "exact_bytes", "least_bytes", "solve"]
+__all__ = ["Budget", "Narrowing", "Solution", "exact_bytes", "exact_latency", "least_bytes",
+           "solve"]
 
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
     """A size budget: ``bytes`` (total stored bytes of the searched weights), or ``avg_bits``
-    (stored bits per weight element, scales and zero points included). Exactly one."""
+    (stored bits per weight element, scales and zero points included). Exactly one. Optional
+    ``seconds``: a latency budget, the summed measured kernel time of the searched linears
+    (``SensitivityTable.with_latency``: at the tokens per call it was measured at)."""
 
     bytes: int | None = None
     avg_bits: float | None = None
+    seconds: float | None = None
 
     def __post_init__(self) -> None:
         if (self.bytes is None) == (self.avg_bits is None):
@@ -68,6 +86,10 @@ class Budget:
                                               and 0 <= self.avg_bits < float("inf")):
             raise ConfigError(f"Budget.avg_bits: must be a finite number >= 0, got "
                               f"{self.avg_bits!r}")
+        if self.seconds is not None and (isinstance(self.seconds, bool) or not isinstance(
+                self.seconds, (int, float)) or not 0 < self.seconds < float("inf")):
+            raise ConfigError(f"Budget.seconds: must be a finite number > 0, got "
+                              f"{self.seconds!r}")
 
     def to_bytes(self, elements: int) -> int:
         """The budget in bytes for ``elements`` weight elements (avg_bits rounded down)."""
@@ -88,6 +110,7 @@ class Narrowing:
     sinks: tuple[int, ...]
     nbytes: np.ndarray
     reads: tuple[int, ...] = ()
+    latency: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "feeders", tuple(int(f) for f in self.feeders))
@@ -101,11 +124,24 @@ class Narrowing:
             raise ConfigError(f"Narrowing: feeders {self.feeders} and sinks {self.sinks} "
                               f"(disjoint, non-empty) need bytes [sinks, candidates, feeders "
                               f"+ 1] >= 0, got {nb.shape}")
+        if self.latency is not None:
+            lat = np.asarray(self.latency, dtype=float)
+            object.__setattr__(self, "latency", lat)
+            if lat.shape != nb.shape or not (np.isfinite(lat) & (lat >= 0)).all():
+                raise ConfigError(f"Narrowing: latency must be finite, >= 0 and shaped as the "
+                                  f"bytes {nb.shape}, got {lat.shape}")
 
     def bytes_of(self, choice: np.ndarray, pruned: np.ndarray) -> int:
         """The sinks' bytes under ``choice`` (a column per subgroup)."""
         n = sum(bool(pruned[f, choice[f]]) for f in self.feeders)
         return int(sum(self.nbytes[j, choice[s], n] for j, s in enumerate(self.sinks)))
+
+    def latency_of(self, choice: np.ndarray, pruned: np.ndarray) -> float:
+        """The sinks' latency under ``choice`` (0 without a latency array)."""
+        if self.latency is None:
+            return 0.0
+        n = sum(bool(pruned[f, choice[f]]) for f in self.feeders)
+        return float(sum(self.latency[j, choice[s], n] for j, s in enumerate(self.sinks)))
 
 
 def exact_bytes(choice: np.ndarray, nbytes: np.ndarray, pruned: np.ndarray,
@@ -120,16 +156,27 @@ def exact_bytes(choice: np.ndarray, nbytes: np.ndarray, pruned: np.ndarray,
                                                        for nw in narrowings)
 
 
+def exact_latency(choice: np.ndarray, latency: np.ndarray, pruned: np.ndarray,
+                  narrowings: Sequence[Narrowing] = ()) -> float:
+    """Summed latency of ``choice``, sinks as their narrowing says (as ``exact_bytes``)."""
+    sink = {s for nw in narrowings for s in nw.sinks}
+    rest = [s for s in range(len(choice)) if s not in sink]
+    return float(latency[rest, choice[rest]].sum()) + sum(nw.latency_of(choice, pruned)
+                                                         for nw in narrowings)
+
+
 @dataclasses.dataclass(frozen=True)
 class Solution:
-    """``choice[s]``: the column chosen for subgroup s; its total sensitivity and bytes;
-    ``seconds``: the HiGHS solve alone; ``variables``: binaries after pruning dominated ones."""
+    """``choice[s]``: the column chosen for subgroup s; its total sensitivity and bytes (and
+    latency, NaN without one); ``seconds``: the HiGHS solve alone; ``variables``: binaries
+    after pruning dominated ones."""
 
     choice: np.ndarray
     sensitivity: float
     bytes: int
     seconds: float
     variables: int
+    latency: float = float("nan")
 
 
 @contextlib.contextmanager
@@ -148,12 +195,17 @@ def _quiet_stdout():
 
 
 def _kept(sens: np.ndarray, nbytes: np.ndarray, pruned: np.ndarray,
-          bound: np.ndarray | None = None) -> np.ndarray:
+          bound: np.ndarray | None = None, latency: np.ndarray | None = None,
+          option: np.ndarray | None = None) -> np.ndarray:
     """Mask [S, C] of the finite, non-dominated (or pruned) candidates. In a subgroup whose
     pruning is ``bound`` (tied to others, or narrowing a sink) a pruned candidate dominates
-    nothing: choosing it costs more than its own row says."""
+    nothing: choosing it costs more than its own row says. With a ``latency`` it counts as a
+    third cost; with input ``option`` s only a column of the same option dominates (the
+    option is shared with other subgroups)."""
     ok = np.isfinite(sens)
     keep = ok.copy()
+    lat = np.zeros(sens.shape) if latency is None else latency
+    opt = np.zeros(sens.shape, int) if option is None else option
     for s in range(sens.shape[0]):
         cols = np.flatnonzero(ok[s])
         if bound is not None and bound[s]:
@@ -161,8 +213,11 @@ def _kept(sens: np.ndarray, nbytes: np.ndarray, pruned: np.ndarray,
         for c in cols:
             if pruned[s, c]:
                 continue
-            le = (nbytes[s, cols] <= nbytes[s, c]) & (sens[s, cols] <= sens[s, c])
-            lt = (nbytes[s, cols] < nbytes[s, c]) | (sens[s, cols] < sens[s, c])
+            same = opt[s, cols] == opt[s, c]
+            le = (nbytes[s, cols] <= nbytes[s, c]) & (sens[s, cols] <= sens[s, c]) & \
+                (lat[s, cols] <= lat[s, c]) & same
+            lt = (nbytes[s, cols] < nbytes[s, c]) | (sens[s, cols] < sens[s, c]) | \
+                (lat[s, cols] < lat[s, c])
             # dominated strictly, or an equal twin earlier in the row
             if (le & lt).any() or (le & ~lt & (cols < c)).any():
                 keep[s, c] = False
@@ -171,10 +226,14 @@ def _kept(sens: np.ndarray, nbytes: np.ndarray, pruned: np.ndarray,
 
 def solve(sensitivity: np.ndarray, nbytes: np.ndarray, budget: int, *,
           pruned: np.ndarray | None = None, ties: Sequence[Sequence[int]] = (),
-          narrowings: Sequence[Narrowing] = (), time_limit: float = 60.0) -> Solution:
+          narrowings: Sequence[Narrowing] = (), shared: Sequence[Sequence[int]] = (),
+          option: np.ndarray | None = None, latency: np.ndarray | None = None,
+          latency_budget: float | None = None, time_limit: float = 60.0) -> Solution:
     """The integer program of the module docstring on plain arrays [S, C] (``pruned``: which
     columns prune; ``ties``: lists of subgroup indices that prune together; ``narrowings``:
-    sinks whose bytes depend on their feeders, ``nbytes`` of their rows unused)."""
+    sinks whose bytes depend on their feeders, ``nbytes`` of their rows unused; ``shared``
+    and ``option`` [S, C]: groups of subgroups that take one input option; ``latency``
+    [S, C] and ``latency_budget``: the latency row)."""
     try:
         import highspy
     except ImportError:
@@ -200,10 +259,28 @@ def solve(sensitivity: np.ndarray, nbytes: np.ndarray, budget: int, *,
                               f"0..{n_sub - 1}, another candidate count, or a sink twice")
         sink[list(nw.sinks)] = True
     _check_budget(sens, least_bytes(sens, nb, pruned, narrowings), pruned, ties, budget)
+    lat = None
+    if latency is not None or latency_budget is not None:
+        lat = np.asarray(latency, dtype=float) if latency is not None else None
+        if lat is None or latency_budget is None or lat.shape != sens.shape or \
+                not (np.isfinite(lat) & (lat >= 0)).all() or not latency_budget >= 0:
+            raise ConfigError(f"solve: a latency budget needs latency [subgroups, candidates] "
+                              f"{sens.shape} finite and >= 0 and a budget >= 0 (got "
+                              f"{None if lat is None else lat.shape}, {latency_budget!r})")
+        if any(nw.latency is None for nw in narrowings):
+            raise ConfigError("solve: with a latency budget every narrowing needs latency")
+    opt = None
+    if option is not None:
+        opt = np.asarray(option, dtype=int)
+        if opt.shape != sens.shape:
+            raise ConfigError(f"solve: option must be [subgroups, candidates] {sens.shape}, "
+                              f"got {opt.shape}")
+        if any(not 0 <= s < n_sub for g in shared for s in g):
+            raise ConfigError("solve: a shared group names a subgroup out of range")
 
     bound = np.zeros(n_sub, bool)
     bound[[t for tie in ties for t in tie] + [f for nw in narrowings for f in nw.feeders]] = True
-    keep = _kept(sens, nb, pruned, bound)
+    keep = _kept(sens, nb, pruned, bound, lat, opt if shared else None)
     keep[sink] = np.isfinite(sens[sink])
     cols = [(s, c) for s in range(n_sub) for c in np.flatnonzero(keep[s])]
     var = {sc: i for i, sc in enumerate(cols)}
@@ -217,6 +294,8 @@ def solve(sensitivity: np.ndarray, nbytes: np.ndarray, budget: int, *,
     integer: list[bool] = []
     budget_idx = [i for i, (s, _) in enumerate(cols) if not sink[s]]
     budget_val = [float(nb[cols[i]]) for i in budget_idx]
+    lat_idx = [i for i in budget_idx if lat is not None and lat[cols[i]] > 0]
+    lat_val = [float(lat[cols[i]]) for i in lat_idx] if lat is not None else []
     for nw in narrowings:
         f_count = len(nw.feeders)
         y = [n + len(extra) + i for i in range(f_count + 1)]
@@ -239,10 +318,30 @@ def solve(sensitivity: np.ndarray, nbytes: np.ndarray, budget: int, *,
                     if nw.nbytes[j, c, m]:
                         budget_idx.append(z)
                         budget_val.append(float(nw.nbytes[j, c, m]))
+                    if lat is not None and nw.latency[j, c, m] > 0:
+                        lat_idx.append(z)
+                        lat_val.append(float(nw.latency[j, c, m]))
                 rows.append((zc + [var[s, c]], [1.0] * len(zc) + [-1.0], 0.0, 0.0))
             for m, zs in enumerate(at_n):
                 rows.append((zs + [y[m]], [1.0] * len(zs) + [-1.0], 0.0, 0.0))
     rows.append((budget_idx, budget_val, -np.inf, float(budget)))
+    if lat is not None:
+        unit = max(max(lat_val, default=0.0), 1e-300)     # scaled to 1, as the objective
+        rows.append((lat_idx, [v / unit for v in lat_val], -np.inf, latency_budget / unit))
+    for group in (shared if opt is not None else ()):
+        options = sorted({int(opt[s, c]) for s in group for c in np.flatnonzero(keep[s])
+                          if opt[s, c] >= 0})
+        if len(options) < 2:
+            continue
+        y = {o: n + len(extra) + i for i, o in enumerate(options)}
+        extra += [0.0] * len(options)
+        integer += [True] * len(options)
+        rows.append((list(y.values()), [1.0] * len(y), 1.0, 1.0))
+        for s in group:
+            for o, yo in y.items():
+                idx = [var[s, c] for c in np.flatnonzero(keep[s] & (opt[s] == o))]
+                if idx:
+                    rows.append((idx + [yo], [1.0] * len(idx) + [-1.0], -np.inf, 0.0))
     for tie in ties:
         t0 = tie[0]
         for t in tie[1:]:
@@ -273,6 +372,10 @@ def solve(sensitivity: np.ndarray, nbytes: np.ndarray, budget: int, *,
     h.run()
     seconds = time.perf_counter() - t
     status = h.getModelStatus()
+    if status == highspy.HighsModelStatus.kInfeasible and lat is not None:
+        raise ConfigError(f"the latency budget of {latency_budget:.6g} s cannot be met with "
+                          f"{budget} bytes (the fastest choices within the bytes take more; "
+                          f"raise either budget)")
     if status == highspy.HighsModelStatus.kInfeasible and narrowings:
         raise ConfigError(f"budget of {budget} bytes is infeasible: o / down narrowed by "
                           f"pruning take more than the least size each allows alone (the "
@@ -290,7 +393,13 @@ def solve(sensitivity: np.ndarray, nbytes: np.ndarray, budget: int, *,
     if (choice < 0).any() or total > budget:
         raise LowbitError(f"HiGHS returned an invalid assignment ({total} bytes for a budget "
                           f"of {budget})")
-    return Solution(choice, float(sens[picked, choice].sum()), total, seconds, n)
+    took = math.nan
+    if lat is not None:
+        took = exact_latency(choice, lat, pruned, narrowings)
+        if took > latency_budget * (1 + 1e-6):
+            raise LowbitError(f"HiGHS returned an assignment of {took:.6g} s for a latency "
+                              f"budget of {latency_budget:.6g} s")
+    return Solution(choice, float(sens[picked, choice].sum()), total, seconds, n, took)
 
 
 def least_bytes(sens: np.ndarray, nb: np.ndarray, pruned: np.ndarray,

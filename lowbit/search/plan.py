@@ -1,9 +1,12 @@
 """The precision plan: what the search chose for every subgroup, as plain data the user can
-read, edit and save.
+read, edit and save. Each entry also names its linear's input (``act``: "fp", "fp16", or
+"int8" with int8 weights: ``lowbit.search.space``); the kept entries of a linear agree on it
+(``activations``: the linears whose input is not "fp").
 
     plan.summary()                          # a text table, one line per linear
     plan.save("plan.json"); plan = PrecisionPlan.load("plan.json")      # atomic JSON
     plan = plan.edit("encoder.layer.0.attention.self.query[0:32]", code="pruned", bits=0)
+    plan = plan.edit_activation("encoder.layer.0.attention.self.query", "fp16")
 
 Every construction (search, ``load``, ``edit``, the constructor) validates: each entry a valid
 candidate (``space.Candidate``) whose format fits its linear's width, ``pruned`` agreeing with
@@ -45,8 +48,8 @@ _FIELDS = ("linear", "role", "rows", "in_features", "out_features", "code", "bit
 @dataclasses.dataclass(frozen=True)
 class PlanEntry:
     """Rows ``rows[0]:rows[1]`` of linear ``linear`` ([out_features, in_features]) stored as
-    ``code`` at ``bits`` (``pruned``: removed). ``sensitivity``: the search's estimate for
-    this choice (None once edited)."""
+    ``code`` at ``bits`` (``pruned``: removed), its linear's input as ``act``.
+    ``sensitivity``: the search's estimate for this choice (None once edited)."""
 
     linear: str
     role: str
@@ -58,6 +61,7 @@ class PlanEntry:
     pruned: bool = False
     tie: str | None = None
     sensitivity: float | None = None
+    act: str = "fp"
 
     @property
     def name(self) -> str:
@@ -66,7 +70,7 @@ class PlanEntry:
 
     @property
     def candidate(self) -> Candidate:
-        return Candidate(self.code, self.bits)
+        return Candidate(self.code, self.bits, self.act)
 
     @property
     def elements(self) -> int:
@@ -95,7 +99,11 @@ class PlanEntry:
             raise ConfigError(f"{where}: pruned={self.pruned!r} but code={self.code!r}, "
                               f"bits={self.bits!r} (pruning is code 'pruned', bits 0)")
         k, g = self.in_features, space.group
-        if cand.code in ("uniform", "bcq") and not space.per_row(k) and k % g:
+        if cand.act not in space.activations and cand.act != "fp":
+            raise ConfigError(f"{where}: act={cand.act!r} is not among the plan space's "
+                              f"activations {space.activations}")
+        if cand.code in ("uniform", "bcq") and cand.act != "int8" and not space.per_row(k) \
+                and k % g:
             raise ConfigError(f"{where}: the plan's group={g} does not divide in_features={k}")
         if cand.code == "bcq" and k % 8:
             raise ConfigError(f"{where}: BCQ needs in_features % 8 == 0, got {k}")
@@ -166,6 +174,15 @@ class PrecisionPlan:
             if at != n:
                 raise ConfigError(f"PrecisionPlan: the entries of {linear} cover rows 0:{at} "
                                   f"of {n}")
+        acts: dict[str, set] = collections.defaultdict(set)
+        for e in self.entries:
+            if not e.pruned:
+                acts[e.linear].add(e.act)
+        for linear, seen in acts.items():
+            if len(seen) > 1:
+                raise ConfigError(f"PrecisionPlan: the kept entries of {linear} disagree on "
+                                  f"its input: {sorted(seen)} (one per linear; "
+                                  f"PrecisionPlan.edit_activation sets it for all of them)")
         for tie, states in tied.items():
             if len(states) > 1:
                 names = [e.name for e in self.entries if e.tie == tie]
@@ -218,6 +235,11 @@ class PrecisionPlan:
         return sum(e.elements for e in self.entries)
 
     @property
+    def activations(self) -> dict[str, str]:
+        """Linear -> its input choice, for the linears whose input is not "fp"."""
+        return {e.linear: e.act for e in self.entries if not e.pruned and e.act != "fp"}
+
+    @property
     def average_bits(self) -> float:
         """Stored bits per weight element, scales and zero points included."""
         return 8 * self.total_bytes / self.elements
@@ -225,19 +247,39 @@ class PrecisionPlan:
     # ---- editing ----------------------------------------------------------------------------
     def edit(self, key: int | str, *, code: str, bits: int) -> PrecisionPlan:
         """A new plan with entry ``key`` (index or ``PlanEntry.name``) set to ``code``/``bits``.
-        Where that prunes or un-prunes a tied entry, its whole tie gets the same choice."""
+        Where that prunes or un-prunes a tied entry, its whole tie gets the same choice. The
+        entry keeps its input choice (pruned: "fp"); one the new format cannot take (int8
+        inputs without int8 weights) is a ConfigError: ``edit_activation`` first."""
         idx = key if isinstance(key, int) else next(
             (i for i, e in enumerate(self.entries) if e.name == key), None)
         if idx is None or not 0 <= idx < len(self.entries):
             raise ConfigError(f"PrecisionPlan.edit: no entry {key!r}")
         old = self.entries[idx]
         whole_tie = old.tie is not None and old.pruned != (code == "pruned")
+        def act(e: PlanEntry) -> str:
+            if code == "pruned":
+                return "fp"
+            return e.act if not e.pruned else self.activations.get(e.linear, "fp")
+
         entries = tuple(
             dataclasses.replace(e, code=code, bits=bits, pruned=code == "pruned",
-                                sensitivity=None)
+                                sensitivity=None, act=act(e))
             if i == idx or (whole_tie and e.tie == old.tie) else e
             for i, e in enumerate(self.entries))
         return dataclasses.replace(self, entries=entries)
+
+    def edit_activation(self, linear: str, act: str) -> PrecisionPlan:
+        """A new plan whose kept entries of ``linear`` take input ``act`` (``space``'s
+        ACTIVATIONS; "int8" needs int8 weights on every kept entry: a ConfigError names the
+        first that has not)."""
+        if not any(e.linear == linear for e in self.entries):
+            raise ConfigError(f"PrecisionPlan.edit_activation: no linear {linear!r}")
+        space = self.space
+        if act not in space.activations:
+            space = dataclasses.replace(space, activations=space.activations + (act,))
+        entries = tuple(dataclasses.replace(e, act=act, sensitivity=None)
+                        if e.linear == linear and not e.pruned else e for e in self.entries)
+        return dataclasses.replace(self, entries=entries, space=space)
 
     # ---- JSON -------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -313,10 +355,12 @@ class PrecisionPlan:
 
 
 def narrowings(links: Sequence[Link], subgroups: Sequence[Subgroup],
-               candidates: Sequence[Candidate], space: SearchSpace) -> list[Narrowing]:
+               candidates: Sequence[Candidate], space: SearchSpace,
+               latency: np.ndarray | None = None) -> list[Narrowing]:
     """The integer program's ``Narrowing`` per link over ``subgroups`` (indices by name):
     ``nbytes[j, c, n]`` = ``cost.narrowed_bytes`` of sink row block j as candidate c with
-    n x ``width`` columns removed."""
+    n x ``width`` columns removed; with ``latency`` [S, C] (full width), its latency
+    ``latency[s, c] * K' / K`` (a GEMM's time taken as linear in K: not measured per K')."""
     at = {sg.name: i for i, sg in enumerate(subgroups)}
     out = []
     for ln in links:
@@ -330,5 +374,10 @@ def narrowings(links: Sequence[Link], subgroups: Sequence[Subgroup],
                          for n in range(len(ln.feeders) + 1)] for c in candidates]
                        for s in sinks], dtype=np.int64)
         reads = tuple(i for i, sg in enumerate(subgroups) if sg.linear in ln.reads)
-        out.append(Narrowing(tuple(at[f] for f in ln.feeders), tuple(sinks), nb, reads))
+        lat = None
+        if latency is not None:
+            nf = len(ln.feeders)
+            kept = np.array([(nf - n) / nf for n in range(nf + 1)])
+            lat = np.asarray(latency, dtype=float)[sinks][:, :, None] * kept[None, None, :]
+        out.append(Narrowing(tuple(at[f] for f in ln.feeders), tuple(sinks), nb, reads, lat))
     return out

@@ -16,6 +16,18 @@ A **candidate** is one way to store a subgroup (``Candidate(code, bits)``)::
     "fp"      b = 32|16   Q(W) = W (fp16: W rounded to half)
     "pruned"  b = 0       Q(W) = 0, the rows are removed
 
+and what its linear's **input** becomes (``act``, one per linear: every kept subgroup of a
+linear takes the same, ``SearchSpace.activations`` says which are offered)::
+
+    "fp"      the input as it is (fp32)
+    "fp16"    the input rounded to half before the GEMM (any weight format)
+    "int8"    static u8 per tensor, calibrated (``recipes.W8A8``'s activation spec), only
+              with "uniform" 8-bit weights, then stored per channel whatever the group:
+              the W8A8 integer kernel (``linear_u8s8``), as ``lowbit.quantize`` makes it
+
+An activation choice stores nothing, so under a byte budget alone "fp" always wins; it pays
+off under a latency budget (``lowbit.search.latency``) or when the user pins it.
+
 ``SearchSpace`` says which candidates exist (``bits`` x ``codes`` + "fp") and how they are
 stored (group, symmetric, scale and float widths: ``lowbit.search.cost``). Subgroups that
 prune together (q, k, v of one head; up and gate of one neuron group) share a ``tie``.
@@ -32,10 +44,20 @@ from lowbit.errors import ConfigError
 from lowbit.quant import bcq
 from lowbit.quant.numerics import dequantize, group_view, quantize_weight
 
-__all__ = ["CODES", "Candidate", "PerHead", "PerNeurons", "SearchSpace", "Subgroup",
+__all__ = ["ACTIVATIONS", "CODES", "Candidate", "PerHead", "PerNeurons", "SearchSpace", "Subgroup",
            "WholeLinear", "dequantized"]
 
 CODES = ("uniform", "bcq", "fp", "pruned")
+ACTIVATIONS = ("fp", "fp16", "int8")
+
+
+def act_allowed(code: str, bits: int, act: str) -> bool:
+    """Whether a weight stored as ``code``/``bits`` can take input ``act`` (module docstring:
+    int8 inputs only with uniform 8-bit weights, the W8A8 kernel; a pruned block has no input
+    and keeps "fp")."""
+    if code == "pruned":
+        return act == "fp"
+    return act != "int8" or (code == "uniform" and bits == 8)
 
 
 # ---- subgroup granularity (a type, as config granularities are) ----------------------------
@@ -88,10 +110,12 @@ class Subgroup:
 # ---- candidates -----------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Candidate:
-    """One storage choice: ``code`` in CODES and its ``bits`` (table in the module doc)."""
+    """One storage choice: ``code`` in CODES and its ``bits``, and its linear's input ``act``
+    in ACTIVATIONS (tables in the module doc)."""
 
     code: str
     bits: int
+    act: str = "fp"
 
     def __post_init__(self) -> None:
         ok = {"uniform": range(2, 9), "bcq": range(1, bcq.MAX_BITS + 1), "fp": (16, 32),
@@ -101,15 +125,24 @@ class Candidate:
         if isinstance(self.bits, bool) or self.bits not in ok[self.code]:
             raise ConfigError(f"Candidate.bits: {self.code!r} takes bits in "
                               f"{list(ok[self.code])}, got {self.bits!r}")
+        if self.act not in ACTIVATIONS:
+            raise ConfigError(f"Candidate.act: must be one of {ACTIVATIONS}, got {self.act!r}")
+        if not act_allowed(self.code, self.bits, self.act):
+            raise ConfigError(f"Candidate.act: {self.act!r} inputs go with uniform 8-bit "
+                              f"weights only (the W8A8 kernel), not {self.code!r} {self.bits}")
 
     @property
     def pruned(self) -> bool:
         return self.code == "pruned"
 
     def label(self, symmetric: bool = True) -> str:
+        """``int4``, ``bcq3``, ``fp32``, ``pruned``; with a quantized input ``int8/a8``,
+        ``int4/a16``."""
         if self.code == "uniform":
-            return f"{'int' if symmetric else 'uint'}{self.bits}"
-        return {"bcq": f"bcq{self.bits}", "fp": f"fp{self.bits}", "pruned": "pruned"}[self.code]
+            w = f"{'int' if symmetric else 'uint'}{self.bits}"
+        else:
+            w = {"bcq": f"bcq{self.bits}", "fp": f"fp{self.bits}", "pruned": "pruned"}[self.code]
+        return w + {"fp": "", "fp16": "/a16", "int8": "/a8"}[self.act]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +162,8 @@ class SearchSpace:
         scale_bytes: 4 (fp32, as the QDQ graphs and the TVM kernels store scales and alphas)
             or 2 (fp16).
         fp_bytes: 4 (fp32) or 2 (fp16) per element of an unquantized subgroup.
+        activations: the input choices offered per linear, among ACTIVATIONS (module
+            docstring; "int8" needs ``symmetric``, as the W8A8 kernel's weights are).
     """
 
     bits: tuple[int, ...] = (0, 2, 3, 4, 8)
@@ -140,6 +175,7 @@ class SearchSpace:
     bcq_offset: bool = False
     scale_bytes: int = 4
     fp_bytes: int = 4
+    activations: tuple[str, ...] = ("fp",)
 
     def __post_init__(self) -> None:
         def bad(field: str, msg: str) -> None:
@@ -147,6 +183,13 @@ class SearchSpace:
 
         object.__setattr__(self, "bits", tuple(self.bits))
         object.__setattr__(self, "codes", tuple(self.codes))
+        object.__setattr__(self, "activations", tuple(self.activations))
+        acts = self.activations
+        if not acts or not set(acts) <= set(ACTIVATIONS) or len(set(acts)) != len(acts):
+            bad("activations", f"must be distinct values among {ACTIVATIONS}, got {acts!r}")
+        if "int8" in acts and not self.symmetric:
+            bad("activations", "int8 inputs run the W8A8 kernel, whose weights are symmetric "
+                               "(SearchSpace(symmetric=True))")
         if any(isinstance(b, bool) or b not in (0, 1, 2, 3, 4, 5, 6, 7, 8) for b in self.bits):
             bad("bits", f"must be ints in 0..8 (0: pruned), got {self.bits!r}")
         if not set(self.codes) <= {"uniform", "bcq"}:
@@ -165,15 +208,19 @@ class SearchSpace:
                         f"candidate")
 
     def candidates(self) -> tuple[Candidate, ...]:
-        """Pruned first (if 0 in bits), then by bits: uniform, BCQ; then fp."""
+        """Pruned first (if 0 in bits), then by bits: uniform, BCQ; then fp; each with every
+        input choice of ``activations`` it allows, in that order."""
         out = [Candidate("pruned", 0)] if 0 in self.bits else []
+        weights = []
         for b in sorted(set(self.bits) - {0}):
             if "uniform" in self.codes and b >= 2:
-                out.append(Candidate("uniform", b))
+                weights.append(("uniform", b))
             if "bcq" in self.codes and b <= bcq.MAX_BITS:
-                out.append(Candidate("bcq", b))
+                weights.append(("bcq", b))
         if self.fp:
-            out.append(Candidate("fp", 8 * self.fp_bytes))
+            weights.append(("fp", 8 * self.fp_bytes))
+        out += [Candidate(code, b, a) for code, b in weights for a in self.activations
+                if act_allowed(code, b, a)]
         return tuple(out)
 
     def per_row(self, k: int) -> bool:
@@ -196,8 +243,11 @@ class SearchSpace:
         """Scale (or alpha set) groups per row of a K-wide weight (``check_width`` first)."""
         return 1 if self.per_row(k) else k // self.group
 
-    def uniform_spec(self, bits: int, k: int) -> QuantSpec:
-        gran = PerChannel(0) if self.per_row(k) else PerGroup(self.group)
+    def uniform_spec(self, bits: int, k: int, act: str = "fp") -> QuantSpec:
+        """The weight spec of uniform ``bits`` rows of a K-wide weight: per row (no group, or
+        one >= K, or int8 inputs: the W8A8 kernel's per-channel weights) or per group."""
+        per_row = self.per_row(k) or act == "int8"
+        gran = PerChannel(0) if per_row else PerGroup(self.group)
         return QuantSpec(bits=bits, symmetric=self.symmetric, granularity=gran)
 
     def bcq_group(self, k: int) -> int | None:
@@ -237,7 +287,7 @@ def dequantized(w: torch.Tensor, cand: Candidate, space: SearchSpace, name: str 
     if cand.code == "bcq":
         return bcq.fit(w, cand.bits, space.bcq_group(k), space.bcq_iters,
                        offset=space.bcq_offset).dequantize()
-    spec = space.uniform_spec(cand.bits, k)
+    spec = space.uniform_spec(cand.bits, k, cand.act)
     q, scale, zp = quantize_weight(w, spec, name)
     if isinstance(spec.granularity, PerGroup):
         return dequantize(group_view(q, spec.granularity.size), scale, zp).reshape(w.shape)
