@@ -20,9 +20,13 @@ One ``Pipeline`` of passes on a copy of ``gm`` (the user's graph is never modifi
    BCQ, fp32 / fp16);
 4. ``Calibrate``, ``Freeze``, ``ConvertToQDQ`` (as ``lowbit.quantize``): fake-quant -> q/dq.
 
-Weight-only unless ``calibration`` is given: then the int8 blocks also quantize their input
-(static u8 per tensor, calibrated on those batches) and lower to the W8A8 integer kernel;
-without it int8 weights are dequantized in the graph (fp32 GEMM in TVM).
+Each linear's input follows its plan entries' ``act``: "fp16" rounds it to half before the
+GEMM; "int8" (int8 weights, then per channel whatever the group) quantizes it to static u8 per
+tensor, calibrated on ``calibration`` (required then), and lowers to the W8A8 integer kernel.
+A plan that names no input choices (its space offers only "fp": plans saved before inputs
+were searched) keeps the legacy rule: weight-only unless ``calibration`` is given, then every
+int8 per-row block quantizes its input that way; without it int8 weights are dequantized in
+the graph (fp32 GEMM in TVM).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from lowbit.passes.fx.prune_subgroups import PruneSubgroups
 from lowbit.passes.fx.quantize_formats import QuantizeFormats
 from lowbit.passes.fx.split_rows import SplitRowBlocks
 from lowbit.passes.infra import Pipeline
+from lowbit.passes.precision_plan import check_calibration
 from lowbit.quantize import Calibrate, Freeze, onnx_kind
 from lowbit.search.plan import PrecisionPlan
 from lowbit.warning_filters import copy_graph
@@ -55,7 +60,8 @@ def apply_precision(gm: fx.GraphModule | Any, plan: PrecisionPlan, *,
             whole); not modified.
         plan: a ``lowbit.search.PrecisionPlan`` over ``gm``'s linears (linears it does not list
             stay float).
-        calibration: batches as ``gm`` takes them; given, int8 blocks become W8A8.
+        calibration: batches as ``gm`` takes them: the ranges of "int8" inputs (required
+            when the plan has any); for a plan naming no inputs, int8 blocks become W8A8.
         progress: report BCQ fits and calibration on stderr.
         out: ONNX inputs only: where to write the result (atomically).
 
@@ -68,8 +74,9 @@ def apply_precision(gm: fx.GraphModule | Any, plan: PrecisionPlan, *,
     format, storage, the kernel that will serve it), ``meta["lowbit_pipeline"]``.
 
     Raises:
-        ConfigError: a plan that does not fit the graph (naming the entry), or a pruning the
-            graph cannot take structurally (naming the node).
+        ConfigError: a plan that does not fit the graph (naming the entry), a pruning the
+            graph cannot take structurally (naming the node), "int8" inputs without
+            ``calibration`` (naming the linears).
         CalibrationError: empty or NaN calibration batches.
     """
     if onnx_kind(gm):
@@ -85,8 +92,9 @@ def apply_precision(gm: fx.GraphModule | Any, plan: PrecisionPlan, *,
     if not isinstance(plan, PrecisionPlan):
         raise ConfigError(f"apply_precision takes a lowbit.search.PrecisionPlan "
                           f"(search_precision, PrecisionPlan.load), got {type(plan).__name__}")
+    legacy = check_calibration(plan, calibration)
     pipeline = Pipeline([PruneSubgroups(plan), SplitRowBlocks(),
-                         QuantizeFormats(plan.space, calibration is not None, progress),
+                         QuantizeFormats(plan.space, legacy, progress),
                          Calibrate(calibration, progress, "apply_precision"), Freeze(),
                          ConvertToQDQ()], name="apply_precision (FX)")
     out = pipeline(copy_graph(gm)).graph

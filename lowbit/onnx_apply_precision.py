@@ -14,13 +14,16 @@ The ONNX side of ``lowbit.apply_precision``, one ``Pipeline`` on a copy of the m
 3. ``SplitRowBlocks``: a linear whose row blocks differ in format becomes one MatMul per block,
    concatenated;
 4. ``QuantizeFormats``: fp16 blocks rounded, BCQ and 2-3-bit code blocks as ``lowbit.BCQLinear``
-   nodes (``passes/onnx/bcq.py``'s form and function), each block's storage recorded;
+   nodes (``passes/onnx/bcq.py``'s form and function), "fp16" inputs rounded (a Cast to
+   FLOAT16 and back), each block's storage recorded;
 5. ``Calibrate`` (here: it runs onnxruntime, which passes may not import), only with
-   ``calibration``: static u8 ranges of the int8 blocks' inputs, observed on that graph;
+   ``calibration``: static u8 ranges of the int8 inputs, observed on that graph;
 6. ``InsertFormatQDQ``: int8 per-channel, int4 group-wise (INT4, blocked DequantizeLinear) and
    other uniform weights as ``InsertQDQ`` writes them, plus the int8 inputs' Q/DQ.
 
-Weight-only unless ``calibration`` is given (then int8 blocks are W8A8), as on FX. Reports:
+Inputs follow the plan entries' ``act`` as on FX ("int8": per-channel int8 weights and a
+static u8 input, calibration required; "fp16": rounded to half); a plan that names no input
+choices is weight-only unless ``calibration`` is given (then int8 per-row blocks are W8A8). Reports:
 ``model.meta["lowbit_pruning"]`` / ``["lowbit_precision"]`` / ``["lowbit_pipeline"]``, the first
 two also in ``metadata_props`` (JSON, saved with the file).
 """
@@ -44,6 +47,7 @@ from lowbit.passes.onnx.load import has_external_data, load_onnx, save_onnx
 from lowbit.passes.onnx.prune_subgroups import PruneSubgroups
 from lowbit.passes.onnx.quantize_formats import InsertFormatQDQ, QuantizeFormats, activation_sites
 from lowbit.passes.onnx.split_rows import SplitRowBlocks
+from lowbit.passes.precision_plan import check_calibration
 from lowbit.search.plan import PrecisionPlan
 
 __all__ = ["apply_precision_onnx"]
@@ -93,7 +97,9 @@ def apply_precision_onnx(model_or_path, plan: PrecisionPlan, *,
             ``lowbit.export_onnx`` or ``torch.onnx.export`` write it); not modified.
         plan: a ``lowbit.search.PrecisionPlan`` over its linears (by module name, as FX names
             them; linears it does not list stay float).
-        calibration: batches (``{input name: array}``); given, int8 blocks become W8A8.
+        calibration: batches (``{input name: array}``): the ranges of "int8" inputs
+            (required when the plan has any); for a plan naming no inputs, int8 blocks
+            become W8A8.
         out: also write the result there (atomically; external data kept external).
         progress: report BCQ fits and calibration on stderr.
 
@@ -101,13 +107,15 @@ def apply_precision_onnx(model_or_path, plan: PrecisionPlan, *,
 
     Raises:
         ConfigError: a plan that does not fit the model (naming the entry), a pruning the
-            graph cannot take structurally (naming the node), ``out`` equal to the input file.
+            graph cannot take structurally (naming the node), ``out`` equal to the input file,
+            "int8" inputs without ``calibration`` (naming the linears).
         CalibrationError: empty or NaN calibration batches.
         OnnxModelError: an unreadable file or too old an opset.
     """
     if not isinstance(plan, PrecisionPlan):
         raise ConfigError(f"apply_precision_onnx takes a lowbit.search.PrecisionPlan "
                           f"(search_precision, PrecisionPlan.load), got {type(plan).__name__}")
+    legacy = check_calibration(plan, calibration)
     model, src = _load(model_or_path)
     if out is not None and src is not None and pathlib.Path(out).resolve() == src.resolve():
         raise ConfigError(f"refusing to overwrite the input model {src}: give another out")
@@ -117,7 +125,7 @@ def apply_precision_onnx(model_or_path, plan: PrecisionPlan, *,
     external = has_external_data(model)
     qparams: dict = {}
     pipeline = Pipeline([UpgradeOpset(QDQ_OPSET), PruneSubgroups(plan), SplitRowBlocks(),
-                         QuantizeFormats(plan.space, calibration is not None, progress),
+                         QuantizeFormats(plan.space, legacy, progress),
                          Calibrate(calibration, qparams, progress),
                          InsertFormatQDQ(plan.space, qparams)], name="apply_precision (ONNX)")
     model = pipeline(model).graph

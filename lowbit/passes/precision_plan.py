@@ -16,13 +16,17 @@ structural, so only subgroups whose removal leaves a smaller model of the same k
                    it read go away. All heads (all neurons) pruned removes o (down) that way.
 
 A surviving linear's entries, renumbered over its kept rows, merge into ``Block`` s: runs of
-consecutive rows with one format (code, bits). Linears the plan does not list stay as they are.
-``storage(code, bits, space, k)`` says how a block is stored and which kernel of the TVM backend
-serves it (weight-only unless ``activations``)::
+consecutive rows with one format (code, bits); its ``act`` is the input choice of its kept
+entries (one per linear, ``search.plan``). Linears the plan does not list stay as they are.
+``storage(code, bits, space, k, act=...)`` says how a block is stored and which kernel of the
+TVM backend serves it (weight-only unless the input is int8)::
 
     fp32 / fp16          float weight (fp16: rounded to half, kept in fp32)   -> fp32 GEMM
-    uniform 8, per row   int8 per-channel symmetric; with ``activations``: static u8 input
-                         (calibrated, ``recipes.W8A8``'s spec)  -> linear_u8s8; else int8
+    uniform 8, act int8  int8 per-channel symmetric whatever the group (``recipes.W8A8``'s
+                         weight), static u8 input (calibrated, its activation) -> linear_u8s8
+    uniform 8, per row   int8 per-channel symmetric; with ``activations`` (the legacy switch:
+                         a plan that names no input choices, calibration given): static u8
+                         input as above                          -> linear_u8s8; else int8
                          dequantized in the graph                -> fp32 GEMM
     uniform 4, symmetric PerGroup(group) (per row: PerGroup(K), K a power of two)
                                                                  -> linear_w4a16
@@ -30,6 +34,11 @@ serves it (weight-only unless ``activations``)::
                          (``quant.bcq.codes_as_bcq``: exact; K % 8 == 0)  -> bcq_linear
     uniform (other)      weight-only fake-quant, dequantized     -> fp32 GEMM
     bcq b                ``BCQ(b, group, iters, offset)`` of the space   -> bcq_linear
+
+An "fp16" input changes no storage: the passes round the linear's input to half (and back)
+before whatever GEMM serves the weight. ``names_inputs(plan)`` tells a plan that chose inputs
+(its space offers more than "fp") from an older one, which keeps the legacy switch;
+``check_calibration(plan, calibration)`` refuses "int8" inputs without calibration batches.
 
 Pruning narrows o and down: where the plan's group no longer divides their K, the largest
 power of two >= 8 below it that does is used (``fitted_space``), else one scale per row.
@@ -53,7 +62,8 @@ from lowbit.search.plan import PlanEntry, PrecisionPlan
 from lowbit.search.space import SearchSpace
 
 __all__ = ["Block", "HeadPruning", "LinearPlan", "NeuronPruning", "PlanMatch", "Storage",
-           "bit_planes", "fitted_space", "match_plan", "storage"]
+           "bit_planes", "check_calibration", "fitted_space", "match_plan", "names_inputs",
+           "storage"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,12 +78,14 @@ class Block:
 @dataclasses.dataclass(frozen=True, eq=False)
 class LinearPlan:
     """A linear the plan lists: the rows it keeps (original numbering) and its blocks; no
-    blocks when it goes away (pruned whole, or dead once what reads it went)."""
+    blocks when it goes away (pruned whole, or dead once what reads it went); ``act``: its
+    input choice ("fp", "fp16", "int8"; "fp" when nothing is kept)."""
 
     role: str
     ref: LinearRef
     keep_rows: tuple[int, ...]
     blocks: tuple[Block, ...]
+    act: str = "fp"
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -238,7 +250,8 @@ def match_plan(graph, plan: PrecisionPlan) -> PlanMatch:
     for name, entries in by.items():
         role, ref = refs[name]
         keep, blocks = _blocks(entries)
-        plans.append(LinearPlan(role, ref, keep, () if name in gone else blocks))
+        act = next((e.act for _, e in entries if not e.pruned), "fp")
+        plans.append(LinearPlan(role, ref, keep, () if name in gone else blocks, act))
     order = {name: j for j, name in enumerate(refs)}
     plans.sort(key=lambda p: order[p.ref.name])
     return PlanMatch(tuple(plans), tuple(heads), tuple(neurons), tuple(removed),
@@ -264,10 +277,32 @@ def fitted_space(space: SearchSpace, k: int) -> SearchSpace:
     return space.fitted(k)
 
 
-def storage(code: str, bits: int, space: SearchSpace, k: int, *, activations: bool = False
-            ) -> Storage:
-    """The storage of ``code``/``bits`` rows of a K-wide weight in ``space`` (module doc;
-    the group as ``fitted_space`` adapts it)."""
+def names_inputs(plan: PrecisionPlan) -> bool:
+    """Whether ``plan`` chose its linears' inputs (its space offers more than "fp", as every
+    plan with an "fp16" / "int8" entry does); else int8 blocks take the legacy switch."""
+    return set(plan.space.activations) != {"fp"} or bool(plan.activations)
+
+
+def check_calibration(plan: PrecisionPlan, calibration: object) -> bool:
+    """ConfigError naming the linears with "int8" inputs when ``calibration`` is None; else
+    whether int8 blocks take the legacy W8A8 switch (calibration, a plan naming no inputs)."""
+    int8 = [name for name, act in plan.activations.items() if act == "int8"]
+    if int8 and calibration is None:
+        more = f" and {len(int8) - 3} more" if len(int8) > 3 else ""
+        raise ConfigError(f"the plan gives {len(int8)} linear(s) int8 inputs ({', '.join(int8[:3])}"
+                          f"{more}): their static ranges need batches, pass calibration=")
+    return calibration is not None and not names_inputs(plan)
+
+
+def storage(code: str, bits: int, space: SearchSpace, k: int, *, activations: bool = False,
+            act: str = "fp") -> Storage:
+    """The storage of ``code``/``bits`` rows of a K-wide weight in ``space`` whose linear
+    takes input ``act`` (module doc; the group as ``fitted_space`` adapts it)."""
+    if act == "int8":
+        if (code, bits) != ("uniform", 8) or not space.symmetric:
+            raise ConfigError(f"storage: int8 inputs go with symmetric uniform 8-bit weights "
+                              f"(the W8A8 kernel), not {code!r} {bits}")
+        return Storage("int8", space.uniform_spec(8, k, act), "linear_u8s8")
     space = fitted_space(space, k)
     if code == "fp":
         return Storage(f"fp{bits}", None, "fp32")

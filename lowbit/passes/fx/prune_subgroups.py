@@ -13,7 +13,8 @@ matching input columns of o (down)::
 The parameters keep their names (a new, smaller tensor each); a parameter read elsewhere too
 (tied) is left alone and the linear gets a sliced copy. Meta shapes are propagated again with
 fake tensors. Every linear the plan lists and keeps is tagged ``node.meta["lowbit_plan"]``:
-``{"linear", "role", "blocks": [(a, b, code, bits), ...]}`` over its kept rows, for
+``{"linear", "role", "blocks": [(a, b, code, bits), ...], "act"}`` over its kept rows (``act``:
+its input choice, ``precision_plan.LinearPlan``), for
 ``SplitRowBlocks`` and ``QuantizeFormats``. The report (heads and neurons kept per block,
 linears removed, parameter counts) goes to ``gm.meta["lowbit_pruning"]``; a graph that has one
 is left alone (``modified=False``).
@@ -167,7 +168,7 @@ class PruneSubgroups(Pass):
             if lp.blocks:
                 lp.ref.node.meta[PLAN_META] = {
                     "linear": lp.ref.name, "role": lp.role,
-                    "blocks": [(*b.rows, b.code, b.bits) for b in lp.blocks]}
+                    "blocks": [(*b.rows, b.code, b.bits) for b in lp.blocks], "act": lp.act}
                 tagged += 1
         if m.pruned:
             _dce(gm)

@@ -4,17 +4,24 @@ takes its block's format, through the existing quantizers (``precision_plan.stor
     fp32                  unchanged
     fp16                  W <- fp16(W) (kept fp32; ``search.space.dequantized``)
     int8 / int4 / dequant linear(x, W, b) -> linear(x, FQ_w(W), b)     (+ FQ_a(x): int8 with
-                          ``activations``, ``recipes.W8A8``'s static u8 spec; calibrated later)
+                          input "int8", or with ``activations`` (legacy), ``recipes.W8A8``'s
+                          static u8 spec; calibrated later)
     bcq                   linear -> bcq_linear(x, planes, alpha, offset, b)   (quant.bcq.fit)
     codes                 the uniform codes of ``quantize_weight`` as BCQ planes + offset
                           (``quant.bcq.codes_as_bcq``: the same values) -> bcq_linear
+
+and its input as the tag's ``act`` says (``precision_plan.storage``): "int8" (with int8 weights
+only, stored per channel whatever the group) the FQ_a above; "fp16" ``x -> _to_copy(
+_to_copy(x, float16), x.dtype)`` before the block's GEMM, whatever its format (one rounding per
+input tensor: the blocks of a split linear and q / k / v share it).
 
 Fake-quant modules are then calibrated (int8 inputs), frozen and converted to q/dq by the
 passes ``lowbit.quantize`` runs (``Calibrate``, ``Freeze``, ``ConvertToQDQ``); the TVM backend
 lowers int8 per-channel weights with a static u8 input to ``linear_u8s8``, group-wise int4
 weights to ``linear_w4a16`` and ``bcq_linear`` to its bit-plane kernel; the rest runs as fp32
 GEMMs (weights dequantized in the graph). Each block's choice is reported in
-``gm.meta["lowbit_precision"]`` (linear, rows, code, bits, storage, kernel). A block done is
+``gm.meta["lowbit_precision"]`` (linear, rows, code, bits, storage, kernel, group, act: the
+input it gets, "int8" wherever it is quantized). A block done is
 marked in its tag, so a second run reports ``modified=False``.
 """
 
@@ -67,13 +74,33 @@ def _own_weight(gm: fx.GraphModule, node: fx.Node, name: str) -> torch.Tensor:
     return gm.get_parameter(target)
 
 
+def _round_half(gm: fx.GraphModule, node: fx.Node, done: dict) -> None:
+    """Input 0 of ``node`` <- fp16(x) cast back to x's dtype; one pair of casts per x."""
+    x = node.args[0]
+    if x not in done:
+        val = x.meta.get("val")
+        dtype = val.dtype if isinstance(val, torch.Tensor) else torch.float32
+        g = gm.graph
+        with g.inserting_after(x):
+            half = g.call_function(aten._to_copy.default, (x,), {"dtype": torch.float16})
+        with g.inserting_after(half):
+            back = g.call_function(aten._to_copy.default, (half,), {"dtype": dtype})
+        if isinstance(val, torch.Tensor):
+            half.meta["val"] = val.to(torch.float16)
+            back.meta["val"] = half.meta["val"].to(dtype)
+        done[x] = back
+    node.replace_input_with(x, done[x])
+
+
 @dataclasses.dataclass(frozen=True)
 class QuantizeFormats(Pass):
     """Give each tagged linear its block's format (module docstring).
 
     Args:
         space: the plan's ``SearchSpace`` (group, symmetric, BCQ iterations and offset).
-        activations: int8 blocks also get a static u8 input quantizer (W8A8 kernel).
+        activations: the legacy switch: int8 per-row blocks of linears whose tag names no
+            int8 input also get a static u8 input quantizer (W8A8 kernel); those with input
+            "int8" get it either way.
     """
 
     in_place = True
@@ -85,7 +112,7 @@ class QuantizeFormats(Pass):
         todo = [n for n in planned_linears(gm) if "storage" not in n.meta[PLAN_META]
                 and n.target == aten.linear.default and len(n.meta[PLAN_META]["blocks"]) == 1]
         ins, report, t0 = FakeQuantInserter(gm), [], time.perf_counter()
-        fitted = 0
+        fitted, halves = 0, {}
         for node in progress_bar(todo, desc="mixed precision: blocks", unit="block",
                                  enabled=self.progress):
             tag = node.meta[PLAN_META]
@@ -93,21 +120,27 @@ class QuantizeFormats(Pass):
             rows = tag.get("rows", (a, e))
             wname, w = _weight(gm, node)
             site = tag["linear"] if "rows" not in tag else f"{tag['linear']}[{a}:{e}]"
+            act = tag.get("act", "fp")
             try:
-                st = storage(code, bits, self.space, w.shape[1], activations=self.activations)
+                st = storage(code, bits, self.space, w.shape[1], activations=self.activations,
+                             act=act)
             except ConfigError as err:
                 raise ConfigError(f"{site}: {err}") from None
             tag["storage"] = st.kind
+            w8a8 = st.kernel == "linear_u8s8"
+            group = (None if act == "int8" else fitted_space(self.space, w.shape[1]).group)
             report.append({"linear": tag["linear"], "rows": list(rows), "code": code,
                            "bits": bits, "storage": st.kind, "kernel": st.kernel,
-                           "group": fitted_space(self.space, w.shape[1]).group})
+                           "group": group, "act": "int8" if w8a8 else act})
+            if act == "fp16":
+                _round_half(gm, node, halves)
             if st.kind == "fp16":
                 w = _own_weight(gm, node, tag["linear"])
                 with torch.no_grad():
                     w.copy_(dequantized(w, Candidate("fp", 16), self.space, site))
             elif st.kind in ("int8", "int4", "dequant"):
                 ins.quantize_input(node, 1, st.spec, f"{site}.weight", weight=True)
-                if st.kind == "int8" and self.activations:
+                if w8a8:
                     ins.quantize_input(node, 0, W8A8.activation, f"{site}:input", weight=False)
             elif st.kind in ("bcq", "codes"):
                 w32 = w.detach().to(torch.float32)
@@ -118,7 +151,7 @@ class QuantizeFormats(Pass):
                 fitted += 1
         say(f"mixed precision: {len(todo)} blocks, {fitted} fitted as bit planes, "
             f"{time.perf_counter() - t0:.1f} s", enabled=self.progress and fitted > 0)
-        changed = any(r["storage"] != "fp32" for r in report)
+        changed = any(r["storage"] != "fp32" or r["act"] != "fp" for r in report)
         if changed:
             gm.graph.lint()
             gm.recompile()

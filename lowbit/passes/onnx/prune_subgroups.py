@@ -18,7 +18,7 @@ neurons) and ``C`` the matching input columns of o (down), on the initializers (
 Initializers keep their names (a new, smaller tensor each); one read elsewhere too (tied) is
 left alone and the linear reads a sliced copy. Every linear the plan lists and keeps is tagged
 ``metadata_props["lowbit.plan"]`` (JSON ``{"linear", "role", "blocks": [[a, b, code, bits],
-...]}`` over its kept rows) for ``SplitRowBlocks`` and ``QuantizeFormats``. The report (heads
+...], "act"}`` over its kept rows; ``act``: its input choice) for ``SplitRowBlocks`` and ``QuantizeFormats``. The report (heads
 and neurons kept per block, linears removed, parameter counts) goes to
 ``model.meta["lowbit_pruning"]`` and ``metadata_props["lowbit.pruning"]`` (JSON); a model that
 has one is left alone (``modified=False``).
@@ -195,7 +195,8 @@ class PruneSubgroups(Pass):
             if lp.blocks:
                 lp.ref.node.metadata_props[PLAN_KEY] = json.dumps({
                     "linear": lp.ref.name, "role": lp.role,
-                    "blocks": [[*b.rows, b.code, b.bits] for b in lp.blocks]})
+                    "blocks": [[*b.rows, b.code, b.bits] for b in lp.blocks],
+                    "act": lp.act})
                 tagged += 1
         if m.pruned:
             ir.passes.common.RemoveUnusedNodesPass()(model)

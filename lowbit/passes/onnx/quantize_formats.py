@@ -9,7 +9,11 @@ existing ONNX quantizers. The ONNX twin of ``passes/fx/quantize_formats.py``::
                           (``precision_plan.bit_planes``: the same values) -> lowbit.BCQLinear
     int8 / int4 / dequant MatMul(x, W) -> MatMul(x, DequantizeLinear(W_q, s, z[, block]))
                           (+ QDQ(x), static u8 per tensor, ``recipes.W8A8``'s spec, for int8
-                          blocks with ``activations``)
+                          blocks with input "int8", or with ``activations``: legacy)
+
+and its input as the tag's ``act`` says: "int8" (int8 weights only, per channel whatever the
+group) the QDQ(x) above; "fp16" ``Cast(Cast(x, to=FLOAT16), to=FLOAT)`` before the block's
+MatMul / BCQLinear, whatever its format (one pair per input tensor, as on FX).
 
 In two passes, as FX's fake-quant modules observe before they quantize: ``QuantizeFormats``
 rewrites the float graph (fp16, bit planes: the planes of ``passes/onnx/bcq.py``, its
@@ -19,9 +23,9 @@ QDQ blocks still float; ``InsertFormatQDQ(space, qparams)`` writes the weight De
 (and the input Q/DQ) with ``InsertQDQ``'s rewriter, then folds weight transposes and packs
 int4 as ``InsertQDQ`` does. Each block's choice is reported in ``model.meta
 ["lowbit_precision"]`` and ``metadata_props["lowbit.precision"]`` (linear, rows, code, bits,
-storage, kernel, group). Blocks done are marked in their tags: second runs report
-``modified=False``. A format with no ONNX form would raise ConfigError naming it (every
-``storage`` kind has one today).
+storage, kernel, group, act: the input it gets, "int8" wherever it is quantized). Blocks
+done are marked in their tags: second runs report ``modified=False``. A format with no ONNX
+form would raise ConfigError naming it (every ``storage`` kind has one today).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from lowbit.passes.onnx.edit import add_initializer
 from lowbit.passes.onnx.insert_qdq import QDQRewriter, Site
 from lowbit.passes.onnx.prune_subgroups import PLAN_KEY
 from lowbit.passes.onnx.qdq_cleanup import fold_weight_transposes, pack_int4_weights
+from lowbit.passes.onnx.shrink_axis import unique_name
 from lowbit.passes.onnx.split_rows import linear_ref, planned_linears, weight_out_in
 from lowbit.passes.precision_plan import bit_planes, fitted_space, storage
 from lowbit.passes.view import view_of
@@ -71,7 +76,7 @@ def _site(tag: dict) -> tuple[str, str]:
 def _storage(tag: dict, space: SearchSpace, k: int, activations: bool):
     (_, _, code, bits), = tag["blocks"]
     try:
-        st = storage(code, bits, space, k, activations=activations)
+        st = storage(code, bits, space, k, activations=activations, act=tag.get("act", "fp"))
     except ConfigError as err:
         raise ConfigError(f"{_site(tag)[0]}: {err}") from None
     if st.kind not in _KINDS:
@@ -90,13 +95,33 @@ def _set_weight(model: ir.Model, node: ir.Node, layout: str, w: np.ndarray) -> N
         graph, f"{src.value.name}_own", arr, ir.DataType.FLOAT))
 
 
+def _round_half(graph: ir.Graph, node: ir.Node, stem: str, done: dict) -> None:
+    """Input 0 of ``node`` <- Cast(Cast(x, FLOAT16), FLOAT); one pair of Casts per x."""
+    x = node.inputs[0]
+    if x not in done:
+        half = ir.node("Cast", [x], attributes={"to": ir.DataType.FLOAT16},
+                       name=unique_name(graph, f"{stem}/input_fp16", nodes=True))
+        back = ir.node("Cast", [half.outputs[0]], attributes={"to": ir.DataType.FLOAT},
+                       name=unique_name(graph, f"{stem}/input_fp16_back", nodes=True))
+        half.outputs[0].name = unique_name(graph, f"{stem}:input_fp16")
+        back.outputs[0].name = unique_name(graph, f"{stem}:input_fp16_back")
+        half.outputs[0].shape = back.outputs[0].shape = x.shape
+        half.outputs[0].type = ir.TensorType(ir.DataType.FLOAT16)
+        back.outputs[0].type = ir.TensorType(ir.DataType.FLOAT)
+        graph.insert_before(node, [half, back])
+        done[x] = back.outputs[0]
+    node.replace_input_with(0, done[x])
+
+
 @dataclasses.dataclass(frozen=True)
 class QuantizeFormats(Pass):
     """fp16 and bit-plane blocks; every block's storage recorded (module docstring).
 
     Args:
         space: the plan's ``SearchSpace`` (group, symmetric, BCQ iterations and offset).
-        activations: int8 blocks will also quantize their input (W8A8 kernel).
+        activations: the legacy switch: int8 per-row blocks of linears whose tag names no
+            int8 input will also quantize their input (W8A8 kernel); those with input "int8"
+            will either way.
     """
 
     in_place = True
@@ -108,17 +133,22 @@ class QuantizeFormats(Pass):
         graph = model.graph
         todo = [(n, t) for n, t in planned_linears(model)
                 if "storage" not in t and len(t["blocks"]) == 1]
-        report, fitted, t0 = [], 0, time.perf_counter()
+        report, fitted, t0, halves = [], 0, time.perf_counter(), {}
         for node, tag in progress_bar(todo, desc="mixed precision: blocks", unit="block",
                                       enabled=self.progress):
             (a, e, code, bits), = tag["blocks"]
             site, stem = _site(tag)
+            act = tag.get("act", "fp")
+            if act == "fp16":
+                _round_half(graph, node, stem, halves)
             ref = linear_ref(model, node, stem)
             st = _storage(tag, self.space, ref.in_features, self.activations)
-            tag.update(storage=st.kind, activations=self.activations)
+            w8a8 = st.kernel == "linear_u8s8"
+            tag.update(storage=st.kind, activations=w8a8)
+            group = None if act == "int8" else fitted_space(self.space, ref.in_features).group
             report.append({"linear": tag["linear"], "rows": list(tag.get("rows", (a, e))),
                            "code": code, "bits": bits, "storage": st.kind, "kernel": st.kernel,
-                           "group": fitted_space(self.space, ref.in_features).group})
+                           "group": group, "act": "int8" if w8a8 else act})
             w = torch.from_numpy(weight_out_in(model, ref).copy())
             if st.kind == "fp16":
                 q = dequantized(w, Candidate("fp", 16), self.space, site).numpy()
@@ -140,11 +170,13 @@ class QuantizeFormats(Pass):
         if report:
             model.meta.setdefault(PRECISION_META, []).extend(report)
             model.metadata_props[PRECISION_KEY] = json.dumps(model.meta[PRECISION_META])
-        return PassResult(model, any(r["storage"] != "fp32" for r in report))
+        return PassResult(model, any(r["storage"] != "fp32" or r["act"] != "fp"
+                                     for r in report))
 
 
 def activation_sites(model: ir.Model) -> list[Site]:
-    """The static u8 inputs of the int8 blocks recorded with ``activations`` and not yet
+    """The static u8 inputs of the int8 blocks recorded with ``activations`` (W8A8: input
+    "int8", or the legacy switch) and not yet
     quantized: one site per input tensor (q, k, v and the blocks of a split linear share it),
     named ``<linear>:input`` (``<linear>[a:b]:input``) after its first reader, as in FX."""
     sites: dict[ir.Value, Site] = {}
