@@ -31,7 +31,7 @@ the graph (fp32 GEMM in TVM).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from torch import fx
@@ -42,6 +42,7 @@ from lowbit.passes.fx.prune_subgroups import PruneSubgroups
 from lowbit.passes.fx.quantize_formats import QuantizeFormats
 from lowbit.passes.fx.split_rows import SplitRowBlocks
 from lowbit.passes.infra import Pipeline
+from lowbit.passes.patterns import TransformerMap
 from lowbit.passes.precision_plan import check_calibration
 from lowbit.quantize import Calibrate, Freeze, onnx_kind
 from lowbit.search.plan import PrecisionPlan
@@ -52,7 +53,9 @@ __all__ = ["apply_precision"]
 
 def apply_precision(gm: fx.GraphModule | Any, plan: PrecisionPlan, *,
                     calibration: Iterable[Any] | None = None,
-                    progress: bool = True, out: Any = None) -> fx.GraphModule | Any:
+                    progress: bool = True, out: Any = None,
+                    spotter: Callable[[fx.GraphModule], TransformerMap] | None = None
+                    ) -> fx.GraphModule | Any:
     """``plan`` applied to a copy of ``gm`` (module docstring).
 
     Args:
@@ -64,6 +67,10 @@ def apply_precision(gm: fx.GraphModule | Any, plan: PrecisionPlan, *,
             when the plan has any); for a plan naming no inputs, int8 blocks become W8A8.
         progress: report BCQ fits and calibration on stderr.
         out: ONNX inputs only: where to write the result (atomically).
+        spotter: FX only: reads the ``TransformerMap`` the plan's linears are matched against
+            from the graph being rewritten (None: ``lowbit.find_transformer``), for graphs the
+            spotter does not read as wanted (``mixed_precision_latency`` times a lone linear
+            as a "head").
 
     An ONNX model (a path, ``onnx.ModelProto`` or ``onnx_ir.Model``) goes to
     ``lowbit.onnx_apply_precision.apply_precision_onnx`` (the same steps as ONNX passes) and
@@ -80,6 +87,9 @@ def apply_precision(gm: fx.GraphModule | Any, plan: PrecisionPlan, *,
         CalibrationError: empty or NaN calibration batches.
     """
     if onnx_kind(gm):
+        if spotter is not None:
+            raise ConfigError("apply_precision(spotter=...) is for FX graphs; an ONNX model "
+                              "is read by its own spotter")
         from lowbit.onnx_apply_precision import apply_precision_onnx
         return apply_precision_onnx(gm, plan, calibration=calibration, out=out,
                                     progress=progress)
@@ -93,7 +103,7 @@ def apply_precision(gm: fx.GraphModule | Any, plan: PrecisionPlan, *,
         raise ConfigError(f"apply_precision takes a lowbit.search.PrecisionPlan "
                           f"(search_precision, PrecisionPlan.load), got {type(plan).__name__}")
     legacy = check_calibration(plan, calibration)
-    pipeline = Pipeline([PruneSubgroups(plan), SplitRowBlocks(),
+    pipeline = Pipeline([PruneSubgroups(plan, spotter), SplitRowBlocks(),
                          QuantizeFormats(plan.space, legacy, progress),
                          Calibrate(calibration, progress, "apply_precision"), Freeze(),
                          ConvertToQDQ()], name="apply_precision (FX)")

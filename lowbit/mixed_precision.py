@@ -193,13 +193,17 @@ class SensitivityTable:
     def elements(self) -> int:
         return sum(sg.elements for sg in self.subgroups)
 
-    def with_latency(self, latency) -> SensitivityTable:
+    def with_latency(self, latency, m: int | None = None) -> SensitivityTable:
         """This table with each candidate's kernel time: an array [subgroups, candidates] of
-        seconds, or a ``lowbit.search.latency.LatencyTable`` (each subgroup's share of its
-        linear's measured time, ``latency.subgroup_latency``)."""
+        seconds, or a ``lowbit.search.latency.LatencyTable`` and the tokens per call ``m`` to
+        read it at (each subgroup's share of its linear's measured time,
+        ``latency.subgroup_latency``)."""
         if not isinstance(latency, np.ndarray):
             from lowbit.search.latency import subgroup_latency
-            latency = subgroup_latency(latency, self.subgroups, self.candidates)
+            if m is None:
+                raise ConfigError("SensitivityTable.with_latency: a LatencyTable is read at "
+                                  "m tokens per call: with_latency(table, m)")
+            latency = subgroup_latency(latency, self.subgroups, self.candidates, m)
         lat = np.asarray(latency, dtype=float)
         if lat.shape != self.sensitivity.shape or not (np.isfinite(lat) & (lat >= 0)).all():
             raise ConfigError(f"SensitivityTable.with_latency: need finite seconds >= 0 shaped "

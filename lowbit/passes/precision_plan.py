@@ -51,10 +51,12 @@ an o projection pruned) raises a ConfigError naming the entry.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 from lowbit.config import BCQ, PerGroup, QuantSpec
 from lowbit.errors import ConfigError
-from lowbit.passes.patterns import AttentionMap, FFNMap, LinearRef
+from lowbit.passes.patterns import AttentionMap, FFNMap, LinearRef, TransformerMap
 from lowbit.passes.spot import find_transformer
 from lowbit.quant import bcq
 from lowbit.quant.numerics import quantize_weight, weight_grid
@@ -157,11 +159,13 @@ def _blocks(entries: list[tuple[int, PlanEntry]]) -> tuple[tuple[int, ...], tupl
     return tuple(keep), tuple(blocks)
 
 
-def match_plan(graph, plan: PrecisionPlan) -> PlanMatch:
-    """Read ``plan`` against ``graph`` (module docstring); ConfigError when it does not fit."""
+def match_plan(graph, plan: PrecisionPlan,
+               spotter: Callable[[Any], TransformerMap] | None = None) -> PlanMatch:
+    """Read ``plan`` against ``graph`` (module docstring) and its structure as ``spotter``
+    reads it (None: ``find_transformer``); ConfigError when it does not fit."""
     if not isinstance(plan, PrecisionPlan):
         raise ConfigError(f"expected a lowbit.search.PrecisionPlan, got {type(plan).__name__}")
-    tmap = find_transformer(graph)
+    tmap = (find_transformer if spotter is None else spotter)(graph)
     refs = {ref.name: (role, ref) for role, ref in tmap.linears()}
     by: dict[str, list[tuple[int, PlanEntry]]] = {}
     for i, e in enumerate(plan.entries):

@@ -11,7 +11,7 @@ import torch
 
 from lowbit.errors import ConfigError
 from lowbit.mixed_precision import _objective, _run, plan_for_budget, sensitivity_table
-from lowbit.mixed_precision_acts import _linear_nodes, _Taps, _tapped, input_scores
+from lowbit.mixed_precision_acts import _linear_nodes, _tapped, _Taps, input_scores
 from lowbit.search import Budget, PerHead, SearchSpace
 from lowbit.search.sensitivity import distillation_error
 

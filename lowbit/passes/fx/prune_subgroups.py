@@ -23,6 +23,7 @@ is left alone (``modified=False``).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from fractions import Fraction
 
 import torch
@@ -33,7 +34,7 @@ from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 from lowbit.errors import ConfigError
 from lowbit.passes.fx.shrink_axis import region, shrink_axis
 from lowbit.passes.infra import Pass, PassResult
-from lowbit.passes.patterns import LinearRef
+from lowbit.passes.patterns import LinearRef, TransformerMap
 from lowbit.passes.precision_plan import match_plan
 from lowbit.passes.view.fx_graph import shape_of, strip_casts
 from lowbit.search.plan import PrecisionPlan
@@ -128,15 +129,18 @@ def _dce(gm: fx.GraphModule) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class PruneSubgroups(Pass):
-    """Remove ``plan``'s pruned heads, neuron blocks and linears; tag the planned linears."""
+    """Remove ``plan``'s pruned heads, neuron blocks and linears; tag the planned linears.
+    ``spotter``: reads the graph's ``TransformerMap`` the plan is matched against (None:
+    ``find_transformer``)."""
 
     in_place = True
     plan: PrecisionPlan
+    spotter: Callable[[fx.GraphModule], TransformerMap] | None = None
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         if PRUNING_META in gm.meta:
             return PassResult(gm, False)
-        m = match_plan(gm, self.plan)
+        m = match_plan(gm, self.plan, self.spotter)
         before = sum(p.numel() for p in gm.parameters())
         for hp in m.heads:
             a, d = hp.attn, hp.head_dim
