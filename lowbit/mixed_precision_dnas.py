@@ -11,8 +11,10 @@ differentiable search (issue 17 item 2; Zhao et al., IJCAI 2021), under a size b
    (``lowbit.train.loop.Trainer``: one calibration batch per step, lr decaying linearly to 0);
    the graph runs through ``torch.func.functional_call`` with each searched weight replaced by
    the mixture ``W_eff`` (``lowbit.search.dnas``: math, temperature, expected bytes); loss =
-   ``loss_fn(outputs, batch)`` or, by default, the output distillation error
-   ``sum_o mean((o - o_fp)^2) / mean(o_fp^2)`` against the float graph, + lambda * E[B] / B_fp32;
+   ``loss_fn(outputs, batch)`` or a distillation against the float graph: by default
+   (``distillation="mse"``) the output error ``sum_o mean((o - o_fp)^2) / mean(o_fp^2)``, or
+   (``distillation="kl"``, for language models) ``KL(softmax(o_fp) || softmax(o))`` of the first
+   output's last dimension, in nats per position; + lambda * E[B] / B_fp32;
 3. discretise (argmax, ties pruned together); for a budget, bisection over lambda
    (``dnas.bisect_lambda``, ``probes`` probes of ``steps`` steps at most).
 
@@ -21,6 +23,10 @@ differentiable search (issue 17 item 2; Zhao et al., IJCAI 2021), under a size b
 and at its end (searches of other settings can share the folder); a rerun with the same arguments reuses finished probes and resumes the interrupted one, so it ends where
 an uninterrupted run ends. The graph is not modified: its parameters enter detached, fine-tuned
 weights (``finetune_weights=True``) are copies, used for the search and then dropped.
+
+Device: the search runs where the graph's parameters are (a graph captured on a GPU searches
+there: candidate stacks, logits, the float references and the calibration batches, moved
+there, with it); the plan and the checkpoints are the same on any device.
 """
 
 from __future__ import annotations
@@ -56,7 +62,7 @@ from lowbit.search.plan import PlanEntry, PrecisionPlan, narrowings
 from lowbit.search.space import SearchSpace, WholeLinear
 from lowbit.train.loop import Group, LoopConfig, Trainer
 
-__all__ = ["dnas_plan", "output_distillation", "search_precision_dnas"]
+__all__ = ["dnas_plan", "kl_distillation", "output_distillation", "search_precision_dnas"]
 
 
 def output_distillation(outputs: Any, reference: Any) -> torch.Tensor:
@@ -72,6 +78,28 @@ def output_distillation(outputs: Any, reference: Any) -> torch.Tensor:
     return total
 
 
+def kl_distillation(outputs: Any, reference: Any) -> torch.Tensor:
+    """``mean_positions KL(softmax(r) || softmax(o))`` over the last dimension of the first
+    float output ``o`` (a language model's logits) and the float graph's ``r``: the float
+    model's next-token distribution distilled, in nats per position (``distillation="kl"``)."""
+    o, r = (next((t for t in _pytree.tree_leaves(x)
+                  if isinstance(t, torch.Tensor) and t.is_floating_point()), None)
+            for x in (outputs, reference))
+    if o is None or r is None:
+        raise ConfigError("DNAS: the graph has no float output to distil (give loss_fn=)")
+    logp = torch.log_softmax(o.float(), dim=-1)
+    logr = torch.log_softmax(r.float(), dim=-1)
+    return (logr.exp() * (logr - logp)).sum(-1).mean()
+
+
+_DISTILLATION = ("kl", "mse")
+
+
+def _to(batch: Any, device: torch.device) -> Any:
+    """``batch`` with every tensor in it on ``device``."""
+    return _pytree.tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, batch)
+
+
 @dataclasses.dataclass(frozen=True)
 class _Probe:
     lam: float
@@ -84,7 +112,8 @@ class _Supernet:
     """The graph, its searched weights' candidate stacks, the bytes table and the batches."""
 
     def __init__(self, gm: fx.GraphModule, calibration: Iterable[Any], loss_fn: LossFn | None,
-                 granularity, space: SearchSpace, roles, ignore) -> None:
+                 granularity, space: SearchSpace, roles, ignore,
+                 distillation: str = "mse") -> None:
         if not isinstance(gm, fx.GraphModule):
             raise ConfigError(f"search_precision_dnas takes a captured fx.GraphModule "
                               f"(lowbit.capture), got {type(gm).__name__}")
@@ -93,14 +122,19 @@ class _Supernet:
                               f"activations {space.activations} are searched by "
                               f"search_precision (integer program), or set per linear with "
                               f"PrecisionPlan.edit_activation")
+        if distillation not in _DISTILLATION:
+            raise ConfigError(f"distillation must be one of {_DISTILLATION}, got "
+                              f"{distillation!r}")
         self.gm, self.loss_fn, self.space = gm, loss_fn, space
+        self.distillation = distillation
         self.granularity = WholeLinear() if granularity is None else granularity
         self.subgroups = list_subgroups(gm, self.granularity, roles=roles, ignore=ignore)
         self.cands = space.candidates()
-        self.batches = list(calibration)
+        params = dict(gm.named_parameters())
+        self.device = next(iter(params.values())).device if params else torch.device("cpu")
+        self.batches = [_to(b, self.device) for b in calibration]
         if not self.batches:
             raise CalibrationError("calibration data is empty: DNAS needs at least one batch")
-        params = dict(gm.named_parameters())
         self.base = {n: p.detach() for n, p in params.items()}
         self.stacks, self.rows, self.w0 = {}, {}, {}
         for sg in self.subgroups:
@@ -111,14 +145,17 @@ class _Supernet:
                 self.w0[sg.weight] = _as_out_in(params[sg.weight], sg)
                 self.stacks[sg.weight] = candidate_stack(self.w0[sg.weight], self.cands, space,
                                                          sg.linear)
-                self.rows[sg.weight] = (torch.empty(sg.out_features, dtype=torch.long), sg)
+                self.rows[sg.weight] = (torch.empty(sg.out_features, dtype=torch.long,
+                                                    device=self.device), sg)
         for i, sg in enumerate(self.subgroups):
             self.rows[sg.weight][0][sg.rows[0]:sg.rows[1]] = i
         self.nbytes = torch.tensor([[total_bytes(sg.rows[1] - sg.rows[0], sg.in_features, c,
                                                  space) for c in self.cands]
                                     for sg in self.subgroups], dtype=torch.float64)
+        self.nbytes_dev = self.nbytes.to(self.device)
         self.elements = sum(sg.elements for sg in self.subgroups)
         self.pruned = np.array([c.pruned for c in self.cands])
+        self.pruned_dev = torch.from_numpy(self.pruned).to(self.device)
         ties: dict[str, list[int]] = {}
         for i, sg in enumerate(self.subgroups):
             if sg.tie is not None:
@@ -140,7 +177,7 @@ class _Supernet:
             p_rows = probs[row_sub]
             eff = mixture(stack, p_rows)
             if tuned is not None:                    # straight through: Q(W) ~ Q(W0) + W - W0
-                keep = 1 - p_rows[:, torch.from_numpy(self.pruned)].sum(1, keepdim=True)
+                keep = 1 - p_rows[:, self.pruned_dev].sum(1, keepdim=True)
                 eff = eff + keep * (tuned[w] - self.w0[w])
             out[w] = (eff if sg.layout == "out_in" else eff.t()).to(self.base[w].dtype)
         return out
@@ -152,12 +189,12 @@ class _Supernet:
             (tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)), {})
         out = torch.func.functional_call(self.gm, self.effective(logits, temp, tuned), args,
                                          kwargs)
-        task = (output_distillation(out, self.refs[i]) if self.loss_fn is None
-                else self.loss_fn(out, batch))
-        return task + lam * expected_bytes(logits, self.nbytes, temp) / (4 * self.elements)
+        distil = output_distillation if self.distillation == "mse" else kl_distillation
+        task = distil(out, self.refs[i]) if self.loss_fn is None else self.loss_fn(out, batch)
+        return task + lam * expected_bytes(logits, self.nbytes_dev, temp) / (4 * self.elements)
 
     def probe(self, lam: float, opts: dict, checkpoint, progress: bool) -> _Probe:
-        logits = torch.zeros(len(self.subgroups), len(self.cands))
+        logits = torch.zeros(len(self.subgroups), len(self.cands), device=self.device)
         groups = [Group("logits", [("logits", logits)], lr=opts["lr"])]
         tuned = None
         if opts["finetune_weights"]:
@@ -169,7 +206,8 @@ class _Supernet:
         fingerprint = {
             "lambda": lam, **{k: v for k, v in opts.items() if k != "checkpoint_every"},
             "space": self.space.to_dict(), "granularity": repr(self.granularity),
-            "subgroups": len(self.subgroups), "batches": len(self.batches)}
+            "subgroups": len(self.subgroups), "batches": len(self.batches),
+            **({} if self.distillation == "mse" else {"distillation": self.distillation})}
         trainer = Trainer(groups, cfg, label=f"DNAS lambda={lam:.3g}", fingerprint=fingerprint)
         path = None if checkpoint is None else Path(checkpoint) / _checkpoint_name(fingerprint)
         res = trainer.fit(lambda i: self.loss(logits, trainer.step, lam, i, tuned, opts),
@@ -184,8 +222,8 @@ class _Supernet:
         entries = tuple(PlanEntry(sg.linear, sg.role, sg.rows, sg.in_features, sg.out_features,
                                   c.code, c.bits, c.pruned, sg.tie)
                         for sg, col in zip(self.subgroups, p.choice) for c in [self.cands[col]])
-        loss = "distillation" if self.loss_fn is None else getattr(self.loss_fn, "__name__",
-                                                                   "loss_fn")
+        loss = ({"mse": "distillation", "kl": "kl-distillation"}[self.distillation]
+                if self.loss_fn is None else getattr(self.loss_fn, "__name__", "loss_fn"))
         return PrecisionPlan(entries, self.space, budget, {
             "method": "dnas", "lambda": p.lam, "batches": len(self.batches),
             "granularity": repr(self.granularity), "loss": loss, "final_loss": p.loss, **info},
@@ -215,14 +253,15 @@ def dnas_plan(gm: fx.GraphModule, lam: float, *, calibration: Iterable[Any],
               finetune_weights: bool = False, weight_lr: float = 1e-5,
               roles: tuple[str, ...] = DEFAULT_ROLES, ignore: tuple[str, ...] = (),
               seed: int = 0, progress: bool = True, checkpoint=None,
-              checkpoint_every: int = 50) -> PrecisionPlan:
+              checkpoint_every: int = 50, distillation: str = "mse") -> PrecisionPlan:
     """One DNAS search at a fixed ``lam`` (steps 1-3 of the module docstring, no budget);
     arguments as ``search_precision_dnas``."""
     if not lam >= 0:
         raise ConfigError(f"lam must be >= 0, got {lam!r}")
     opts = _options(steps, lr, temperature, finetune_weights, weight_lr, seed, checkpoint_every)
     t0 = time.perf_counter()
-    net = _Supernet(gm, calibration, loss_fn, granularity, space or SearchSpace(), roles, ignore)
+    net = _Supernet(gm, calibration, loss_fn, granularity, space or SearchSpace(), roles, ignore,
+                    distillation)
     p = net.probe(float(lam), opts, checkpoint, progress)
     _say(progress, f"DNAS lambda {lam:.3g}: {p.bytes:,} bytes", t0)
     return net.plan(p, None, {"seconds": time.perf_counter() - t0, **opts})
@@ -233,18 +272,23 @@ def search_precision_dnas(gm: fx.GraphModule, budget: Budget | int, *,
                           granularity=None, space: SearchSpace | None = None, steps: int = 200,
                           lr: float = 0.1, temperature: tuple[float, float] = (1.0, 0.1),
                           probes: int = 8, lambda_start: float = 1.0,
+                          lambda_factor: float = 10.0,
                           finetune_weights: bool = False, weight_lr: float = 1e-5,
                           roles: tuple[str, ...] = DEFAULT_ROLES, ignore: tuple[str, ...] = (),
                           seed: int = 0, progress: bool = True, checkpoint=None,
-                          checkpoint_every: int = 50) -> PrecisionPlan:
+                          checkpoint_every: int = 50,
+                          distillation: str = "mse") -> PrecisionPlan:
     """The DNAS plan of most bytes within ``budget`` over ``probes`` lambda probes.
 
     Args (as ``search_precision`` for gm, budget, calibration, granularity, space, roles,
     ignore; ``calibration`` is read once into a list):
-        loss_fn: ``loss_fn(outputs, batch) -> scalar``; None: ``output_distillation``.
+        loss_fn: ``loss_fn(outputs, batch) -> scalar``; None: a distillation against the
+            float graph, ``distillation``: "mse" (``output_distillation``) or "kl"
+            (``kl_distillation``, for language models' logits).
         steps, lr: Adam steps per probe and its initial learning rate on the logits.
         temperature: (start, end) of the exponential decay.
-        probes, lambda_start: the bisection (``lowbit.search.dnas.bisect_lambda``).
+        probes, lambda_start, lambda_factor: the bisection (``lowbit.search.dnas.
+            bisect_lambda``: its first step is x or / ``lambda_factor``).
         finetune_weights, weight_lr: also train copies of the float weights (straight
             through the quantizers); the plan is what is returned.
         seed: the batch order. checkpoint: a folder (module docstring).
@@ -261,7 +305,8 @@ def search_precision_dnas(gm: fx.GraphModule, budget: Budget | int, *,
                           f"{budget!r} (average bits: Budget(avg_bits=...))")
     opts = _options(steps, lr, temperature, finetune_weights, weight_lr, seed, checkpoint_every)
     t0 = time.perf_counter()
-    net = _Supernet(gm, calibration, loss_fn, granularity, space or SearchSpace(), roles, ignore)
+    net = _Supernet(gm, calibration, loss_fn, granularity, space or SearchSpace(), roles, ignore,
+                    distillation)
     limit = budget.to_bytes(net.elements)
     nb = least_bytes(np.zeros(net.nbytes.shape), net.nbytes.numpy().astype(np.int64),
                      np.broadcast_to(net.pruned, net.nbytes.shape), net.narrowings)
@@ -273,6 +318,7 @@ def search_precision_dnas(gm: fx.GraphModule, budget: Budget | int, *,
                        f"{limit:,} bytes ({8 * p.bytes / net.elements:.2f} bits/weight)", t0)
         return p
 
-    best, _, history = bisect_lambda(probe, limit, probes=probes, start=lambda_start)
+    best, _, history = bisect_lambda(probe, limit, probes=probes, start=lambda_start,
+                                     factor=lambda_factor)
     return net.plan(best, limit, {"probes": [list(h) for h in history],
                                   "seconds": time.perf_counter() - t0, **opts})

@@ -163,10 +163,10 @@ def fit_greedy(w: torch.Tensor, bits: int, group: int | None = None,
     return BCQWeight(torch.stack(planes), torch.stack(alphas, -1), off, group)
 
 
-def _signs(bits: int) -> torch.Tensor:
-    """[2^q, q] float32: row c holds +1 where bit i of c is set, else -1."""
-    c = torch.arange(2 ** bits).unsqueeze(-1)
-    return ((c >> torch.arange(bits)) & 1).to(torch.float32) * 2 - 1
+def _signs(bits: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """[2^q, q] float32 on ``device``: row c holds +1 where bit i of c is set, else -1."""
+    c = torch.arange(2 ** bits, device=device).unsqueeze(-1)
+    return ((c >> torch.arange(bits, device=device)) & 1).to(torch.float32) * 2 - 1
 
 
 def _least_squares(wg: torch.Tensor, mg: torch.Tensor, fit: BCQWeight
@@ -200,7 +200,7 @@ def _nearest_planes(wg: torch.Tensor, alpha: torch.Tensor, off: torch.Tensor | N
     """Planes [q, N, K] choosing, for every element, the nearest code of its row-group."""
     n, groups, g = wg.shape
     bits = alpha.shape[-1]
-    signs = _signs(bits)                                        # [2^q, q]
+    signs = _signs(bits, alpha.device)                          # [2^q, q]
     codes = alpha @ signs.T                                     # [N, G, 2^q]
     if off is not None:
         codes = codes + off.unsqueeze(-1)

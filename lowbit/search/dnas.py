@@ -69,7 +69,7 @@ def discretise(logits: np.ndarray | torch.Tensor, pruned: np.ndarray,
                ties: Sequence[Sequence[int]] = ()) -> np.ndarray:
     """One candidate per subgroup (column indices [S]), ties respected (module docstring).
     ``pruned`` [C] or [S, C]: which columns prune."""
-    lg = torch.as_tensor(logits).detach().double()
+    lg = torch.as_tensor(logits).detach().cpu().double()
     logp = torch.log_softmax(lg, dim=-1).numpy()
     pruned = np.broadcast_to(np.asarray(pruned, bool), logp.shape)
     choice = logp.argmax(1)
