@@ -188,6 +188,7 @@ class SensitivityTable:
     links: tuple = ()
     input_scores: dict = dataclasses.field(default_factory=dict)
     latency: np.ndarray | None = None
+    latency_fixed: tuple = ()
 
     @property
     def elements(self) -> int:
@@ -197,18 +198,20 @@ class SensitivityTable:
         """This table with each candidate's kernel time: an array [subgroups, candidates] of
         seconds, or a ``lowbit.search.latency.LatencyTable`` and the tokens per call ``m`` to
         read it at (each subgroup's share of its linear's measured time,
-        ``latency.subgroup_latency``)."""
+        ``latency.latency_model``: with the table's times of a subgroup's rows too, a fixed
+        cost per kernel call of a linear split into row blocks)."""
+        fixed: tuple = ()
         if not isinstance(latency, np.ndarray):
-            from lowbit.search.latency import subgroup_latency
+            from lowbit.search.latency import latency_model
             if m is None:
                 raise ConfigError("SensitivityTable.with_latency: a LatencyTable is read at "
                                   "m tokens per call: with_latency(table, m)")
-            latency = subgroup_latency(latency, self.subgroups, self.candidates, m)
+            latency, fixed = latency_model(latency, self.subgroups, self.candidates, m)
         lat = np.asarray(latency, dtype=float)
         if lat.shape != self.sensitivity.shape or not (np.isfinite(lat) & (lat >= 0)).all():
             raise ConfigError(f"SensitivityTable.with_latency: need finite seconds >= 0 shaped "
                               f"{self.sensitivity.shape}, got {lat.shape}")
-        return dataclasses.replace(self, latency=lat)
+        return dataclasses.replace(self, latency=lat, latency_fixed=tuple(fixed))
 
     def columns(self, plan: PrecisionPlan) -> np.ndarray:
         """The column of each subgroup's entry in ``plan`` (a plan over these subgroups)."""
@@ -226,7 +229,8 @@ class SensitivityTable:
             raise ConfigError("SensitivityTable.latency_of: no latency (with_latency first)")
         pruned = np.array([[c.pruned for c in self.candidates]] * len(self.subgroups))
         return exact_latency(self.columns(plan), self.latency, pruned, narrowings(
-            self.links, self.subgroups, self.candidates, self.space, self.latency))
+            self.links, self.subgroups, self.candidates, self.space, self.latency),
+            self.latency_fixed)
 
     def priced(self, prune_cost: str, margin: float | None = None) -> SensitivityTable:
         """This table with the pruned candidate priced by ``prune_cost`` (one it holds), a
@@ -407,7 +411,8 @@ def plan_for_budget(table: SensitivityTable, budget: Budget | int, *, progress: 
                 ties=[t for t in ties.values() if len(t) > 1],
                 narrowings=narrowings(table.links, subgroups, cands, table.space, lat),
                 shared=[g for g in linears.values() if len(g) > 1], option=option,
-                latency=lat, latency_budget=budget.seconds)
+                latency=lat, latency_budget=budget.seconds,
+                fixed=table.latency_fixed if lat is not None else ())
     took = "" if lat is None else f", {sol.latency * 1e3:.3f} of {budget.seconds * 1e3:.3f} ms"
     _say(progress, f"integer program: {sol.variables} binaries, {len(subgroups)} subgroups, "
                    f"HiGHS {sol.seconds * 1e3:.0f} ms, {sol.bytes:,} of {limit:,} bytes{took}",
@@ -433,6 +438,7 @@ def search_precision(gm: fx.GraphModule, budget: Budget | int, *,
                      roles: tuple[str, ...] = DEFAULT_ROLES, ignore: tuple[str, ...] = (),
                      seed: int = 0, prune_cost: str = "measured",
                      prune_batches: int | None = None, prune_margin: float = 1.0,
+                     latency=None, latency_m: int | None = None,
                      progress: bool = True) -> PrecisionPlan:
     """The plan of least estimated loss increase within ``budget`` (module docstring);
     ``plan_for_budget(sensitivity_table(gm, ...), budget)``, which several budgets can share.
@@ -457,6 +463,10 @@ def search_precision(gm: fx.GraphModule, budget: Budget | int, *,
         prune_batches: measure on the first this many calibration batches (None: all).
         prune_margin: standard errors (over those batches) added to each measured price,
             against the winner's curse (``lowbit.search.sensitivity``).
+        latency, latency_m: kernel times for ``Budget(seconds=...)``: a
+            ``lowbit.search.LatencyTable`` (``mixed_precision_latency.measure_latency``) read
+            at ``latency_m`` tokens per call, or an array [subgroups, candidates] of seconds
+            (``SensitivityTable.with_latency``).
 
     Raises:
         ConfigError: an infeasible budget (the message gives the smallest feasible size), a
@@ -470,4 +480,6 @@ def search_precision(gm: fx.GraphModule, budget: Budget | int, *,
                               loss_fn=loss_fn, roles=roles, ignore=ignore, seed=seed,
                               prune_cost=prune_cost, prune_batches=prune_batches,
                               prune_margin=prune_margin, progress=progress)
+    if latency is not None:
+        table = table.with_latency(latency, latency_m)
     return plan_for_budget(table, budget, progress=progress)

@@ -9,7 +9,7 @@ and ``lowbit.mixed_precision_dnas.search_precision_dnas`` walk the graph and cal
 
 from lowbit.search.cost import candidate_bytes
 from lowbit.search.ilp import Budget, Narrowing, Solution, solve
-from lowbit.search.latency import LatencyTable, subgroup_latency
+from lowbit.search.latency import LatencyTable, latency_model, subgroup_latency
 from lowbit.search.plan import Link, PlanEntry, PrecisionPlan
 from lowbit.search.space import (
     Candidate,
@@ -24,5 +24,5 @@ from lowbit.search.space import (
 __all__ = ["Budget", "Candidate", "LatencyTable", "Link", "Narrowing", "PerHead", "PerNeurons",
            "PlanEntry", "PrecisionPlan",
            "SearchSpace", "Solution", "Subgroup", "WholeLinear", "candidate_bytes",
-           "dequantized", "solve",
+           "dequantized", "latency_model", "solve",
            "subgroup_latency"]

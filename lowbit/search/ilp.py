@@ -28,9 +28,19 @@ pruned column), one binary y[g,o] per group g and option o::
     sum_o y[g,o] = 1,   sum_{c: option[s,c] = o} x[s,c] <= y[g,o]      every s in g, every o
 
 **Latency** (optional, ``latency`` [S, C] seconds, ``latency_budget``): a second knapsack row,
-sum_{s,c} T[s,c] x[s,c] <= latency_budget, the sinks' rows as their bytes (``Narrowing.latency``
-[sinks, C, F + 1] on the z variables). The search fills T from measured kernel times
-(``lowbit.search.latency``).
+the sinks' rows as their bytes (``Narrowing.latency`` [sinks, C, F + 1] on the z variables),
+and ``fixed`` costs: per group g of subgroups (one linear's row blocks, in row order) and
+candidate c, A[g,c] paid once per run of consecutive subgroups of g that take c (a kernel call
+per block of one format, as ``SplitRowBlocks`` merges rows), through v[s,c] in [0, 1],
+v[s,c] >= x[s,c] - x[s',c] (s' the subgroup before s in g; v >= x for the first)::
+
+    sum_{s,c} T[s,c] x[s,c] + sum_{g, s in g, c} A[g,c] v[s,c] <= latency_budget
+
+A pruned subgroup ends a run here (its rows leave the graph, so the blocks around it may merge
+there: the count is then an upper bound).
+
+The search fills T and A from measured kernel times (``lowbit.search.latency``). Subgroups of
+a fixed-cost group keep every candidate (a dominated one may save a kernel call).
 
 Not modelled (a bound, never below the real size): the linears only
 a sink reads (``Narrowing.reads``) are counted when the sink itself is pruned whole (the plan
@@ -61,7 +71,7 @@ import numpy as np
 from lowbit.errors import ConfigError, LowbitError
 
 __all__ = ["Budget", "Narrowing", "Solution", "exact_bytes", "exact_latency", "least_bytes",
-           "solve"]
+           "runs", "solve"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,13 +166,25 @@ def exact_bytes(choice: np.ndarray, nbytes: np.ndarray, pruned: np.ndarray,
                                                        for nw in narrowings)
 
 
+def runs(choice: np.ndarray, group: Sequence[int]) -> list[int]:
+    """The candidate of each run of consecutive subgroups of ``group`` with one choice."""
+    out: list[int] = []
+    for i, s in enumerate(group):
+        if i == 0 or choice[s] != choice[group[i - 1]]:
+            out.append(int(choice[s]))
+    return out
+
+
 def exact_latency(choice: np.ndarray, latency: np.ndarray, pruned: np.ndarray,
-                  narrowings: Sequence[Narrowing] = ()) -> float:
-    """Summed latency of ``choice``, sinks as their narrowing says (as ``exact_bytes``)."""
+                  narrowings: Sequence[Narrowing] = (),
+                  fixed: Sequence[tuple[Sequence[int], np.ndarray]] = ()) -> float:
+    """Summed latency of ``choice``, sinks as their narrowing says (as ``exact_bytes``), plus
+    each group's fixed cost per run of one candidate (module docstring)."""
     sink = {s for nw in narrowings for s in nw.sinks}
     rest = [s for s in range(len(choice)) if s not in sink]
-    return float(latency[rest, choice[rest]].sum()) + sum(nw.latency_of(choice, pruned)
-                                                         for nw in narrowings)
+    calls = sum(float(np.asarray(a)[c]) for g, a in fixed for c in runs(choice, list(g)))
+    return float(latency[rest, choice[rest]].sum()) + calls + sum(
+        nw.latency_of(choice, pruned) for nw in narrowings)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,12 +250,14 @@ def solve(sensitivity: np.ndarray, nbytes: np.ndarray, budget: int, *,
           pruned: np.ndarray | None = None, ties: Sequence[Sequence[int]] = (),
           narrowings: Sequence[Narrowing] = (), shared: Sequence[Sequence[int]] = (),
           option: np.ndarray | None = None, latency: np.ndarray | None = None,
-          latency_budget: float | None = None, time_limit: float = 60.0) -> Solution:
+          latency_budget: float | None = None,
+          fixed: Sequence[tuple[Sequence[int], np.ndarray]] = (),
+          time_limit: float = 60.0) -> Solution:
     """The integer program of the module docstring on plain arrays [S, C] (``pruned``: which
     columns prune; ``ties``: lists of subgroup indices that prune together; ``narrowings``:
     sinks whose bytes depend on their feeders, ``nbytes`` of their rows unused; ``shared``
     and ``option`` [S, C]: groups of subgroups that take one input option; ``latency``
-    [S, C] and ``latency_budget``: the latency row)."""
+    [S, C], ``fixed`` [(subgroups, A [C])] and ``latency_budget``: the latency row)."""
     try:
         import highspy
     except ImportError:
@@ -269,6 +293,14 @@ def solve(sensitivity: np.ndarray, nbytes: np.ndarray, budget: int, *,
                               f"{None if lat is None else lat.shape}, {latency_budget!r})")
         if any(nw.latency is None for nw in narrowings):
             raise ConfigError("solve: with a latency budget every narrowing needs latency")
+    if fixed and lat is None:
+        raise ConfigError("solve: fixed latency costs need latency and a latency budget")
+    for g, a in fixed:
+        a = np.asarray(a, dtype=float)
+        if a.shape != (sens.shape[1],) or not (np.isfinite(a) & (a >= 0)).all() or \
+                any(not 0 <= s < n_sub for s in g):
+            raise ConfigError(f"solve: a fixed cost needs subgroups in range and [{sens.shape[1]}]"
+                              f" finite seconds >= 0, got {a.shape}")
     opt = None
     if option is not None:
         opt = np.asarray(option, dtype=int)
@@ -281,6 +313,8 @@ def solve(sensitivity: np.ndarray, nbytes: np.ndarray, budget: int, *,
     bound = np.zeros(n_sub, bool)
     bound[[t for tie in ties for t in tie] + [f for nw in narrowings for f in nw.feeders]] = True
     keep = _kept(sens, nb, pruned, bound, lat, opt if shared else None)
+    for g, _ in fixed:
+        keep[list(g)] = np.isfinite(sens[list(g)])
     keep[sink] = np.isfinite(sens[sink])
     cols = [(s, c) for s in range(n_sub) for c in np.flatnonzero(keep[s])]
     var = {sc: i for i, sc in enumerate(cols)}
@@ -325,6 +359,22 @@ def solve(sensitivity: np.ndarray, nbytes: np.ndarray, budget: int, *,
             for m, zs in enumerate(at_n):
                 rows.append((zs + [y[m]], [1.0] * len(zs) + [-1.0], 0.0, 0.0))
     rows.append((budget_idx, budget_val, -np.inf, float(budget)))
+    for g, a in fixed:
+        g = list(g)
+        for c in np.flatnonzero(np.asarray(a, dtype=float) > 0):
+            for i, s in enumerate(g):           # v >= x[s,c] - x[previous,c]: a run starts
+                if not keep[s, c]:
+                    continue
+                v = n + len(extra)
+                extra.append(0.0)
+                integer.append(False)
+                lat_idx.append(v)
+                lat_val.append(float(a[c]))
+                before = g[i - 1] if i else None
+                if before is not None and keep[before, c]:
+                    rows.append(([var[s, c], var[before, c], v], [1.0, -1.0, -1.0], -np.inf, 0.0))
+                else:
+                    rows.append(([var[s, c], v], [1.0, -1.0], -np.inf, 0.0))
     if lat is not None:
         unit = max(max(lat_val, default=0.0), 1e-300)     # scaled to 1, as the objective
         rows.append((lat_idx, [v / unit for v in lat_val], -np.inf, latency_budget / unit))
@@ -395,7 +445,7 @@ def solve(sensitivity: np.ndarray, nbytes: np.ndarray, budget: int, *,
                           f"of {budget})")
     took = math.nan
     if lat is not None:
-        took = exact_latency(choice, lat, pruned, narrowings)
+        took = exact_latency(choice, lat, pruned, narrowings, fixed)
         if took > latency_budget * (1 + 1e-6):
             raise LowbitError(f"HiGHS returned an assignment of {took:.6g} s for a latency "
                               f"budget of {latency_budget:.6g} s")

@@ -24,15 +24,21 @@ also keeps the storage it was measured with (group fitted to K, symmetric, BCQ o
 whether the kernels were tuned; ``lowbit.measure_latency`` measures a key again when either
 differs from what it is asked.
 
-From records to the search's arrays::
+From records to the search's arrays (``latency_model``)::
 
-    subgroup_latency   T[s, c] = t(N, K, M, c) * rows_s / N      a subgroup's share of its
-                       linear's kernel (pruned: 0)
+    T[s, c] = b_c * rows_s,   A[l, c] once per run of linear l's subgroups that take c
+    b_c = (t(N) - t(r)) / (N - r),   A[l, c] = max(t(N) - b_c N, 0)
+
+the line through the times of the whole linear (N rows) and of one subgroup's rows (r, when
+the table has them: measure both shapes) for a linear split into subgroups: a block of
+consecutive rows of one format is one kernel call (``SplitRowBlocks``), A its fixed part (the
+call, the input's pass: what a plan that alternates formats inside a linear pays per block;
+``ilp.solve(fixed=)``); without t(r), or for a linear of one subgroup, ``subgroup_latency``:
+T[s, c] = t(N) rows_s / N and no fixed part. Pruned: 0.
     (o, FFN-out with pruned feeders: ``plan.narrowings`` scales T by K'/K, 0 once K' = 0)
 
-Not modelled: a linear split into row blocks of different formats runs one kernel per block
-(``SplitRowBlocks``), each slower per row than the whole (less work per call, the call and the
-concat's copies): shares by rows undercount it. Also not: the epilogue fusions of the real
+Not modelled: runs that merge once a pruned subgroup between them leaves (counted as two
+calls: an upper bound), the concat of the blocks' outputs. Also not: the epilogue fusions of the real
 model (bias, activation, requantized outputs), cache effects between neighbouring kernels, and
 the K' scaling of a narrowed linear (the time of a GEMM is not linear in K at
 small K). A latency sum is a model of the linears' time, not of the whole model's.
@@ -52,7 +58,7 @@ from lowbit.errors import ConfigError
 from lowbit.io import write_text_atomic
 from lowbit.search.space import Candidate, Subgroup
 
-__all__ = ["FORMAT", "LatencyTable", "subgroup_latency"]
+__all__ = ["FORMAT", "LatencyTable", "latency_model", "subgroup_latency"]
 
 FORMAT = "lowbit.latency/1"
 Key = tuple[int, int, int, str, int, str]       # n, k, m, code, bits, act
@@ -201,3 +207,34 @@ def subgroup_latency(table: LatencyTable, subgroups: Sequence[Subgroup],
         for c, cand in enumerate(candidates):
             out[s, c] = table.get(sg.out_features, sg.in_features, m, cand) * share
     return out
+
+
+def latency_model(table: LatencyTable, subgroups: Sequence[Subgroup],
+                  candidates: Sequence[Candidate], m: int
+                  ) -> tuple[np.ndarray, list[tuple[tuple[int, ...], np.ndarray]]]:
+    """``T`` [S, C] and the fixed costs ``[(subgroups of a linear, A [C])]`` of the module
+    docstring, for ``ilp.solve(latency=T, fixed=...)``."""
+    out = subgroup_latency(table, subgroups, candidates, m)
+    by: dict[str, list[int]] = {}
+    for s, sg in enumerate(subgroups):
+        by.setdefault(sg.linear, []).append(s)
+    fixed = []
+    for idx in by.values():
+        sg = subgroups[idx[0]]
+        n, k = sg.out_features, sg.in_features
+        r = sg.rows[1] - sg.rows[0]
+        if len(idx) < 2 or r >= n:
+            continue
+        live = [c for c, cand in enumerate(candidates) if not cand.pruned]
+        if not all(table.has(r, k, m, candidates[c]) for c in live):
+            continue
+        a = np.zeros(len(candidates))
+        for c in live:
+            t_n, t_r = table.get(n, k, m, candidates[c]), table.get(r, k, m, candidates[c])
+            b = max((t_n - t_r) / (n - r), 0.0)
+            a[c] = max(t_n - b * n, 0.0)
+            for s in idx:
+                rows = subgroups[s].rows[1] - subgroups[s].rows[0]
+                out[s, c] = b * rows
+        fixed.append((tuple(idx), a))
+    return out, fixed

@@ -110,3 +110,61 @@ def test_latency_config_errors():
         solve(sens, nb, 10, latency=np.full((2, 2), np.nan), latency_budget=1.0)
     with pytest.raises(ConfigError, match="option must be"):
         solve(sens, nb, 10, shared=[[0, 1]], option=np.zeros((3, 2)))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_fixed_costs_per_candidate_used_equal_brute_force(seed):
+    """A fixed cost per (group, candidate) used: a kernel call per format a linear takes."""
+    rng = np.random.default_rng(200 + seed)
+    sens, nb, lat, _, pruned = _instance(rng, 4, 2)
+    fixed = [((0, 1, 2), rng.random(sens.shape[1]) * 0.5)]
+    fixed[0][1][0] = 0.0                                   # pruned: no call
+    budget = int(nb.max(1).sum())
+    lat_budget = float(rng.uniform(0.5, 1.2) * lat.max(1).sum())
+    best = np.inf
+    rows = np.arange(4)
+    for choice in itertools.product(range(sens.shape[1]), repeat=4):
+        choice = np.array(choice)
+        if nb[rows, choice].sum() > budget:
+            continue
+        if exact_latency(choice, lat, pruned, (), fixed) > lat_budget + 1e-12:
+            continue
+        best = min(best, float(sens[rows, choice].sum()))
+    if not np.isfinite(best):
+        with pytest.raises(ConfigError):
+            solve(sens, nb, budget, pruned=pruned, latency=lat, latency_budget=lat_budget,
+                  fixed=fixed)
+        return
+    sol = solve(sens, nb, budget, pruned=pruned, latency=lat, latency_budget=lat_budget,
+                fixed=fixed)
+    assert sol.sensitivity == pytest.approx(best, rel=1e-9, abs=1e-12)
+    assert sol.latency == pytest.approx(exact_latency(sol.choice, lat, pruned, (), fixed))
+    assert sol.latency <= lat_budget * (1 + 1e-9)
+
+
+def test_one_format_saves_the_second_call():
+    """Two subgroups of one linear, two formats of equal per-row time: mixing them pays the
+    fixed cost twice, so a budget between one and two calls forces one format."""
+    sens = np.array([[0.0, 1.0], [1.0, 0.0]])      # each prefers another format
+    nb = np.ones((2, 2), int)
+    lat = np.full((2, 2), 1.0)
+    fixed = [((0, 1), np.array([5.0, 5.0]))]
+    mixed = solve(sens, nb, 10, latency=lat, latency_budget=20.0, fixed=fixed)
+    assert mixed.choice.tolist() == [0, 1] and mixed.latency == 12.0
+    one = solve(sens, nb, 10, latency=lat, latency_budget=8.0, fixed=fixed)
+    assert one.choice[0] == one.choice[1] and one.latency == 7.0
+
+
+def test_a_call_per_run_of_one_format():
+    """[a, b, a] is three kernel calls, [a, a, b] two: with a budget for two calls and
+    sensitivities that prefer the alternating plan, the program reorders nothing but pays."""
+    sens = np.array([[0.0, 1.0], [1.0, 0.0], [0.0, 0.5]])
+    nb = np.ones((3, 2), int)
+    lat = np.zeros((3, 2))
+    fixed = [((0, 1, 2), np.array([1.0, 1.0]))]
+    assert exact_latency(np.array([0, 1, 0]), lat, np.zeros((3, 2), bool), (), fixed) == 3.0
+    assert exact_latency(np.array([0, 1, 1]), lat, np.zeros((3, 2), bool), (), fixed) == 2.0
+    free = solve(sens, nb, 10, latency=lat, latency_budget=3.0, fixed=fixed)
+    assert free.choice.tolist() == [0, 1, 0]
+    two = solve(sens, nb, 10, latency=lat, latency_budget=2.0, fixed=fixed)
+    assert two.choice.tolist() == [0, 1, 1] and two.latency == 2.0

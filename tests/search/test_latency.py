@@ -24,6 +24,7 @@ from lowbit.search import (
     LatencyTable,
     SearchSpace,
     Subgroup,
+    latency_model,
     subgroup_latency,
 )
 
@@ -171,3 +172,21 @@ def test_subgroup_shares_add_up_to_the_linear():
     assert lat[:, 1].sum() == pytest.approx(6e-6) and lat[:, 2].sum() == pytest.approx(3e-6)
     with pytest.raises(ConfigError, match="m "):
         subgroup_latency(t, sgs, [INT4], 0)
+
+
+def test_latency_model_fits_a_call_cost_from_two_row_counts():
+    """t(64 rows) = 8 us, t(16 rows) = 3.5 us: 93.75 ns a row and 2 us a call; each 16-row
+    subgroup costs 1.5 us, the linear 2 us once per format it uses."""
+    t = fake_table({(N, K, M, INT4): 8e-6, (16, K, M, INT4): 3.5e-6,
+                    (N, K, M, BCQ3): 4e-6, (16, K, M, BCQ3): 1.0e-6})
+    sgs = [Subgroup("q", "attn.q", "q.weight", (a, a + 16), K, N) for a in range(0, N, 16)]
+    lat, fixed = latency_model(t, sgs, [PRUNED, INT4, BCQ3], M)
+    (idx, a), = fixed
+    assert idx == (0, 1, 2, 3) and a[0] == 0.0
+    assert lat[:, 1] == pytest.approx([1.5e-6] * 4) and a[1] == pytest.approx(2e-6)
+    assert lat[:, 1].sum() + a[1] == pytest.approx(8e-6)          # one format: t(N) again
+    assert lat[:, 2].sum() + a[2] == pytest.approx(4e-6)
+    # without the subgroup's rows measured: the plain shares, no call cost
+    lat2, fixed2 = latency_model(fake_table({(N, K, M, INT4): 8e-6, (N, K, M, BCQ3): 4e-6}),
+                                 sgs, [PRUNED, INT4, BCQ3], M)
+    assert fixed2 == [] and lat2[:, 1] == pytest.approx([2e-6] * 4)
