@@ -159,6 +159,10 @@ def parse_args(argv):
                    help="calibration windows the measured pruning cost runs on")
     p.add_argument("--prune-margin", type=float, default=1.0,
                    help="standard errors added to each measured pruning price (ilp)")
+    p.add_argument("--plans-from", type=pathlib.Path, default=None,
+                   help="also evaluate the saved plans DIR/plan_<method>_<bits>.json as rows "
+                        "'<method> @ <bits>' (scripts/gpu_gemma_dnas.py writes them); with "
+                        "--methods '' only those (and FP32), no sensitivity table")
     p.add_argument("--keep-rows", type=pathlib.Path, default=None,
                    help="copy the rows of methods not run from this earlier results file")
     p.add_argument("--pricing-json", type=pathlib.Path, default=None,
@@ -257,6 +261,14 @@ def main(argv=None) -> int:
         write_json()
 
     rows += kept_rows(args.keep_rows, methods)
+    for path in sorted(args.plans_from.glob("plan_*.json")) if args.plans_from else ():
+        saved = PrecisionPlan.load(path)
+        method, _, b = path.stem[len("plan_"):].rpartition("_")
+        evaluate(f"{method} @ {b}", method, float(b), saved, saved.info.get("seconds", 0.0),
+                 {"plan_file": str(path)})
+    if not methods:                  # --plans-from alone: its rows, no table
+        write_json()
+        return 0
     t = time.perf_counter()
     table = sensitivity_table(gm_s, calibration=calib, granularity=gran, space=space,
                               loss_fn=next_token_loss if args.ilp_loss == "lm" else None,

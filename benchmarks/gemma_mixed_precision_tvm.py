@@ -80,21 +80,26 @@ def positional(fn, x):
 
 def run_variant(name: str, plan: PrecisionPlan | None, gm, gm1, x, x1, runs: int,
                 keep: list | None = None, *, call=positional, outputs=logits_of,
-                check=None) -> dict:
+                check=None, calibration=(None, None)) -> dict:
     """Apply, compile, check and time one variant; with ``keep`` (a list) its two TVM modules
     are appended there for ``interleaved`` timing instead of being timed here. ``call(fn,
     inputs)`` feeds a graph or module (``positional``; MiniLM: by keyword), ``outputs`` gives
     the array compared, ``check(q, mod)`` (optional) more entries of the row (FX graph and
-    module of the ``x`` capture)."""
+    module of the ``x`` capture); ``calibration``: batches for ``gm`` and ``gm1``, used for
+    plans with int8 inputs (``plan.activations``)."""
     t = time.perf_counter()
-    q = gm if plan is None else lowbit.apply_precision(gm, plan, progress=False)
-    q1 = gm1 if plan is None else lowbit.apply_precision(gm1, plan, progress=False)
+    acts = plan is not None and bool(plan.activations)
+    q = gm if plan is None else lowbit.apply_precision(
+        gm, plan, progress=False, calibration=calibration[0] if acts else None)
+    q1 = gm1 if plan is None else lowbit.apply_precision(
+        gm1, plan, progress=False, calibration=calibration[1] if acts else None)
     t_apply = time.perf_counter() - t
     blocks = q.meta.get("lowbit_precision", [])
     kernels = collections.Counter(b["kernel"] for b in blocks)
     storage = collections.Counter(b["storage"] for b in blocks)
     by_format = collections.Counter(
-        (Candidate(b["code"], b["bits"]).label(), b["kernel"]) for b in blocks)
+        (Candidate(b["code"], b["bits"], b.get("act", "fp")).label(), b["kernel"])
+        for b in blocks)
     t = time.perf_counter()
     mod = lowbit.compile(q, target="cpu", progress=False)
     t_compile = time.perf_counter() - t

@@ -20,13 +20,22 @@ DNAS) against uniform plans of similar size (issue 17 item 5, first table).
    table with pruning priced by the Taylor estimate (``table.priced("taylor")``); both offer
    the pruned candidate to heads only (``heads_only``: a linear pruned whole becomes its bias,
    which ``apply_precision`` needs a static shape for, and this graph is dynamic); ``dnas`` =
-   ``search_precision_dnas`` (``--steps`` per probe, ``--probes`` lambda probes). Uniform
+   ``search_precision_dnas`` (``--steps`` per probe, ``--probes`` lambda probes);
+   ``ilp-fast`` = the integer program on a table whose space also offers int8 inputs
+   (``SearchSpace(activations=("fp", "int8"))``: int8 weights per channel + static u8 input,
+   the W8A8 kernel) with each candidate's kernel time measured in TVM on this CPU at
+   ``--latency-m`` tokens per call (``mixed_precision_latency.measure_latency``, records in
+   ``--latency-db``; the whole linears and one head's rows: ``latency_model`` fits a fixed
+   cost per kernel call, paid once per block of consecutive heads of one format), under ``Budget(avg_bits=b, seconds=T)``, T = the summed kernel time of
+   the largest uniform plan within the bytes (the latency goal: no slower than uniform at the
+   same bytes). Uniform
    baselines are PrecisionPlans over the same subgroups with one candidate everywhere
    (``--uniform code:bits``; with fp32 scales at g128: int3 = 3.25 bits, int4 = 4.25 bits,
    BCQ 3-bit = 3.75 bits, three alphas per group), so they go
    through the same ``apply_precision`` path and byte count.
 4. Every plan goes through ``lowbit.apply_precision`` weight-only (no calibration: int8 blocks
-   are dequantized in the graph), pruned heads leave the graph. SST-2 as
+   are dequantized in the graph), except the int8 inputs an ``ilp-fast`` plan chose
+   (calibrated on the search batches); pruned heads leave the graph. SST-2 as
    ``benchmarks/sst2_probe.py``: the logistic-regression probe (``sst2_probe.Probe``) trained
    once on FP32 mean-pooled embeddings of the first ``--n-train`` train sentences, frozen;
    each variant's dev embeddings (872 sentences, 128 tokens) go through it. Reported: dev
@@ -78,6 +87,7 @@ from lowbit.data import read_sst2, shared_data_dir, text_batches
 from lowbit.errors import ConfigError
 from lowbit.mixed_precision import plan_for_budget, sensitivity_table
 from lowbit.mixed_precision_dnas import search_precision_dnas
+from lowbit.mixed_precision_latency import measure_latency
 from lowbit.models import load_minilm
 from lowbit.models.minilm import MINILM_SHA256
 from lowbit.search import Budget, PerHead, PrecisionPlan, SearchSpace
@@ -94,7 +104,7 @@ def log(msg: str) -> None:
 def uniform_plan(template: PrecisionPlan, code: str, bits: int) -> PrecisionPlan:
     """``template``'s subgroups, every one stored as ``code`` at ``bits`` (nothing pruned)."""
     return dataclasses.replace(template, budget_bytes=None, entries=tuple(
-        dataclasses.replace(e, code=code, bits=bits, pruned=False, sensitivity=None)
+        dataclasses.replace(e, code=code, bits=bits, pruned=False, sensitivity=None, act="fp")
         for e in template.entries), info={"method": f"uniform {code}{bits}"})
 
 
@@ -148,6 +158,11 @@ def parse_args(argv):
     p.add_argument("--out", type=pathlib.Path, default=None)
     p.add_argument("--json", type=pathlib.Path, default=None)
     p.add_argument("--keep-rows", type=pathlib.Path, default=None)
+    p.add_argument("--latency-m", type=int, default=1024,
+                   help="tokens per call the kernels are timed at (ilp-fast; 16 x 64)")
+    p.add_argument("--latency-db", type=pathlib.Path,
+                   default=pathlib.Path("/tmp/lb/minilm_mixed_precision/tuning"),
+                   help="tuning database folder the kernel times are kept in (ilp-fast)")
     p.add_argument("--reuse-table", action="store_true",
                    help="load the sensitivity table an earlier run saved in --work")
     return p.parse_args(argv)
@@ -195,7 +210,8 @@ def main(argv=None) -> int:
     def evaluate(name: str, budget, plan: PrecisionPlan, search_s: float) -> None:
         t = time.perf_counter()
         try:
-            qgm = lowbit.apply_precision(gm, plan, progress=False)
+            qgm = lowbit.apply_precision(gm, plan, progress=False,
+                                         calibration=calib if plan.activations else None)
         except ConfigError as e:
             log(f"{name}: {e}")
             rows.append({"name": name, "method": method_of(name), "budget": budget,
@@ -236,7 +252,10 @@ def main(argv=None) -> int:
     rows += kept_rows(args.keep_rows, methods)
     t = time.perf_counter()
     cache = args.work / "table.pkl"
-    if args.reuse_table and cache.is_file():    # same model, calibration and code: a rerun
+    table = None
+    if not {"ilp", "ilp-taylor", "dnas"} & set(methods):
+        pass
+    elif args.reuse_table and cache.is_file():    # same model, calibration and code: a rerun
         table, t_table = pickle.loads(cache.read_bytes())
         log(f"sensitivity table: reused {cache} (built in {t_table:.0f} s)")
     else:
@@ -244,11 +263,12 @@ def main(argv=None) -> int:
         t_table = time.perf_counter() - t
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_bytes(pickle.dumps((table, t_table)))
-    t_taylor = t_table - table.info.get("prune_seconds", 0.0)
-    log(f"sensitivity table: {len(table.subgroups)} subgroups x {len(table.candidates)} "
-        f"candidates, {t_table:.0f} s")
+    if table is not None:
+        t_taylor = t_table - table.info.get("prune_seconds", 0.0)
+        log(f"sensitivity table: {len(table.subgroups)} subgroups x {len(table.candidates)} "
+            f"candidates, {t_table:.0f} s")
     template = None
-    for b in args.budgets:
+    for b in args.budgets if table is not None else ():
         t = time.perf_counter()
         ilp = plan_for_budget(heads_only(table), Budget(avg_bits=b))
         t_ilp = time.perf_counter() - t
@@ -270,6 +290,9 @@ def main(argv=None) -> int:
                 rows.append({"name": f"dnas @ {b:g}", "budget": b, "failed": str(e)})
             else:
                 evaluate(f"dnas @ {b:g}", b, dnas, time.perf_counter() - t)
+    if "ilp-fast" in methods:
+        first, fast_table = fast_plans(gm, calib, gran, uniforms, args, evaluate)
+        template, table = template or first, table or fast_table
     for code, bits in uniforms:
         plan = uniform_plan(template, code, bits)
         label = f"uniform {'int' if code == 'uniform' else 'bcq'}{bits} g{space.group}"
@@ -286,6 +309,46 @@ def main(argv=None) -> int:
     return 0
 
 
+def fast_plans(gm, calib, gran, uniforms, args, evaluate):
+    """The ``ilp-fast`` rows (module docstring, step 3); returns a plan to template the uniform
+    ones and the table."""
+    space = SearchSpace(activations=("fp", "int8"))
+    t = time.perf_counter()
+    cache = args.work / "table_acts.pkl"
+    if args.reuse_table and cache.is_file():
+        table, t_built = pickle.loads(cache.read_bytes())
+        t -= t_built                       # search time counts the table as built
+        log(f"sensitivity table (inputs too): reused {cache} (built in {t_built:.0f} s)")
+    else:
+        table = sensitivity_table(gm, calibration=calib, granularity=gran, space=space)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_bytes(pickle.dumps((table, time.perf_counter() - t)))
+    # the whole linears and one subgroup's rows: a kernel call's fixed cost (latency_model)
+    shapes = sorted({(sg.out_features, sg.in_features) for sg in table.subgroups} |
+                    {(sg.rows[1] - sg.rows[0], sg.in_features) for sg in table.subgroups})
+    lat = measure_latency(shapes, args.latency_m, table.candidates, space,
+                                 target="cpu", db=args.latency_db)
+    timed = heads_only(table.with_latency(lat, args.latency_m))
+    t_table = time.perf_counter() - t
+    template = plan_for_budget(timed, Budget(avg_bits=max(args.budgets)))
+    limit = {b: Budget(avg_bits=b).to_bytes(table.elements) for b in args.budgets}
+    for b in args.budgets:
+        ref = [(timed.latency_of(p), p) for p in (uniform_plan(template, c, bits)
+                                                  for c, bits in uniforms)
+               if p.total_bytes <= limit[b]]
+        if not ref:
+            log(f"ilp-fast @ {b:g}: no uniform plan within {limit[b]:,} bytes to match")
+            continue
+        cap, like = max(ref, key=lambda r: r[1].total_bytes)
+        t = time.perf_counter()
+        plan = plan_for_budget(timed, Budget(avg_bits=b, seconds=cap))
+        code, bits = like.entries[0].code, like.entries[0].bits
+        label = f"uniform {'int' if code == 'uniform' else 'bcq'}{bits} g{space.group}"
+        plan = dataclasses.replace(plan, info={**plan.info, "latency_of": label})
+        evaluate(f"ilp-fast @ {b:g}", b, plan, t_table + time.perf_counter() - t)
+    return template, table
+
+
 def _fmt(r: dict, fp: float, n: int) -> str:
     if "failed" in r:
         return f"| {r['name']} | - | - | - | - | - | - | - | - | - | failed: {r['failed']} |"
@@ -296,6 +359,10 @@ def _fmt(r: dict, fp: float, n: int) -> str:
         f"; loss predicted {r['predicted']:.3g}, measured {r['measured']:.3g}")
     if r.get("predicted") is None and r.get("measured") is not None:
         loss = f"; loss measured {r['measured']:.3g}"
+    info = r.get("info", {})
+    if info.get("latency_seconds") is not None:
+        loss += (f"; kernel time {1e3 * info['latency_seconds']:.2f} ms of "
+                 f"{1e3 * info['latency_budget']:.2f} ({info.get('latency_of', '?')})")
     kept = " †" if "kept_from" in r else ""
     return (f"| {r['name']}{kept} | {r['formats']} | {r['bytes']:,} | {r['bits']:.3f} "
             f"| {r['pruned_heads']} | {m['acc']:.2f} | {m['acc'] - fp:+.2f} "
@@ -330,6 +397,14 @@ def render(rows, args, command, started, wall, machine, dev, probe, table) -> st
          f"whole becomes its bias, which `apply_precision` can do only at a static shape, and "
          f"this capture is dynamic); `dnas` = `search_precision_dnas` "
          f"({args.steps} steps x {args.probes} lambda probes, output-distillation loss); "
+         f"`ilp-fast` = the integer program over a space that also offers int8 inputs "
+         f"(int8 weights per channel + static u8 input: the W8A8 kernel; calibrated on the "
+         f"search batches) under a latency budget too: the summed kernel time, measured in "
+         f"TVM on this CPU per shape and candidate at {args.latency_m} tokens per call "
+         f"(`mixed_precision_latency.measure_latency`; the whole linear and one head's rows, "
+         f"so a kernel call's fixed cost is counted once per block of consecutive heads of "
+         f"one format: `lowbit.search.latency_model`), of the largest uniform plan within the "
+         f"bytes; "
          f"uniform rows = PrecisionPlans of the same subgroups with one format everywhere. "
          f"Every plan is applied with `lowbit.apply_precision` weight-only (int8 blocks "
          f"dequantized in the graph; pruned heads removed from the graph)."),

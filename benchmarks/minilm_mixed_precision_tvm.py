@@ -16,6 +16,9 @@ apply / compile / check / interleaved-timing code this script shares).
 3. Per plan, on both captures: ``lowbit.apply_precision`` weight-only (as in the accuracy
    table: pruned heads leave the graph, o narrowed; int4 g128 -> the W4A16 kernel, 2/3-bit
    uniform and BCQ -> the BCQ bit-plane kernel, int8 dequantized in the graph -> fp32 GEMM),
+   except a plan's int8 inputs (``ilp-fast`` plans: int8 weights per channel + static u8 input
+   -> the W8A8 kernel), calibrated on the first 8 probe-training batches (``--batch``
+   sentences each; their first sentence for the one-sentence capture);
    then ``lowbit.compile(..., target="cpu")``: one module per capture. Reported: blocks per
    format / kernel, the module's lowering, the pruning; the last hidden state's max relative
    difference TVM vs FX (max |TVM - FX| / max |FX|, both shapes); SST-2 predictions of the
@@ -99,7 +102,8 @@ def render(rows, args, command, started, wall, machine) -> str:
         "### One TVM module per plan (`benchmarks/minilm_mixed_precision_tvm.py`)",
         "",
         (f"Plans saved by the run above, applied with `lowbit.apply_precision` (weight-only, as "
-         f"in the table) to all-MiniLM-L6-v2 captured with static shapes at {b} sentences x "
+         f"in the table, but for the int8 inputs an `ilp-fast` plan chose: static u8, "
+         f"calibrated on 8 batches of {b} train sentences) to all-MiniLM-L6-v2 captured with static shapes at {b} sentences x "
          f"{t} tokens and at 1 sentence x {t} tokens, then `lowbit.compile(..., "
          f"target=\"cpu\")` (untuned default schedules): one module each, every kernel kind "
          f"of the plan in it, pruned heads removed (smaller q/k/v/o GEMMs, fewer heads). "
@@ -207,6 +211,7 @@ def main(argv=None) -> int:
     x = sample[0]
     x1 = {k: v[:1] for k, v in x.items()}
     gm, gm1 = lowbit.capture(model, x), lowbit.capture(model, x1)
+    calibration = (train[:8], [{k: v[:1] for k, v in b.items()} for b in train[:8]])
 
     def check(q, mod) -> dict:
         fx_pred = predictions(q, sample, probe)
@@ -226,7 +231,7 @@ def main(argv=None) -> int:
 
     for name, plan in variants:
         row = run_variant(name, plan, gm, gm1, x, x1, args.runs, keep, call=by_keyword,
-                          outputs=hidden, check=check)
+                          outputs=hidden, check=check, calibration=calibration)
         if plan is not None:
             row.update(pruning(plan))
         rows.append(row)

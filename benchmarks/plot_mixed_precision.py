@@ -10,7 +10,9 @@ Gemma-3-270M wikitext-2 perplexity (``benchmarks/gemma_mixed_precision.py``, log
 range is wide; perplexities above ``--ppl-cap`` sit on the top edge, their value written next to
 them). x: ``plan.total_bytes`` of the searched weights in MB. One marker per method
 (ilp = integer program, ilp-mean / ilp-taylor = the same with pruning priced at the measured
-mean / by the Taylor estimate, dnas, dnas-noprune, uniform), the FP32 value as a dashed line. Reads only the two JSON files (rows as those
+mean / by the Taylor estimate, ilp-fast = with int8 inputs and a latency budget, dnas,
+dnas-noprune, dnas-gpu-kl = KL distillation on the H200, uniform), the FP32 value as a dashed
+line. Reads only the two JSON files (rows as those
 scripts write them); needs matplotlib (``pip install lowbit[bench]``).
 """
 
@@ -27,6 +29,8 @@ STYLE = {"ilp": ("o", "C0", "integer program (ilp)"),
          "ilp-taylor": ("v", "C4", "integer program, Taylor-priced pruning"),
          "dnas": ("s", "C1", "DNAS"),
          "dnas-noprune": ("D", "C3", "DNAS, no pruned candidate"),
+         "ilp-fast": ("X", "C6", "integer program, int8 inputs + latency budget"),
+         "dnas-gpu-kl": ("*", "C7", "DNAS, KL distillation (H200)"),
          "uniform": ("^", "C2", "uniform")}
 
 
