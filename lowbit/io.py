@@ -1,15 +1,18 @@
 """File writing shared by every layer: atomic text writes (a temporary sibling, then
 ``os.replace``) and folder swaps, so an interrupted write never leaves a half-written file or
-folder."""
+folder; ``read_json`` for the saved plans and tables (a ConfigError naming the file)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = ["replace_folder", "write_text_atomic"]
+from lowbit.errors import ConfigError
+
+__all__ = ["read_json", "replace_folder", "write_text_atomic"]
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
@@ -25,6 +28,15 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def read_json(path: str | os.PathLike, who: str, what: str = "a plan"):
+    """The JSON value in ``path``; an unreadable or malformed file is a ConfigError: ``who``:
+    cannot read ``what`` from ``path``, and why."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{who}: cannot read {what} from {path}: {e}") from None
 
 
 def replace_folder(tmp: Path, folder: Path) -> None:

@@ -62,7 +62,7 @@ from pathlib import Path
 import torch
 
 from lowbit.errors import ConfigError
-from lowbit.io import write_text_atomic
+from lowbit.io import read_json, write_text_atomic
 from lowbit.progress import bar as progress_bar
 from lowbit.progress import say
 from lowbit.quant import bcq
@@ -307,11 +307,7 @@ class WordBitsPlan:
 
     @classmethod
     def load(cls, path: str | Path) -> WordBitsPlan:
-        try:
-            d = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(f"WordBitsPlan.load: cannot read a plan from {path}: {e}") from None
-        return cls.from_dict(d)
+        return cls.from_dict(read_json(path, "WordBitsPlan.load"))
 
 
 # ---- allocation ----------------------------------------------------------------------------

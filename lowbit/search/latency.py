@@ -55,7 +55,7 @@ from pathlib import Path
 import numpy as np
 
 from lowbit.errors import ConfigError
-from lowbit.io import write_text_atomic
+from lowbit.io import read_json, write_text_atomic
 from lowbit.search.space import Candidate, Subgroup
 
 __all__ = ["FORMAT", "LatencyTable", "latency_model", "subgroup_latency"]
@@ -160,11 +160,7 @@ class LatencyTable:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> LatencyTable:
-        try:
-            d = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(f"LatencyTable.load: cannot read {path}: {e}") from None
-        return cls.from_dict(d)
+        return cls.from_dict(read_json(path, "LatencyTable.load", "a latency table"))
 
     # ---- the tuning database ----------------------------------------------------------------
     @staticmethod

@@ -29,12 +29,11 @@ import dataclasses
 import json
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
 from lowbit.errors import ConfigError
-from lowbit.io import write_text_atomic
+from lowbit.io import read_json, write_text_atomic
 from lowbit.search.cost import narrowed_bytes
 from lowbit.search.ilp import Narrowing
 from lowbit.search.space import Candidate, SearchSpace, Subgroup
@@ -318,11 +317,7 @@ class PrecisionPlan:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PrecisionPlan:
-        try:
-            d = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(f"PrecisionPlan.load: cannot read a plan from {path}: {e}") from None
-        return cls.from_dict(d)
+        return cls.from_dict(read_json(path, "PrecisionPlan.load"))
 
     # ---- printing ---------------------------------------------------------------------------
     def summary(self) -> str:
