@@ -146,7 +146,7 @@ def fisher(gm: torch.nn.Module, weights: list[str], batches: Iterable[Any],
         for i, batch in enumerate(progress_bar(batches, desc="sensitivity: gradients",
                                                unit="batch", enabled=progress)):
             out = _run(gm, batch)
-            loss = _distillation(out, gen) if loss_fn is None else loss_fn(out, batch)
+            loss = _objective(loss_fn)(out, batch, gen)
             if not torch.isfinite(loss.detach()).all():
                 raise CalibrationError(f"batch {i}: the loss is {loss.detach().mean().item()} "
                                        f"(NaN or inf: check that batch)")
